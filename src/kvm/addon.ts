@@ -1,0 +1,164 @@
+// The native addon's surface (native/kindling.cc). It does only what JavaScript cannot: syscalls and
+// ioctls on KVM fds, mmap of guest RAM, eventfds, the vCPU kick signal, positioned I/O into guest RAM.
+// Struct layouts are encoded and decoded in TypeScript (src/kvm/structs.ts); the addon checks sizes
+// against the kernel headers it was built with and reports them in `structSizes`.
+//
+// Error contract: a failed syscall/ioctl throws an Error whose `code` is the errno name ('EINVAL', …),
+// `errno` the positive errno number and `syscall` the ioctl or syscall name ('KVM_CREATE_VM', 'open', …).
+// Message: `<syscall> failed: <strerror> (<code>)`.
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export interface KvmAddon {
+  /** sizeof() and offsetof() values from <linux/kvm.h> as compiled, for cross-checking TS layouts. */
+  readonly structSizes: Readonly<Record<string, number>>;
+  /** Signal number used for vCPU kicks (SIGRTMIN + 0). */
+  readonly kickSignal: number;
+
+  // ---- plain fds -------------------------------------------------------------------------------
+  /** open(path, O_RDWR|O_CLOEXEC). Throws with syscall 'open'. */
+  open(path: string): number;
+  /** open(path, flags, mode) for images; flags is a bitmask of O_* (see `constants`). */
+  openFile(path: string, flags: number, mode: number): number;
+  close(fd: number): void;
+  readonly constants: Readonly<Record<string, number>>;
+
+  // ---- system ioctls (on the /dev/kvm fd) ------------------------------------------------------
+  getApiVersion(kvmFd: number): number;
+  /** KVM_CHECK_EXTENSION on a /dev/kvm or VM fd. */
+  checkExtension(fd: number, cap: number): number;
+  getVcpuMmapSize(kvmFd: number): number;
+  /** KVM_GET_SUPPORTED_CPUID: raw kvm_cpuid_entry2 array, 10 u32 per entry (function, index, flags, eax, ebx, ecx, edx, pad×3). */
+  getSupportedCpuid(kvmFd: number): Uint32Array;
+  /** KVM_GET_MSR_INDEX_LIST */
+  getMsrIndexList(kvmFd: number): Uint32Array;
+  /** KVM_CREATE_VM(type) */
+  createVm(kvmFd: number, type: number): number;
+
+  // ---- guest RAM -------------------------------------------------------------------------------
+  /**
+   * mmap(size, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE) wrapped as an external
+   * SharedArrayBuffer (v8::SharedArrayBuffer::NewBackingStore). The mapping is unmapped only when
+   * (a) every JS holder in every isolate has dropped the buffer and (b) every VM fd it was registered
+   * with through setUserMemoryRegion has been closed with closeVm().
+   */
+  allocGuestMemory(size: number): SharedArrayBuffer;
+  /** Host virtual address of a SAB's data (for diagnostics and tests only). */
+  bufferAddress(buf: SharedArrayBuffer | ArrayBuffer): bigint;
+  /** KVM_SET_USER_MEMORY_REGION: slot backed by buf[offset, offset+size). size 0 deletes the slot. */
+  setUserMemoryRegion(vmFd: number, slot: number, flags: number, guestPhysAddr: bigint, buf: SharedArrayBuffer, offset: number, size: number): void;
+  /** Close a VM fd and release its references on guest-memory mappings. */
+  closeVm(vmFd: number): void;
+
+  // ---- VM ioctls -------------------------------------------------------------------------------
+  setTssAddr(vmFd: number, addr: number): void;
+  setIdentityMapAddr(vmFd: number, addr: bigint): void;
+  createIrqchip(vmFd: number): void;
+  /** KVM_CREATE_PIT2 with kvm_pit_config.flags */
+  createPit2(vmFd: number, flags: number): void;
+  /** KVM_IRQ_LINE */
+  irqLine(vmFd: number, irq: number, level: number): void;
+  /** KVM_IRQFD: flags KVM_IRQFD_FLAG_DEASSIGN (1) / RESAMPLE (2); resampleFd -1 for none. */
+  irqfd(vmFd: number, fd: number, gsi: number, flags: number, resampleFd: number): void;
+  /** KVM_IOEVENTFD: flags is a bitmask of KVM_IOEVENTFD_FLAG_{DATAMATCH=1,PIO=2,DEASSIGN=4}. */
+  ioeventfd(vmFd: number, addr: bigint, len: number, fd: number, flags: number, datamatch: bigint): void;
+  /** KVM_GET_CLOCK: raw struct kvm_clock_data (48 bytes). */
+  getClock(vmFd: number): Uint8Array;
+  /** KVM_SET_CLOCK: raw struct kvm_clock_data (48 bytes). */
+  setClock(vmFd: number, data: Uint8Array): void;
+  /** KVM_ENABLE_CAP on a VM fd: cap, args[0..3]. */
+  enableCap(fd: number, cap: number, args: readonly bigint[]): void;
+
+  // ---- vCPU ioctls -----------------------------------------------------------------------------
+  createVcpu(vmFd: number, id: number): number;
+  /** mmap of the vCPU's struct kvm_run, as an external (non-shared) ArrayBuffer; only the vCPU's own thread uses it. */
+  mapRun(vcpuFd: number, size: number): ArrayBuffer;
+  /**
+   * Register the calling thread as the one that runs this vCPU: records pthread_self() and the kvm_run
+   * pointer for kicks. Returns a kick handle usable from any thread. Call from the vCPU worker.
+   */
+  registerVcpuThread(vcpuFd: number, run: ArrayBuffer): number;
+  /** Forget a kick handle (call from the vCPU worker before it exits). */
+  unregisterVcpuThread(handle: number): void;
+  /**
+   * Kick a vCPU out of KVM_RUN: sets a pending flag and, only on its 0→1 transition, sends SIGRTMIN
+   * to the vCPU thread, whose handler sets kvm_run->immediate_exit = 1. Returns true if a signal was sent.
+   * A stale or unknown handle returns false.
+   */
+  kick(handle: number): boolean;
+  /** Kick every registered vCPU thread in the process (used on process exit). Returns the count. */
+  kickAll(): number;
+  /**
+   * KVM_RUN. Returns 0 on success, or -errno for EINTR/EAGAIN (then immediate_exit and the kick's
+   * pending flag are cleared before returning). Other errors throw.
+   */
+  run(vcpuFd: number, handle: number): number;
+  /** Raw struct kvm_regs (144 bytes). */
+  getRegs(vcpuFd: number): Uint8Array;
+  setRegs(vcpuFd: number, data: Uint8Array): void;
+  /** Raw struct kvm_sregs (312 bytes). */
+  getSregs(vcpuFd: number): Uint8Array;
+  setSregs(vcpuFd: number, data: Uint8Array): void;
+  /** Raw struct kvm_fpu (416 bytes). */
+  getFpu(vcpuFd: number): Uint8Array;
+  setFpu(vcpuFd: number, data: Uint8Array): void;
+  /** Raw struct kvm_lapic_state (1024 bytes). */
+  getLapic(vcpuFd: number): Uint8Array;
+  setLapic(vcpuFd: number, data: Uint8Array): void;
+  getMpState(vcpuFd: number): number;
+  setMpState(vcpuFd: number, state: number): void;
+  /** KVM_SET_CPUID2 from raw kvm_cpuid_entry2 array (10 u32 per entry). */
+  setCpuid2(vcpuFd: number, entries: Uint32Array): void;
+  /** KVM_SET_MSRS: returns the number of MSRs set (the ioctl's return value). */
+  setMsrs(vcpuFd: number, indices: Uint32Array, values: BigUint64Array): number;
+  /** KVM_GET_MSRS: fills values, returns the number read. */
+  getMsrs(vcpuFd: number, indices: Uint32Array, values: BigUint64Array): number;
+  /** KVM_TRANSLATE: guest linear → physical; valid false when unmapped. */
+  translate(vcpuFd: number, linear: bigint): { physical: bigint; valid: boolean; writeable: boolean; usermode: boolean };
+
+  // ---- eventfd ---------------------------------------------------------------------------------
+  /** eventfd(initval, EFD_CLOEXEC | flags); flags may include EFD_NONBLOCK (constants.EFD_NONBLOCK). */
+  eventfd(initval: number, flags: number): number;
+  /** write(fd, &u64, 8) */
+  eventfdWrite(fd: number, value: bigint): void;
+  /** read(fd, &u64, 8); returns 0n if the fd is non-blocking and not ready (EAGAIN). */
+  eventfdRead(fd: number): bigint;
+
+  // ---- positioned I/O straight into guest RAM -------------------------------------------------
+  /** preadv(fd, iov, position): iov entries are [buf, offset, length] over guest-RAM buffers. Returns bytes read. */
+  preadv(fd: number, iov: ReadonlyArray<readonly [SharedArrayBuffer, number, number]>, position: bigint): number;
+  /** pwritev(fd, iov, position). Returns bytes written. */
+  pwritev(fd: number, iov: ReadonlyArray<readonly [SharedArrayBuffer, number, number]>, position: bigint): number;
+  fdatasync(fd: number): void;
+  /** flock(fd, LOCK_EX|LOCK_NB) → false when another holder has it. */
+  tryLockExclusive(fd: number): boolean;
+  /** fstat size in bytes */
+  fileSize(fd: number): bigint;
+  /** fallocate(fd, mode, offset, len) (PUNCH_HOLE|KEEP_SIZE = 3, ZERO_RANGE = 16) */
+  fallocate(fd: number, mode: number, offset: bigint, len: bigint): void;
+
+  // ---- misc ------------------------------------------------------------------------------------
+  /** gettid() of the calling thread. */
+  gettid(): number;
+}
+
+let cached: KvmAddon | undefined;
+
+/** Load native/build/Release/kindling.node (built by `npm install`). */
+export function loadAddon(): KvmAddon {
+  if (cached) return cached;
+  const here = dirname(fileURLToPath(import.meta.url));
+  // dist/kvm/addon.js and src/kvm/addon.ts are both two levels below the package root.
+  const path = join(here, '..', '..', 'native', 'build', 'Release', 'kindling.node');
+  const require = createRequire(import.meta.url);
+  try {
+    cached = require(path) as KvmAddon;
+  } catch (e) {
+    const err = new Error(`kindling: native addon not built (${path}); run \`npm install\` first`);
+    (err as Error & { code?: string }).code = 'KINDLING_NO_ADDON';
+    (err as Error & { cause?: unknown }).cause = e;
+    throw err;
+  }
+  return cached;
+}

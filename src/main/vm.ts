@@ -1,0 +1,348 @@
+// The VM object: builds a KVM virtual machine (memory slots, in-kernel irqchip and PIT, kernel and
+// boot structures, vCPUs), runs each vCPU in its own worker_thread, exposes the serial console as a
+// Duplex stream and reports how the VM ended. The main thread only sets things up, moves console
+// bytes, and tears down; it is never on a vCPU's exit path.
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { Duplex } from 'node:stream';
+import { Worker } from 'node:worker_threads';
+import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout.js';
+import { memorySlots } from '../arch/x86_64/memory-map.js';
+import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
+import { bootMsrs, toMsrArrays } from '../arch/x86_64/msr.js';
+import { bootFpu, bootRegs, bootSregs, configureLapic, writeBootGdt, writeIdentityPageTables } from '../arch/x86_64/regs.js';
+import type { KvmAddon } from '../kvm/addon.js';
+import { decodeSregs, encodeCpuid, encodeFpu, encodeRegs, encodeSregs } from '../kvm/structs.js';
+import { Kvm, PVM_WARNING, detectPvm } from '../kvm/system.js';
+import { KernelFormatError, detectKernelFormat, loadKernel, type BootSetup } from '../loader/index.js';
+import { GuestMemory, type SlotDescriptor } from '../memory/guest-memory.js';
+import {
+  CTRL_EXIT_CODE,
+  CTRL_EXIT_REASON,
+  CTRL_PARKED,
+  CTRL_RUN_STATE,
+  RUN_STATE_PAUSED,
+  RUN_STATE_RUNNING,
+  createControlBlock,
+  ctrlKickSlot,
+  exitReasonName,
+  recordExit,
+  setRunState,
+  type ExitReason,
+} from '../shared/control.js';
+import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
+import { resolveConfig, type ResolvedConfig, type VMConfig } from './config.js';
+import { LegacyDevices } from './device-manager.js';
+import { createLogger, type Logger } from './log.js';
+
+export type VMState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
+
+export interface VMExit {
+  reason: ExitReason;
+  exitCode: number;
+  /** one-line description of an abnormal end (triple fault, KVM error, …) */
+  detail?: string;
+}
+
+export interface VMTimings {
+  /** epoch ms when start() was called */
+  start: number;
+  /** epoch ms when the boot vCPU entered KVM_RUN for the first time */
+  firstRun?: number;
+  /** epoch ms when the VM ended */
+  end?: number;
+}
+
+const KVM_PIT_SPEAKER_DUMMY = 1;
+const STOP_GRACE_MS = 2000;
+
+/** Every VM that has vCPU threads, so process exit can kick them out of KVM_RUN. */
+const liveVms = new Set<VM>();
+let exitHookInstalled = false;
+let pvmWarned = false;
+
+function installExitHook(addon: KvmAddon): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  // process.exit() waits for worker threads; a worker inside KVM_RUN never returns on its own.
+  process.on('exit', () => {
+    for (const vm of liveVms) vm.kickAllForExit();
+    addon.kickAll();
+  });
+}
+
+export class VM extends EventEmitter {
+  readonly config: ResolvedConfig;
+  readonly serial: Duplex;
+  readonly timings: VMTimings = { start: 0 };
+  /** The kernel command line the guest was given (after start()). */
+  cmdline = '';
+  /** How the kernel was booted (after start()). */
+  boot?: BootSetup;
+
+  private _state: VMState = 'created';
+  private readonly log: Logger;
+  private kvm?: Kvm;
+  private vmFd = -1;
+  private vcpuFds: number[] = [];
+  private workers: Worker[] = [];
+  private exitedWorkers = new Set<Worker>();
+  private memory?: GuestMemory;
+  private devices?: LegacyDevices;
+  private readonly ctrl: Int32Array;
+  private details: string[] = [];
+  private exitPromise: Promise<VMExit>;
+  private resolveExit!: (e: VMExit) => void;
+  private unknownSeen = new Set<string>();
+  private ended = false;
+
+  constructor(config: VMConfig) {
+    super();
+    this.config = resolveConfig(config);
+    this.log = createLogger(this.config.logLevel);
+    this.ctrl = createControlBlock(this.config.vcpus);
+    this.exitPromise = new Promise((r) => (this.resolveExit = r));
+    const vm = this;
+    this.serial = new Duplex({
+      read() {},
+      write(chunk: Buffer, _enc, cb) {
+        vm.devices?.sendToGuest(chunk);
+        cb();
+      },
+    });
+  }
+
+  get state(): VMState {
+    return this._state;
+  }
+
+  private setState(s: VMState): void {
+    if (this._state === s) return;
+    this._state = s;
+    this.emit('state', s);
+    this.emit(s);
+  }
+
+  /** Build the VM and start its vCPUs. Resolves once every vCPU worker is running. */
+  async start(): Promise<void> {
+    if (this._state !== 'created') throw new Error(`VM.start(): VM is ${this._state}`);
+    this.setState('starting');
+    this.timings.start = performance.timeOrigin + performance.now();
+    try {
+      this.build();
+    } catch (e) {
+      this.teardown();
+      this.setState('stopped');
+      throw e;
+    }
+    await this.spawnVcpus();
+    if (this._state === 'starting') this.setState('running');
+  }
+
+  private build(): void {
+    const cfg = this.config;
+    if (detectPvm() && !pvmWarned) {
+      pvmWarned = true;
+      this.emit('warning', PVM_WARNING);
+      this.log.warn(PVM_WARNING);
+    }
+    const kernelImage = readFileSync(cfg.kernel);
+    // Reject a file that is not a kernel before touching /dev/kvm.
+    if (!detectKernelFormat(kernelImage)) {
+      throw new KernelFormatError(`not a Linux kernel: ${cfg.kernel} has neither an ELF header nor a bzImage setup header`);
+    }
+    const initrd = cfg.initrd !== undefined ? readFileSync(cfg.initrd) : undefined;
+
+    const kvm = (this.kvm = Kvm.open());
+    const addon = kvm.addon;
+    if (cfg.vcpus > kvm.maxVcpus) throw new Error(`--vcpus ${cfg.vcpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
+    this.vmFd = addon.createVm(kvm.fd, 0);
+    addon.setTssAddr(this.vmFd, KVM_TSS_START);
+    addon.setIdentityMapAddr(this.vmFd, BigInt(KVM_IDENTITY_MAP_START));
+    addon.createIrqchip(this.vmFd);
+    addon.createPit2(this.vmFd, KVM_PIT_SPEAKER_DUMMY);
+
+    const slots: SlotDescriptor[] = memorySlots(cfg.memBytes).map((s) => {
+      const buffer = addon.allocGuestMemory(s.size);
+      addon.setUserMemoryRegion(this.vmFd, s.slot, 0, BigInt(s.gpa), buffer, 0, s.size);
+      return { ...s, buffer };
+    });
+    const mem = (this.memory = new GuestMemory(slots));
+
+    const boot = (this.boot = loadKernel(mem, kernelImage, { cmdline: cfg.cmdline, initrd, memBytes: cfg.memBytes }));
+    this.cmdline = boot.cmdline;
+    writeBootGdt(mem, boot.protocol);
+    const cr3 = boot.protocol === 'linux64' ? writeIdentityPageTables(mem) : undefined;
+
+    this.devices = new LegacyDevices(addon, this.vmFd, (bytes) => this.serial.push(bytes));
+
+    const supported = kvm.supportedCpuid();
+    const msrs = toMsrArrays(bootMsrs());
+    for (let id = 0; id < cfg.vcpus; id++) {
+      const fd = addon.createVcpu(this.vmFd, id);
+      this.vcpuFds.push(fd);
+      addon.setCpuid2(fd, encodeCpuid(vcpuCpuid(supported, { vcpuId: id, vcpuCount: cfg.vcpus })));
+      const n = addon.setMsrs(fd, msrs.indices, msrs.values);
+      if (n !== msrs.indices.length) {
+        throw new Error(`KVM_SET_MSRS set ${n} of ${msrs.indices.length} MSRs (first rejected: 0x${msrs.indices[n].toString(16)})`);
+      }
+      addon.setLapic(fd, configureLapic(addon.getLapic(fd)));
+      if (id === 0) {
+        addon.setSregs(fd, encodeSregs(bootSregs(decodeSregs(addon.getSregs(fd)), boot.protocol, cr3)));
+        addon.setRegs(fd, encodeRegs(bootRegs(boot.protocol, boot.entry, boot.bootInfoAddr)));
+        addon.setFpu(fd, encodeFpu(bootFpu()));
+      }
+    }
+    this.log.info({ kernel: cfg.kernel, kind: boot.kind, entry: boot.entry, vcpus: cfg.vcpus, memBytes: cfg.memBytes }, 'vm built');
+  }
+
+  private spawnVcpus(): Promise<void> {
+    const kvm = this.kvm!;
+    const addon = kvm.addon;
+    installExitHook(addon);
+    liveVms.add(this);
+    const runSize = kvm.vcpuMmapSize;
+    const memory = this.memory!.descriptors();
+    let started = 0;
+    return new Promise<void>((resolve) => {
+      for (let id = 0; id < this.config.vcpus; id++) {
+        const data: VcpuWorkerData = {
+          vcpuId: id,
+          vcpuCount: this.config.vcpus,
+          vcpuFd: this.vcpuFds[id],
+          runSize,
+          control: this.ctrl,
+          memory,
+          devices: this.devices!.state,
+          logLevel: this.config.logLevel,
+        };
+        const w = new Worker(new URL('../vcpu-worker/worker.js', import.meta.url), { workerData: data, name: `vcpu${id}` });
+        this.workers.push(w);
+        w.on('message', (m: VcpuMessage) => {
+          if (m.type === 'started') {
+            if (m.vcpuId === 0) {
+              this.timings.firstRun = m.firstRunEpochMs;
+              this.emit('firstRun', m.firstRunEpochMs);
+            }
+            if (++started === this.config.vcpus) resolve();
+          } else if (m.type === 'ended') {
+            if (m.detail) this.details.push(m.detail);
+          } else if (m.type === 'unknown-access') {
+            const key = `${m.kind}:${m.addr}`;
+            if (!this.unknownSeen.has(key)) {
+              this.unknownSeen.add(key);
+              this.log.info({ vcpu: m.vcpuId, kind: m.kind, addr: '0x' + m.addr.toString(16), write: m.write }, 'guest accessed an unhandled address (reads return all-ones)');
+            }
+          }
+        });
+        w.on('error', (e) => {
+          this.details.push(`vCPU ${id} worker failed: ${e.message}`);
+          recordExit(this.ctrl, 'error', 1, id);
+          this.kickAll();
+        });
+        w.on('exit', () => {
+          this.exitedWorkers.add(w);
+          if (started < this.config.vcpus) resolve();
+          if (this.exitedWorkers.size === this.workers.length) void this.finish();
+        });
+      }
+    });
+  }
+
+  /** Kick every vCPU out of KVM_RUN (coalesced: at most one pending signal per vCPU). */
+  private kickAll(): void {
+    const addon = this.kvm?.addon;
+    if (!addon) return;
+    for (let i = 0; i < this.config.vcpus; i++) {
+      const h = Atomics.load(this.ctrl, ctrlKickSlot(i)) - 1;
+      if (h >= 0) addon.kick(h);
+    }
+  }
+
+  /** @internal process-exit path: stop and kick without waiting. */
+  kickAllForExit(): void {
+    recordExit(this.ctrl, 'stopped', 0, -1);
+    this.kickAll();
+  }
+
+  private async finish(): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    liveVms.delete(this);
+    this.devices?.drain();
+    const reason = exitReasonName(Atomics.load(this.ctrl, CTRL_EXIT_REASON)) ?? 'stopped';
+    const exitCode = Atomics.load(this.ctrl, CTRL_EXIT_CODE);
+    this.teardown();
+    this.timings.end = performance.timeOrigin + performance.now();
+    this.serial.push(null);
+    this.setState('stopped');
+    const exit: VMExit = { reason, exitCode, ...(this.details.length ? { detail: this.details.join('; ') } : {}) };
+    this.log.info(exit, 'vm ended');
+    this.emit('exit', exit);
+    this.resolveExit(exit);
+  }
+
+  private teardown(): void {
+    const addon = this.kvm?.addon;
+    if (!addon) return;
+    this.devices?.close();
+    for (const fd of this.vcpuFds) addon.close(fd);
+    this.vcpuFds = [];
+    if (this.vmFd >= 0) addon.closeVm(this.vmFd);
+    this.vmFd = -1;
+    this.kvm?.close();
+    this.kvm = undefined;
+  }
+
+  /** Resolves when the VM has ended: the guest exited, powered off, rebooted, failed, or stop() was called. */
+  wait(): Promise<VMExit> {
+    return this.exitPromise;
+  }
+
+  /** Stop the VM (if running) and release everything it holds. Resolves with how it ended. */
+  async stop(): Promise<VMExit> {
+    if (this._state === 'created') {
+      this.ended = true;
+      this.setState('stopped');
+      this.resolveExit({ reason: 'stopped', exitCode: 0 });
+      return this.exitPromise;
+    }
+    if (this._state === 'stopped') return this.exitPromise;
+    this.setState('stopping');
+    recordExit(this.ctrl, 'stopped', 0, -1);
+    this.kickAll();
+    const timer = setTimeout(() => {
+      // A vCPU that did not leave KVM_RUN in time (it cannot, short of a kernel bug): kick again and terminate.
+      this.kickAll();
+      for (const w of this.workers) void w.terminate();
+    }, STOP_GRACE_MS);
+    try {
+      return await this.exitPromise;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Pause every vCPU (kicked out of KVM_RUN and parked). Resolves when all are parked. */
+  async pause(): Promise<void> {
+    if (this._state !== 'running') throw new Error(`VM.pause(): VM is ${this._state}`);
+    setRunState(this.ctrl, RUN_STATE_PAUSED);
+    this.kickAll();
+    while (Atomics.load(this.ctrl, CTRL_RUN_STATE) === RUN_STATE_PAUSED && Atomics.load(this.ctrl, CTRL_PARKED) < this.liveVcpus()) {
+      const r = Atomics.waitAsync(this.ctrl, CTRL_PARKED, Atomics.load(this.ctrl, CTRL_PARKED), 100);
+      await r.value;
+    }
+    if (this._state === 'running') this.setState('paused');
+  }
+
+  /** Resume a paused VM. */
+  resume(): void {
+    if (this._state !== 'paused') throw new Error(`VM.resume(): VM is ${this._state}`);
+    setRunState(this.ctrl, RUN_STATE_RUNNING);
+    this.setState('running');
+  }
+
+  private liveVcpus(): number {
+    return this.workers.length - this.exitedWorkers.size;
+  }
+}

@@ -1,0 +1,32 @@
+// Messages between the main thread and a vCPU worker. Everything a worker needs arrives in
+// workerData at spawn; afterwards the only traffic is control words in the control block
+// (src/shared/control.ts), kicks, and these few messages back to the main thread.
+import type { SlotDescriptor } from '../memory/guest-memory.js';
+
+export interface VcpuWorkerData {
+  vcpuId: number;
+  vcpuCount: number;
+  vcpuFd: number;
+  /** size of the kvm_run mapping (KVM_GET_VCPU_MMAP_SIZE) */
+  runSize: number;
+  control: Int32Array;
+  memory: SlotDescriptor[];
+  devices: LegacyDeviceState;
+  logLevel: string;
+}
+
+/** Shared state of the port-I/O devices every vCPU worker serves. */
+export interface LegacyDeviceState {
+  serial: SharedArrayBuffer;
+  /** guest → host console bytes */
+  serialTx: SharedArrayBuffer;
+  /** eventfd registered as KVM_IRQFD for COM1's GSI */
+  serialIrqFd: number;
+  i8042: SharedArrayBuffer;
+  post: SharedArrayBuffer;
+}
+
+export type VcpuMessage =
+  | { type: 'started'; vcpuId: number; tid: number; firstRunEpochMs: number }
+  | { type: 'ended'; vcpuId: number; exits: number; /** one-line description of a fatal exit */ detail?: string }
+  | { type: 'unknown-access'; vcpuId: number; kind: 'pio' | 'mmio'; addr: number; write: boolean };

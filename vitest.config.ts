@@ -1,0 +1,12 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    testTimeout: 60_000,
+    hookTimeout: 60_000,
+    // KVM tests start vCPU threads; two cores are shared between the test files.
+    maxWorkers: 2,
+    reporters: ['default'],
+  },
+});
