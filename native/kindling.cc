@@ -584,6 +584,9 @@ Napi::Object StructSizes(Env env) {
   SZ(kvm_enable_cap);
   SZ(kvm_translation);
   SZ(kvm_mp_state);
+  SZ(kvm_cpuid2);
+  SZ(kvm_msrs);
+  SZ(kvm_msr_list);
 #undef SZ
 #define OF(T, f) set(#T "." #f, offsetof(T, f))
   OF(kvm_run, request_interrupt_window);

@@ -39,7 +39,7 @@ constexpr int kSlotBits = 10;
 constexpr int kMaxSlots = 1 << kSlotBits;
 
 struct VcpuSlot {
-  std::atomic<int> handle;   // 0 = free; otherwise (generation << kSlotBits) | index
+  std::atomic<int> handle;   // 0 = free; otherwise (generation << kSlotBits) | index, < 2^30
   pthread_t thread;
   kvm_run* run;
   size_t runSize;
@@ -187,7 +187,7 @@ Napi::Value RegisterVcpuThread(const Napi::CallbackInfo& info) {
       break;
     }
   if (idx < 0) return ThrowRange(env, "registerVcpuThread: too many registered vCPU threads");
-  if (++g_generation >= (1u << (31 - kSlotBits))) g_generation = 1;
+  if (++g_generation >= (1u << (30 - kSlotBits))) g_generation = 1;  // handles stay below 2^30
   VcpuSlot& s = g_slots[idx];
   s.thread = pthread_self();
   s.run = static_cast<kvm_run*>(data);
@@ -261,13 +261,15 @@ Napi::Value BenchRunPioLoop(const Napi::CallbackInfo& info) {
   if (!a.ok()) return a.env().Undefined();
   kvm_run* run = s->run;
   uint64_t exits = 0;
-  uint32_t reason = 0;
+  uint32_t reason = KVM_EXIT_IO;
+  int result = 0;
   while (exits < maxExits) {
     if (ioctl(fd, KVM_RUN, 0) < 0) {
       int e = errno;
       if (e != EINTR && e != EAGAIN) return ThrowErrno(a.env(), "KVM_RUN", e);
       ClearKick(s);
-      reason = run->exit_reason;
+      result = -e;
+      reason = KVM_EXIT_INTR;  // an immediate_exit EINTR leaves run->exit_reason stale
       break;
     }
     reason = run->exit_reason;
@@ -282,6 +284,7 @@ Napi::Value BenchRunPioLoop(const Napi::CallbackInfo& info) {
   Napi::Object r = Napi::Object::New(a.env());
   r.Set("exits", Napi::Number::New(a.env(), static_cast<double>(exits)));
   r.Set("exitReason", Napi::Number::New(a.env(), reason));
+  r.Set("result", Napi::Number::New(a.env(), result));
   return r;
 }
 

@@ -19,8 +19,9 @@ export interface KvmAddon {
   // ---- plain fds -------------------------------------------------------------------------------
   /** open(path, O_RDWR|O_CLOEXEC). Throws with syscall 'open'. */
   open(path: string): number;
-  /** open(path, flags, mode) for images; flags is a bitmask of O_* (see `constants`). */
+  /** open(path, flags | O_CLOEXEC, mode) for images; flags is a bitmask of O_* (see `constants`). Throws with syscall 'open'. */
   openFile(path: string, flags: number, mode: number): number;
+  /** close(fd). On a VM or vCPU fd this also does what closeVm() does. */
   close(fd: number): void;
   readonly constants: Readonly<Record<string, number>>;
 
@@ -41,14 +42,19 @@ export interface KvmAddon {
    * mmap(size, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS|MAP_NORESERVE) wrapped as an external
    * SharedArrayBuffer (v8::SharedArrayBuffer::NewBackingStore). The mapping is unmapped only when
    * (a) every JS holder in every isolate has dropped the buffer and (b) every VM fd it was registered
-   * with through setUserMemoryRegion has been closed with closeVm().
+   * with through setUserMemoryRegion has been closed with closeVm(), together with every vCPU fd made
+   * from that VM by createVcpu() (vCPU fds keep the kernel's VM, and its memory slots, alive).
+   * size must be a positive multiple of the page size (RangeError otherwise).
    */
   allocGuestMemory(size: number): SharedArrayBuffer;
   /** Host virtual address of a SAB's data (for diagnostics and tests only). */
   bufferAddress(buf: SharedArrayBuffer | ArrayBuffer): bigint;
   /** KVM_SET_USER_MEMORY_REGION: slot backed by buf[offset, offset+size). size 0 deletes the slot. */
   setUserMemoryRegion(vmFd: number, slot: number, flags: number, guestPhysAddr: bigint, buf: SharedArrayBuffer, offset: number, size: number): void;
-  /** Close a VM fd and release its references on guest-memory mappings. */
+  /**
+   * Close a VM fd and release its references on guest-memory mappings (the release takes effect once
+   * the VM's vCPU fds are closed too, through close()/closeVm()). Same as close().
+   */
   closeVm(vmFd: number): void;
 
   // ---- VM ioctls -------------------------------------------------------------------------------
@@ -67,7 +73,7 @@ export interface KvmAddon {
   getClock(vmFd: number): Uint8Array;
   /** KVM_SET_CLOCK: raw struct kvm_clock_data (48 bytes). */
   setClock(vmFd: number, data: Uint8Array): void;
-  /** KVM_ENABLE_CAP on a VM fd: cap, args[0..3]. */
+  /** KVM_ENABLE_CAP on a VM fd: cap, args[0..3] (at most 4; RangeError otherwise). */
   enableCap(fd: number, cap: number, args: readonly bigint[]): void;
 
   // ---- vCPU ioctls -----------------------------------------------------------------------------
@@ -76,7 +82,8 @@ export interface KvmAddon {
   mapRun(vcpuFd: number, size: number): ArrayBuffer;
   /**
    * Register the calling thread as the one that runs this vCPU: records pthread_self() and the kvm_run
-   * pointer for kicks. Returns a kick handle usable from any thread. Call from the vCPU worker.
+   * pointer for kicks. Returns a kick handle usable from any thread: a positive integer below 2^30.
+   * Call from the vCPU worker. A thread that exits without unregistering is unregistered automatically.
    */
   registerVcpuThread(vcpuFd: number, run: ArrayBuffer): number;
   /** Forget a kick handle (call from the vCPU worker before it exits). */
@@ -87,13 +94,25 @@ export interface KvmAddon {
    * A stale or unknown handle returns false.
    */
   kick(handle: number): boolean;
-  /** Kick every registered vCPU thread in the process (used on process exit). Returns the count. */
+  /** Kick every registered vCPU thread in the process (used on process exit). Returns the number of signals sent. */
   kickAll(): number;
   /**
    * KVM_RUN. Returns 0 on success, or -errno for EINTR/EAGAIN (then immediate_exit and the kick's
-   * pending flag are cleared before returning). Other errors throw.
+   * pending flag are cleared before returning). Other errors throw. `handle` must come from
+   * registerVcpuThread on the calling thread (RangeError otherwise). After -EINTR caused by
+   * immediate_exit the kernel leaves kvm_run.exit_reason unchanged (stale); after a signal that
+   * arrived inside KVM_RUN it is KVM_EXIT_INTR.
    */
   run(vcpuFd: number, handle: number): number;
+  /**
+   * Benchmark only (C exit loop vs JS exit loop): calls KVM_RUN in a C loop as long as each exit is
+   * KVM_EXIT_IO to `port` (either direction; an IN gets zeroes), handling at most `maxExits` of them.
+   * Returns `exits`, the number of such exits handled, and, like run(), `result` 0 or -EINTR/-EAGAIN.
+   * `exitReason` says why it stopped: the reason of the first other exit (left unhandled in kvm_run
+   * for the caller), KVM_EXIT_INTR when result < 0 (kick handled as in run()), or KVM_EXIT_IO when
+   * maxExits PIO exits were handled (nothing left to handle).
+   */
+  benchRunPioLoop(vcpuFd: number, handle: number, port: number, maxExits: number): { exits: number; exitReason: number; result: number };
   /** Raw struct kvm_regs (144 bytes). */
   getRegs(vcpuFd: number): Uint8Array;
   setRegs(vcpuFd: number, data: Uint8Array): void;
@@ -122,18 +141,25 @@ export interface KvmAddon {
   eventfd(initval: number, flags: number): number;
   /** write(fd, &u64, 8) */
   eventfdWrite(fd: number, value: bigint): void;
-  /** read(fd, &u64, 8); returns 0n if the fd is non-blocking and not ready (EAGAIN). */
+  /**
+   * read(fd, &u64, 8); returns 0n if the fd is non-blocking and not ready (EAGAIN), or if a signal
+   * (e.g. a kick) interrupted a blocking read (EINTR). A successful read is never 0n.
+   */
   eventfdRead(fd: number): bigint;
 
   // ---- positioned I/O straight into guest RAM -------------------------------------------------
-  /** preadv(fd, iov, position): iov entries are [buf, offset, length] over guest-RAM buffers. Returns bytes read. */
+  /**
+   * preadv(fd, iov, position): iov entries are [buf, offset, length] over guest-RAM buffers (at most
+   * constants.IOV_MAX entries; each range must lie inside its buffer, RangeError otherwise). EINTR is
+   * retried. Returns bytes read as the syscall returned them (short at EOF).
+   */
   preadv(fd: number, iov: ReadonlyArray<readonly [SharedArrayBuffer, number, number]>, position: bigint): number;
   /** pwritev(fd, iov, position). Returns bytes written. */
   pwritev(fd: number, iov: ReadonlyArray<readonly [SharedArrayBuffer, number, number]>, position: bigint): number;
   fdatasync(fd: number): void;
   /** flock(fd, LOCK_EX|LOCK_NB) → false when another holder has it. */
   tryLockExclusive(fd: number): boolean;
-  /** fstat size in bytes */
+  /** fstat size in bytes (BLKGETSIZE64 for a block device). */
   fileSize(fd: number): bigint;
   /** fallocate(fd, mode, offset, len) (PUNCH_HOLE|KEEP_SIZE = 3, ZERO_RANGE = 16) */
   fallocate(fd: number, mode: number, offset: bigint, len: bigint): void;

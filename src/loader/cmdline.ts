@@ -77,6 +77,7 @@ export class KernelCmdline {
     if (word.includes('"') || hasKernelSpace(encoder.encode(word))) {
       throw new CmdlineError(`kernel command line word ${JSON.stringify(word)} must not contain '"' or whitespace (use set())`);
     }
+    if (word.startsWith('=')) throw new CmdlineError(`kernel command line word ${JSON.stringify(word)} must not start with '='`);
     return this.add(word);
   }
 

@@ -137,6 +137,7 @@ async function run(args: string[]): Promise<void> {
     detach();
   }
   if (exit.detail) process.stderr.write(`kindling: ${exit.detail}\n`);
+  if (process.env.KINDLING_TIMINGS) process.stderr.write(`kindling-timings ${JSON.stringify(vm.timings)}\n`);
   await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));
   process.exit(exit.exitCode & 0xff);
 }

@@ -19,6 +19,11 @@ export interface VMConfig {
   memMiB?: number;
   /** pino log level for VMM logs on stderr (default 'warn'). */
   logLevel?: string;
+  /**
+   * Benchmark only: exits to this port are consumed by the addon's C loop (benchRunPioLoop) instead
+   * of the JavaScript exit loop, so `npm run bench` can compare the two on the same guest.
+   */
+  benchCPioPort?: number;
 }
 
 export interface ResolvedConfig {
@@ -28,6 +33,7 @@ export interface ResolvedConfig {
   vcpus: number;
   memBytes: number;
   logLevel: string;
+  benchCPioPort?: number;
 }
 
 export const DEFAULT_VCPUS = 1;
@@ -97,5 +103,5 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const logLevel = config.logLevel ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${logLevel})`);
 
-  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel };
+  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, benchCPioPort: config.benchCPioPort };
 }

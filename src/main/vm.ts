@@ -21,6 +21,7 @@ import {
   CTRL_EXIT_REASON,
   CTRL_PARKED,
   CTRL_RUN_STATE,
+  CTRL_STARTED,
   RUN_STATE_PAUSED,
   RUN_STATE_RUNNING,
   createControlBlock,
@@ -55,6 +56,11 @@ export interface VMTimings {
 
 const KVM_PIT_SPEAKER_DUMMY = 1;
 const STOP_GRACE_MS = 2000;
+
+const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
+function workerExecArgv(): string[] {
+  return process.execArgv.filter((a) => !MAIN_ONLY_FLAGS.test(a));
+}
 
 /** Every VM that has vCPU threads, so process exit can kick them out of KVM_RUN. */
 const liveVms = new Set<VM>();
@@ -136,15 +142,19 @@ export class VM extends EventEmitter {
       throw e;
     }
     await this.spawnVcpus();
-    if (this._state === 'starting') this.setState('running');
+    if ((this._state as VMState) === 'starting') this.setState('running');
+    else if (this.ended && this.details.length && Atomics.load(this.ctrl, CTRL_STARTED) < this.config.vcpus) {
+      // The vCPUs never ran (a worker failed to start): that is a start() failure, not a guest exit.
+      throw new Error(this.details.join('; '));
+    }
   }
 
   private build(): void {
     const cfg = this.config;
     if (detectPvm() && !pvmWarned) {
       pvmWarned = true;
-      this.emit('warning', PVM_WARNING);
-      this.log.warn(PVM_WARNING);
+      if (this.listenerCount('warning') > 0) this.emit('warning', PVM_WARNING);
+      else this.log.warn(PVM_WARNING);
     }
     const kernelImage = readFileSync(cfg.kernel);
     // Reject a file that is not a kernel before touching /dev/kvm.
@@ -215,8 +225,14 @@ export class VM extends EventEmitter {
           memory,
           devices: this.devices!.state,
           logLevel: this.config.logLevel,
+          benchCPioPort: this.config.benchCPioPort,
         };
-        const w = new Worker(new URL('../vcpu-worker/worker.js', import.meta.url), { workerData: data, name: `vcpu${id}` });
+        const w = new Worker(new URL('../vcpu-worker/worker.js', import.meta.url), {
+          workerData: data,
+          name: `vcpu${id}`,
+          // Node flags that only make sense for the main script (--input-type, --eval, …) must not reach the worker.
+          execArgv: workerExecArgv(),
+        });
         this.workers.push(w);
         w.on('message', (m: VcpuMessage) => {
           if (m.type === 'started') {

@@ -57,6 +57,10 @@ export function describeRip(ctx: DiagnoseContext, insn?: Uint8Array): string {
   }
 }
 
+function describeExitKind(exit: VcpuExit): string {
+  return exit.kind === 'other' ? `reason ${exit.reason}` : exit.kind;
+}
+
 export function describeFatalExit(exit: VcpuExit, ctx: DiagnoseContext, run: DataView): FatalExit | undefined {
   const who = `vCPU ${ctx.vcpuId}`;
   switch (exit.kind) {
@@ -94,10 +98,6 @@ export function describeFatalExit(exit: VcpuExit, ctx: DiagnoseContext, run: Dat
     case 'mmio':
       return undefined;
     default:
-      return {
-        reason: 'error',
-        exitCode: 1,
-        message: `unexpected KVM exit ${exit.kind === 'other' ? 'reason ' + exit.reason : exit.kind} on ${who} at ${describeRip(ctx)}`,
-      };
+      return { reason: 'error', exitCode: 1, message: `unexpected KVM exit (${describeExitKind(exit)}) on ${who} at ${describeRip(ctx)}` };
   }
 }

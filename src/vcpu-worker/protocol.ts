@@ -13,6 +13,8 @@ export interface VcpuWorkerData {
   memory: SlotDescriptor[];
   devices: LegacyDeviceState;
   logLevel: string;
+  /** benchmark only: port whose exits the addon's C loop consumes (see VMConfig.benchCPioPort) */
+  benchCPioPort?: number;
 }
 
 /** Shared state of the port-I/O devices every vCPU worker serves. */

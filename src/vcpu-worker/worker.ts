@@ -96,16 +96,20 @@ function handleIo(): void {
 function handleMmio(): void {
   const addr = kvmRun.mmioAddr;
   const len = kvmRun.mmioLen;
-  const dataOff = kvmRun.mmioDataOffset;
-  if (kvmRun.mmioIsWrite) {
-    let v = 0;
-    for (let i = Math.min(len, 8) - 1; i >= 0; i--) v = v * 256 + runView.getUint8(dataOff + i);
-    bus.mmio.write(addr, len, v);
-  } else {
-    let v = bus.mmio.read(addr, len);
-    for (let i = 0; i < Math.min(len, 8); i++) {
-      runView.setUint8(dataOff + i, v % 256);
-      v = Math.floor(v / 256);
+  const off = kvmRun.mmioDataOffset;
+  const write = kvmRun.mmioIsWrite;
+  // Split into naturally sized pieces the bus understands: 8 → 4+4, odd lengths → bytes.
+  const step = len === 1 || len === 2 || len === 4 ? len : len === 8 ? 4 : 1;
+  for (let i = 0; i < Math.min(len, 8); i += step) {
+    const size = step as 1 | 2 | 4;
+    if (write) {
+      const v = size === 1 ? runView.getUint8(off + i) : size === 2 ? runView.getUint16(off + i, true) : runView.getUint32(off + i, true);
+      bus.mmio.write(addr + i, size, v);
+    } else {
+      const v = bus.mmio.read(addr + i, size);
+      if (size === 1) runView.setUint8(off + i, v);
+      else if (size === 2) runView.setUint16(off + i, v, true);
+      else runView.setUint32(off + i, v >>> 0, true);
     }
   }
 }
@@ -120,7 +124,10 @@ try {
       first = false;
       post({ type: 'started', vcpuId: data.vcpuId, tid: addon.gettid(), firstRunEpochMs: performance.timeOrigin + performance.now() });
     }
-    const r = addon.run(data.vcpuFd, handle);
+    const r =
+      data.benchCPioPort === undefined
+        ? addon.run(data.vcpuFd, handle)
+        : addon.benchRunPioLoop(data.vcpuFd, handle, data.benchCPioPort, 0x7fffffff).result;
     if (r === -EINTR || r === -EAGAIN) continue;
     exits++;
     const reason = kvmRun.exitReason;

@@ -1,4 +1,5 @@
-/* pioloop: pio.count=N (default 1000000) `outb` to port 0x80 from ring 3. */
+/* pioloop: pio.count=N (default 1000000) `outb` to port 0x80 from ring 3
+ * (pio.ring=0: from ring 0 instead). */
 #include "lib/lib.h"
 
 static uint64_t loop(void *arg)
@@ -14,7 +15,7 @@ int guest_main(struct hvm_start_info *si)
     (void)si;
     uint64_t n = cmdline_u64("pio.count", 1000000);
     puts("pioloop start");
-    uint64_t done = run_user(loop, &n, 0);
+    uint64_t done = cmdline_u64("pio.ring", 3) == 0 ? loop(&n) : run_user(loop, &n, 0);
     printf("pioloop done %lu\n", done);
     return 0;
 }

@@ -38,9 +38,12 @@ export interface GuestImage {
 export interface EnsureGuestOptions {
   /** The guest directory itself (default: guestHome()). */
   home?: string;
-  /** Report progress (default true): a bar on stderr if it is a TTY, else lines (to `log` if given). */
+  /**
+   * false: silent. true: a bar on stderr if it is a TTY, else one line per step to `log` (default:
+   * stderr). Unset: lines to `log` if given, else as for true.
+   */
   progress?: boolean;
-  /** Receives progress lines instead of stderr. */
+  /** Receives one line per step (when no bar is drawn). */
   log?: (line: string) => void;
   /** Re-hash the outputs of an existing build against the manifest instead of only checking sizes. */
   verify?: boolean;
@@ -134,6 +137,7 @@ async function verifyHashes(dir: string): Promise<boolean> {
 
 function makeProgress(opts: EnsureGuestOptions, steps: number): Progress {
   if (opts.progress === false) return silentProgress;
+  if (opts.progress === true && process.stderr.isTTY) return barProgress(steps, process.stderr);
   if (opts.log) return lineProgress(steps, opts.log);
   if (process.stderr.isTTY) return barProgress(steps, process.stderr);
   return lineProgress(steps, (l) => process.stderr.write(l + '\n'));

@@ -17,6 +17,7 @@ export function lz4DecompressBlock(src: Uint8Array, dst: Uint8Array, dstOff = 0,
   const iend = src.length;
   if (iend === 0) throw new Error('lz4: empty block');
   for (;;) {
+    if (ip >= iend) throw new Error('lz4: block ends after a match (no final literals)');
     const token = src[ip++];
     // literals
     let litLen = token >>> 4;

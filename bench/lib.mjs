@@ -1,0 +1,59 @@
+// Shared benchmark helpers: run a command with timestamps on its output lines and its peak RSS.
+import { spawn, spawnSync } from 'node:child_process';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+export const GUESTS = join(ROOT, 'build', 'guests');
+export const KINDLING = join(ROOT, 'bin', 'kindling.js');
+
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+export function which(cmd) {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : undefined;
+}
+
+/**
+ * Spawn `argv` under bench/rusage.py. Resolves with wall times (ms since just before spawn) of the
+ * first stdout line containing each marker, the exit time, exit code, peak RSS (KiB) and stderr.
+ */
+export function timedRun(argv, markers, { timeoutMs = 60_000, env = process.env } = {}) {
+  return new Promise((resolvePromise) => {
+    const t0 = performance.now();
+    const p = spawn('python3', [join(ROOT, 'bench', 'rusage.py'), ...argv], { stdio: ['ignore', 'pipe', 'pipe', 'pipe'], env });
+    const seen = {};
+    let out = '';
+    let err = '';
+    let rss = NaN;
+    p.stdout.on('data', (b) => {
+      out += b.toString('latin1');
+      const now = performance.now() - t0;
+      for (const m of markers) if (seen[m] === undefined && out.includes(m)) seen[m] = now;
+    });
+    p.stderr.on('data', (b) => (err += b));
+    p.stdio[3].on('data', (b) => {
+      const m = /maxrss (\d+)/.exec(b.toString());
+      if (m) rss = Number(m[1]);
+    });
+    const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
+    p.on('close', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ marks: seen, exitMs: performance.now() - t0, spawnEpoch: performance.timeOrigin + t0, code, rssKiB: rss, stdout: out, stderr: err });
+    });
+  });
+}
+
+export const QEMU_MICROVM = [
+  'qemu-system-x86_64', '-M', 'microvm,x-option-roms=off,isa-serial=on,rtc=off', '-accel', 'kvm',
+  '-cpu', 'host,-arch-capabilities', '-nodefaults', '-no-user-config', '-display', 'none', '-serial', 'stdio',
+  '-device', 'isa-debug-exit,iobase=0xf4,iosize=4', '-no-reboot',
+];
+
+export function fmt(x, digits = 1) {
+  return Number.isFinite(x) ? x.toFixed(digits) : 'n/a';
+}

@@ -1,0 +1,241 @@
+// Kernel loading: detect the image format, validate everything, plan every write, check the plan,
+// and only then copy into guest RAM (through GuestMemory, so nothing can land outside RAM).
+//
+//   ELF with a Xen PVH note  → 'pvh-elf': 32-bit PVH entry, %ebx = hvm_start_info at PVH_INFO_START
+//   other ELF64 x86-64 exec  → 'elf64':   vmlinux via the 64-bit boot protocol (entry = e_entry,
+//                                          physical), %rsi = synthesized boot_params at ZERO_PAGE_START
+//   bzImage                  → 'bzimage': protected-mode kernel at HIMEM_START, entry startup_64
+//                                          (HIMEM_START + 0x200), %rsi = boot_params at ZERO_PAGE_START
+//
+// Writes: the kernel at/above HIMEM_START; the command line at CMDLINE_START; the initrd at the
+// highest page-aligned address below min(initrd_addr_max + 1, end of low RAM) that is above the
+// kernel's footprint; boot_params or the PVH start_info/modlist/memmap in their fixed slots.
+import {
+  CMDLINE_MAX_SIZE,
+  CMDLINE_START,
+  EBDA_START,
+  HIMEM_START,
+  MiB,
+  PVH_INFO_START,
+  PVH_MEMMAP_START,
+  PVH_MODLIST_START,
+  ZERO_PAGE_START,
+} from '../arch/x86_64/layout.js';
+import { e820Map, ramRegions } from '../arch/x86_64/memory-map.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
+import { BOOT_PARAMS_SIZE, buildBootParams } from './boot-params.js';
+import { BZIMAGE_ENTRY, hasBzImageMagic, KernelFormatError, KernelLoadError, parseBzImage, type BzImageInfo } from './bzimage.js';
+import { CmdlineError, KernelCmdline } from './cmdline.js';
+import { hasElfMagic, parseElf, type ElfImage } from './elf.js';
+import { buildPvhStructures, HVM_MEMMAP_ENTRY_SIZE, HVM_START_INFO_SIZE, PVH_MAX_MEMMAP_ENTRIES } from './pvh.js';
+
+export { KernelFormatError, KernelLoadError } from './bzimage.js';
+export { CmdlineError, KernelCmdline } from './cmdline.js';
+
+export type KernelKind = 'bzimage' | 'pvh-elf' | 'elf64';
+export type BootProtocol = 'linux64' | 'pvh';
+
+export interface BootSetup {
+  kind: KernelKind;
+  protocol: BootProtocol;
+  /** 64-bit entry (linux64) or 32-bit physical entry (pvh) */
+  entry: number;
+  /** rsi for linux64 (zero page), rbx for pvh (start_info) */
+  bootInfoAddr: number;
+  kernelStart: number;
+  /** End of the memory the kernel claims: its segments incl. BSS, or for a bzImage the init_size footprint. */
+  kernelEnd: number;
+  initrd?: { addr: number; size: number };
+  cmdline: string;
+}
+
+export interface LoadOptions {
+  cmdline: string;
+  /** An empty initrd is treated as none. */
+  initrd?: Uint8Array;
+  memBytes: number;
+  rsdpAddr?: number;
+}
+
+/** True for the errors loadKernel throws for a bad image/initrd/command line (one-line, user-facing). */
+export function isLoaderError(e: unknown): e is KernelFormatError | KernelLoadError | CmdlineError {
+  return e instanceof KernelFormatError || e instanceof KernelLoadError || e instanceof CmdlineError;
+}
+
+/** The initrd is placed on a page boundary. */
+export const INITRD_ALIGN = 4096;
+
+/**
+ * The fixed boot-structure slots below HIMEM_START that the loader may write (nothing else there).
+ * The zero page and the PVH memmap share one slot; a load uses one or the other.
+ */
+export const BOOT_STRUCTURE_SLOTS: readonly { name: string; start: number; size: number }[] = [
+  { name: 'PVH start_info', start: PVH_INFO_START, size: HVM_START_INFO_SIZE },
+  { name: 'PVH module list', start: PVH_MODLIST_START, size: PVH_MEMMAP_START - PVH_MODLIST_START },
+  { name: 'PVH memory map', start: PVH_MEMMAP_START, size: PVH_MAX_MEMMAP_ENTRIES * HVM_MEMMAP_ENTRY_SIZE },
+  { name: 'zero page', start: ZERO_PAGE_START, size: BOOT_PARAMS_SIZE },
+  { name: 'command line', start: CMDLINE_START, size: CMDLINE_MAX_SIZE },
+];
+
+type Parsed = { kind: 'bzimage'; bz: BzImageInfo } | { kind: 'pvh-elf' | 'elf64'; elf: ElfImage };
+
+function inspect(image: Uint8Array): Parsed {
+  if (hasElfMagic(image)) {
+    const elf = parseElf(image);
+    return { kind: elf.pvhEntry !== undefined ? 'pvh-elf' : 'elf64', elf };
+  }
+  if (hasBzImageMagic(image)) return { kind: 'bzimage', bz: parseBzImage(image) };
+  throw new KernelFormatError('not a Linux kernel: no ELF magic or bzImage setup header');
+}
+
+/** The format loadKernel would use, or undefined if the image is not a valid kernel of any kind. */
+export function detectKernelFormat(image: Uint8Array): KernelKind | undefined {
+  try {
+    return inspect(image).kind;
+  } catch (e) {
+    if (e instanceof KernelFormatError) return undefined;
+    throw e;
+  }
+}
+
+interface Write {
+  what: string;
+  gpa: number;
+  /** bytes to copy, or a length to zero */
+  data: Uint8Array | number;
+}
+
+const hex = (n: number): string => '0x' + n.toString(16);
+const mib = (n: number): string => `${+(n / MiB).toFixed(2)} MiB`;
+const len = (w: Write): number => (typeof w.data === 'number' ? w.data : w.data.length);
+
+export function loadKernel(mem: GuestMemory, image: Uint8Array, opts: LoadOptions): BootSetup {
+  // ---- validate ------------------------------------------------------------------------------
+  const lowEnd = ramRegions(opts.memBytes)[0].size; // RangeError for an impossible RAM size
+  if (!mem.isRam(0, lowEnd)) throw new RangeError(`guest memory does not cover ${hex(lowEnd)} bytes of low RAM`);
+  if (opts.rsdpAddr !== undefined && (!Number.isSafeInteger(opts.rsdpAddr) || opts.rsdpAddr < 0)) {
+    throw new RangeError(`invalid RSDP address ${opts.rsdpAddr}`);
+  }
+  const parsed = inspect(image);
+  const writes: Write[] = [];
+  let entry: number;
+  let kernelStart: number;
+  let kernelEnd: number;
+  let initrdLimit = lowEnd;
+  let cmdlineMax = CMDLINE_MAX_SIZE;
+
+  if (parsed.kind === 'bzimage') {
+    const bz = parsed.bz;
+    if (bz.footprintEnd > lowEnd) {
+      throw new KernelLoadError(
+        `guest RAM too small for this kernel: it needs memory up to ${mib(bz.footprintEnd)} (init_size ${mib(bz.initSize)} at ${hex(bz.runStart)}), the guest has ${mib(lowEnd)}`,
+      );
+    }
+    writes.push({ what: 'kernel', gpa: HIMEM_START, data: image.subarray(bz.setupSize) });
+    entry = BZIMAGE_ENTRY;
+    kernelStart = HIMEM_START;
+    kernelEnd = bz.footprintEnd;
+    initrdLimit = Math.min(lowEnd, bz.initrdAddrMax + 1);
+    cmdlineMax = Math.min(CMDLINE_MAX_SIZE, bz.cmdlineSize + 1);
+  } else {
+    const elf = parsed.elf;
+    for (const s of elf.segments) {
+      if (s.paddr < HIMEM_START) {
+        throw new KernelFormatError(`ELF program header ${s.index}: segment at ${hex(s.paddr)} lies below 1 MiB`);
+      }
+      if (s.paddr + s.memsz > lowEnd) {
+        throw new KernelLoadError(
+          `ELF program header ${s.index}: segment ${hex(s.paddr)}-${hex(s.paddr + s.memsz)} does not fit in guest RAM (${mib(lowEnd)} below 3 GiB)`,
+        );
+      }
+      if (s.filesz > 0) writes.push({ what: `segment ${s.index}`, gpa: s.paddr, data: image.subarray(s.offset, s.offset + s.filesz) });
+      if (s.memsz > s.filesz) writes.push({ what: `segment ${s.index} BSS`, gpa: s.paddr + s.filesz, data: s.memsz - s.filesz });
+    }
+    entry = parsed.kind === 'pvh-elf' ? (elf.pvhEntry as number) : Number(elf.entry);
+    kernelStart = elf.start;
+    kernelEnd = elf.end;
+  }
+
+  const cmdline = new KernelCmdline(cmdlineMax).append(opts.cmdline);
+  writes.push({ what: 'command line', gpa: CMDLINE_START, data: cmdline.bytes() });
+
+  let initrd: { addr: number; size: number } | undefined;
+  if (opts.initrd && opts.initrd.length > 0) {
+    const size = opts.initrd.length;
+    const lo = Math.ceil(kernelEnd / INITRD_ALIGN) * INITRD_ALIGN;
+    const addr = Math.floor((initrdLimit - size) / INITRD_ALIGN) * INITRD_ALIGN;
+    if (addr < lo) {
+      throw new KernelLoadError(
+        `initrd of ${mib(size)} does not fit in guest RAM between the kernel (ends at ${mib(lo)}) and ${mib(initrdLimit)}`,
+      );
+    }
+    initrd = { addr, size };
+    writes.push({ what: 'initrd', gpa: addr, data: opts.initrd });
+  }
+
+  const e820 = e820Map(opts.memBytes);
+  let protocol: BootProtocol;
+  let bootInfoAddr: number;
+  if (parsed.kind === 'pvh-elf') {
+    protocol = 'pvh';
+    const s = buildPvhStructures({
+      cmdlinePaddr: CMDLINE_START,
+      modules: initrd ? [{ paddr: initrd.addr, size: initrd.size }] : [],
+      memmap: e820,
+      rsdpPaddr: opts.rsdpAddr,
+    });
+    bootInfoAddr = s.startInfo.gpa;
+    writes.push({ what: 'PVH start_info', gpa: s.startInfo.gpa, data: s.startInfo.bytes });
+    if (s.modlist.bytes.length) writes.push({ what: 'PVH module list', gpa: s.modlist.gpa, data: s.modlist.bytes });
+    writes.push({ what: 'PVH memory map', gpa: s.memmap.gpa, data: s.memmap.bytes });
+  } else {
+    protocol = 'linux64';
+    bootInfoAddr = ZERO_PAGE_START;
+    const bp = buildBootParams({
+      setupHeader: parsed.kind === 'bzimage' ? parsed.bz.setupHeader : undefined,
+      cmdlineAddr: CMDLINE_START,
+      cmdlineSize: cmdline.length,
+      initrd,
+      e820,
+      rsdpAddr: opts.rsdpAddr,
+    });
+    writes.push({ what: 'zero page', gpa: ZERO_PAGE_START, data: bp });
+  }
+
+  // ---- check the plan, then write ------------------------------------------------------------
+  checkPlan(mem, writes);
+  for (const w of writes) {
+    if (typeof w.data === 'number') mem.fill(w.gpa, w.data, 0);
+    else mem.writeBytes(w.gpa, w.data);
+  }
+
+  return {
+    kind: parsed.kind,
+    protocol,
+    entry,
+    bootInfoAddr,
+    kernelStart,
+    kernelEnd,
+    ...(initrd ? { initrd } : {}),
+    cmdline: cmdline.toString(),
+  };
+}
+
+/**
+ * Internal invariants (a failure is a kindling bug, not a user error): every write is RAM, lies
+ * at/above HIMEM_START or inside one fixed boot-structure slot, and no two writes overlap.
+ */
+function checkPlan(mem: GuestMemory, writes: readonly Write[]): void {
+  for (const w of writes) {
+    const n = len(w);
+    if (!mem.isRam(w.gpa, n)) throw new Error(`loader bug: ${w.what} at ${hex(w.gpa)}+${hex(n)} is outside guest RAM`);
+    if (w.gpa >= HIMEM_START) continue;
+    const inSlot = BOOT_STRUCTURE_SLOTS.some((s) => w.gpa >= s.start && w.gpa + n <= s.start + s.size);
+    if (!inSlot || w.gpa + n > EBDA_START) throw new Error(`loader bug: ${w.what} at ${hex(w.gpa)}+${hex(n)} is outside its boot-structure slot`);
+  }
+  const sorted = writes.filter((w) => len(w) > 0).sort((a, b) => a.gpa - b.gpa);
+  for (let i = 1; i < sorted.length; i++) {
+    const a = sorted[i - 1];
+    if (sorted[i].gpa < a.gpa + len(a)) throw new Error(`loader bug: ${a.what} and ${sorted[i].what} overlap`);
+  }
+}

@@ -1,0 +1,44 @@
+// The port-I/O and MMIO buses as one vCPU worker sees them: its own device-model instances over the
+// shared device state (src/main/device-manager.ts creates that state on the main thread).
+import { COM1_PORT, COM1_PORT_COUNT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, I8042_DATA_PORT, POST_PORT } from '../arch/x86_64/layout.js';
+import { MmioBus, PioBus, bytewise } from '../devices/bus.js';
+import { DebugExit } from '../devices/legacy/debug-exit.js';
+import { I8042 } from '../devices/legacy/i8042.js';
+import { PostCode } from '../devices/legacy/post.js';
+import { Serial16550 } from '../devices/legacy/serial.js';
+import { loadAddon } from '../kvm/addon.js';
+import { ByteRing } from '../shared/byte-ring.js';
+import type { ExitReason } from '../shared/control.js';
+import type { LegacyDeviceState } from './protocol.js';
+
+export interface LegacyBusEnv {
+  /** true once the VM is stopping (a blocked console write gives up) */
+  stopping: () => boolean;
+  /** end the VM */
+  end: (reason: ExitReason, exitCode: number) => void;
+  /** first access to an address no device claims (the bus reports each address once) */
+  unknown: (kind: 'pio' | 'mmio', addr: number, write: boolean) => void;
+}
+
+export interface Buses {
+  pio: PioBus;
+  mmio: MmioBus;
+}
+
+export function buildLegacyBus(state: LegacyDeviceState, env: LegacyBusEnv): Buses {
+  const addon = loadAddon();
+  const tx = new ByteRing(state.serialTx);
+  const serial = new Serial16550(state.serial, {
+    tx: (b) => {
+      tx.pushBlocking(b, env.stopping);
+    },
+    irq: () => addon.eventfdWrite(state.serialIrqFd, 1n),
+  });
+  const pio = new PioBus((kind, addr) => env.unknown('pio', addr, kind === 'write'));
+  pio.register(COM1_PORT, COM1_PORT_COUNT, bytewise(serial), 'com1');
+  pio.register(I8042_DATA_PORT, I8042.LENGTH, bytewise(new I8042(state.i8042, { reset: () => env.end('reboot', 0) })), 'i8042');
+  pio.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, new DebugExit({ exit: (code) => env.end('exit', code) }), 'debug-exit');
+  pio.register(POST_PORT, 1, new PostCode(state.post), 'post');
+  const mmio = new MmioBus((kind, addr) => env.unknown('mmio', addr, kind === 'write'));
+  return { pio, mmio };
+}
