@@ -88,6 +88,11 @@ function inspect(image: Uint8Array): Parsed {
   throw new KernelFormatError('not a Linux kernel: no ELF magic or bzImage setup header');
 }
 
+/** Like detectKernelFormat, but throws the specific KernelFormatError (e.g. "bzImage boot protocol 2.04 is too old"). */
+export function checkKernelImage(image: Uint8Array): KernelKind {
+  return inspect(image).kind;
+}
+
 /** The format loadKernel would use, or undefined if the image is not a valid kernel of any kind. */
 export function detectKernelFormat(image: Uint8Array): KernelKind | undefined {
   try {
