@@ -14,7 +14,7 @@ import { bootFpu, bootRegs, bootSregs, configureLapic, writeBootGdt, writeIdenti
 import type { KvmAddon } from '../kvm/addon.js';
 import { decodeSregs, encodeCpuid, encodeFpu, encodeRegs, encodeSregs } from '../kvm/structs.js';
 import { Kvm, PVM_WARNING, detectPvm } from '../kvm/system.js';
-import { KernelFormatError, detectKernelFormat, loadKernel, type BootSetup } from '../loader/index.js';
+import { checkKernelImage, loadKernel, type BootSetup } from '../loader/index.js';
 import { GuestMemory, type SlotDescriptor } from '../memory/guest-memory.js';
 import {
   CTRL_EXIT_CODE,
@@ -157,10 +157,8 @@ export class VM extends EventEmitter {
       else this.log.warn(PVM_WARNING);
     }
     const kernelImage = readFileSync(cfg.kernel);
-    // Reject a file that is not a kernel before touching /dev/kvm.
-    if (!detectKernelFormat(kernelImage)) {
-      throw new KernelFormatError(`not a Linux kernel: ${cfg.kernel} has neither an ELF header nor a bzImage setup header`);
-    }
+    // Reject a file that is not a usable kernel before touching /dev/kvm (throws one clear line).
+    checkKernelImage(kernelImage);
     const initrd = cfg.initrd !== undefined ? readFileSync(cfg.initrd) : undefined;
 
     const kvm = (this.kvm = Kvm.open());
@@ -248,6 +246,7 @@ export class VM extends EventEmitter {
             if (!this.unknownSeen.has(key)) {
               this.unknownSeen.add(key);
               this.log.info({ vcpu: m.vcpuId, kind: m.kind, addr: '0x' + m.addr.toString(16), write: m.write }, 'guest accessed an unhandled address (reads return all-ones)');
+              this.emit('unhandled-access', { kind: m.kind, addr: m.addr, write: m.write });
             }
           }
         });

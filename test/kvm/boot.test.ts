@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
-import { VM } from '../../dist/main/index.js';
+import { VM, detectPvm } from '../../dist/main/index.js';
 import { ROOT, guest, kvmOrSkipNotice, runGuest, waitFor } from './helpers.js';
 
 const kvm = kvmOrSkipNotice('boot.test.ts');
@@ -81,6 +81,25 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
     expect(r.exit.detail).toMatch(/triple fault .* RIP 0x[0-9a-f]+/);
   });
 
+  it('an i8042 reset (port 0x64, command 0xfe) ends the VM with reason reboot', async () => {
+    const r = await runGuest({ kernel: guest('hello.elf'), memMiB: 32, cmdline: 'reboot exit=9' });
+    expect(r.output).toContain('hello from guest');
+    expect(r.output).not.toContain('still running');
+    expect(r.exit).toEqual({ reason: 'reboot', exitCode: 0 });
+  });
+
+  it('unhandled ports read as all-ones and are reported once per address', async () => {
+    const vm = new VM({ kernel: guest('hello.elf'), memMiB: 32, cmdline: 'probe=2f8', logLevel: 'silent' });
+    const seen: Array<{ kind: string; addr: number }> = [];
+    vm.on('unhandled-access', (a: { kind: string; addr: number }) => seen.push(a));
+    let out = '';
+    vm.serial.on('data', (b: Buffer) => (out += b.toString()));
+    await vm.start();
+    expect(await vm.wait()).toEqual({ reason: 'exit', exitCode: 0 });
+    expect(out).toContain('probe 2f8 ff ff');
+    expect(seen.filter((a) => a.kind === 'pio' && a.addr === 0x2f8)).toHaveLength(1);
+  });
+
   it('stop() ends a VM whose vCPU is halted inside KVM_RUN, promptly', async () => {
     const vm = new VM({ kernel: guest('echo.elf'), memMiB: 32, logLevel: 'silent' });
     let out = '';
@@ -100,11 +119,11 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
     let ticks = 0;
     const iv = setInterval(() => ticks++, 10);
     const t0 = performance.now();
-    const r = await runGuest({ kernel: guest('pioloop.elf'), memMiB: 32, cmdline: 'pio.count=200000' });
+    const r = await runGuest({ kernel: guest('pioloop.elf'), memMiB: 32, cmdline: 'pio.count=60000' });
     const elapsed = performance.now() - t0;
     clearInterval(iv);
     h.disable();
-    expect(r.output).toContain('pioloop done 200000');
+    expect(r.output).toContain('pioloop done 60000');
     expect(r.exit.exitCode).toBe(0);
     // The timer kept firing (roughly every 10 ms) and no callback waited long for the loop.
     expect(ticks).toBeGreaterThan((elapsed / 10) * 0.5);
@@ -132,6 +151,13 @@ describe.skipIf(!kvm)('kindling run (CLI) under KVM', () => {
     const r = await runCli(['run', '--kernel', guest('hello.elf'), '--mem', '64', '--cmdline', 'exit=3']);
     expect(r.stdout).toContain('hello from guest');
     expect(r.code).toBe(3);
+  });
+
+  it('prints the KVM-PVM warning exactly once when /dev/kvm is PVM-backed, and not otherwise', async () => {
+    const r = await runCli(['run', '--kernel', guest('hello.elf'), '--mem', '32']);
+    const warnings = r.stderr.split('\n').filter((l) => l.includes('KVM-PVM'));
+    expect(warnings).toHaveLength(detectPvm() ? 1 : 0);
+    expect(r.code).toBe(0);
   });
 
   it('a process that exits while a vCPU sits in KVM_RUN does not hang', async () => {
