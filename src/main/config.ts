@@ -39,8 +39,11 @@ export interface ResolvedConfig {
 export const DEFAULT_VCPUS = 1;
 export const DEFAULT_MEM_MIB = 256;
 export const MIN_MEM_MIB = 16;
-/** Firecracker's and kindling's upper bound for vCPUs unless KVM allows fewer. */
-export const MAX_VCPUS_DEFAULT = 32;
+/**
+ * kindling's upper bound for vCPUs: xAPIC ids are 8 bits, 0xff is broadcast, and the IOAPIC takes the
+ * id after the last vCPU. The host's KVM_CAP_MAX_VCPUS may allow fewer; start() refuses more than that.
+ */
+export const MAX_VCPUS = 254;
 export const DEFAULT_CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd';
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -77,9 +80,9 @@ function checkReadableFile(path: string, what: string): number {
 export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hostMemBytes?: number } = {}): ResolvedConfig {
   if (typeof config !== 'object' || config === null) throw new ConfigError('VM config must be an object');
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
-  const maxVcpus = limits.maxVcpus ?? MAX_VCPUS_DEFAULT;
+  const maxVcpus = limits.maxVcpus ?? MAX_VCPUS;
   if (!Number.isInteger(vcpus) || vcpus < 1) throw new ConfigError(`--vcpus must be a whole number ≥ 1 (got ${String(config.vcpus)})`);
-  if (vcpus > maxVcpus) throw new ConfigError(`--vcpus ${vcpus} is more than this host's KVM allows (${maxVcpus})`);
+  if (vcpus > maxVcpus) throw new ConfigError(`--vcpus ${vcpus} is more than kindling supports (${maxVcpus})`);
 
   const memMiB = config.memMiB ?? DEFAULT_MEM_MIB;
   if (!Number.isInteger(memMiB) || memMiB < MIN_MEM_MIB) {

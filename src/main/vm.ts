@@ -55,11 +55,18 @@ export interface VMTimings {
 }
 
 const KVM_PIT_SPEAKER_DUMMY = 1;
+/** struct kvm_clock_data: u64 clock @0, u32 flags @8 */
+const KVM_CLOCK_DATA_CLOCK = 0;
+const KVM_CLOCK_DATA_FLAGS = 8;
 const STOP_GRACE_MS = 2000;
 
 const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
-function workerExecArgv(): string[] {
-  return process.execArgv.filter((a) => !MAIN_ONLY_FLAGS.test(a));
+/** Process-wide V8/Node options a Worker refuses in an explicit execArgv (they apply to it anyway). */
+const PER_PROCESS_FLAGS = /^--(expose[-_]gc|max[-_]old[-_]space[-_]size|max[-_]semi[-_]space[-_]size|stack[-_]size|title)(=|$)/;
+/** undefined (inherit the parent's flags) unless some of them would break a worker. */
+function workerExecArgv(): string[] | undefined {
+  if (!process.execArgv.some((a) => MAIN_ONLY_FLAGS.test(a))) return undefined;
+  return process.execArgv.filter((a) => !MAIN_ONLY_FLAGS.test(a) && !PER_PROCESS_FLAGS.test(a));
 }
 
 /** Every VM that has vCPU threads, so process exit can kick them out of KVM_RUN. */
@@ -101,6 +108,7 @@ export class VM extends EventEmitter {
   private resolveExit!: (e: VMExit) => void;
   private unknownSeen = new Set<string>();
   private ended = false;
+  private pausedClock?: Uint8Array;
 
   constructor(config: VMConfig) {
     super();
@@ -338,23 +346,44 @@ export class VM extends EventEmitter {
     }
   }
 
-  /** Pause every vCPU (kicked out of KVM_RUN and parked). Resolves when all are parked. */
+  /**
+   * Pause every vCPU: each is kicked out of KVM_RUN (coalesced SIGRTMIN + immediate_exit) and parks on
+   * Atomics.wait without spinning. The guest's kvmclock is saved, so it does not jump on resume.
+   * Resolves when every vCPU is parked.
+   */
   async pause(): Promise<void> {
     if (this._state !== 'running') throw new Error(`VM.pause(): VM is ${this._state}`);
     setRunState(this.ctrl, RUN_STATE_PAUSED);
     this.kickAll();
     while (Atomics.load(this.ctrl, CTRL_RUN_STATE) === RUN_STATE_PAUSED && Atomics.load(this.ctrl, CTRL_PARKED) < this.liveVcpus()) {
       const r = Atomics.waitAsync(this.ctrl, CTRL_PARKED, Atomics.load(this.ctrl, CTRL_PARKED), 100);
-      await r.value;
+      if (r.async) await r.value;
     }
-    if (this._state === 'running') this.setState('paused');
+    if (this._state !== 'running') return; // the VM ended while pausing
+    this.pausedClock = this.kvm!.addon.getClock(this.vmFd);
+    this.setState('paused');
   }
 
-  /** Resume a paused VM. */
+  /** Resume a paused VM; kvmclock continues from where pause() left it. */
   resume(): void {
     if (this._state !== 'paused') throw new Error(`VM.resume(): VM is ${this._state}`);
+    if (this.pausedClock) {
+      const data = new Uint8Array(this.pausedClock);
+      // Only the clock value is restored; KVM_GET_CLOCK's output flags (TSC_STABLE, REALTIME, HOST_TSC)
+      // would ask KVM_SET_CLOCK to adjust for the time spent paused.
+      new DataView(data.buffer, data.byteOffset).setUint32(KVM_CLOCK_DATA_FLAGS, 0, true);
+      this.kvm!.addon.setClock(this.vmFd, data);
+      this.pausedClock = undefined;
+    }
     setRunState(this.ctrl, RUN_STATE_RUNNING);
     this.setState('running');
+  }
+
+  /** The guest's kvmclock (KVM_GET_CLOCK), in nanoseconds. */
+  clockNs(): bigint {
+    if (!this.kvm || this.vmFd < 0) throw new Error(`VM.clockNs(): VM is ${this._state}`);
+    const d = this.kvm.addon.getClock(this.vmFd);
+    return new DataView(d.buffer, d.byteOffset).getBigUint64(KVM_CLOCK_DATA_CLOCK, true);
   }
 
   private liveVcpus(): number {

@@ -192,6 +192,7 @@ describe('kindling CLI input errors (one clear line, non-zero exit, no stack tra
     ['--mem 0', ['run', '--kernel', notKernel, '--mem', '0'], /--mem/],
     ['--mem over host RAM', ['run', '--kernel', notKernel, '--mem', '99999999'], /--mem .*host/],
     ['--vcpus 0', ['run', '--kernel', notKernel, '--vcpus', '0'], /--vcpus/],
+    ['--vcpus over the maximum', ['run', '--kernel', notKernel, '--vcpus', '100000'], /--vcpus 100000 is more than/],
     ['--vcpus not a number', ['run', '--kernel', notKernel, '--vcpus', 'two'], /--vcpus/],
     ['an unknown option', ['run', '--frobnicate'], /frobnicate/],
     ['an unknown command', ['launch'], /unknown command/],
