@@ -3,7 +3,6 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, type VMConfig } from './config.js';
 import { VM, type VMExit } from './vm.js';
-import { ensureDefaultGuest, encodeGuestCommand } from './guest-image/index.js';
 
 const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--log-level LEVEL] [-- CMD ARGS...]
@@ -67,6 +66,7 @@ async function dispatch(argv: string[]): Promise<void> {
   }
   if (cmd === 'guest') {
     if (rest.length) throw new UsageError(`unexpected argument for guest: ${rest[0]}`);
+    const { ensureDefaultGuest } = await import('./guest-image/index.js');
     const g = await ensureDefaultGuest({ progress: true, log: (l) => process.stderr.write(l + '\n') });
     process.stdout.write(`default guest ready: kernel ${g.kernel}, initrd ${g.initrd} (linux ${g.kernelVersion})\n`);
     return;
@@ -112,6 +112,8 @@ async function run(args: string[]): Promise<void> {
   };
   if (values.kernel === undefined) {
     if (values.initrd !== undefined) throw new UsageError('--initrd needs --kernel (the default guest brings its own initramfs)');
+    // Loaded only when needed: the builder is not on the path of `run --kernel`.
+    const { ensureDefaultGuest, encodeGuestCommand } = await import('./guest-image/index.js');
     const g = await ensureDefaultGuest({ progress: true, log: (l) => process.stderr.write(l + '\n') });
     config.kernel = g.kernel;
     config.initrd = g.initrd;

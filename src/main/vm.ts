@@ -11,7 +11,7 @@ import { memorySlots } from '../arch/x86_64/memory-map.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
 import { bootMsrs, toMsrArrays } from '../arch/x86_64/msr.js';
 import { bootFpu, bootRegs, bootSregs, configureLapic, writeBootGdt, writeIdentityPageTables } from '../arch/x86_64/regs.js';
-import type { KvmAddon } from '../kvm/addon.js';
+import { loadAddon, type KvmAddon } from '../kvm/addon.js';
 import { decodeSregs, encodeCpuid, encodeFpu, encodeRegs, encodeSregs } from '../kvm/structs.js';
 import { Kvm, PVM_WARNING, detectPvm } from '../kvm/system.js';
 import { checkKernelImage, loadKernel, type BootSetup } from '../loader/index.js';
@@ -142,14 +142,21 @@ export class VM extends EventEmitter {
     if (this._state !== 'created') throw new Error(`VM.start(): VM is ${this._state}`);
     this.setState('starting');
     this.timings.start = performance.timeOrigin + performance.now();
+    // The workers boot their isolates and load their modules while this thread builds the VM.
+    const running = this.spawnVcpus();
     try {
       this.build();
     } catch (e) {
+      this.ended = true;
+      for (const w of this.workers) void w.terminate();
+      liveVms.delete(this);
       this.teardown();
       this.setState('stopped');
+      this.resolveExit({ reason: 'error', exitCode: 1, detail: (e as Error).message });
       throw e;
     }
-    await this.spawnVcpus();
+    this.configureVcpus();
+    await running;
     if ((this._state as VMState) === 'starting') this.setState('running');
     else if (this.ended && this.details.length && Atomics.load(this.ctrl, CTRL_STARTED) < this.config.vcpus) {
       // The vCPUs never ran (a worker failed to start): that is a start() failure, not a guest exit.
@@ -212,29 +219,35 @@ export class VM extends EventEmitter {
     this.log.info({ kernel: cfg.kernel, kind: boot.kind, entry: boot.entry, vcpus: cfg.vcpus, memBytes: cfg.memBytes }, 'vm built');
   }
 
-  private spawnVcpus(): Promise<void> {
+  /** Send each vCPU worker what it needs to run (after build()). */
+  private configureVcpus(): void {
     const kvm = this.kvm!;
-    const addon = kvm.addon;
-    installExitHook(addon);
-    liveVms.add(this);
     const runSize = kvm.vcpuMmapSize;
     const memory = this.memory!.descriptors();
+    this.workers.forEach((w, id) => {
+      const data: VcpuWorkerData = {
+        vcpuId: id,
+        vcpuCount: this.config.vcpus,
+        vcpuFd: this.vcpuFds[id],
+        runSize,
+        control: this.ctrl,
+        memory,
+        devices: this.devices!.state,
+        logLevel: this.config.logLevel,
+        benchCPioPort: this.config.benchCPioPort,
+      };
+      w.postMessage(data);
+    });
+  }
+
+  /** Start one worker per vCPU; they wait for configureVcpus(). Resolves when every vCPU entered its run loop. */
+  private spawnVcpus(): Promise<void> {
+    installExitHook(loadAddon());
+    liveVms.add(this);
     let started = 0;
     return new Promise<void>((resolve) => {
       for (let id = 0; id < this.config.vcpus; id++) {
-        const data: VcpuWorkerData = {
-          vcpuId: id,
-          vcpuCount: this.config.vcpus,
-          vcpuFd: this.vcpuFds[id],
-          runSize,
-          control: this.ctrl,
-          memory,
-          devices: this.devices!.state,
-          logLevel: this.config.logLevel,
-          benchCPioPort: this.config.benchCPioPort,
-        };
         const w = new Worker(new URL('../vcpu-worker/worker.js', import.meta.url), {
-          workerData: data,
           name: `vcpu${id}`,
           // Node flags that only make sense for the main script (--input-type, --eval, …) must not reach the worker.
           execArgv: workerExecArgv(),

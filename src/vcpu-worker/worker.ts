@@ -1,7 +1,7 @@
 // One vCPU: a worker_thread that runs KVM_RUN in a loop and handles the exits that reach userspace
 // (port I/O to the legacy devices, MMIO, shutdown, errors). Device state is shared with the other
 // vCPU workers through SharedArrayBuffers; the main thread is not on this path.
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import { loadAddon } from '../kvm/addon.js';
 import { KvmRunView, decodeExit, KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_INTR, KVM_EXIT_HLT } from '../kvm/exits.js';
 import { GuestMemory } from '../memory/guest-memory.js';
@@ -22,11 +22,13 @@ import { describeFatalExit } from './diagnose.js';
 const EINTR = 4;
 const EAGAIN = 11;
 
-const data = workerData as VcpuWorkerData;
-const addon = loadAddon();
-const ctrl = data.control;
 const port = parentPort;
 if (!port) throw new Error('vcpu worker must run in a worker_thread');
+const addon = loadAddon();
+// The worker is spawned before the VM is built (so its start-up overlaps the build); its
+// configuration arrives as the first message.
+const data = await new Promise<VcpuWorkerData>((resolve) => port.once('message', resolve));
+const ctrl = data.control;
 
 function post(msg: VcpuMessage): void {
   port!.postMessage(msg);

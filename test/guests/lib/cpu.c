@@ -46,6 +46,7 @@ static void idt_init(void)
 {
     for (unsigned v = 0; v < 32; v++)
         set_gate(v, isr_table + 16 * v, 0);
+    set_gate(3, isr_table + 16 * 3, 3);     /* #BP: int3 reports from ring 3 too */
     set_gate(6, ud_entry, 0);
     struct desc_ptr p = { sizeof(idt) - 1, (uintptr_t)idt };
     __asm__ volatile("lidt %0" :: "m"(p));
@@ -100,13 +101,16 @@ void guest_exit(uint8_t status)
     __builtin_unreachable();
 }
 
-void guest_start(struct hvm_start_info *si)
+/* Called by lib/entry.S in 64-bit mode with the protocol the entry stub
+ * (lib/start_*.S) recorded (BOOT_*) and its boot structure (start_info or boot_params). */
+void guest_start(unsigned protocol, const void *info)
 {
     serial_init();
     idt_init();
     tss_init();
-    cmdline_set(si && si->cmdline_paddr ? (const char *)(uintptr_t)si->cmdline_paddr : 0);
-    guest_exit((uint8_t)guest_main(si));
+    const struct boot_info *bi = boot_info_init(protocol, info);
+    cmdline_set(bi->cmdline);
+    guest_exit((uint8_t)guest_main(bi));
 }
 
 /* ---- 8259 PIC ---- */

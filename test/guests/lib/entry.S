@@ -1,32 +1,27 @@
 /*
- * PVH entry for the kindling test guests.
+ * Common entry paths for the kindling test guests.
  *
- * The loader enters _start32 in 32-bit protected mode, paging off, with
- * %ebx = physical address of struct hvm_start_info.  Everything the switch to
- * long mode needs (GDT, identity page tables) is static data built at
- * assembly time, so the (emulated, slow) ring-0 path is a dozen instructions.
+ * A protocol-specific stub (lib/start_pvh.S, lib/start_bzimage.S,
+ * lib/start_elf64.S) is the image's entry point; it loads
+ *   %edi = enum boot_protocol (lib/lib.h)
+ *   %esi/%rsi = the loader's boot structure (start_info or boot_params)
+ * and jumps to enter32 (32-bit protected mode, paging off) or enter64 (long
+ * mode, any identity map covering the image).  Both end in guest_start(protocol,
+ * info) (lib/cpu.c) running on this image's own GDT, page tables and stack.
+ * Everything the switch to long mode needs is static data built at assembly
+ * time, so the (emulated, slow) ring-0 path is a dozen instructions.
  *
  * Low memory below 1 MiB is left untouched, so a future AP trampoline can live
  * below 0x8000; it can reuse `gdt`, `gdt_ptr` and `pml4` from here.
  */
 #include "layout.h"
 
-/* ---- Xen PVH ELF note: XEN_ELFNOTE_PHYS32_ENTRY (18) ---- */
-        .section .note.Xen, "a", @note
-        .p2align 2
-        .long   4                       /* namesz: "Xen\0" */
-        .long   8                       /* descsz */
-        .long   18                      /* XEN_ELFNOTE_PHYS32_ENTRY */
-        .asciz  "Xen"
-        .quad   _start32                /* < 4 GiB, readable as 32 or 64 bits */
-
-/* ---- 32-bit entry ---- */
-        .section .text.entry, "ax"
+        .text
+/* ---- from 32-bit protected mode, paging off (flat segments) ---- */
         .code32
-        .globl  _start32
-_start32:
+        .globl  enter32
+enter32:
         cli
-        movl    %ebx, %esi              /* keep start_info pointer (1st C arg later) */
         lgdt    gdt_ptr
         movl    $pml4, %eax
         movl    %eax, %cr3
@@ -39,9 +34,24 @@ _start32:
         movl    %cr0, %eax
         orl     $0x80010001, %eax       /* PG | WP | PE */
         movl    %eax, %cr0
-        ljmp    $SEL_KCODE, $start64
+        ljmp    $SEL_KCODE, $start64_from32
 
         .code64
+start64_from32:
+        movl    %esi, %esi              /* zero-extend the 32-bit pointer */
+        jmp     start64
+
+/* ---- from long mode (the Linux 64-bit boot protocol): switch to our GDT and tables ---- */
+        .globl  enter64
+enter64:
+        cli
+        lgdt    gdt_ptr(%rip)
+        movl    $pml4, %eax
+        movq    %rax, %cr3
+        pushq   $SEL_KCODE
+        pushq   $start64
+        lretq
+
 start64:
         movl    $SEL_KDATA, %eax
         movl    %eax, %ds
@@ -51,8 +61,7 @@ start64:
         movl    %eax, %fs
         movl    %eax, %gs
         leaq    kstack_top(%rip), %rsp
-        movl    %esi, %edi              /* zero-extends: struct hvm_start_info * */
-        call    guest_start             /* lib/cpu.c; never returns */
+        call    guest_start             /* (%edi protocol, %rsi info): lib/cpu.c; never returns */
 1:      cli
         hlt
         jmp     1b

@@ -20,4 +20,10 @@
 
 #define STATUS_EXCEPTION 0xee
 
+/* Boot protocols: the entry stub (lib/start_*.S) passes one to guest_start(). */
+#define BOOT_PVH        1   /* start_pvh.S: 32-bit, %ebx = hvm_start_info */
+#define BOOT_BZIMAGE32  2   /* start_bzimage.S: 32-bit entry (code32_start), %esi = boot_params */
+#define BOOT_BZIMAGE64  3   /* start_bzimage.S: 64-bit entry (+0x200), %rsi = boot_params */
+#define BOOT_ELF64      4   /* start_elf64.S: 64-bit e_entry, %rsi = boot_params */
+
 #endif

@@ -1,0 +1,54 @@
+/*
+ * smp: lists the CPUs from the ACPI MADT (default) or the MP table (`mp`),
+ * starts every other listed CPU with INIT-SIPI-SIPI and counts who checks in.
+ *
+ *   smp: <acpi|mp> cpus in table: <N>
+ *   ap <apic id> online                  one per AP, any order
+ *   cpus: <1 + APs that checked in>
+ *
+ * Exit 0 if that count equals the table's, 1 if not, 2 if no table was
+ * found (`no table: ...`), 3 on a checksum/structure error (`bad table: ...`).
+ * Options: `mp`; `timeout=MS` (AP check-in wait, default 5000);
+ * `corrupt=rsdp|xsdt|rsdt|madt|mpfp|pcmp` treats that table's checksum as bad.
+ */
+#include "lib/lib.h"
+#include "lib/smp.h"
+
+static struct cpu_list cpus;
+
+/* ACPI RSDP hint: hvm_start_info.rsdp_paddr (PVH) or boot_params.acpi_rsdp_addr (0x070). */
+static uint64_t rsdp_hint(const struct boot_info *bi)
+{
+    if (bi->pvh)
+        return bi->pvh->rsdp_paddr;
+    if (bi->zero_page)
+        return bp_u64(bi->zero_page, 0x070);
+    return 0;
+}
+
+int guest_main(const struct boot_info *bi)
+{
+    size_t n, clen = 0;
+    char err[128];
+    int mp = cmdline_get("mp", &n) != 0;
+    const char *corrupt = cmdline_get("corrupt", &clen);
+    unsigned timeout_ms = (unsigned)cmdline_u64("timeout", 5000);
+
+    int r = mp ? mp_find_cpus(&cpus, err, sizeof err, corrupt, clen)
+               : acpi_find_cpus(rsdp_hint(bi), &cpus, err, sizeof err, corrupt, clen);
+    if (r == TABLE_BAD) {
+        printf("bad table: %s\n", err);
+        return 3;
+    }
+    if (r == TABLE_NONE) {
+        printf("no table: %s\n", err);
+        return 2;
+    }
+    printf("smp: %s cpus in table: %u\n", mp ? "mp" : "acpi", cpus.n);
+
+    unsigned up = 1 + smp_boot_aps(&cpus, timeout_ms);
+    smp_lock();
+    printf("cpus: %u\n", up);
+    smp_unlock();
+    return up == cpus.n ? 0 : 1;
+}
