@@ -5,6 +5,7 @@
 //   common.cc  errors, argument parsing, V8 <-> Node-API handles
 //   memory.cc  guest RAM (external SharedArrayBuffer over mmap), VM/vCPU fd lifetime, close()
 //   vcpu.cc    kvm_run mapping, KVM_RUN, the SIGRTMIN kick
+//   poll.cc    waking JS on fds: uv_poll watchers on the thread's loop, epoll
 //   kindling.cc (this file) system/VM/vCPU ioctls, eventfd, positioned I/O, constants, init
 #include "common.h"
 
@@ -717,6 +718,7 @@ Napi::Object Constants(Env env) {
 Napi::Object Init(Env env, Napi::Object exports) {
   InitMemory(env, exports);
   InitVcpu(env, exports);
+  InitPoll(env, exports);
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));
   struct Fn {

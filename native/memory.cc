@@ -244,6 +244,7 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   Args a(info, "close");
   int fd = a.Fd(0, "fd");
   if (!a.ok()) return a.env().Undefined();
+  ForgetWatchedFd(a.env(), fd);
   int err = CloseFd(fd);
   if (err) return ThrowErrno(a.env(), "close", err);
   return a.env().Undefined();

@@ -147,6 +147,81 @@ export interface KvmAddon {
    */
   eventfdRead(fd: number): bigint;
 
+  // ---- waking JS on an fd: uv_poll watchers on the calling thread's own event loop --------------
+  /**
+   * Watch an eventfd (e.g. a KVM ioeventfd) from the calling thread's libuv loop
+   * (napi_get_uv_event_loop; works in any worker_thread). When it becomes readable the addon reads
+   * (drains) the counter natively and calls `callback(fd, count)` from that loop through
+   * napi_make_callback, so nextTicks and microtasks run after it. Writes that land before the loop
+   * turns coalesce into one call whose count is their sum (count is never 0n). Returns a watcher id
+   * (a positive integer below 2^30, unique in the process, valid only on the calling thread).
+   *
+   * - libuv sets O_NONBLOCK on the fd (on its open file description, so for every holder of it).
+   * - The watcher is ref'd like a socket: it keeps the thread's event loop alive until unwatch(),
+   *   close(fd) or refWatch(id, false).
+   * - A callback that throws is reported as an uncaught exception of the thread (a worker's 'error').
+   * - If polling fails (e.g. the fd was closed on another thread), the watcher stops and the callback
+   *   is called once more with count 0n and a third argument, the error code ('EBADF', …).
+   * - At worker teardown (terminate() or exit) every watcher of the thread is stopped and closed by an
+   *   env cleanup hook; no callback runs once the thread can no longer run JS.
+   * - One watcher per fd per thread: a second watch of the same fd on the same thread throws EEXIST.
+   * Throws with syscall 'uv_poll_init' (EBADF, EPERM for a regular file, EEXIST) or 'uv_poll_start'.
+   */
+  watchEventfd(fd: number, callback: (fd: number, count: bigint, error?: string) => void): number;
+  /**
+   * Like watchEventfd, for any pollable fd, without reading it: `callback(fd)` runs while the fd is
+   * readable (level-triggered), so the callback must consume the readiness, or it is called again on
+   * every loop turn. For an eventfd: `eventfdRead(fd)` (the fd is non-blocking once watched, so a
+   * spurious or already-drained read returns 0n). On a poll error: callback(fd, undefined, code).
+   */
+  watchFd(fd: number, callback: (fd: number, count?: undefined, error?: string) => void): number;
+  /**
+   * Stop a watcher and release it (uv_close; memory freed in the close callback). No callback runs
+   * after unwatch() returns, and the watcher no longer keeps the loop alive. Safe from inside its own
+   * callback. Returns false for an unknown id (already unwatched, or another thread's watcher).
+   * close(fd) on the watching thread unwatches that fd's watchers first; close a watched fd on
+   * another thread only after unwatching it.
+   */
+  unwatch(id: number): boolean;
+  /**
+   * ref (default true) / unref a watcher (uv_ref/uv_unref): an unref'd watcher still delivers
+   * callbacks but does not keep the thread's event loop alive on its own. Returns false for an
+   * unknown id.
+   */
+  refWatch(id: number, ref?: boolean): boolean;
+
+  // ---- epoll: blocking the calling thread natively ---------------------------------------------
+  /** epoll_create1(EPOLL_CLOEXEC). Close with close(). Throws with syscall 'epoll_create1'. */
+  epollCreate(): number;
+  /**
+   * epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN, level-triggered); `token` (an int32) is what epollWait
+   * reports for this fd. With drain = true (eventfds only) epollWait reads the fd's counter itself
+   * when given a `counts` array; the addon then sets O_NONBLOCK on the fd so that read never blocks.
+   * Throws with syscall 'epoll_ctl' (EEXIST if already added, EPERM for a regular file, EBADF).
+   */
+  epollAdd(epfd: number, fd: number, token: number, drain?: boolean): void;
+  /** epoll_ctl(EPOLL_CTL_DEL). Throws with syscall 'epoll_ctl' (ENOENT if not added). */
+  epollDel(epfd: number, fd: number): void;
+  /**
+   * epoll_wait(epfd, max = min(tokens.length, 256), timeoutMs), blocking the calling thread
+   * (timeoutMs -1 = forever, 0 = poll). Writes the tokens of the ready fds to tokens[0..n) and returns
+   * n: 0 on timeout, and 0 (not a throw) on EINTR, so a signal such as a kick interrupts it. With
+   * `counts` (at least tokens.length long), counts[i] is the counter read from the i-th ready fd if it
+   * was added with drain = true (0n if it was already drained), else 0n. A ready fd that is neither
+   * drained here nor read by the caller stays ready (level-triggered). Keep a control eventfd in the
+   * set to wake a blocked worker; its event loop (timers, postMessage) does not run while it waits.
+   */
+  epollWait(epfd: number, tokens: Int32Array, timeoutMs: number, counts?: BigUint64Array): number;
+
+  // ---- benchmark helpers (bench/eventfd-wakeup.mjs) ---------------------------------------------
+  /**
+   * Benchmark only: `rounds` times write 1n to txFd then block reading rxFd (EINTR retried), in C.
+   * Returns the elapsed time in nanoseconds (CLOCK_MONOTONIC). Both fds must be blocking eventfds.
+   */
+  benchEventfdPingPong(txFd: number, rxFd: number, rounds: number): number;
+  /** Benchmark only: `rounds` times block reading rxFd then write 1n to txFd, in C (the C↔C echo side). */
+  benchEventfdEcho(rxFd: number, txFd: number, rounds: number): void;
+
   // ---- positioned I/O straight into guest RAM -------------------------------------------------
   /**
    * preadv(fd, iov, position): iov entries are [buf, offset, length] over guest-RAM buffers (at most

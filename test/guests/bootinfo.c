@@ -1,10 +1,12 @@
 /*
- * bootinfo: prints what the PVH loader handed over and checks it against
- * expectations on the command line (see README.md).
+ * bootinfo: prints what the loader handed over and checks it against
+ * expectations on the command line (see README.md).  One source, three
+ * images: bootinfo.elf (PVH), bootinfo64.elf (ELF64, 64-bit boot protocol)
+ * and bootinfo.bzimage (32- or 64-bit bzImage entry).  lib/boot.c turns
+ * start_info / boot_params into the struct boot_info checked here; only
+ * the `loader:` line and expect.magic look at the raw structures.
  */
 #include "lib/lib.h"
-
-#define MAX_E820 128
 
 static unsigned mismatches;
 
@@ -22,8 +24,7 @@ static uint64_t crc_user(void *arg)     /* ring 3 */
 }
 
 /* expect.e820=<addr>:<size>:<type>,... (hex addr/size, decimal type) */
-static void check_e820(const char *s, size_t n, const struct hvm_memmap_table_entry *map,
-                       unsigned count)
+static void check_e820(const char *s, size_t n, const struct boot_e820 *map, unsigned count)
 {
     unsigned idx = 0;
     size_t i = 0;
@@ -38,7 +39,7 @@ static void check_e820(const char *s, size_t n, const struct hvm_memmap_table_en
         }
         i++;    /* ',' */
         if (idx < count) {
-            const struct hvm_memmap_table_entry *e = &map[idx];
+            const struct boot_e820 *e = &map[idx];
             if (e->addr != a || e->size != sz || e->type != t)
                 MISMATCH("e820[%u] got=0x%lx:0x%lx:%u want=0x%lx:0x%lx:%lu\n", idx, e->addr,
                          e->size, e->type, a, sz, t);
@@ -49,57 +50,78 @@ static void check_e820(const char *s, size_t n, const struct hvm_memmap_table_en
         MISMATCH("e820 count got=%u want=%u\n", count, idx);
 }
 
-int guest_main(struct hvm_start_info *si)
+/* expect.magic: the protocol's own identification of its boot structure. */
+static void check_magic(const struct boot_info *bi)
+{
+    if (bi->protocol == BOOT_PVH) {
+        uint32_t magic = bi->pvh ? bi->pvh->magic : 0, version = bi->pvh ? bi->pvh->version : 0;
+        if (magic != HVM_START_MAGIC)
+            MISMATCH("magic got=0x%x want=0x%x\n", magic, HVM_START_MAGIC);
+        if (version < 1)
+            MISMATCH("version got=%u want>=1\n", version);
+        return;
+    }
+    const uint8_t *bp = bi->zero_page;
+    uint16_t flag = bp ? bp_u16(bp, HDR_BOOT_FLAG) : 0;
+    uint32_t magic = bp ? bp_u32(bp, HDR_HEADER) : 0;
+    if (flag != BOOT_FLAG_MAGIC)
+        MISMATCH("boot_flag got=0x%x want=0x%x\n", flag, BOOT_FLAG_MAGIC);
+    if (magic != HDRS_MAGIC)
+        MISMATCH("magic got=0x%x want=0x%x\n", magic, HDRS_MAGIC);
+    if (bi->protocol != BOOT_ELF64) {   /* a bzImage's header comes from the file */
+        uint16_t version = bp ? bp_u16(bp, HDR_VERSION) : 0;
+        if (version != 0x020f)
+            MISMATCH("version got=0x%x want=0x20f\n", version);
+    }
+}
+
+int guest_main(const struct boot_info *bi)
 {
     size_t n;
     const char *v;
+    int linux_boot = bi->protocol != BOOT_PVH;
+    unsigned loader = 0;
 
-    printf("cmdline: %s\n", cmdline());
-
-    unsigned count = 0;
-    const struct hvm_memmap_table_entry *map = 0;
-    if (si->version >= 1 && si->memmap_paddr) {
-        map = (const void *)(uintptr_t)si->memmap_paddr;
-        count = si->memmap_entries > MAX_E820 ? MAX_E820 : si->memmap_entries;
+    if (linux_boot) {
+        printf("bootinfo: protocol %s\n", bi->protocol_name);
+        loader = bi->zero_page ? bp_u8(bi->zero_page, HDR_TYPE_OF_LOADER) : 0;
+        printf("loader: 0x%x\n", loader);
     }
-    for (unsigned i = 0; i < count; i++)
-        printf("e820: 0x%lx 0x%lx %u\n", map[i].addr, map[i].size, map[i].type);
+    printf("cmdline: %s\n", cmdline());
+    for (unsigned i = 0; i < bi->e820_count; i++)
+        printf("e820: 0x%lx 0x%lx %u\n", bi->e820[i].addr, bi->e820[i].size, bi->e820[i].type);
 
-    int have_initrd = si->nr_modules > 0 && si->modlist_paddr;
-    uint64_t isize = 0;
+    uint64_t isize = bi->initrd_size, iaddr = bi->initrd_addr;
     uint32_t icrc = 0;
-    if (have_initrd) {
-        const struct hvm_modlist_entry *m = (const void *)(uintptr_t)si->modlist_paddr;
-        isize = m->size;
-        if (m->paddr + m->size > 0x100000000ull || m->paddr + m->size < m->paddr) {
-            MISMATCH("initrd at 0x%lx size 0x%lx is not below 4 GiB\n", m->paddr, m->size);
+    if (bi->have_initrd) {
+        if (iaddr + isize > 0x100000000ull || iaddr + isize < iaddr) {
+            MISMATCH("initrd at 0x%lx size 0x%lx is not below 4 GiB\n", iaddr, isize);
         } else {
-            struct crc_job j = { (const void *)(uintptr_t)m->paddr, m->size };
+            struct crc_job j = { (const void *)(uintptr_t)iaddr, isize };
             icrc = (uint32_t)run_user(crc_user, &j, 0);
         }
         printf("initrd: %lu crc32=%08x\n", isize, icrc);
     }
 
-    if ((v = cmdline_get("expect.magic", &n))) {
-        if (si->magic != HVM_START_MAGIC)
-            MISMATCH("magic got=0x%x want=0x%x\n", si->magic, HVM_START_MAGIC);
-        if (si->version < 1)
-            MISMATCH("version got=%u want>=1\n", si->version);
-    }
+    if (linux_boot && loader == 0)
+        MISMATCH("type_of_loader got=0x0 want!=0\n");
+
+    if ((v = cmdline_get("expect.magic", &n)))
+        check_magic(bi);
 
     if ((v = cmdline_get("expect.e820", &n)))
-        check_e820(v, n, map, count);
+        check_e820(v, n, bi->e820, bi->e820_count);
 
     if ((v = cmdline_get("expect.initrd", &n))) {
         if (n == 4 && memcmp(v, "none", 4) == 0) {
-            if (have_initrd)
+            if (bi->have_initrd)
                 MISMATCH("initrd got=%lu:%08x want=none\n", isize, icrc);
         } else {
             uint64_t wsize, wcrc;
             size_t k = parse_u64(v, n, 10, &wsize);
             if (!k || k >= n || v[k] != ':' || parse_u64(v + k + 1, n - k - 1, 16, &wcrc) != n - k - 1)
                 MISMATCH("expect.initrd unparsable\n");
-            else if (!have_initrd)
+            else if (!bi->have_initrd)
                 MISMATCH("initrd got=none want=%lu:%08x\n", wsize, (uint32_t)wcrc);
             else if (isize != wsize || icrc != wcrc)
                 MISMATCH("initrd got=%lu:%08x want=%lu:%08x\n", isize, icrc, wsize, (uint32_t)wcrc);

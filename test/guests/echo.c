@@ -29,9 +29,9 @@ static void spurious(struct frame *f)
     (void)f;    /* PIC IRQ7/IRQ15 or LAPIC spurious: no EOI */
 }
 
-int guest_main(struct hvm_start_info *si)
+int guest_main(const struct boot_info *bi)
 {
-    (void)si;
+    (void)bi;
     idt_set_handler(PIC_VEC + IRQ_COM1, com1_irq);
     idt_set_handler(PIC_VEC + 7, spurious);
     idt_set_handler(PIC_VEC + 15, spurious);

@@ -10,9 +10,9 @@ static uint64_t loop(void *arg)
     return n;
 }
 
-int guest_main(struct hvm_start_info *si)
+int guest_main(const struct boot_info *bi)
 {
-    (void)si;
+    (void)bi;
     uint64_t n = cmdline_u64("pio.count", 1000000);
     puts("pioloop start");
     uint64_t done = cmdline_u64("pio.ring", 3) == 0 ? loop(&n) : run_user(loop, &n, 0);

@@ -8,8 +8,11 @@
  *
  * Exit 0 if that count equals the table's, 1 if not, 2 if no table was
  * found (`no table: ...`), 3 on a checksum/structure error (`bad table: ...`).
- * Options: `mp`; `timeout=MS` (AP check-in wait, default 5000);
- * `corrupt=rsdp|xsdt|rsdt|madt|mpfp|pcmp` treats that table's checksum as bad.
+ * Options: `mp`; `timeout=MS` (AP check-in wait, default 5000).
+ * Test hooks: `scan` ignores the loader's RSDP pointer (exercises the memory
+ * scan); `corrupt=rsdp|xsdt|rsdt|madt|mpfp|pcmp` treats that table's checksum
+ * as bad; `fake=ID` also sends INIT-SIPI-SIPI to APIC id ID, which no CPU
+ * answers (exercises the timeout: `cpus:` is one short, exit 1).
  */
 #include "lib/lib.h"
 #include "lib/smp.h"
@@ -32,10 +35,11 @@ int guest_main(const struct boot_info *bi)
     char err[128];
     int mp = cmdline_get("mp", &n) != 0;
     const char *corrupt = cmdline_get("corrupt", &clen);
+    uint64_t rsdp = cmdline_get("scan", &n) ? 0 : rsdp_hint(bi);
     unsigned timeout_ms = (unsigned)cmdline_u64("timeout", 5000);
 
     int r = mp ? mp_find_cpus(&cpus, err, sizeof err, corrupt, clen)
-               : acpi_find_cpus(rsdp_hint(bi), &cpus, err, sizeof err, corrupt, clen);
+               : acpi_find_cpus(rsdp, &cpus, err, sizeof err, corrupt, clen);
     if (r == TABLE_BAD) {
         printf("bad table: %s\n", err);
         return 3;
@@ -45,6 +49,9 @@ int guest_main(const struct boot_info *bi)
         return 2;
     }
     printf("smp: %s cpus in table: %u\n", mp ? "mp" : "acpi", cpus.n);
+    uint64_t fake = cmdline_u64("fake", ~0ull);
+    if (fake < SMP_MAX_APIC_ID && cpus.n < SMP_MAX_CPUS)
+        cpus.apic_id[cpus.n++] = (uint32_t)fake;
 
     unsigned up = 1 + smp_boot_aps(&cpus, timeout_ms);
     smp_lock();

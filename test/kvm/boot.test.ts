@@ -43,6 +43,45 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
     expect(r.exit).toEqual({ reason: 'exit', exitCode: 0 });
   });
 
+  for (const [image, kind, first] of [
+    ['bootinfo.bzimage', 'bzimage', 'bootinfo: protocol bzimage entry64'],
+    ['bootinfo64.elf', 'elf64', 'bootinfo: protocol elf64'],
+  ] as const) {
+    it(`${image}: the 64-bit Linux boot protocol delivers the same e820, command line and initrd through boot_params`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'kindling-bootinfo-'));
+      const initrd = Buffer.alloc(200_001);
+      for (let i = 0; i < initrd.length; i++) initrd[i] = (i * 31 + 7) & 0xff;
+      writeFileSync(join(dir, 'initrd.img'), initrd);
+      const crc = (crc32(initrd) >>> 0).toString(16).padStart(8, '0');
+      const e820 = '0:9fc00:1,9fc00:60400:2,100000:3f00000:1,c0000000:40000000:2';
+      const cmdline = `expect.magic expect.e820=${e820} expect.initrd=${initrd.length}:${crc}`;
+      const r = await runGuest({ kernel: guest(image), memMiB: 64, cmdline, initrd: join(dir, 'initrd.img') });
+      const out = lines(r.output);
+      expect(r.vm.boot?.kind).toBe(kind);
+      expect(r.vm.boot?.protocol).toBe('linux64');
+      expect(out[0]).toBe(first);
+      expect(out).toContain('loader: 0xff');
+      expect(out).toContain(`cmdline: ${cmdline}`);
+      expect(out).toContain(`initrd: ${initrd.length} crc32=${crc}`);
+      expect(out).toContain('bootinfo ok');
+      expect(r.exit).toEqual({ reason: 'exit', exitCode: 0 });
+    });
+  }
+
+  it('an instruction KVM cannot emulate, or an unexpected exception, is reported with RIP and the instruction bytes', async () => {
+    const r = await runGuest({ kernel: guest('hello.elf'), memMiB: 32, cmdline: 'fault=int3' });
+    if (detectPvm()) {
+      // KVM-PVM's instruction emulator has no int3: KVM_EXIT_INTERNAL_ERROR (emulation failure).
+      expect(r.exit.reason).toBe('error');
+      expect(r.exit.exitCode).toBe(1);
+      expect(r.exit.detail).toMatch(/KVM internal error \(emulation failure\) on vCPU 0 at RIP 0x[0-9a-f]+ \(cs=0x8, bytes: cc/);
+    } else {
+      // With VT-x/AMD-V int3 is a #BP the guest's IDT reports before exiting 0xEE.
+      expect(r.output).toMatch(/unexpected exception: vector=3/);
+      expect(r.exit).toEqual({ reason: 'exit', exitCode: 0xee });
+    }
+  });
+
   it('bootinfo.elf: RAM above 3 GiB continues at 4 GiB around the MMIO gap (5 GiB guest)', async () => {
     const e820 = '0:9fc00:1,9fc00:60400:2,100000:bff00000:1,c0000000:40000000:2,100000000:80000000:1';
     const r = await runGuest({ kernel: guest('bootinfo.elf'), memMiB: 5 * 1024, cmdline: `expect.e820=${e820} expect.initrd=none` });

@@ -89,9 +89,28 @@ export const POST_PORT = 0x80;
  */
 export const DEBUG_EXIT_PORT = 0xf4;
 export const DEBUG_EXIT_PORT_COUNT = 4;
+/**
+ * ACPI hardware-reduced register block (src/devices/legacy/acpi-sleep.ts), one byte each, named by the
+ * FADT: SLEEP_CONTROL_REG at +0, SLEEP_STATUS_REG at +1, RESET_REG at +2. Port 0x600 is the block
+ * Cloud Hypervisor uses for its ACPI shutdown device; nothing else of kindling's lives near it.
+ */
+export const ACPI_SLEEP_CONTROL_PORT = 0x600;
+export const ACPI_SLEEP_STATUS_PORT = 0x601;
+export const ACPI_RESET_PORT = 0x602;
+/** Ports to register for the block above (base ACPI_SLEEP_CONTROL_PORT). */
+export const ACPI_SLEEP_PORT_COUNT = 3;
+/**
+ * SLP_TYP value of S5 (soft off): the DSDT's \_S5_ package hands it to the OS, the OS writes it to
+ * SLEEP_CONTROL_REG bits 2-4 together with SLP_EN, and the sleep device powers the VM off on it.
+ */
+export const ACPI_S5_SLP_TYP = 5;
+/** FADT RESET_VALUE: a write of this byte to ACPI_RESET_PORT resets (reboots) the VM. */
+export const ACPI_RESET_VALUE = 0x42;
 
 // ---- interrupts -----------------------------------------------------------------------------
 export const COM1_GSI = 4;
+/** i8042 keyboard IRQ (declared in the DSDT's PS/2 device; ISA IRQ 1). */
+export const I8042_GSI = 1;
 /** GSIs handed to virtio-mmio devices, in order. */
 export const VIRTIO_GSI_FIRST = 5;
 export const VIRTIO_GSI_LAST = 23;

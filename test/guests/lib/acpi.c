@@ -53,7 +53,7 @@ static int rsdp_check(struct ctx *c, const uint8_t *p)
  * signature with a bad checksum is reported only if no valid one is found. */
 static int rsdp_scan(struct ctx *c, uintptr_t start, uintptr_t end, const uint8_t **found, int *bad)
 {
-    for (uintptr_t a = start; a + 36 <= end; a += 16) {
+    for (uintptr_t a = start; a + 20 <= end; a += 16) {
         if (RD64(a) != RSDP_SIG)
             continue;
         if (rsdp_check(c, (const uint8_t *)a) == TABLE_OK) {

@@ -37,31 +37,8 @@ struct hvm_memmap_table_entry {
     uint32_t reserved;
 };
 
-/* ---- Linux boot protocol: struct boot_params, the "zero page" ----
- * (Documentation/arch/x86/boot.rst, arch/x86/include/uapi/asm/bootparam.h).
- * Only the fields the guests read, as byte offsets; read them with bp_u8/16/32. */
-#define BP_EXT_RAMDISK_IMAGE  0x0c0     /* u32: ramdisk_image >> 32 */
-#define BP_EXT_RAMDISK_SIZE   0x0c4     /* u32: ramdisk_size >> 32 */
-#define BP_EXT_CMD_LINE_PTR   0x0c8     /* u32: cmd_line_ptr >> 32 */
-#define BP_E820_ENTRIES       0x1e8     /* u8 */
-#define BP_E820_TABLE         0x2d0     /* struct boot_e820_entry[128]: u64 addr, u64 size, u32 type */
-#define BP_E820_ENTRY_SIZE    20
-#define BP_E820_MAX           128
-/* struct setup_header, at the same offsets in the bzImage file and in boot_params */
-#define HDR_SETUP_SECTS       0x1f1     /* u8 */
-#define HDR_SYSSIZE           0x1f4     /* u32, 16-byte units */
-#define HDR_BOOT_FLAG         0x1fe     /* u16 = 0xAA55 */
-#define HDR_JUMP              0x200     /* 0xEB, length of the header after 0x202 */
-#define HDR_HEADER            0x202     /* u32 = "HdrS" */
-#define HDR_VERSION           0x206     /* u16 */
-#define HDR_TYPE_OF_LOADER    0x210     /* u8 */
-#define HDR_LOADFLAGS         0x211     /* u8 */
-#define HDR_CODE32_START      0x214     /* u32 */
-#define HDR_RAMDISK_IMAGE     0x218     /* u32 */
-#define HDR_RAMDISK_SIZE      0x21c     /* u32 */
-#define HDR_CMD_LINE_PTR      0x228     /* u32 */
-#define BOOT_FLAG_MAGIC       0xaa55
-#define HDRS_MAGIC            0x53726448u   /* "HdrS" */
+/* ---- Linux boot protocol: struct boot_params ("zero page"), lib/bootparam.h ---- */
+#include "bootparam.h"
 
 static inline uint8_t bp_u8(const void *bp, unsigned off) { return *((const uint8_t *)bp + off); }
 static inline uint16_t bp_u16(const void *bp, unsigned off) { uint16_t v; __builtin_memcpy(&v, (const uint8_t *)bp + off, 2); return v; }

@@ -79,17 +79,21 @@ int mp_find_cpus(struct cpu_list *out, char *err, size_t errlen, const char *cor
     const uint8_t *t = (const uint8_t *)(uintptr_t)ta;
     if (memcmp(t, "PCMP", 4) != 0)
         return fail(&c, TABLE_BAD, "PCMP signature", ta);
-    uint16_t len = RD16(t + 4), count = RD16(t + 34);
+    uint16_t len = RD16(t + 4);
     if (len < PCMP_HDR)
         return fail(&c, TABLE_BAD, "PCMP length", ta);
     if (!sum_ok(&c, t, len, "pcmp"))
         return fail(&c, TABLE_BAD, "PCMP checksum", ta);
-    uint32_t off = PCMP_HDR;
-    for (unsigned i = 0; i < count; i++) {
+    /* Walk the entries by the base table length, as Linux does: the entry
+     * count (offset 34) is not relied on (qboot, QEMU microvm's firmware,
+     * leaves it 0). */
+    for (uint32_t off = PCMP_HDR; off < len;) {
         const uint8_t *e = t + off;
         unsigned esz = e[0] == 0 ? 20 : (e[0] <= 4 ? 8 : 0);
-        if (off >= len || esz == 0 || off + esz > len)
-            return fail(&c, TABLE_BAD, esz ? "PCMP entry past the table" : "PCMP entry type", ta + off);
+        if (esz == 0)
+            return fail(&c, TABLE_BAD, "PCMP entry type", ta + off);
+        if (off + esz > len)
+            return fail(&c, TABLE_BAD, "PCMP entry past the table", ta + off);
         if (e[0] == 0 && (e[3] & 1)) {      /* processor, enabled */
             if (out->n < SMP_MAX_CPUS)
                 out->apic_id[out->n] = e[1];

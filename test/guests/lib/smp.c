@@ -121,8 +121,8 @@ unsigned smp_boot_aps(const struct cpu_list *cpus, unsigned timeout_ms)
     lapic_wr(LAPIC_SVR, 0x1ff);                 /* software-enable, spurious vector 0xff */
     timer_init();
     uint32_t self = lapic_id();
-    unsigned want = 0;
-    for (unsigned i = 0; i < cpus->n; i++) {
+    unsigned want = 0, listed = cpus->n < SMP_MAX_CPUS ? cpus->n : SMP_MAX_CPUS;
+    for (unsigned i = 0; i < listed; i++) {
         uint32_t id = cpus->apic_id[i];
         if (id == self || id >= SMP_MAX_APIC_ID)   /* not addressable in xAPIC mode */
             continue;
@@ -134,7 +134,7 @@ unsigned smp_boot_aps(const struct cpu_list *cpus, unsigned timeout_ms)
         return 0;
     delay_us(10000);
     for (int round = 0; round < 2; round++) {
-        for (unsigned i = 0; i < cpus->n; i++) {
+        for (unsigned i = 0; i < listed; i++) {
             uint32_t id = cpus->apic_id[i];
             if (id != self && id < SMP_MAX_APIC_ID)
                 icr_send(id, ICR_SIPI | (SMP_TRAMPOLINE >> 12));
