@@ -8,7 +8,9 @@
  *
  * Exit 0 if that count equals the table's, 1 if not, 2 if no table was
  * found (`no table: ...`), 3 on a checksum/structure error (`bad table: ...`).
- * Options: `mp`; `timeout=MS` (AP check-in wait, default 5000).
+ * Options: `mp`; `timeout=MS` (AP check-in wait, default 5000); `spam=N`: after
+ * check-in every CPU writes its letter ('a' + APIC id) N times to the UART with
+ * no guest-side lock, then the BSP prints `spam done` (a console stress test).
  * Test hooks: `scan` ignores the loader's RSDP pointer (exercises the memory
  * scan); `corrupt=rsdp|xsdt|rsdt|madt|mpfp|pcmp` treats that table's checksum
  * as bad; `fake=ID` also sends INIT-SIPI-SIPI to APIC id ID, which no CPU
@@ -53,7 +55,15 @@ int guest_main(const struct boot_info *bi)
     if (fake < SMP_MAX_APIC_ID && cpus.n < SMP_MAX_CPUS)
         cpus.apic_id[cpus.n++] = (uint32_t)fake;
 
+    smp_spam_n = (unsigned)cmdline_u64("spam", 0);
     unsigned up = 1 + smp_boot_aps(&cpus, timeout_ms);
+    if (smp_spam_n) {
+        __atomic_store_n(&smp_spam_go, 1, __ATOMIC_SEQ_CST);
+        smp_spam(lapic_id());
+        while (__atomic_load_n(&smp_spam_done, __ATOMIC_SEQ_CST) < up - 1)
+            __asm__ volatile("pause");
+        printf("\nspam done\n");
+    }
     smp_lock();
     printf("cpus: %u\n", up);
     smp_unlock();

@@ -50,12 +50,34 @@ void smp_lock(void)
 
 void smp_unlock(void) { __atomic_store_n(&print_lock, 0, __ATOMIC_RELEASE); }
 
+/* Console stress (`spam=N`): every CPU writes its letter N times straight to the UART's THR,
+ * with no guest-side lock, so the VMM sees concurrent THR writes from all vCPUs. */
+volatile unsigned smp_spam_n;
+volatile unsigned smp_spam_go;
+volatile unsigned smp_spam_done;
+
+void smp_spam(uint32_t apic_id)
+{
+    char c = (char)('a' + apic_id % 26);
+    for (unsigned i = 0; i < smp_spam_n; i++) {
+        while (!(inb(0x3f8 + 5) & 0x20))
+            cpu_relax();
+        outb(0x3f8, (uint8_t)c);
+    }
+}
+
 void smp_ap_main(uint32_t apic_id)
 {
     smp_lock();
     printf("ap %u online\n", apic_id);
     smp_unlock();
     __atomic_fetch_add(&ap_count, 1, __ATOMIC_SEQ_CST);                /* lock add */
+    if (smp_spam_n) {
+        while (!smp_spam_go)
+            cpu_relax();
+        smp_spam(apic_id);
+        __atomic_fetch_add(&smp_spam_done, 1, __ATOMIC_SEQ_CST);
+    }
     for (;;)
         __asm__ volatile("cli; hlt");
 }

@@ -47,6 +47,10 @@ uint16_t low_read16(uintptr_t addr);            /* BIOS data area reads */
 unsigned smp_boot_aps(const struct cpu_list *cpus, unsigned timeout_ms);
 uint32_t lapic_id(void);
 
+/* Console stress: set smp_spam_n before smp_boot_aps(); set smp_spam_go to start. */
+extern volatile unsigned smp_spam_n, smp_spam_go, smp_spam_done;
+void smp_spam(uint32_t apic_id);
+
 /* Serial-output spinlock (xchg), shared with the APs. */
 void smp_lock(void);
 void smp_unlock(void);

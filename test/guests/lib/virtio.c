@@ -1,0 +1,165 @@
+/* virtio-mmio transport and split virtqueue (see virtio.h). */
+#include "virtio.h"
+
+/* Ring memory for one queue: descriptor table, driver area, device area. */
+static struct {
+    struct virtq_desc desc[VIRTQ_MAX];                          /* 16 * 128 */
+    uint16_t avail[2 + VIRTQ_MAX + 1] __attribute__((aligned(4096)));
+    uint16_t used[2 + 4 * VIRTQ_MAX + 1] __attribute__((aligned(4096)));
+} ring __attribute__((aligned(4096)));
+
+int vmmio_probe(struct vmmio *d, uintptr_t base)
+{
+    d->base = base;
+    if (mmio_read32(base + VMMIO_MAGIC) != VIRTIO_MMIO_MAGIC)
+        return 0;
+    d->version = mmio_read32(base + VMMIO_VERSION);
+    d->device_id = mmio_read32(base + VMMIO_DEVICE_ID);
+    d->vendor_id = mmio_read32(base + VMMIO_VENDOR_ID);
+    return 1;
+}
+
+/* `<size>@<base>:<irq>[:<id>]`, size with an optional K/M/G suffix (Linux memparse). */
+static int parse_device(const char *s, size_t n, uint64_t *size, uint64_t *base, uint64_t *irq)
+{
+    size_t i, k;
+    if (!(k = parse_u64(s, n, 10, size)))
+        return 0;
+    i = k;
+    if (i < n && (s[i] == 'K' || s[i] == 'k'))
+        *size <<= 10, i++;
+    else if (i < n && (s[i] == 'M' || s[i] == 'm'))
+        *size <<= 20, i++;
+    else if (i < n && (s[i] == 'G' || s[i] == 'g'))
+        *size <<= 30, i++;
+    if (i >= n || s[i++] != '@' || !(k = parse_u64(s + i, n - i, 10, base)))
+        return 0;
+    i += k;
+    if (i >= n || s[i++] != ':' || !(k = parse_u64(s + i, n - i, 10, irq)))
+        return 0;
+    return 1;
+}
+
+int vmmio_find(struct vmmio *d, uint32_t device_id)
+{
+    static const char key[] = "virtio_mmio.device=";
+    const size_t klen = sizeof(key) - 1;
+    const char *p = cmdline();
+    int listed = 0;
+    while (*p) {
+        while (*p == ' ' || *p == '\t' || *p == '\n')
+            p++;
+        const char *w = p;
+        while (*p && *p != ' ' && *p != '\t' && *p != '\n')
+            p++;
+        size_t wlen = (size_t)(p - w);
+        uint64_t size, base, irq;
+        if (wlen <= klen || memcmp(w, key, klen) != 0)
+            continue;
+        listed = 1;
+        if (!parse_device(w + klen, wlen - klen, &size, &base, &irq) || base >= 0x100000000ull)
+            continue;
+        if (vmmio_probe(d, (uintptr_t)base) && d->device_id == device_id) {
+            d->size = size;
+            d->irq = (unsigned)irq;
+            return 1;
+        }
+    }
+    if (listed)     /* the loader told us where its devices are: do not poke elsewhere */
+        return 0;
+    /* QEMU microvm: 8 transports on GSI 5 + n, or, with its second IOAPIC
+     * (the default when ACPI is on), 24 transports on GSI 16 + n. */
+    struct vmmio t;
+    unsigned irq_base = vmmio_probe(&t, 0xfeb00000u + 0x200u * 8) ? 16 : 5;
+    for (unsigned n = 0; n < 32; n++) {
+        if (vmmio_probe(d, 0xfeb00000u + 0x200u * n) && d->device_id == device_id) {
+            d->size = 0x200;
+            d->irq = irq_base + n;
+            return 2;
+        }
+    }
+    return 0;
+}
+
+void vmmio_reset(struct vmmio *d)
+{
+    vmmio_wr(d, VMMIO_STATUS, 0);
+    while (vmmio_rd(d, VMMIO_STATUS) != 0)
+        __asm__ volatile("pause");
+}
+
+int vmmio_negotiate(struct vmmio *d, uint64_t wanted)
+{
+    vmmio_reset(d);
+    vmmio_wr(d, VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE);
+    vmmio_wr(d, VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER);
+    vmmio_wr(d, VMMIO_DEVICE_FEATURES_SEL, 0);
+    uint64_t f = vmmio_rd(d, VMMIO_DEVICE_FEATURES);
+    vmmio_wr(d, VMMIO_DEVICE_FEATURES_SEL, 1);
+    f |= (uint64_t)vmmio_rd(d, VMMIO_DEVICE_FEATURES) << 32;
+    d->device_features = f;
+    d->features = f & (wanted | 1ull << VIRTIO_F_VERSION_1);
+    vmmio_wr(d, VMMIO_DRIVER_FEATURES_SEL, 0);
+    vmmio_wr(d, VMMIO_DRIVER_FEATURES, (uint32_t)d->features);
+    vmmio_wr(d, VMMIO_DRIVER_FEATURES_SEL, 1);
+    vmmio_wr(d, VMMIO_DRIVER_FEATURES, (uint32_t)(d->features >> 32));
+    vmmio_wr(d, VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER | VIRTIO_S_FEATURES_OK);
+    if (!(vmmio_rd(d, VMMIO_STATUS) & VIRTIO_S_FEATURES_OK)) {
+        vmmio_wr(d, VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER | VIRTIO_S_FAILED);
+        return -1;
+    }
+    return 0;
+}
+
+unsigned vmmio_queue_setup(struct vmmio *d, struct virtq *q, unsigned idx, unsigned max)
+{
+    vmmio_wr(d, VMMIO_QUEUE_SEL, idx);
+    if (vmmio_rd(d, VMMIO_QUEUE_READY) != 0)
+        return 0;
+    unsigned n = vmmio_rd(d, VMMIO_QUEUE_NUM_MAX);
+    if (n == 0)
+        return 0;
+    if (n > max)
+        n = max;
+    if (n > VIRTQ_MAX)
+        n = VIRTQ_MAX;
+    memset(&ring, 0, sizeof(ring));
+    q->desc = ring.desc;
+    q->avail = ring.avail;
+    q->used = ring.used;
+    q->used_ring = (volatile struct virtq_used_elem *)(ring.used + 2);
+    q->size = (uint16_t)n;
+    q->avail_idx = 0;
+    q->last_used = 0;
+    uint64_t desc = (uintptr_t)ring.desc, drv = (uintptr_t)ring.avail, dev = (uintptr_t)ring.used;
+    vmmio_wr(d, VMMIO_QUEUE_NUM, n);
+    vmmio_wr(d, VMMIO_QUEUE_DESC_LOW, (uint32_t)desc);
+    vmmio_wr(d, VMMIO_QUEUE_DESC_HIGH, (uint32_t)(desc >> 32));
+    vmmio_wr(d, VMMIO_QUEUE_DRIVER_LOW, (uint32_t)drv);
+    vmmio_wr(d, VMMIO_QUEUE_DRIVER_HIGH, (uint32_t)(drv >> 32));
+    vmmio_wr(d, VMMIO_QUEUE_DEVICE_LOW, (uint32_t)dev);
+    vmmio_wr(d, VMMIO_QUEUE_DEVICE_HIGH, (uint32_t)(dev >> 32));
+    vmmio_wr(d, VMMIO_QUEUE_READY, 1);
+    return n;
+}
+
+uint32_t vmmio_config32(struct vmmio *d, unsigned off)
+{
+    uint32_t g, v;
+    do {
+        g = vmmio_rd(d, VMMIO_CONFIG_GENERATION);
+        v = vmmio_rd(d, VMMIO_CONFIG + off);
+    } while (g != vmmio_rd(d, VMMIO_CONFIG_GENERATION));
+    return v;
+}
+
+uint64_t vmmio_config64(struct vmmio *d, unsigned off)
+{
+    uint32_t g, lo, hi;
+    do {
+        g = vmmio_rd(d, VMMIO_CONFIG_GENERATION);
+        lo = vmmio_rd(d, VMMIO_CONFIG + off);
+        hi = vmmio_rd(d, VMMIO_CONFIG + off + 4);
+    } while (g != vmmio_rd(d, VMMIO_CONFIG_GENERATION));
+    return lo | (uint64_t)hi << 32;
+}
