@@ -2,6 +2,7 @@
 // registered as KVM_IRQFD on its GSI) and moves console bytes between the UART and vm.serial on the
 // main thread. The vCPU workers serve the guest's register accesses (src/vcpu-worker/legacy-bus.ts).
 import { COM1_GSI } from '../arch/x86_64/layout.js';
+import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
 import { I8042 } from '../devices/legacy/i8042.js';
 import { PostCode } from '../devices/legacy/post.js';
 import { Serial16550 } from '../devices/legacy/serial.js';
@@ -35,6 +36,7 @@ export class LegacyDevices {
       serialIrqFd,
       i8042: I8042.createState(),
       post: PostCode.createState(),
+      acpiSleep: AcpiSleep.createState(),
     };
     // The main thread only injects input; it never transmits, so its tx is never called.
     this.serial = new Serial16550(this.state.serial, {

@@ -9,6 +9,8 @@ import { Worker } from 'node:worker_threads';
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout.js';
 import { memorySlots } from '../arch/x86_64/memory-map.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
+import { writeAcpiTables } from '../arch/x86_64/acpi/index.js';
+import { writeMpTable } from '../arch/x86_64/mptable.js';
 import { bootMsrs, toMsrArrays } from '../arch/x86_64/msr.js';
 import { bootFpu, bootRegs, bootSregs, configureLapic, writeBootGdt, writeIdentityPageTables } from '../arch/x86_64/regs.js';
 import { loadAddon, type KvmAddon } from '../kvm/addon.js';
@@ -192,7 +194,10 @@ export class VM extends EventEmitter {
     });
     const mem = (this.memory = new GuestMemory(slots));
 
-    const boot = (this.boot = loadKernel(mem, kernelImage, { cmdline: cfg.cmdline, initrd, memBytes: cfg.memBytes }));
+    // Firmware tables so an unmodified Linux finds every CPU (MP table for acpi=off, ACPI otherwise).
+    writeMpTable(mem, { vcpus: cfg.vcpus });
+    const { rsdpAddr } = writeAcpiTables(mem, { vcpus: cfg.vcpus, virtioDevices: [] });
+    const boot = (this.boot = loadKernel(mem, kernelImage, { cmdline: cfg.cmdline, initrd, memBytes: cfg.memBytes, rsdpAddr }));
     this.cmdline = boot.cmdline;
     writeBootGdt(mem, boot.protocol);
     const cr3 = boot.protocol === 'linux64' ? writeIdentityPageTables(mem) : undefined;

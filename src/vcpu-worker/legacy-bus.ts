@@ -1,7 +1,8 @@
 // The port-I/O and MMIO buses as one vCPU worker sees them: its own device-model instances over the
 // shared device state (src/main/device-manager.ts creates that state on the main thread).
-import { COM1_PORT, COM1_PORT_COUNT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, I8042_DATA_PORT, POST_PORT } from '../arch/x86_64/layout.js';
+import { ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORT_COUNT, COM1_PORT, COM1_PORT_COUNT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, I8042_DATA_PORT, POST_PORT } from '../arch/x86_64/layout.js';
 import { MmioBus, PioBus, bytewise } from '../devices/bus.js';
+import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
 import { DebugExit } from '../devices/legacy/debug-exit.js';
 import { I8042 } from '../devices/legacy/i8042.js';
 import { PostCode } from '../devices/legacy/post.js';
@@ -39,6 +40,8 @@ export function buildLegacyBus(state: LegacyDeviceState, env: LegacyBusEnv): Bus
   pio.register(I8042_DATA_PORT, I8042.LENGTH, bytewise(new I8042(state.i8042, { reset: () => env.end('reboot', 0) })), 'i8042');
   pio.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, new DebugExit({ exit: (code) => env.end('exit', code) }), 'debug-exit');
   pio.register(POST_PORT, 1, new PostCode(state.post), 'post');
+  const sleep = new AcpiSleep({ poweroff: () => env.end('poweroff', 0), reset: () => env.end('reboot', 0) }, state.acpiSleep);
+  pio.register(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORT_COUNT, sleep, 'acpi-sleep');
   const mmio = new MmioBus((kind, addr) => env.unknown('mmio', addr, kind === 'write'));
   return { pio, mmio };
 }

@@ -26,6 +26,8 @@ export interface LegacyDeviceState {
   serialIrqFd: number;
   i8042: SharedArrayBuffer;
   post: SharedArrayBuffer;
+  /** hardware-reduced ACPI sleep control/status and reset registers */
+  acpiSleep: SharedArrayBuffer;
 }
 
 export type VcpuMessage =

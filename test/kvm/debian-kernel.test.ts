@@ -36,4 +36,39 @@ describe.skipIf(!kvm)("Debian's kernel under kindling", () => {
       '[mem 0x00000000c0000000-0x00000000ffffffff] reserved',
     ]);
   }, BOUND_MS + 60_000);
+
+  it('with --vcpus 4 finds 4 CPUs through kindling\'s ACPI MADT', async () => {
+    const g = await ensureDefaultGuest({ home: join(ROOT, 'build', 'kindling-home', 'guest') });
+    const vm = new VM({ kernel: g.kernel, memMiB: 256, vcpus: 4, cmdline: 'console=ttyS0 earlyprintk=serial reboot=k panic=-1', logLevel: 'silent' });
+    let out = '';
+    vm.serial.on('data', (b: Buffer) => (out += b.toString('latin1')));
+    await vm.start();
+    try {
+      await waitFor(() => out, 'smpboot: Allowing', BOUND_MS);
+      await waitFor(() => out, 'CPUs', 5_000);
+    } finally {
+      await vm.stop();
+    }
+    const text = out.replace(/\r/g, '');
+    expect(text).toMatch(/ACPI: RSDP 0x00000000000E0000 .*KNDLNG/);
+    expect(text).toMatch(/ACPI: APIC 0x[0-9A-F]+ .*KINDLING/);
+    expect(text).toContain('IOAPIC[0]: apic_id 4, version 17, address 0xfec00000, GSI 0-23');
+    expect(text).toContain('ACPI: Using ACPI (MADT) for SMP configuration information');
+    expect(text).toMatch(/smpboot: Allowing 4 CPUs, 0 hotplug CPUs/);
+  }, BOUND_MS + 60_000);
+
+  // Debian's cloud kernel is built without CONFIG_X86_MPPARSE, so with acpi=off it cannot read an MP
+  // table at all (it says so); kindling's MP table is checked by smp.elf's `mp` mode instead.
+  it('with acpi=off states that it has no MP-table support (Debian config), so smp.elf covers the MP table', async () => {
+    const g = await ensureDefaultGuest({ home: join(ROOT, 'build', 'kindling-home', 'guest') });
+    const vm = new VM({ kernel: g.kernel, memMiB: 256, vcpus: 4, cmdline: 'console=ttyS0 earlyprintk=serial acpi=off', logLevel: 'silent' });
+    let out = '';
+    vm.serial.on('data', (b: Buffer) => (out += b.toString('latin1')));
+    await vm.start();
+    try {
+      await waitFor(() => out, 'MPS support code is not built-in', BOUND_MS);
+    } finally {
+      await vm.stop();
+    }
+  }, BOUND_MS + 60_000);
 });
