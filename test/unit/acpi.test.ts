@@ -31,6 +31,7 @@ import {
 } from '../../src/arch/x86_64/layout.js';
 import { MPTABLE_MAX_VCPUS } from '../../src/arch/x86_64/mptable.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { runs } from '../fuzz/budget.js';
 
 const MEM_SIZE = 0x100000 + 0x1000;
 const CANARY = 0x5a;
@@ -194,7 +195,7 @@ describe('writeAcpiTables', () => {
           JSON.stringify(got) === JSON.stringify(devices)
         );
       }),
-      { numRuns: 80 },
+      { numRuns: runs(80) },
     );
   });
 });

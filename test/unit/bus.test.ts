@@ -4,6 +4,7 @@ import { MmioBus, PioBus, allOnes, type AccessSize, type ByteDevice, type PioDev
 import { DebugExit, DEBUG_EXIT_PORT } from '../../src/devices/legacy/debug-exit.js';
 import { PostCode, POST_PORT } from '../../src/devices/legacy/post.js';
 import { Serial16550 } from '../../src/devices/legacy/serial.js';
+import { runs } from '../fuzz/budget.js';
 
 /** A byte-wide register file that records accesses. */
 class Regs implements ByteDevice {
@@ -148,7 +149,7 @@ describe('PioBus', () => {
           }
         },
       ),
-      { numRuns: 200 },
+      { numRuns: runs(200) },
     );
   });
 });

@@ -8,6 +8,7 @@ import ts from 'typescript';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ByteRing } from '../../src/shared/byte-ring.js';
 import { SabMutex } from '../../src/shared/lock.js';
+import { runs } from '../fuzz/budget.js';
 
 const SRC = join(dirname(fileURLToPath(import.meta.url)), '../../src');
 const tmpDirs: string[] = [];
@@ -76,7 +77,7 @@ describe('ByteRing', () => {
           }
         },
       ),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
   });
 

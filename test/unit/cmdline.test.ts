@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { CMDLINE_MAX_SIZE } from '../../src/arch/x86_64/layout.js';
 import { CmdlineError, isKernelSpaceByte, KernelCmdline } from '../../src/loader/cmdline.js';
+import { runs } from '../fuzz/budget.js';
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -169,7 +170,7 @@ describe('KernelCmdline', () => {
         }
         if (!appended) expect(kernelParse(c.toString())).toEqual(expected);
       }),
-      { numRuns: 500 },
+      { numRuns: runs(500) },
     );
   });
 });

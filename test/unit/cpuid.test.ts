@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { cpuidVendor, findCpuid, signatureRegs, vcpuCpuid, MAX_VCPUS } from '../../src/arch/x86_64/cpuid.js';
 import { decodeCpuid, encodeCpuid, type CpuidEntry } from '../../src/kvm/structs.js';
+import { runs } from '../fuzz/budget.js';
 
 interface FixtureEntry {
   function: string;
@@ -238,7 +239,7 @@ describe('vcpuCpuid options and limits', () => {
         if (input === AMD) expect(bits(leaf(out, 0x8000_0008).ecx, 0, 7)).toBe(count - 1);
         else expect(bits(leaf(out, 4, 0).eax, 26, 31)).toBe(Math.min(count - 1, 63));
       }),
-      { numRuns: 200 },
+      { numRuns: runs(200) },
     );
   });
 });

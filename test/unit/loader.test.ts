@@ -46,6 +46,7 @@ import {
   loadKernel,
   type BootSetup,
 } from '../../src/loader/index.js';
+import { runs } from '../fuzz/budget.js';
 
 // ---- guest memory with a canary ------------------------------------------------------------
 
@@ -659,7 +660,7 @@ describe('properties', () => {
           check(img, initrdSize, cmdline);
         },
       ),
-      { numRuns: 300 },
+      { numRuns: runs(300) },
     );
     expectSomeLoaded(300);
   });
@@ -694,7 +695,7 @@ describe('properties', () => {
           check(img, initrdSize, cmdline);
         },
       ),
-      { numRuns: 400 },
+      { numRuns: runs(400) },
     );
     expectSomeLoaded(400);
   });

@@ -13,6 +13,7 @@ import {
   writeMpTable,
 } from '../../src/arch/x86_64/mptable.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { runs } from '../fuzz/budget.js';
 
 const MEM_SIZE = 0x100000 + 0x1000;
 const CANARY = 0xa5;
@@ -143,7 +144,7 @@ describe('writeMpTable', () => {
           sum8(mem.readBytes(t.configTableAddr, t.length)) === 0
         );
       }),
-      { numRuns: 60 },
+      { numRuns: runs(60) },
     );
   });
 });

@@ -25,6 +25,7 @@ import {
 import { MSR_DENYLIST, MSR_IA32_ARCH_CAPABILITIES, bootMsrs, toMsrArrays } from '../../src/arch/x86_64/msr.js';
 import { decodeSregs, encodeFpu, encodeSregs, decodeRegs, encodeRegs, getLapicReg, type KvmSregs } from '../../src/kvm/structs.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { runs } from '../fuzz/budget.js';
 
 function memory(size = 2 * MiB): GuestMemory {
   return new GuestMemory([{ slot: 0, gpa: 0, size, buffer: new SharedArrayBuffer(size) }]);
@@ -214,7 +215,7 @@ describe('configureLapic', () => {
         expect((lint1 & ~0x700) >>> 0).toBe((getLapicReg(raw, 0x360) & ~0x700) >>> 0);
         for (let i = 0; i < 1024; i++) if (i < 0x350 || i >= 0x364 || (i >= 0x354 && i < 0x360)) expect(out[i]).toBe(raw[i]);
       }),
-      { numRuns: 50 },
+      { numRuns: runs(50) },
     );
     expect(setApicDeliveryMode(0x0001_0000, 7)).toBe(0x0001_0700);
     expect(setApicDeliveryMode(0xffff_ffff, 4)).toBe(0xffff_fcff);

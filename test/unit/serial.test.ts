@@ -8,6 +8,7 @@ import ts from 'typescript';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Serial16550 } from '../../src/devices/legacy/serial.js';
 import { ByteRing } from '../../src/shared/byte-ring.js';
+import { runs } from '../fuzz/budget.js';
 
 const RBR = 0, THR = 0, IER = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 
@@ -277,7 +278,7 @@ describe('Serial16550 model-based', () => {
       fc.property(fc.commands(commandArbs({ resetsAndLoopback: true }), { maxCommands: 150, size: 'max' }), (cmds) => {
         fc.modelRun(() => ({ model: new Model(), real: harness() }), cmds);
       }),
-      { numRuns: 200 },
+      { numRuns: runs(200) },
     );
   });
 
@@ -321,7 +322,7 @@ describe('Serial16550 model-based', () => {
         expect(read).toEqual(received);
         expect(real.tx).toEqual(written);
       }),
-      { numRuns: 200 },
+      { numRuns: runs(200) },
     );
   });
 });

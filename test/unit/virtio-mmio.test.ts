@@ -47,6 +47,7 @@ import {
   featureBit,
 } from '../../src/virtio/constants.js';
 import { type VirtioMmioEvent, type VirtioMmioSnapshot, VirtioMmioTransport } from '../../src/virtio/mmio.js';
+import { runs } from '../fuzz/budget.js';
 
 const OFFERED = featureBit(VIRTIO_F_INDIRECT_DESC) | featureBit(VIRTIO_F_EVENT_IDX) | (1n << 5n);
 const V1 = featureBit(VIRTIO_F_VERSION_1);
@@ -604,7 +605,7 @@ describe('virtio-mmio model-based', () => {
         const model: Model = { initial: registerDump(real.worker) };
         fc.modelRun(() => ({ model, real }), cmds);
       }),
-      { numRuns: 400 },
+      { numRuns: runs(400) },
     );
   });
 });

@@ -9,6 +9,7 @@ import {
   VIRTQ_USED_F_NO_NOTIFY,
 } from '../../src/virtio/constants.js';
 import { type DescriptorChain, SplitQueue, type SplitQueueConfig, VirtqueueError, type VirtqueueErrorKind } from '../../src/virtio/queue.js';
+import { runs } from '../fuzz/budget.js';
 
 // ---- helpers --------------------------------------------------------------------------------------
 
@@ -785,7 +786,7 @@ describe('SplitQueue property: arbitrary rings', () => {
           }
         },
       ),
-      { numRuns: 3000 },
+      { numRuns: runs(3000) },
     );
     if (process.env.VQ_STATS) console.log(JSON.stringify([...outcomes]));
     // The generator reaches every outcome.
