@@ -2,9 +2,13 @@
 // booted through kindling's PVH path with earlyprintk: it must print its banner, exactly kindling's
 // command line and kindling's e820 map. On KVM-PVM hosts a stock kernel gets no further than early
 // boot, so the VM is stopped once those lines are out.
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { VM, ensureDefaultGuest } from '../../dist/main/index.js';
+import { checkKernelImage, loadKernel } from '../../src/loader/index.js';
+import { parseBzImage } from '../../src/loader/bzimage.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { ROOT, kvmOrSkipNotice, waitFor } from './helpers.js';
 
 const kvm = kvmOrSkipNotice('debian-kernel.test.ts');
@@ -36,6 +40,26 @@ describe.skipIf(!kvm)("Debian's kernel under kindling", () => {
       '[mem 0x00000000c0000000-0x00000000ffffffff] reserved',
     ]);
   }, BOUND_MS + 60_000);
+
+  it("Debian's bzImage (vmlinuz) passes the boot-protocol checks and loads at 1 MiB with its 64-bit entry", async () => {
+    const g = await ensureDefaultGuest({ home: join(ROOT, 'build', 'kindling-home', 'guest') });
+    const img = new Uint8Array(readFileSync(g.vmlinuz));
+    expect(checkKernelImage(img)).toBe('bzimage');
+    const info = parseBzImage(img);
+    expect(info.version).toBeGreaterThanOrEqual(0x020c);
+    expect(info.xloadflags & 1).toBe(1); // XLF_KERNEL_64
+    expect(info.relocatable).toBe(true);
+    const size = 256 * 1024 * 1024;
+    const mem = new GuestMemory([{ slot: 0, gpa: 0, size, buffer: new SharedArrayBuffer(size) }]);
+    const initrd = new Uint8Array(4096).fill(7);
+    const boot = loadKernel(mem, img, { cmdline: 'console=ttyS0', memBytes: size, initrd });
+    expect(boot).toMatchObject({ kind: 'bzimage', protocol: 'linux64', entry: 0x100200, bootInfoAddr: 0x7000 });
+    expect(boot.initrd!.addr).toBeGreaterThanOrEqual(boot.kernelEnd);
+    expect(mem.read16(0x7000 + 0x1fe)).toBe(0xaa55);
+    expect(mem.read8(0x7000 + 0x210)).toBe(0xff); // type_of_loader
+    expect(mem.read32(0x7000 + 0x218)).toBe(boot.initrd!.addr); // ramdisk_image
+    expect(mem.readCString(mem.read32(0x7000 + 0x228), 64)).toBe('console=ttyS0');
+  });
 
   it('with --vcpus 4 finds 4 CPUs through kindling\'s ACPI MADT', async () => {
     const g = await ensureDefaultGuest({ home: join(ROOT, 'build', 'kindling-home', 'guest') });
