@@ -5,7 +5,7 @@ import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, type VMConfig } from './
 import { VM, type VMExit } from './vm.js';
 
 const USAGE = `usage:
-  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--log-level LEVEL] [-- CMD ARGS...]
+  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]... [--log-level LEVEL] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling --help | --version
 
@@ -15,6 +15,9 @@ run:
   --kernel PATH    bzImage, PVH ELF or 64-bit ELF kernel (default: the default guest, built on first use)
   --initrd PATH    initrd / initramfs
   --cmdline STR    kernel command line (default: "${DEFAULT_CMDLINE}")
+  --disk PATH[,ro] raw disk image as a virtio-blk device (repeatable; the first is /dev/vda). Its size
+                   must be a multiple of 512. A writable image is locked (flock) while the VM runs;
+                   ,ro attaches it read-only, without a lock.
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
                    other kernels: appended to the command line after "--" (arguments for init)
@@ -36,6 +39,14 @@ function parseIntArg(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   if (!/^[0-9]+$/.test(v)) throw new UsageError(`--${name} needs a whole number (got "${v}")`);
   return Number(v);
+}
+
+/** `PATH[,ro]` (a trailing `,rw` is accepted too; any other comma is part of the path). */
+function parseDiskArg(v: string): { path: string; readOnly: boolean } {
+  const m = /^(.*),(ro|rw)$/.exec(v);
+  const path = m ? m[1] : v;
+  if (path === '') throw new UsageError(`--disk needs an image path (got "${v}")`);
+  return { path, readOnly: m?.[2] === 'ro' };
 }
 
 function fail(message: string, code: number): never {
@@ -91,6 +102,7 @@ async function run(args: string[]): Promise<void> {
         kernel: { type: 'string' },
         initrd: { type: 'string' },
         cmdline: { type: 'string' },
+        disk: { type: 'string', multiple: true },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -109,6 +121,7 @@ async function run(args: string[]): Promise<void> {
     vcpus: parseIntArg('vcpus', values.vcpus),
     memMiB: parseIntArg('mem', values.mem),
     logLevel: values['log-level'],
+    disks: (values.disk ?? []).map(parseDiskArg),
   };
   if (values.kernel === undefined) {
     if (values.initrd !== undefined) throw new UsageError('--initrd needs --kernel (the default guest brings its own initramfs)');

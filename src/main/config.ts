@@ -1,8 +1,9 @@
 // VM configuration: what the API accepts, its defaults, and validation that turns every bad input
 // into one clear line (ConfigError) before anything is created.
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, readSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { MiB } from '../arch/x86_64/layout.js';
+import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord } from '../devices/virtio/slots.js';
 
 export interface VMConfig {
   /** Path to the guest kernel (bzImage, PVH ELF or 64-bit ELF vmlinux). */
@@ -20,10 +21,23 @@ export interface VMConfig {
   /** pino log level for VMM logs on stderr (default 'warn'). */
   logLevel?: string;
   /**
+   * Raw disk images, each a virtio-blk device (the first is /dev/vda). The size must be a multiple
+   * of 512 bytes. A writable image is locked (flock LOCK_EX) while the VM runs, so a second VM cannot
+   * attach it; a read-only image takes no lock (any number of VMs may share it read-only, and a
+   * writer elsewhere is not prevented). kindling never changes an image except by guest writes.
+   */
+  disks?: DiskConfig[];
+  /**
    * Benchmark only: exits to this port are consumed by the addon's C loop (benchRunPioLoop) instead
    * of the JavaScript exit loop, so `npm run bench` can compare the two on the same guest.
    */
   benchCPioPort?: number;
+}
+
+export interface DiskConfig {
+  path: string;
+  /** Attach read-only (VIRTIO_BLK_F_RO; writes answer IOERR). */
+  readOnly?: boolean;
 }
 
 export interface ResolvedConfig {
@@ -33,6 +47,7 @@ export interface ResolvedConfig {
   vcpus: number;
   memBytes: number;
   logLevel: string;
+  disks: Array<{ path: string; readOnly: boolean }>;
   benchCPioPort?: number;
 }
 
@@ -77,6 +92,55 @@ function checkReadableFile(path: string, what: string): number {
   return st.size;
 }
 
+/** Byte offset of the first `--` word of a kernel command line (outside double quotes), or -1. */
+function dashDashAt(cmdline: string): number {
+  let quoted = false;
+  let start = -1;
+  for (let i = 0; i <= cmdline.length; i++) {
+    const c = i < cmdline.length ? cmdline[i] : ' ';
+    if (c === '"') quoted = !quoted;
+    const space = !quoted && /\s/.test(c);
+    if (start < 0 && !space) start = i;
+    else if (start >= 0 && space) {
+      if (cmdline.slice(start, i) === '--') return start;
+      start = -1;
+    }
+  }
+  return -1;
+}
+
+function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
+  if (typeof d !== 'object' || d === null) throw new ConfigError(`--disk ${i + 1}: must be { path, readOnly? }`);
+  const { path, readOnly } = d as { path?: unknown; readOnly?: unknown };
+  if (typeof path !== 'string' || path === '') throw new ConfigError(`--disk ${i + 1}: no image path given`);
+  if (readOnly !== undefined && typeof readOnly !== 'boolean') throw new ConfigError(`--disk ${path}: readOnly must be true or false`);
+  const ro = readOnly === true;
+  let st;
+  try {
+    st = statSync(path);
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new ConfigError(`disk image not found: ${path}`);
+    if (code === 'EACCES') throw new ConfigError(`disk image is not readable: ${path} (permission denied)`);
+    throw new ConfigError(`disk image cannot be read: ${path} (${code ?? (e as Error).message})`);
+  }
+  if (st.isDirectory()) throw new ConfigError(`disk image is a directory, not a file: ${path}`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new ConfigError(`disk image is neither a regular file nor a block device: ${path}`);
+  try {
+    closeSync(openSync(path, ro ? fsConstants.O_RDONLY : fsConstants.O_RDWR));
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only file system' : code ?? (e as Error).message;
+    if (ro) throw new ConfigError(`disk image is not readable: ${path} (${why})`);
+    throw new ConfigError(`disk image is not writable: ${path} (${why}; append ,ro to attach it read-only)`);
+  }
+  // A block device's size is checked when it is opened (stat reports 0 for it).
+  if (st.isFile() && st.size % 512 !== 0) {
+    throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${path}`);
+  }
+  return { path, readOnly: ro };
+}
+
 export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hostMemBytes?: number } = {}): ResolvedConfig {
   if (typeof config !== 'object' || config === null) throw new ConfigError('VM config must be an object');
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
@@ -98,13 +162,31 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   if (kernelSize === 0) throw new ConfigError(`kernel is empty: ${config.kernel}`);
   if (config.initrd !== undefined) checkReadableFile(config.initrd, 'initrd');
 
+  if (config.disks !== undefined && !Array.isArray(config.disks)) throw new ConfigError('disks must be an array of { path, readOnly? }');
+  const disks = (config.disks ?? []).map((d, i) => checkDisk(d, i));
+  if (disks.length > MAX_VIRTIO_DEVICES) throw new ConfigError(`at most ${MAX_VIRTIO_DEVICES} disks (got ${disks.length})`);
+
   if (config.cmdline !== undefined && typeof config.cmdline !== 'string') throw new ConfigError('--cmdline must be a string');
-  const words = [config.cmdline ?? DEFAULT_CMDLINE, ...(config.cmdlineExtra ?? [])].filter((w) => w.length > 0);
+  // Device announcements go after the user's words but before any `--` (arguments for init).
+  let user = config.cmdline ?? DEFAULT_CMDLINE;
+  let tail = '';
+  const dd = dashDashAt(user);
+  if (dd >= 0) {
+    tail = user.slice(dd);
+    user = user.slice(0, dd).trimEnd();
+  }
+  const extra = config.cmdlineExtra ?? [];
+  const extraDd = extra.indexOf('--');
+  const before = extraDd >= 0 ? extra.slice(0, extraDd) : extra;
+  const after = extraDd >= 0 ? extra.slice(extraDd) : [];
+  const devices = disks.map((_, i) => virtioMmioCmdlineWord(i));
+  // With a `--` already in the user's command line, extra words after it belong to init as well.
+  const words = (tail ? [user, ...before, ...devices, tail, ...after.slice(1)] : [user, ...before, ...devices, ...after]).filter((w) => w.length > 0);
   const cmdline = words.join(' ');
   if (/[\0\n\r]/.test(cmdline)) throw new ConfigError('--cmdline must not contain NUL or newline characters');
 
   const logLevel = config.logLevel ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${logLevel})`);
 
-  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, benchCPioPort: config.benchCPioPort };
+  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, disks, benchCPioPort: config.benchCPioPort };
 }

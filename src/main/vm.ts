@@ -1,7 +1,8 @@
 // The VM object: builds a KVM virtual machine (memory slots, in-kernel irqchip and PIT, kernel and
-// boot structures, vCPUs), runs each vCPU in its own worker_thread, exposes the serial console as a
-// Duplex stream and reports how the VM ended. The main thread only sets things up, moves console
-// bytes, and tears down; it is never on a vCPU's exit path.
+// boot structures, vCPUs, virtio-blk devices), runs each vCPU in its own worker_thread and each
+// virtio device in its own I/O worker, exposes the serial console as a Duplex stream and reports how
+// the VM ended. The main thread only sets things up, moves console bytes, and tears down; it is
+// never on a vCPU's exit path nor on a device's I/O path.
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Duplex } from 'node:stream';
@@ -34,8 +35,10 @@ import {
   type ExitReason,
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
+import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
+import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { resolveConfig, type ResolvedConfig, type VMConfig } from './config.js';
-import { LegacyDevices } from './device-manager.js';
+import { LegacyDevices, VirtioBlockDevices, openDisks, type OpenedDisk } from './device-manager.js';
 import { createLogger, type Logger } from './log.js';
 
 export type VMState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -61,6 +64,8 @@ const KVM_PIT_SPEAKER_DUMMY = 1;
 const KVM_CLOCK_DATA_CLOCK = 0;
 const KVM_CLOCK_DATA_FLAGS = 8;
 const STOP_GRACE_MS = 2000;
+/** How long an I/O worker may take to finish its current batch and leave after 'stop'. */
+const IO_STOP_GRACE_MS = 5000;
 
 const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
 /** Process-wide V8/Node options a Worker refuses in an explicit execArgv (they apply to it anyway). */
@@ -104,6 +109,10 @@ export class VM extends EventEmitter {
   private exitedWorkers = new Set<Worker>();
   private memory?: GuestMemory;
   private devices?: LegacyDevices;
+  private ioWorkers: Worker[] = [];
+  private ioExited = new Set<Worker>();
+  private openedDisks: OpenedDisk[] = [];
+  private blk?: VirtioBlockDevices;
   private readonly ctrl: Int32Array;
   private details: string[] = [];
   private exitPromise: Promise<VMExit>;
@@ -146,17 +155,20 @@ export class VM extends EventEmitter {
     this.timings.start = performance.timeOrigin + performance.now();
     // The workers boot their isolates and load their modules while this thread builds the VM.
     const running = this.spawnVcpus();
+    this.spawnIoWorkers();
     try {
       this.build();
     } catch (e) {
       this.ended = true;
       for (const w of this.workers) void w.terminate();
+      for (const w of this.ioWorkers) void w.terminate();
       liveVms.delete(this);
       this.teardown();
       this.setState('stopped');
       this.resolveExit({ reason: 'error', exitCode: 1, detail: (e as Error).message });
       throw e;
     }
+    this.configureIoWorkers();
     this.configureVcpus();
     await running;
     if ((this._state as VMState) === 'starting') this.setState('running');
@@ -181,6 +193,8 @@ export class VM extends EventEmitter {
     const kvm = (this.kvm = Kvm.open());
     const addon = kvm.addon;
     if (cfg.vcpus > kvm.maxVcpus) throw new Error(`--vcpus ${cfg.vcpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
+    // Images first: a locked or unusable image is refused before anything else is built.
+    this.openedDisks = openDisks(addon, cfg.disks);
     this.vmFd = addon.createVm(kvm.fd, 0);
     addon.setTssAddr(this.vmFd, KVM_TSS_START);
     addon.setIdentityMapAddr(this.vmFd, BigInt(KVM_IDENTITY_MAP_START));
@@ -194,9 +208,12 @@ export class VM extends EventEmitter {
     });
     const mem = (this.memory = new GuestMemory(slots));
 
+    // virtio-blk: register state, ioeventfd per queue, irqfd per device (the I/O workers do the rest).
+    const blk = (this.blk = new VirtioBlockDevices(addon, this.vmFd, this.openedDisks));
+
     // Firmware tables so an unmodified Linux finds every CPU (MP table for acpi=off, ACPI otherwise).
     writeMpTable(mem, { vcpus: cfg.vcpus });
-    const { rsdpAddr } = writeAcpiTables(mem, { vcpus: cfg.vcpus, virtioDevices: [] });
+    const { rsdpAddr } = writeAcpiTables(mem, { vcpus: cfg.vcpus, virtioDevices: blk.devices.map((d) => d.slot) });
     const boot = (this.boot = loadKernel(mem, kernelImage, { cmdline: cfg.cmdline, initrd, memBytes: cfg.memBytes, rsdpAddr }));
     this.cmdline = boot.cmdline;
     writeBootGdt(mem, boot.protocol);
@@ -238,11 +255,53 @@ export class VM extends EventEmitter {
         control: this.ctrl,
         memory,
         devices: this.devices!.state,
+        virtio: this.blk?.vcpuState() ?? [],
         logLevel: this.config.logLevel,
         benchCPioPort: this.config.benchCPioPort,
       };
       w.postMessage(data);
     });
+  }
+
+  /** Start one I/O worker per disk; each waits for its configuration (configureIoWorkers). */
+  private spawnIoWorkers(): void {
+    this.config.disks.forEach((_, i) => {
+      const w = new Worker(new URL('../io-worker/worker.js', import.meta.url), { name: `virtio-blk${i}`, execArgv: workerExecArgv() });
+      this.ioWorkers.push(w);
+      w.on('message', (m: IoWorkerMessage) => {
+        if (m.type === 'log') this.log[m.level]({ device: `virtio-blk${m.index}` }, m.msg);
+      });
+      w.on('error', (e) => {
+        // The device is dead; the guest sees its requests time out. The VM itself keeps running.
+        this.log.error({ device: `virtio-blk${i}`, err: e.message }, 'I/O worker failed');
+        this.emit('device-error', { device: `virtio-blk${i}`, error: e });
+      });
+      w.on('exit', () => this.ioExited.add(w));
+    });
+  }
+
+  private configureIoWorkers(): void {
+    const memory = this.memory!.descriptors();
+    this.ioWorkers.forEach((w, i) => w.postMessage(this.blk!.workerData(i, memory)));
+  }
+
+  /** Ask every I/O worker to stop (it finishes its current batch), terminate the ones that do not. */
+  private async stopIoWorkers(): Promise<void> {
+    await Promise.all(
+      this.ioWorkers.map(async (w) => {
+        if (this.ioExited.has(w)) return;
+        const exited = new Promise<void>((r) => w.once('exit', () => r()));
+        w.postMessage({ type: 'stop' });
+        const timer = setTimeout(() => void w.terminate(), IO_STOP_GRACE_MS);
+        await exited;
+        clearTimeout(timer);
+      }),
+    );
+  }
+
+  /** Per-disk virtio-blk counters (requests, bytes, wake-ups, interrupts, …), readable at any time. */
+  blockStats(): BlockStats[] {
+    return (this.blk?.devices ?? []).map((d) => readBlockStats(d.stats));
   }
 
   /** Start one worker per vCPU; they wait for configureVcpus(). Resolves when every vCPU entered its run loop. */
@@ -313,6 +372,7 @@ export class VM extends EventEmitter {
     this.devices?.drain();
     const reason = exitReasonName(Atomics.load(this.ctrl, CTRL_EXIT_REASON)) ?? 'stopped';
     const exitCode = Atomics.load(this.ctrl, CTRL_EXIT_CODE);
+    await this.stopIoWorkers();
     this.teardown();
     this.timings.end = performance.timeOrigin + performance.now();
     this.serial.push(null);
@@ -327,6 +387,9 @@ export class VM extends EventEmitter {
     const addon = this.kvm?.addon;
     if (!addon) return;
     this.devices?.close();
+    if (this.blk) this.blk.close();
+    else for (const d of this.openedDisks) addon.close(d.fd);
+    this.openedDisks = [];
     for (const fd of this.vcpuFds) addon.close(fd);
     this.vcpuFds = [];
     if (this.vmFd >= 0) addon.closeVm(this.vmFd);

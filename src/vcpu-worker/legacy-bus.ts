@@ -10,7 +10,8 @@ import { Serial16550 } from '../devices/legacy/serial.js';
 import { loadAddon } from '../kvm/addon.js';
 import { ByteRing } from '../shared/byte-ring.js';
 import type { ExitReason } from '../shared/control.js';
-import type { LegacyDeviceState } from './protocol.js';
+import { VirtioMmioTransport } from '../virtio/mmio.js';
+import type { LegacyDeviceState, VirtioMmioDeviceState } from './protocol.js';
 
 export interface LegacyBusEnv {
   /** true once the VM is stopping (a blocked console write gives up) */
@@ -44,4 +45,22 @@ export function buildLegacyBus(state: LegacyDeviceState, env: LegacyBusEnv): Bus
   pio.register(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORT_COUNT, sleep, 'acpi-sleep');
   const mmio = new MmioBus((kind, addr) => env.unknown('mmio', addr, kind === 'write'));
   return { pio, mmio };
+}
+
+/**
+ * Register each virtio-mmio window on this vCPU's MMIO bus: a VirtioMmioTransport over the shared
+ * register state. A status change the device must act on writes the device's control eventfd; a
+ * QueueNotify that reached userspace (not caught by the KVM ioeventfd) writes that queue's eventfd.
+ */
+export function registerVirtioDevices(mmio: MmioBus, devices: readonly VirtioMmioDeviceState[]): void {
+  const addon = loadAddon();
+  for (const d of devices) {
+    const t = new VirtioMmioTransport(d.state, {
+      notify: (ev) => {
+        if (ev === 'status' || ev === 'reset') addon.eventfdWrite(d.controlFd, 1n);
+        else if (ev.queue < d.queueFds.length) addon.eventfdWrite(d.queueFds[ev.queue], 1n);
+      },
+    });
+    mmio.register(d.base, d.size, t, d.name);
+  }
 }

@@ -12,6 +12,8 @@ export interface VcpuWorkerData {
   control: Int32Array;
   memory: SlotDescriptor[];
   devices: LegacyDeviceState;
+  /** virtio-mmio register windows this worker serves (shared state; the I/O workers do the rest). */
+  virtio: VirtioMmioDeviceState[];
   logLevel: string;
   /** benchmark only: port whose exits the addon's C loop consumes (see VMConfig.benchCPioPort) */
   benchCPioPort?: number;
@@ -28,6 +30,20 @@ export interface LegacyDeviceState {
   post: SharedArrayBuffer;
   /** hardware-reduced ACPI sleep control/status and reset registers */
   acpiSleep: SharedArrayBuffer;
+}
+
+/** One virtio-mmio device as the vCPU workers see it. */
+export interface VirtioMmioDeviceState {
+  name: string;
+  /** Guest-physical base of the register window and its size. */
+  base: number;
+  size: number;
+  /** VirtioMmioTransport.createState */
+  state: SharedArrayBuffer;
+  /** eventfd written on a Status change the device must act on (DRIVER_OK, FAILED, reset). */
+  controlFd: number;
+  /** Per-queue eventfds (also the KVM ioeventfds): written when a QueueNotify reaches userspace. */
+  queueFds: number[];
 }
 
 export type VcpuMessage =

@@ -16,7 +16,7 @@ import {
   recordExit,
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from './protocol.js';
-import { buildLegacyBus } from './legacy-bus.js';
+import { buildLegacyBus, registerVirtioDevices } from './legacy-bus.js';
 import { describeFatalExit } from './diagnose.js';
 
 const EINTR = 4;
@@ -57,6 +57,7 @@ const bus = buildLegacyBus(data.devices, {
   end: endVm,
   unknown: (kind, addr, write) => post({ type: 'unknown-access', vcpuId: data.vcpuId, kind, addr, write }),
 });
+registerVirtioDevices(bus.mmio, data.virtio);
 
 const handle = addon.registerVcpuThread(data.vcpuFd, run);
 Atomics.store(ctrl, ctrlKickSlot(data.vcpuId), handle + 1);

@@ -1,0 +1,595 @@
+// virtio-blk device logic (virtio 1.2 §5.2), independent of threads and fds so it can be unit-tested
+// and fuzzed on synthetic rings:
+//
+//   parseRequest(chain)      pure: splits a descriptor chain into header, data and status byte
+//   BlockDevice.execute(req) runs one parsed request against a BlockBackend (the only I/O)
+//   BlockDevice.complete()   writes the status byte, returns the used length
+//   serviceQueue(q, dev, …)  the queue loop: pop every available chain, execute, push used, decide
+//                            whether to interrupt (event-idx / NO_INTERRUPT suppression)
+//
+// Request layout (§5.2.6, VIRTIO_F_VERSION_1 implies any framing): the first 16 device-readable
+// bytes are the header { le32 type, le32 reserved, le64 sector }; the rest of the readable bytes are
+// data-out; the device-writable bytes are data-in followed by one status byte (the last writable
+// byte). Requests without a status byte cannot be answered with a status: they complete with used
+// length 0 (like a per-chain VirtqueueError). Requests with a status byte never fail silently:
+// OK, IOERR (bad header, out of range, not a multiple of 512, write to a read-only disk, host I/O
+// error) or UNSUPP (unknown type, reserved flags).
+import type { GuestMemory, MemorySegment } from '../../../memory/guest-memory.js';
+import {
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_INDIRECT_DESC,
+  VIRTIO_F_VERSION_1,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_DESC_SIZE,
+  featureBit,
+} from '../../../virtio/constants.js';
+import { VirtqueueError, type DescriptorChain, type SplitQueue } from '../../../virtio/queue.js';
+
+// ---- constants (§5.2.3, §5.2.6) -----------------------------------------------------------------
+export const VIRTIO_BLK_F_SIZE_MAX = 1;
+export const VIRTIO_BLK_F_SEG_MAX = 2;
+export const VIRTIO_BLK_F_GEOMETRY = 4;
+export const VIRTIO_BLK_F_RO = 5;
+export const VIRTIO_BLK_F_BLK_SIZE = 6;
+export const VIRTIO_BLK_F_FLUSH = 9;
+export const VIRTIO_BLK_F_TOPOLOGY = 10;
+export const VIRTIO_BLK_F_CONFIG_WCE = 11;
+export const VIRTIO_BLK_F_MQ = 12;
+export const VIRTIO_BLK_F_DISCARD = 13;
+export const VIRTIO_BLK_F_WRITE_ZEROES = 14;
+
+export const VIRTIO_BLK_T_IN = 0;
+export const VIRTIO_BLK_T_OUT = 1;
+export const VIRTIO_BLK_T_FLUSH = 4;
+export const VIRTIO_BLK_T_GET_ID = 8;
+export const VIRTIO_BLK_T_GET_LIFETIME = 10;
+export const VIRTIO_BLK_T_DISCARD = 11;
+export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
+export const VIRTIO_BLK_T_SECURE_ERASE = 14;
+
+export const VIRTIO_BLK_S_OK = 0;
+export const VIRTIO_BLK_S_IOERR = 1;
+export const VIRTIO_BLK_S_UNSUPP = 2;
+
+export const VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP = 1;
+export const VIRTIO_BLK_ID_BYTES = 20;
+export const SECTOR_SIZE = 512;
+export const BLK_REQ_HEADER_SIZE = 16;
+/** struct virtio_blk_discard_write_zeroes { le64 sector; le32 num_sectors; le32 flags } */
+export const BLK_DWZ_SEGMENT_SIZE = 16;
+
+/** Queue size offered (QueueNumMax). */
+export const BLK_QUEUE_SIZE = 256;
+/** seg_max: data segments per request (queue size − header − status). */
+export const BLK_SEG_MAX = BLK_QUEUE_SIZE - 2;
+/** Limits offered for DISCARD / WRITE_ZEROES. */
+export const BLK_MAX_DISCARD_SECTORS = 0x200000; // 1 GiB
+export const BLK_MAX_DISCARD_SEG = 16;
+export const BLK_DISCARD_SECTOR_ALIGNMENT = 8; // 4 KiB
+export const BLK_MAX_WRITE_ZEROES_SECTORS = 0x200000;
+export const BLK_MAX_WRITE_ZEROES_SEG = 16;
+
+// struct virtio_blk_config offsets (§5.2.4)
+export const BLK_CFG_CAPACITY = 0;
+export const BLK_CFG_SIZE_MAX = 8;
+export const BLK_CFG_SEG_MAX = 12;
+export const BLK_CFG_BLK_SIZE = 20;
+export const BLK_CFG_MAX_DISCARD_SECTORS = 36;
+export const BLK_CFG_MAX_DISCARD_SEG = 40;
+export const BLK_CFG_DISCARD_SECTOR_ALIGNMENT = 44;
+export const BLK_CFG_MAX_WRITE_ZEROES_SECTORS = 48;
+export const BLK_CFG_MAX_WRITE_ZEROES_SEG = 52;
+export const BLK_CFG_WRITE_ZEROES_MAY_UNMAP = 56;
+/** Config space up to and including write_zeroes_may_unmap + padding. */
+export const BLK_CONFIG_SIZE = 60;
+
+export interface BlockDeviceParams {
+  /** Capacity in 512-byte sectors. */
+  sectors: number;
+  readOnly: boolean;
+  /** GET_ID answer: 20 bytes, NUL-padded. */
+  serial: Uint8Array;
+}
+
+/** Features offered: VERSION_1 is added by the transport. DISCARD/WRITE_ZEROES only when writable. */
+export function blockDeviceFeatures(readOnly: boolean): bigint {
+  let f =
+    featureBit(VIRTIO_F_VERSION_1) |
+    featureBit(VIRTIO_BLK_F_FLUSH) |
+    featureBit(VIRTIO_BLK_F_SEG_MAX) |
+    featureBit(VIRTIO_BLK_F_BLK_SIZE) |
+    featureBit(VIRTIO_F_INDIRECT_DESC) |
+    featureBit(VIRTIO_F_EVENT_IDX);
+  if (readOnly) f |= featureBit(VIRTIO_BLK_F_RO);
+  else f |= featureBit(VIRTIO_BLK_F_DISCARD) | featureBit(VIRTIO_BLK_F_WRITE_ZEROES);
+  return f;
+}
+
+/** Initial config space (little-endian struct virtio_blk_config, BLK_CONFIG_SIZE bytes). */
+export function blockConfigSpace(p: Pick<BlockDeviceParams, 'sectors' | 'readOnly'>): Uint8Array {
+  const b = new Uint8Array(BLK_CONFIG_SIZE);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(BLK_CFG_CAPACITY, BigInt(p.sectors), true);
+  v.setUint32(BLK_CFG_SEG_MAX, BLK_SEG_MAX, true);
+  v.setUint32(BLK_CFG_BLK_SIZE, SECTOR_SIZE, true);
+  if (!p.readOnly) {
+    v.setUint32(BLK_CFG_MAX_DISCARD_SECTORS, BLK_MAX_DISCARD_SECTORS, true);
+    v.setUint32(BLK_CFG_MAX_DISCARD_SEG, BLK_MAX_DISCARD_SEG, true);
+    v.setUint32(BLK_CFG_DISCARD_SECTOR_ALIGNMENT, BLK_DISCARD_SECTOR_ALIGNMENT, true);
+    v.setUint32(BLK_CFG_MAX_WRITE_ZEROES_SECTORS, BLK_MAX_WRITE_ZEROES_SECTORS, true);
+    v.setUint32(BLK_CFG_MAX_WRITE_ZEROES_SEG, BLK_MAX_WRITE_ZEROES_SEG, true);
+    b[BLK_CFG_WRITE_ZEROES_MAY_UNMAP] = 1;
+  }
+  return b;
+}
+
+/**
+ * The GET_ID serial of an image: `<basename>-<inode hex>`, the basename shortened (and characters
+ * outside [A-Za-z0-9._-] replaced by '_') so the whole fits 20 bytes; NUL-padded to 20 bytes.
+ */
+export function blockSerial(path: string, inode: number | bigint): Uint8Array {
+  const ino = BigInt(inode).toString(16);
+  const base = (path.split('/').filter((s) => s.length > 0).pop() ?? 'disk').replace(/[^A-Za-z0-9._-]/g, '_');
+  const room = Math.max(0, VIRTIO_BLK_ID_BYTES - 1 - ino.length);
+  const text = (base.slice(0, room) + '-' + ino).slice(-VIRTIO_BLK_ID_BYTES);
+  const out = new Uint8Array(VIRTIO_BLK_ID_BYTES);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+// ---- parsing ------------------------------------------------------------------------------------
+
+export interface BlockRequest {
+  head: number;
+  /** Present iff the chain has at least 16 device-readable bytes. */
+  header?: { type: number; /** u64 as a number; ≥ 2^53 values are clamped to Number.MAX_SAFE_INTEGER */ sector: number };
+  /** Device-readable bytes after the header (OUT data, DISCARD/WRITE_ZEROES segments). */
+  dataOut: MemorySegment[];
+  dataOutBytes: number;
+  /** Device-writable bytes before the status byte (IN data, GET_ID buffer). */
+  dataIn: MemorySegment[];
+  dataInBytes: number;
+  /** The last device-writable byte; absent if the chain has no writable byte. */
+  status?: { buffer: SharedArrayBuffer; offset: number };
+}
+
+/** [0, at) and [at, end) of a segment list. */
+export function splitSegments(segs: readonly MemorySegment[], at: number): [MemorySegment[], MemorySegment[]] {
+  const a: MemorySegment[] = [];
+  const b: MemorySegment[] = [];
+  let pos = 0;
+  for (const s of segs) {
+    if (pos + s.length <= at) a.push(s);
+    else if (pos >= at) b.push(s);
+    else {
+      const k = at - pos;
+      a.push({ buffer: s.buffer, offset: s.offset, length: k, gpa: s.gpa });
+      b.push({ buffer: s.buffer, offset: s.offset + k, length: s.length - k, gpa: s.gpa + k });
+    }
+    pos += s.length;
+  }
+  return [a, b];
+}
+
+/** Copy the first `n` bytes of a segment list (n ≤ their total). */
+export function gatherBytes(segs: readonly MemorySegment[], n: number): Uint8Array {
+  const out = new Uint8Array(n);
+  let pos = 0;
+  for (const s of segs) {
+    if (pos >= n) break;
+    const k = Math.min(s.length, n - pos);
+    out.set(new Uint8Array(s.buffer, s.offset, k), pos);
+    pos += k;
+  }
+  return out;
+}
+
+/** Copy `bytes` into the start of a segment list (as much as fits); returns the bytes copied. */
+export function scatterBytes(segs: readonly MemorySegment[], bytes: Uint8Array): number {
+  let pos = 0;
+  for (const s of segs) {
+    if (pos >= bytes.length) break;
+    const k = Math.min(s.length, bytes.length - pos);
+    new Uint8Array(s.buffer, s.offset, k).set(bytes.subarray(pos, pos + k));
+    pos += k;
+  }
+  return pos;
+}
+
+/** Split a chain into header, data and status byte. Pure apart from reading the 16 header bytes. */
+export function parseRequest(chain: DescriptorChain): BlockRequest {
+  const req: BlockRequest = { head: chain.head, dataOut: [], dataOutBytes: 0, dataIn: [], dataInBytes: 0 };
+  if (chain.writableBytes >= 1) {
+    const [data, status] = splitSegments(chain.writable, chain.writableBytes - 1);
+    const s = status[0];
+    req.status = { buffer: s.buffer, offset: s.offset };
+    req.dataIn = data;
+    req.dataInBytes = chain.writableBytes - 1;
+  }
+  if (chain.readableBytes >= BLK_REQ_HEADER_SIZE) {
+    const h = gatherBytes(chain.readable, BLK_REQ_HEADER_SIZE);
+    const v = new DataView(h.buffer);
+    const lo = v.getUint32(8, true);
+    const hi = v.getUint32(12, true);
+    const sector = hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + lo;
+    req.header = { type: v.getUint32(0, true), sector };
+    const [, out] = splitSegments(chain.readable, BLK_REQ_HEADER_SIZE);
+    req.dataOut = out;
+    req.dataOutBytes = chain.readableBytes - BLK_REQ_HEADER_SIZE;
+  }
+  return req;
+}
+
+// ---- execution ----------------------------------------------------------------------------------
+
+/**
+ * Where the bytes live. Methods throw an Error with an errno `code` ('EIO', 'ENOSPC', …) on a host
+ * I/O failure (the request then completes with IOERR); any other exception is a device bug.
+ */
+export interface BlockBackend {
+  /** Read `bytes` at byte offset `pos` into the segments; returns bytes read (short only at EOF). */
+  readv(segs: readonly MemorySegment[], bytes: number, pos: number): number;
+  /** Write the segments at `pos`; returns bytes written. */
+  writev(segs: readonly MemorySegment[], bytes: number, pos: number): number;
+  /** Make every completed write durable (fdatasync). */
+  flush(): void;
+  /** Deallocate [pos, pos+len) (contents afterwards: zeroes). */
+  discard(pos: number, len: number): void;
+  /** Zero [pos, pos+len); `unmap` allows deallocating. */
+  writeZeroes(pos: number, len: number, unmap: boolean): void;
+}
+
+export interface BlockResult {
+  /** VIRTIO_BLK_S_*, or -1 when the request has no status byte. */
+  status: number;
+  /** Bytes written into device-writable buffers (used length). */
+  usedLen: number;
+}
+
+/** Counters (Int32, Atomics) and byte totals (Float64, single writer) in one SAB, readable anywhere. */
+export const STAT_REQUESTS = 0;
+export const STAT_READS = 1;
+export const STAT_WRITES = 2;
+export const STAT_FLUSHES = 3;
+export const STAT_ERRORS = 4;
+export const STAT_UNSUPPORTED = 5;
+export const STAT_WAKEUPS = 6;
+export const STAT_INTERRUPTS = 7;
+export const STAT_BATCHES = 8;
+export const STAT_BAD_CHAINS = 9;
+export const STAT_NEEDS_RESET = 10;
+export const STAT_DISCARDS = 11;
+export const STAT_WRITE_ZEROES = 12;
+const STAT_WORDS = 16;
+const STAT_BYTES_READ = 0; // Float64 index after the Int32 words
+const STAT_BYTES_WRITTEN = 1;
+
+export interface BlockStats {
+  requests: number;
+  reads: number;
+  writes: number;
+  flushes: number;
+  discards: number;
+  writeZeroes: number;
+  /** Requests answered IOERR. */
+  errors: number;
+  /** Requests answered UNSUPP. */
+  unsupported: number;
+  /** Chains completed without a status (malformed). */
+  badChains: number;
+  /** Times the worker was woken by an eventfd. */
+  wakeups: number;
+  /** irqfd pulses. */
+  interrupts: number;
+  /** Batches (one pop pass + one used-ring publish). */
+  batches: number;
+  /** Times DEVICE_NEEDS_RESET was set. */
+  needsReset: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+export function createBlockStats(): SharedArrayBuffer {
+  return new SharedArrayBuffer(STAT_WORDS * 4 + 2 * 8);
+}
+
+export function readBlockStats(sab: SharedArrayBuffer): BlockStats {
+  const w = new Int32Array(sab, 0, STAT_WORDS);
+  const f = new Float64Array(sab, STAT_WORDS * 4, 2);
+  const g = (i: number): number => Atomics.load(w, i) >>> 0;
+  return {
+    requests: g(STAT_REQUESTS),
+    reads: g(STAT_READS),
+    writes: g(STAT_WRITES),
+    flushes: g(STAT_FLUSHES),
+    discards: g(STAT_DISCARDS),
+    writeZeroes: g(STAT_WRITE_ZEROES),
+    errors: g(STAT_ERRORS),
+    unsupported: g(STAT_UNSUPPORTED),
+    badChains: g(STAT_BAD_CHAINS),
+    wakeups: g(STAT_WAKEUPS),
+    interrupts: g(STAT_INTERRUPTS),
+    batches: g(STAT_BATCHES),
+    needsReset: g(STAT_NEEDS_RESET),
+    bytesRead: f[STAT_BYTES_READ],
+    bytesWritten: f[STAT_BYTES_WRITTEN],
+  };
+}
+
+/** An exception from a BlockBackend that means "the host I/O failed" (→ IOERR) rather than a bug. */
+export function isHostIoError(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code);
+}
+
+export class BlockDevice {
+  readonly params: BlockDeviceParams;
+  private readonly backend: BlockBackend;
+  private readonly stats: Int32Array;
+  private readonly bytes: Float64Array;
+  private readonly capacityBytes: number;
+  private readonly features: bigint;
+
+  constructor(params: BlockDeviceParams, backend: BlockBackend, stats: SharedArrayBuffer = createBlockStats()) {
+    if (!Number.isSafeInteger(params.sectors) || params.sectors < 0 || params.sectors * SECTOR_SIZE > Number.MAX_SAFE_INTEGER) {
+      throw new RangeError(`virtio-blk: bad capacity ${params.sectors}`);
+    }
+    if (params.serial.length !== VIRTIO_BLK_ID_BYTES) throw new RangeError('virtio-blk: serial must be 20 bytes');
+    this.params = params;
+    this.backend = backend;
+    this.stats = new Int32Array(stats, 0, STAT_WORDS);
+    this.bytes = new Float64Array(stats, STAT_WORDS * 4, 2);
+    this.capacityBytes = params.sectors * SECTOR_SIZE;
+    this.features = blockDeviceFeatures(params.readOnly);
+  }
+
+  /** Count something in the shared stats (wakeups, interrupts, … from the worker loop). */
+  count(stat: number, n = 1): void {
+    Atomics.add(this.stats, stat, n);
+  }
+
+  /** [sector, sector + bytes/512) inside the disk? */
+  private inRange(sector: number, bytes: number): boolean {
+    return sector <= this.params.sectors && bytes <= this.capacityBytes - sector * SECTOR_SIZE;
+  }
+
+  private offered(bit: number): boolean {
+    return (this.features & featureBit(bit)) !== 0n;
+  }
+
+  /** Run one request. Host I/O errors become IOERR; other exceptions propagate (device bug). */
+  execute(req: BlockRequest): BlockResult {
+    Atomics.add(this.stats, STAT_REQUESTS, 1);
+    if (!req.status) {
+      Atomics.add(this.stats, STAT_BAD_CHAINS, 1);
+      return { status: -1, usedLen: 0 };
+    }
+    let r: BlockResult;
+    try {
+      r = this.run(req);
+    } catch (e) {
+      if (!isHostIoError(e)) throw e;
+      r = { status: VIRTIO_BLK_S_IOERR, usedLen: 1 };
+    }
+    if (r.status === VIRTIO_BLK_S_IOERR) Atomics.add(this.stats, STAT_ERRORS, 1);
+    else if (r.status === VIRTIO_BLK_S_UNSUPP) Atomics.add(this.stats, STAT_UNSUPPORTED, 1);
+    return r;
+  }
+
+  private run(req: BlockRequest): BlockResult {
+    const IOERR: BlockResult = { status: VIRTIO_BLK_S_IOERR, usedLen: 1 };
+    const h = req.header;
+    if (!h) return IOERR;
+    switch (h.type) {
+      case VIRTIO_BLK_T_IN: {
+        const len = req.dataInBytes;
+        if (len % SECTOR_SIZE !== 0 || !this.inRange(h.sector, len)) return IOERR;
+        const n = len === 0 ? 0 : this.backend.readv(req.dataIn, len, h.sector * SECTOR_SIZE);
+        if (n !== len) return IOERR; // the file shrank under us
+        Atomics.add(this.stats, STAT_READS, 1);
+        this.bytes[STAT_BYTES_READ] += len;
+        return { status: VIRTIO_BLK_S_OK, usedLen: len + 1 };
+      }
+      case VIRTIO_BLK_T_OUT: {
+        const len = req.dataOutBytes;
+        if (this.params.readOnly || len % SECTOR_SIZE !== 0 || !this.inRange(h.sector, len)) return IOERR;
+        const n = len === 0 ? 0 : this.backend.writev(req.dataOut, len, h.sector * SECTOR_SIZE);
+        if (n !== len) return IOERR;
+        Atomics.add(this.stats, STAT_WRITES, 1);
+        this.bytes[STAT_BYTES_WRITTEN] += len;
+        return { status: VIRTIO_BLK_S_OK, usedLen: 1 };
+      }
+      case VIRTIO_BLK_T_FLUSH:
+        this.backend.flush();
+        Atomics.add(this.stats, STAT_FLUSHES, 1);
+        return { status: VIRTIO_BLK_S_OK, usedLen: 1 };
+      case VIRTIO_BLK_T_GET_ID: {
+        const n = scatterBytes(req.dataIn, this.params.serial.subarray(0, Math.min(VIRTIO_BLK_ID_BYTES, req.dataInBytes)));
+        return { status: VIRTIO_BLK_S_OK, usedLen: n + 1 };
+      }
+      case VIRTIO_BLK_T_DISCARD:
+        if (!this.offered(VIRTIO_BLK_F_DISCARD)) return this.unsupportedOrRo();
+        return this.discardOrZero(req, false);
+      case VIRTIO_BLK_T_WRITE_ZEROES:
+        if (!this.offered(VIRTIO_BLK_F_WRITE_ZEROES)) return this.unsupportedOrRo();
+        return this.discardOrZero(req, true);
+      default:
+        return { status: VIRTIO_BLK_S_UNSUPP, usedLen: 1 };
+    }
+  }
+
+  /** DISCARD/WRITE_ZEROES on a read-only disk: IOERR (§5.2.6.2); otherwise not offered → UNSUPP. */
+  private unsupportedOrRo(): BlockResult {
+    return { status: this.params.readOnly ? VIRTIO_BLK_S_IOERR : VIRTIO_BLK_S_UNSUPP, usedLen: 1 };
+  }
+
+  private discardOrZero(req: BlockRequest, zero: boolean): BlockResult {
+    const IOERR: BlockResult = { status: VIRTIO_BLK_S_IOERR, usedLen: 1 };
+    const len = req.dataOutBytes;
+    const maxSeg = zero ? BLK_MAX_WRITE_ZEROES_SEG : BLK_MAX_DISCARD_SEG;
+    const maxSectors = zero ? BLK_MAX_WRITE_ZEROES_SECTORS : BLK_MAX_DISCARD_SECTORS;
+    if (len === 0 || len % BLK_DWZ_SEGMENT_SIZE !== 0 || len / BLK_DWZ_SEGMENT_SIZE > maxSeg) return IOERR;
+    const raw = gatherBytes(req.dataOut, len);
+    const v = new DataView(raw.buffer);
+    const ranges: Array<{ pos: number; len: number; unmap: boolean }> = [];
+    for (let off = 0; off < len; off += BLK_DWZ_SEGMENT_SIZE) {
+      const lo = v.getUint32(off, true);
+      const hi = v.getUint32(off + 4, true);
+      const num = v.getUint32(off + 8, true);
+      const flags = v.getUint32(off + 12, true);
+      // Reserved flag bits, and the unmap flag on a discard, are unsupported (§5.2.6.2).
+      if ((flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 || (!zero && flags !== 0)) return { status: VIRTIO_BLK_S_UNSUPP, usedLen: 1 };
+      const sector = hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + lo;
+      if (num > maxSectors || !this.inRange(sector, num * SECTOR_SIZE)) return IOERR;
+      ranges.push({ pos: sector * SECTOR_SIZE, len: num * SECTOR_SIZE, unmap: (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 });
+    }
+    for (const r of ranges) {
+      if (r.len === 0) continue;
+      if (zero) this.backend.writeZeroes(r.pos, r.len, r.unmap);
+      else this.backend.discard(r.pos, r.len);
+    }
+    Atomics.add(this.stats, zero ? STAT_WRITE_ZEROES : STAT_DISCARDS, 1);
+    return { status: VIRTIO_BLK_S_OK, usedLen: 1 };
+  }
+
+  /** Parse, execute and write the status byte; returns the used length to publish. */
+  handle(chain: DescriptorChain): number {
+    const req = parseRequest(chain);
+    const r = this.execute(req);
+    if (r.status < 0 || !req.status) return 0;
+    new Uint8Array(req.status.buffer, req.status.offset, 1)[0] = r.status;
+    return r.usedLen;
+  }
+}
+
+/**
+ * Best effort for a chain the queue rejected (per-chain VirtqueueError): find the chain's last
+ * descriptor by walking it again (bounded by the queue size, one level of indirection) and, if it
+ * is device-writable, non-empty and in RAM, write IOERR into its last byte. Returns the used length
+ * to publish (1 if a status was written, else 0). Never throws on guest data.
+ */
+export function failBrokenChain(mem: GuestMemory, descAddr: number, queueSize: number, head: number): number {
+  const readDesc = (gpa: number): { addr: number; len: number; flags: number; next: number } | undefined => {
+    try {
+      const lo = mem.read32(gpa);
+      const hi = mem.read32(gpa + 4);
+      if (hi >= 0x200000) return { addr: Number.MAX_SAFE_INTEGER, len: mem.read32(gpa + 8), flags: mem.read16(gpa + 12), next: mem.read16(gpa + 14) };
+      return { addr: hi * 2 ** 32 + lo, len: mem.read32(gpa + 8), flags: mem.read16(gpa + 12), next: mem.read16(gpa + 14) };
+    } catch {
+      return undefined;
+    }
+  };
+  let last: { addr: number; len: number; flags: number } | undefined;
+  let i = head;
+  for (let steps = 0; steps <= queueSize && i < queueSize; steps++) {
+    const d = readDesc(descAddr + VIRTQ_DESC_SIZE * i);
+    if (!d) return 0;
+    if (d.flags & VIRTQ_DESC_F_INDIRECT) {
+      const n = Math.min(Math.floor(d.len / VIRTQ_DESC_SIZE), queueSize);
+      let j = 0;
+      for (let k = 0; k < n && j < n; k++) {
+        const e = readDesc(d.addr + VIRTQ_DESC_SIZE * j);
+        if (!e) return 0;
+        if (!(e.flags & VIRTQ_DESC_F_NEXT)) {
+          last = e;
+          break;
+        }
+        j = e.next;
+      }
+      break;
+    }
+    if (!(d.flags & VIRTQ_DESC_F_NEXT)) {
+      last = d;
+      break;
+    }
+    i = d.next;
+  }
+  if (!last || !(last.flags & VIRTQ_DESC_F_WRITE) || last.len === 0) return 0;
+  const at = last.addr + last.len - 1;
+  if (!Number.isSafeInteger(at) || !mem.isRam(at, 1)) return 0;
+  mem.write8(at, VIRTIO_BLK_S_IOERR);
+  return 1;
+}
+
+export interface ServiceResult {
+  /** Chains completed. */
+  completed: number;
+  /** The driver asked to be interrupted for something completed in this call. */
+  interrupt: boolean;
+}
+
+/** Most chains taken per pass before their completions are published. */
+export const BLK_MAX_BATCH = 64;
+
+/**
+ * Serve every available chain of `q`: pop a batch (inside `rings`, the transport's withRings for the
+ * current generation), execute it outside, publish the used entries (inside `rings` again), repeat
+ * until the ring is empty with notifications re-enabled. `onBatch` is called after each publish
+ * with whether the driver wants an interrupt for it (event-idx / NO_INTERRUPT). Returns undefined
+ * if `rings` refused (a reset happened). Throws the queue's fatal VirtqueueError (→ NEEDS_RESET).
+ */
+export function serviceQueue(
+  q: SplitQueue,
+  dev: BlockDevice,
+  mem: GuestMemory,
+  descAddr: number,
+  rings: <T>(fn: () => T) => T | undefined,
+  onBatch: (interrupt: boolean) => void,
+): ServiceResult | undefined {
+  let completed = 0;
+  let anyInterrupt = false;
+  const heads: number[] = [];
+  const lens: number[] = [];
+  for (;;) {
+    const batch = rings(() => {
+      const out: Array<DescriptorChain | VirtqueueError> = [];
+      for (;;) {
+        q.disableNotification();
+        while (out.length < BLK_MAX_BATCH) {
+          let c: DescriptorChain | undefined;
+          try {
+            c = q.pop();
+          } catch (e) {
+            if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) {
+              out.push(e);
+              continue;
+            }
+            throw e;
+          }
+          if (!c) break;
+          out.push(c);
+        }
+        if (out.length > 0) return out;
+        if (!q.enableNotification()) return out;
+      }
+    });
+    if (batch === undefined) return undefined;
+    if (batch.length === 0) return { completed, interrupt: anyInterrupt };
+    heads.length = 0;
+    lens.length = 0;
+    for (const item of batch) {
+      if (item instanceof VirtqueueError) {
+        dev.count(STAT_REQUESTS);
+        dev.count(STAT_BAD_CHAINS);
+        const len = failBrokenChain(mem, descAddr, q.size, item.head!);
+        if (len) dev.count(STAT_ERRORS);
+        heads.push(item.head!);
+        lens.push(len);
+      } else {
+        heads.push(item.head);
+        lens.push(dev.handle(item));
+      }
+    }
+    const irq = rings(() => {
+      for (let i = 0; i < heads.length; i++) q.pushUsed(heads[i], lens[i]);
+      return q.needsInterrupt();
+    });
+    if (irq === undefined) return undefined;
+    dev.count(STAT_BATCHES);
+    completed += heads.length;
+    if (irq) anyInterrupt = true;
+    onBatch(irq);
+  }
+}

@@ -1,0 +1,72 @@
+// --disk validation and where the virtio-mmio device announcements go on the kernel command line.
+import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, resolveConfig } from '../../src/main/config.js';
+import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord, virtioMmioSlot } from '../../src/devices/virtio/slots.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'kindling-blkcfg-'));
+const kernel = join(dir, 'kernel');
+writeFileSync(kernel, 'x');
+const img = join(dir, 'disk.img');
+writeFileSync(img, Buffer.alloc(4096));
+const HOST = 8 * 1024 ** 3;
+
+describe('--disk', () => {
+  it('windows, GSIs and command line words', () => {
+    expect(virtioMmioSlot(0)).toEqual({ base: 0xd0000000, size: 0x1000, gsi: 5 });
+    expect(virtioMmioSlot(3)).toEqual({ base: 0xd0003000, size: 0x1000, gsi: 8 });
+    expect(virtioMmioCmdlineWord(1)).toBe('virtio_mmio.device=4K@0xd0001000:6');
+    expect(() => virtioMmioSlot(MAX_VIRTIO_DEVICES)).toThrow(RangeError);
+  });
+
+  it('announces each disk after the user words and before `--`', () => {
+    const two = [{ path: img, readOnly: true }, { path: img, readOnly: true }];
+    expect(resolveConfig({ kernel, cmdline: 'a b', disks: two }, { hostMemBytes: HOST }).cmdline).toBe(
+      'a b virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6',
+    );
+    expect(resolveConfig({ kernel, cmdline: 'a', cmdlineExtra: ['--', 'x', 'y'], disks: [{ path: img }] }, { hostMemBytes: HOST }).cmdline).toBe(
+      'a virtio_mmio.device=4K@0xd0000000:5 -- x y',
+    );
+    expect(resolveConfig({ kernel, cmdline: 'a "q -- q" -- init args', cmdlineExtra: ['--', 'more'], disks: [{ path: img }] }, { hostMemBytes: HOST }).cmdline).toBe(
+      'a "q -- q" virtio_mmio.device=4K@0xd0000000:5 -- init args more',
+    );
+    expect(resolveConfig({ kernel, cmdline: 'a' }, { hostMemBytes: HOST }).cmdline).toBe('a');
+    expect(resolveConfig({ kernel, disks: [{ path: img }] }, { hostMemBytes: HOST }).disks).toEqual([{ path: img, readOnly: false }]);
+  });
+
+  it('refuses unusable images with one line', () => {
+    const odd = join(dir, 'odd.img');
+    writeFileSync(odd, Buffer.alloc(1000));
+    const sub = join(dir, 'sub');
+    mkdirSync(sub, { recursive: true });
+    const bad = (disks: unknown, re: RegExp): void => {
+      let err: unknown;
+      try {
+        resolveConfig({ kernel, disks } as never, { hostMemBytes: HOST });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as Error).message).toMatch(re);
+      expect((err as Error).message).not.toContain('\n');
+    };
+    bad([{ path: join(dir, 'missing.img') }], /^disk image not found: /);
+    bad([{ path: sub }], /^disk image is a directory, not a file: /);
+    bad([{ path: odd }], /^disk image size 1000 bytes is not a multiple of 512: /);
+    bad([{ path: '' }], /no image path/);
+    bad([{ path: img, readOnly: 'yes' }], /readOnly must be/);
+    bad('disk.img', /disks must be an array/);
+    bad([null], /must be \{ path, readOnly\? \}/);
+    bad(Array.from({ length: MAX_VIRTIO_DEVICES + 1 }, () => ({ path: img, readOnly: true })), /at most 16 disks/);
+    if (process.getuid?.() !== 0) {
+      const locked = join(dir, 'noperm.img');
+      writeFileSync(locked, Buffer.alloc(512));
+      chmodSync(locked, 0o444);
+      bad([{ path: locked }], /^disk image is not writable: .*append ,ro/);
+      chmodSync(locked, 0o000);
+      bad([{ path: locked, readOnly: true }], /^disk image is not readable: /);
+    }
+  });
+});

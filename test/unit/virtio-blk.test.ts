@@ -1,0 +1,588 @@
+// virtio-blk request handling on synthetic rings in SharedArrayBuffers: parsing, every request type,
+// the status each error gets, used lengths, batching and interrupt suppression, broken chains, and a
+// property test that arbitrary descriptor tables never make the device throw anything but a fatal
+// VirtqueueError (which the worker turns into DEVICE_NEEDS_RESET).
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import {
+  BLK_CONFIG_SIZE,
+  BLK_MAX_DISCARD_SEG,
+  BLK_SEG_MAX,
+  BlockDevice,
+  type BlockBackend,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_FLUSH,
+  VIRTIO_BLK_F_RO,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_BLK_S_IOERR,
+  VIRTIO_BLK_S_OK,
+  VIRTIO_BLK_S_UNSUPP,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
+  VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_WRITE_ZEROES,
+  blockConfigSpace,
+  blockDeviceFeatures,
+  blockSerial,
+  createBlockStats,
+  parseRequest,
+  readBlockStats,
+  serviceQueue,
+} from '../../src/devices/virtio/block/device.js';
+import { FileBackend, type FileBackendAddon } from '../../src/devices/virtio/block/file-backend.js';
+import { GuestMemory, type MemorySegment } from '../../src/memory/guest-memory.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_AVAIL_F_NO_INTERRUPT, featureBit } from '../../src/virtio/constants.js';
+import { SplitQueue, VirtqueueError } from '../../src/virtio/queue.js';
+
+const NEXT = 1;
+const WRITE = 2;
+const INDIRECT = 4;
+
+// Guest RAM: two slots so buffers can straddle a slot boundary at 0x80000.
+const RAM = [
+  { gpa: 0, size: 0x80000 },
+  { gpa: 0x80000, size: 0x80000 },
+];
+const DESC = 0x1000;
+const AVAIL = 0x2000;
+const USED = 0x3000;
+const HDR = 0x4000; // request headers, 16 bytes each
+const STATUS = 0x5000; // status bytes
+const DATA = 0x10000; // data buffers
+const SECTORS = 64;
+
+class MemBackend implements BlockBackend {
+  readonly disk: Uint8Array;
+  flushes = 0;
+  failNext: unknown;
+  log: string[] = [];
+  constructor(sectors: number) {
+    this.disk = new Uint8Array(sectors * 512);
+    for (let i = 0; i < this.disk.length; i++) this.disk[i] = (i * 131 + (i >> 9)) & 0xff;
+  }
+  private maybeFail(): void {
+    if (this.failNext !== undefined) {
+      const e = this.failNext;
+      this.failNext = undefined;
+      throw e;
+    }
+  }
+  readv(segs: readonly MemorySegment[], bytes: number, pos: number): number {
+    this.maybeFail();
+    let p = pos;
+    for (const s of segs) {
+      new Uint8Array(s.buffer, s.offset, s.length).set(this.disk.subarray(p, p + s.length));
+      p += s.length;
+    }
+    expect(p - pos).toBe(bytes);
+    return bytes;
+  }
+  writev(segs: readonly MemorySegment[], bytes: number, pos: number): number {
+    this.maybeFail();
+    let p = pos;
+    for (const s of segs) {
+      this.disk.set(new Uint8Array(s.buffer, s.offset, s.length), p);
+      p += s.length;
+    }
+    expect(p - pos).toBe(bytes);
+    return bytes;
+  }
+  flush(): void {
+    this.maybeFail();
+    this.flushes++;
+    this.log.push('flush');
+  }
+  discard(pos: number, len: number): void {
+    this.disk.fill(0, pos, pos + len);
+    this.log.push(`discard ${pos} ${len}`);
+  }
+  writeZeroes(pos: number, len: number, unmap: boolean): void {
+    this.disk.fill(0, pos, pos + len);
+    this.log.push(`zero ${pos} ${len} ${unmap}`);
+  }
+}
+
+interface Seg {
+  addr: number | bigint;
+  len: number;
+  write?: boolean;
+}
+
+/** The driver side: descriptor table, avail ring, used ring in guest RAM. */
+class Driver {
+  availIdx = 0;
+  usedSeen = 0;
+  constructor(
+    readonly mem: GuestMemory,
+    readonly size: number,
+  ) {}
+  writeDesc(gpa: number, addr: number | bigint, len: number, flags: number, next: number): void {
+    const b = new Uint8Array(16);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(0, BigInt.asUintN(64, BigInt(addr)), true);
+    v.setUint32(8, len >>> 0, true);
+    v.setUint16(12, flags, true);
+    v.setUint16(14, next, true);
+    this.mem.writeBytes(gpa, b);
+  }
+  /** A chain of `segs` at descriptor `first` (consecutive indexes); returns the head. */
+  chain(first: number, segs: Seg[]): number {
+    segs.forEach((s, i) => {
+      const last = i === segs.length - 1;
+      this.writeDesc(DESC + 16 * (first + i), s.addr, s.len, (last ? 0 : NEXT) | (s.write ? WRITE : 0), last ? 0 : first + i + 1);
+    });
+    return first;
+  }
+  publish(...heads: number[]): void {
+    for (const h of heads) {
+      this.mem.write16(AVAIL + 4 + 2 * (this.availIdx % this.size), h);
+      this.availIdx = (this.availIdx + 1) & 0xffff;
+    }
+    this.mem.write16(AVAIL + 2, this.availIdx);
+  }
+  usedIdx(): number {
+    return this.mem.read16(USED + 2);
+  }
+  used(k: number): { id: number; len: number } {
+    const o = USED + 4 + 8 * (k % this.size);
+    return { id: this.mem.read32(o), len: this.mem.read32(o + 4) };
+  }
+  setUsedEvent(v: number): void {
+    this.mem.write16(AVAIL + 4 + 2 * this.size, v);
+  }
+  header(slot: number, type: number, sector: number | bigint): number {
+    const gpa = HDR + 16 * slot;
+    this.mem.write32(gpa, type);
+    this.mem.write32(gpa + 4, 0);
+    this.mem.write64(gpa + 8, BigInt(sector));
+    return gpa;
+  }
+}
+
+function setup(opts: { readOnly?: boolean; size?: number; eventIdx?: boolean; indirect?: boolean; sectors?: number } = {}) {
+  const slots = RAM.map((r, i) => ({ slot: i, gpa: r.gpa, size: r.size, buffer: new SharedArrayBuffer(r.size) }));
+  const mem = new GuestMemory(slots);
+  const size = opts.size ?? 16;
+  const backend = new MemBackend(opts.sectors ?? SECTORS);
+  const stats = createBlockStats();
+  const serial = blockSerial('/images/test.img', 0x1234);
+  const dev = new BlockDevice({ sectors: opts.sectors ?? SECTORS, readOnly: opts.readOnly ?? false, serial }, backend, stats);
+  const q = new SplitQueue(mem, { size, descAddr: DESC, driverAddr: AVAIL, deviceAddr: USED, eventIdx: opts.eventIdx ?? false, indirect: opts.indirect ?? false });
+  const drv = new Driver(mem, size);
+  const interrupts: boolean[] = [];
+  const service = () => serviceQueue(q, dev, mem, DESC, (fn) => fn(), (irq) => interrupts.push(irq));
+  return { mem, backend, dev, q, drv, stats, service, interrupts, serial };
+}
+
+/** One request in slot `s` (descriptors 4s..4s+3): header, optional data, status. Returns the head. */
+function request(t: ReturnType<typeof setup>, s: number, type: number, sector: number | bigint, data?: Seg[]): number {
+  const hdr = t.drv.header(s, type, sector);
+  t.mem.write8(STATUS + s, 0xee);
+  return t.drv.chain(s * 4, [{ addr: hdr, len: 16 }, ...(data ?? []), { addr: STATUS + s, len: 1, write: true }]);
+}
+const status = (t: ReturnType<typeof setup>, s: number): number => t.mem.read8(STATUS + s);
+
+describe('virtio-blk config and identity', () => {
+  it('offers the features of the spec list; RO only when read-only, DISCARD/WRITE_ZEROES only when writable', () => {
+    const rw = blockDeviceFeatures(false);
+    const ro = blockDeviceFeatures(true);
+    for (const b of [VIRTIO_F_VERSION_1, VIRTIO_BLK_F_FLUSH, 2 /* SEG_MAX */, 6 /* BLK_SIZE */, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_EVENT_IDX]) {
+      expect(rw & featureBit(b)).not.toBe(0n);
+      expect(ro & featureBit(b)).not.toBe(0n);
+    }
+    expect(rw & featureBit(VIRTIO_BLK_F_RO)).toBe(0n);
+    expect(ro & featureBit(VIRTIO_BLK_F_RO)).not.toBe(0n);
+    expect(rw & featureBit(VIRTIO_BLK_F_DISCARD)).not.toBe(0n);
+    expect(rw & featureBit(VIRTIO_BLK_F_WRITE_ZEROES)).not.toBe(0n);
+    expect(ro & (featureBit(VIRTIO_BLK_F_DISCARD) | featureBit(VIRTIO_BLK_F_WRITE_ZEROES))).toBe(0n);
+  });
+
+  it('config space: capacity, seg_max ≤ queue size − 2, blk_size, discard/write-zeroes limits', () => {
+    const c = blockConfigSpace({ sectors: 0x1_2345_6789, readOnly: false });
+    expect(c.length).toBe(BLK_CONFIG_SIZE);
+    const v = new DataView(c.buffer);
+    expect(v.getBigUint64(0, true)).toBe(0x1_2345_6789n);
+    expect(v.getUint32(12, true)).toBe(BLK_SEG_MAX);
+    expect(BLK_SEG_MAX).toBeLessThanOrEqual(256 - 2);
+    expect(v.getUint32(20, true)).toBe(512);
+    expect(v.getUint32(36, true)).toBeGreaterThan(0);
+    expect(v.getUint32(40, true)).toBe(BLK_MAX_DISCARD_SEG);
+    expect(v.getUint32(48, true)).toBeGreaterThan(0);
+    expect(c[56]).toBe(1);
+  });
+
+  it('serial: basename and inode, ≤ 20 bytes, NUL-padded, printable', () => {
+    const s = blockSerial('/a/b/disk.img', 0x2a);
+    expect(s.length).toBe(20);
+    expect(Buffer.from(s).toString('latin1').replace(/\0+$/, '')).toBe('disk.img-2a');
+    const long = Buffer.from(blockSerial('/x/a very long image name with spaces.raw', 123456789n)).toString('latin1');
+    expect(long.length).toBe(20);
+    expect(long).toMatch(/^[A-Za-z0-9._-]+-75bcd15$/);
+  });
+});
+
+describe('virtio-blk requests', () => {
+  it('IN reads the sectors into a scattered buffer (crossing a RAM slot), status OK, used len = data + 1', () => {
+    const t = setup();
+    const head = request(t, 0, VIRTIO_BLK_T_IN, 3, [
+      { addr: DATA, len: 512, write: true },
+      { addr: 0x80000 - 256, len: 1024, write: true }, // straddles the slot boundary
+    ]);
+    t.drv.publish(head);
+    expect(t.service()).toEqual({ completed: 1, interrupt: true });
+    expect(status(t, 0)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.drv.used(0)).toEqual({ id: head, len: 1536 + 1 });
+    expect(t.mem.readBytes(DATA, 512)).toEqual(t.backend.disk.subarray(3 * 512, 4 * 512));
+    expect(t.mem.readBytes(0x80000 - 256, 1024)).toEqual(t.backend.disk.subarray(4 * 512, 6 * 512));
+  });
+
+  it('OUT writes, FLUSH flushes before it completes, GET_ID returns the serial', () => {
+    const t = setup();
+    t.mem.fill(DATA, 1024, 0x5a);
+    const w = request(t, 0, VIRTIO_BLK_T_OUT, 10, [{ addr: DATA, len: 1024 }]);
+    t.drv.publish(w);
+    t.service();
+    expect(status(t, 0)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.drv.used(0).len).toBe(1);
+    expect([...new Set(t.backend.disk.subarray(10 * 512, 12 * 512))]).toEqual([0x5a]);
+
+    // The flush's used entry must not be visible while the backend is flushing.
+    const f = request(t, 1, VIRTIO_BLK_T_FLUSH, 0);
+    const usedBefore = t.drv.usedIdx();
+    const flush = t.backend.flush.bind(t.backend);
+    t.backend.flush = () => {
+      expect(t.drv.usedIdx()).toBe(usedBefore);
+      flush();
+    };
+    t.drv.publish(f);
+    t.service();
+    expect(t.backend.flushes).toBe(1);
+    expect(status(t, 1)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.drv.usedIdx()).toBe(usedBefore + 1);
+
+    const id = request(t, 2, VIRTIO_BLK_T_GET_ID, 0, [{ addr: DATA + 0x1000, len: 20, write: true }]);
+    t.drv.publish(id);
+    t.service();
+    expect(status(t, 2)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.mem.readBytes(DATA + 0x1000, 20)).toEqual(t.serial);
+    expect(t.drv.used(2).len).toBe(21);
+  });
+
+  it('answers IOERR for out-of-range, unaligned, read-only writes, short headers; UNSUPP for unknown types', () => {
+    const t = setup();
+    const cases: Array<[number, number | bigint, Seg[], number]> = [
+      [VIRTIO_BLK_T_IN, SECTORS, [{ addr: DATA, len: 512, write: true }], VIRTIO_BLK_S_IOERR], // sector = capacity
+      [VIRTIO_BLK_T_IN, SECTORS - 1, [{ addr: DATA, len: 1024, write: true }], VIRTIO_BLK_S_IOERR], // runs past the end
+      [VIRTIO_BLK_T_IN, 0xffff_ffff_ffff_ffffn, [{ addr: DATA, len: 512, write: true }], VIRTIO_BLK_S_IOERR],
+      [VIRTIO_BLK_T_IN, 0, [{ addr: DATA, len: 100, write: true }], VIRTIO_BLK_S_IOERR], // not a multiple of 512
+      [VIRTIO_BLK_T_OUT, SECTORS, [{ addr: DATA, len: 512 }], VIRTIO_BLK_S_IOERR],
+      [VIRTIO_BLK_T_OUT, 0, [{ addr: DATA, len: 513 }], VIRTIO_BLK_S_IOERR],
+      [0x7f, 0, [], VIRTIO_BLK_S_UNSUPP],
+      [10 /* GET_LIFETIME, not offered */, 0, [], VIRTIO_BLK_S_UNSUPP],
+      [VIRTIO_BLK_T_IN, SECTORS - 1, [{ addr: DATA, len: 512, write: true }], VIRTIO_BLK_S_OK], // the last sector is fine
+      [VIRTIO_BLK_T_IN, SECTORS, [], VIRTIO_BLK_S_OK], // zero-length read at capacity
+    ];
+    for (const [type, sector, data, want] of cases) {
+      t.drv.publish(request(t, 0, type, sector, data));
+      t.service();
+      expect([type, String(sector), status(t, 0)]).toEqual([type, String(sector), want]);
+    }
+    expect(readBlockStats(t.stats)).toMatchObject({ errors: 6, unsupported: 2 });
+    const disk = setup({ readOnly: true });
+    disk.drv.publish(request(disk, 0, VIRTIO_BLK_T_OUT, 0, [{ addr: DATA, len: 512 }]));
+    disk.service();
+    expect(status(disk, 0)).toBe(VIRTIO_BLK_S_IOERR);
+    expect(disk.backend.disk).toEqual(new MemBackend(SECTORS).disk);
+    // DISCARD/WRITE_ZEROES on a read-only disk: IOERR
+    disk.drv.publish(request(disk, 1, VIRTIO_BLK_T_DISCARD, 0, [{ addr: DATA, len: 16 }]));
+    disk.service();
+    expect(status(disk, 1)).toBe(VIRTIO_BLK_S_IOERR);
+
+    // A header split over two descriptors works; 8 readable bytes are not a header (IOERR).
+    const h = setup();
+    const hdr = h.drv.header(0, VIRTIO_BLK_T_IN, 2);
+    h.mem.write8(STATUS, 0xee);
+    h.drv.chain(0, [{ addr: hdr, len: 8 }, { addr: hdr + 8, len: 8 }, { addr: DATA, len: 512, write: true }, { addr: STATUS, len: 1, write: true }]);
+    h.drv.publish(0);
+    h.service();
+    expect(status(h, 0)).toBe(VIRTIO_BLK_S_OK);
+    expect(h.mem.readBytes(DATA, 512)).toEqual(h.backend.disk.subarray(1024, 1536));
+    h.mem.write8(STATUS, 0xee);
+    h.drv.chain(0, [{ addr: hdr, len: 8 }, { addr: STATUS, len: 1, write: true }]);
+    h.drv.publish(0);
+    h.service();
+    expect(status(h, 0)).toBe(VIRTIO_BLK_S_IOERR);
+  });
+
+  it('a chain without a writable byte completes with used len 0; a host I/O error is IOERR; a bug propagates', () => {
+    const t = setup();
+    const hdr = t.drv.header(0, VIRTIO_BLK_T_IN, 0);
+    t.drv.chain(0, [{ addr: hdr, len: 16 }]);
+    t.drv.publish(0);
+    expect(t.service()?.completed).toBe(1);
+    expect(t.drv.used(0)).toEqual({ id: 0, len: 0 });
+    expect(readBlockStats(t.stats).badChains).toBe(1);
+
+    t.backend.failNext = Object.assign(new Error('pwritev failed: I/O error (EIO)'), { code: 'EIO' });
+    t.drv.publish(request(t, 1, VIRTIO_BLK_T_OUT, 0, [{ addr: DATA, len: 512 }]));
+    t.service();
+    expect(status(t, 1)).toBe(VIRTIO_BLK_S_IOERR);
+
+    t.backend.failNext = new TypeError('a bug');
+    t.drv.publish(request(t, 1, VIRTIO_BLK_T_FLUSH, 0));
+    expect(() => t.service()).toThrow(TypeError);
+  });
+
+  it('DISCARD and WRITE_ZEROES: ranges zeroed, flags and limits checked', () => {
+    const t = setup();
+    const seg = (gpa: number, sector: number, num: number, flags: number): void => {
+      t.mem.write64(gpa, BigInt(sector));
+      t.mem.write32(gpa + 8, num);
+      t.mem.write32(gpa + 12, flags);
+    };
+    seg(DATA, 2, 2, 0);
+    seg(DATA + 16, 8, 1, 0);
+    t.drv.publish(request(t, 0, VIRTIO_BLK_T_DISCARD, 0, [{ addr: DATA, len: 32 }]));
+    t.service();
+    expect(status(t, 0)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.backend.log).toEqual(['discard 1024 1024', 'discard 4096 512']);
+    seg(DATA, 20, 4, 1);
+    t.drv.publish(request(t, 0, VIRTIO_BLK_T_WRITE_ZEROES, 0, [{ addr: DATA, len: 16 }]));
+    t.service();
+    expect(status(t, 0)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.backend.log.at(-1)).toBe('zero 10240 2048 true');
+    expect([...new Set(t.backend.disk.subarray(10240, 12288))]).toEqual([0]);
+
+    const expectStatus = (type: number, len: number, want: number): void => {
+      t.drv.publish(request(t, 0, type, 0, [{ addr: DATA, len }]));
+      t.service();
+      expect(status(t, 0)).toBe(want);
+    };
+    seg(DATA, 0, 1, 1); // unmap flag on a discard
+    expectStatus(VIRTIO_BLK_T_DISCARD, 16, VIRTIO_BLK_S_UNSUPP);
+    seg(DATA, 0, 1, 2); // reserved flag
+    expectStatus(VIRTIO_BLK_T_WRITE_ZEROES, 16, VIRTIO_BLK_S_UNSUPP);
+    seg(DATA, SECTORS - 1, 2, 0); // past the end
+    expectStatus(VIRTIO_BLK_T_WRITE_ZEROES, 16, VIRTIO_BLK_S_IOERR);
+    expectStatus(VIRTIO_BLK_T_DISCARD, 15, VIRTIO_BLK_S_IOERR); // not a multiple of 16
+    for (let i = 0; i <= BLK_MAX_DISCARD_SEG; i++) seg(DATA + 16 * i, 0, 1, 0);
+    expectStatus(VIRTIO_BLK_T_DISCARD, 16 * (BLK_MAX_DISCARD_SEG + 1), VIRTIO_BLK_S_IOERR); // too many segments
+  });
+
+  it('a chain the queue rejects gets IOERR in its status byte when it has one, used len 0 otherwise', () => {
+    const t = setup();
+    const hdr = t.drv.header(0, VIRTIO_BLK_T_IN, 0);
+    t.mem.write8(STATUS, 0xee);
+    // data buffer far outside RAM (blk.bad=oob)
+    t.drv.chain(0, [{ addr: hdr, len: 16 }, { addr: 0xfff0_0000_0000_0000n, len: 512, write: true }, { addr: STATUS, len: 1, write: true }]);
+    // a loop: 8 → 9 → 8
+    t.drv.writeDesc(DESC + 16 * 8, hdr, 16, NEXT, 9);
+    t.drv.writeDesc(DESC + 16 * 9, STATUS + 1, 1, NEXT | WRITE, 8);
+    t.mem.write8(STATUS + 1, 0xee);
+    t.drv.publish(0, 8);
+    expect(t.service()?.completed).toBe(2);
+    expect(t.drv.used(0)).toEqual({ id: 0, len: 1 });
+    expect(status(t, 0)).toBe(VIRTIO_BLK_S_IOERR);
+    expect(t.drv.used(1)).toEqual({ id: 8, len: 0 });
+    expect(t.mem.read8(STATUS + 1)).toBe(0xee);
+    // and the queue keeps working
+    t.drv.publish(request(t, 2, VIRTIO_BLK_T_IN, 1, [{ addr: DATA, len: 512, write: true }]));
+    t.service();
+    expect(status(t, 2)).toBe(VIRTIO_BLK_S_OK);
+  });
+
+  it('indirect descriptors', () => {
+    const t = setup({ indirect: true });
+    const hdr = t.drv.header(0, VIRTIO_BLK_T_IN, 5);
+    const table = 0x6000;
+    t.drv.writeDesc(table, hdr, 16, NEXT, 1);
+    t.drv.writeDesc(table + 16, DATA, 1024, NEXT | WRITE, 2);
+    t.drv.writeDesc(table + 32, STATUS, 1, WRITE, 0);
+    t.drv.writeDesc(DESC, table, 48, INDIRECT, 0);
+    t.drv.publish(0);
+    t.service();
+    expect(status(t, 0)).toBe(VIRTIO_BLK_S_OK);
+    expect(t.mem.readBytes(DATA, 1024)).toEqual(t.backend.disk.subarray(5 * 512, 7 * 512));
+  });
+
+  it('serves every available request per wake-up and interrupts once per batch, as the driver asks', () => {
+    const t = setup({ size: 16 });
+    const heads = [0, 1].map((s) => request(t, s, VIRTIO_BLK_T_IN, s, [{ addr: DATA + 512 * s, len: 512, write: true }]));
+    t.drv.publish(...heads);
+    expect(t.service()).toEqual({ completed: 2, interrupt: true });
+    expect(t.interrupts).toEqual([true]);
+    expect(readBlockStats(t.stats)).toMatchObject({ requests: 2, reads: 2, batches: 1, bytesRead: 1024 });
+
+    // VIRTQ_AVAIL_F_NO_INTERRUPT: no interrupt
+    t.mem.write16(AVAIL, VIRTQ_AVAIL_F_NO_INTERRUPT);
+    t.drv.publish(request(t, 0, VIRTIO_BLK_T_FLUSH, 0));
+    expect(t.service()).toEqual({ completed: 1, interrupt: false });
+
+    // event idx: interrupt only when used.idx passes used_event
+    const e = setup({ eventIdx: true });
+    e.drv.setUsedEvent(5);
+    for (let round = 0; round < 8; round++) {
+      e.drv.publish(request(e, 0, VIRTIO_BLK_T_FLUSH, 0));
+      const r = e.service();
+      expect(r?.interrupt).toBe(round === 5); // used idx goes 5 → 6 in round 5
+    }
+    // avail_event is left at last_avail_idx, so the driver notifies for the next request
+    expect(e.mem.read16(USED + 4 + 8 * 16)).toBe(8);
+  });
+
+  it('an avail.idx too far ahead is fatal (the worker sets NEEDS_RESET)', () => {
+    const t = setup({ size: 4 });
+    t.mem.write16(AVAIL + 2, 100);
+    let err: unknown;
+    try {
+      t.service();
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(VirtqueueError);
+    expect((err as VirtqueueError).fatal).toBe(true);
+  });
+
+  it('does nothing when the transport refuses ring access (reset in progress)', () => {
+    const t = setup();
+    t.drv.publish(request(t, 0, VIRTIO_BLK_T_IN, 0, [{ addr: DATA, len: 512, write: true }]));
+    expect(serviceQueue(t.q, t.dev, t.mem, DESC, () => undefined, () => undefined)).toBeUndefined();
+    expect(status(t, 0)).toBe(0xee);
+  });
+
+  it('parseRequest splits header / data / status at any descriptor boundaries', () => {
+    const t = setup();
+    const hdr = t.drv.header(0, VIRTIO_BLK_T_IN, 7);
+    t.drv.chain(0, [{ addr: hdr, len: 16 }, { addr: DATA, len: 600, write: true }, { addr: DATA + 1000, len: 425, write: true }]);
+    t.drv.publish(0);
+    const c = t.q.pop()!;
+    const r = parseRequest(c);
+    expect(r.header).toEqual({ type: VIRTIO_BLK_T_IN, sector: 7 });
+    expect(r.dataInBytes).toBe(1024);
+    expect(r.dataIn.map((s) => [s.gpa, s.length])).toEqual([
+      [DATA, 600],
+      [DATA + 1000, 424],
+    ]);
+    expect(r.status?.offset).toBe(DATA + 1000 + 424);
+  });
+
+  it('property: any descriptor table and avail ring → no exception but a fatal VirtqueueError, every chain completed once', () => {
+    const descArb = fc.record({
+      addr: fc.oneof(fc.constantFrom(HDR, STATUS, DATA, 0x80000 - 8, 0x100000 - 1, 0x100000), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })),
+      len: fc.oneof(fc.constantFrom(0, 1, 15, 16, 17, 512, 513, 4096), fc.nat()),
+      flags: fc.nat(7),
+      next: fc.nat(20),
+    });
+    fc.assert(
+      fc.property(
+        fc.array(descArb, { minLength: 8, maxLength: 8 }),
+        fc.array(fc.nat(9), { minLength: 1, maxLength: 12 }),
+        fc.array(fc.nat(0xff), { minLength: 16, maxLength: 16 }),
+        fc.boolean(),
+        fc.boolean(),
+        (descs, heads, header, indirect, ro) => {
+          const t = setup({ size: 8, indirect, readOnly: ro });
+          t.mem.writeBytes(HDR, Uint8Array.from(header));
+          descs.forEach((d, i) => t.drv.writeDesc(DESC + 16 * i, d.addr, d.len, d.flags, d.next));
+          t.drv.publish(...heads);
+          let r;
+          try {
+            r = t.service();
+          } catch (e) {
+            expect(e).toBeInstanceOf(VirtqueueError);
+            expect((e as VirtqueueError).fatal).toBe(true);
+            return;
+          }
+          expect(r?.completed).toBe(heads.length);
+          expect(t.drv.usedIdx()).toBe(heads.length);
+          for (let k = 0; k < heads.length; k++) expect(t.drv.used(k).id).toBe(heads[k]);
+          if (ro) expect(t.backend.disk).toEqual(new MemBackend(SECTORS).disk);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('FileBackend', () => {
+  function fakeAddon(file: Uint8Array, opts: { maxPerCall?: number; iovMax?: number; fallocate?: 'ok' | 'EOPNOTSUPP' } = {}) {
+    const calls: string[] = [];
+    const addon: FileBackendAddon = {
+      constants: { IOV_MAX: opts.iovMax ?? 1024, FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
+      preadv(_fd, iov, position) {
+        calls.push(`preadv ${iov.length}@${position}`);
+        let p = Number(position);
+        let n = 0;
+        for (const [buf, off, len] of iov) {
+          const k = Math.max(0, Math.min(len, file.length - p, (opts.maxPerCall ?? Infinity) - n));
+          new Uint8Array(buf, off, k).set(file.subarray(p, p + k));
+          p += k;
+          n += k;
+          if (k < len) break;
+        }
+        return n;
+      },
+      pwritev(_fd, iov, position) {
+        calls.push(`pwritev ${iov.length}@${position}`);
+        let p = Number(position);
+        let n = 0;
+        for (const [buf, off, len] of iov) {
+          const k = Math.min(len, (opts.maxPerCall ?? Infinity) - n);
+          file.set(new Uint8Array(buf, off, k), p);
+          p += k;
+          n += k;
+          if (k < len) break;
+        }
+        return n;
+      },
+      fdatasync() {
+        calls.push('fdatasync');
+      },
+      fallocate(_fd, mode, offset, len) {
+        calls.push(`fallocate ${mode} ${offset} ${len}`);
+        if (opts.fallocate === 'EOPNOTSUPP') throw Object.assign(new Error('fallocate failed (EOPNOTSUPP)'), { code: 'EOPNOTSUPP' });
+        file.fill(0, Number(offset), Number(offset + len));
+      },
+    };
+    return { addon, calls };
+  }
+  const segsOf = (buf: SharedArrayBuffer, lens: number[]): MemorySegment[] => {
+    let off = 0;
+    return lens.map((length) => {
+      const s = { buffer: buf, offset: off, length, gpa: off };
+      off += length;
+      return s;
+    });
+  };
+
+  it('resumes short transfers and splits at IOV_MAX', () => {
+    const file = Uint8Array.from({ length: 8192 }, (_, i) => i & 0xff);
+    const { addon, calls } = fakeAddon(file, { maxPerCall: 700, iovMax: 3 });
+    const b = new FileBackend(addon, 3);
+    const ram = new SharedArrayBuffer(4096);
+    expect(b.readv(segsOf(ram, [512, 512, 512, 512, 1024]), 3072, 1024)).toBe(3072);
+    expect(new Uint8Array(ram, 0, 3072)).toEqual(file.subarray(1024, 4096));
+    expect(calls.every((c) => Number(c.split(' ')[1].split('@')[0]) <= 3)).toBe(true);
+    new Uint8Array(ram).fill(7);
+    expect(b.writev(segsOf(ram, [100, 2000, 948]), 3048, 0)).toBe(3048);
+    expect([...new Set(file.subarray(0, 3048))]).toEqual([7]);
+    // EOF: a short read that cannot continue returns what it got
+    expect(b.readv(segsOf(ram, [4096]), 4096, 8192 - 512)).toBe(512);
+  });
+
+  it('fallocate for discard / write zeroes, zeroes written when unsupported', () => {
+    const file = new Uint8Array(1 << 21).fill(9);
+    const ok = fakeAddon(file);
+    new FileBackend(ok.addon, 3).discard(512, 1024);
+    new FileBackend(ok.addon, 3).writeZeroes(4096, 512, false);
+    expect(ok.calls).toEqual(['fallocate 3 512 1024', 'fallocate 17 4096 512']);
+    const no = fakeAddon(file, { fallocate: 'EOPNOTSUPP' });
+    new FileBackend(no.addon, 3).writeZeroes(8192, (1 << 20) + 512, true);
+    expect(no.calls[0]).toBe('fallocate 3 8192 1049088');
+    expect(no.calls.slice(1)).toEqual(['pwritev 1@8192', `pwritev 1@${8192 + (1 << 20)}`]);
+    expect([...new Set(file.subarray(8192, 8192 + (1 << 20) + 512))]).toEqual([0]);
+    expect(file[8191]).toBe(9);
+  });
+});
