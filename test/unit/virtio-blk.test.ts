@@ -405,6 +405,17 @@ describe('virtio-blk requests', () => {
     t.service();
     expect(status(t, 0)).toBe(VIRTIO_BLK_S_OK);
     expect(t.mem.readBytes(DATA, 1024)).toEqual(t.backend.disk.subarray(5 * 512, 7 * 512));
+
+    // An indirect table longer than the queue (4 here): the queue rejects the chain, the status says IOERR.
+    const s = setup({ indirect: true, size: 4 });
+    for (let i = 0; i < 5; i++) s.drv.writeDesc(table + 16 * i, i === 0 ? hdr : DATA + 512 * i, i === 0 ? 16 : 512, NEXT | (i ? WRITE : 0), i + 1);
+    s.drv.writeDesc(table + 16 * 5, STATUS, 1, WRITE, 0);
+    s.drv.writeDesc(DESC, table, 96, INDIRECT, 0);
+    s.mem.write8(STATUS, 0xee);
+    s.drv.publish(0);
+    s.service();
+    expect(s.drv.used(0)).toEqual({ id: 0, len: 1 });
+    expect(status(s, 0)).toBe(VIRTIO_BLK_S_IOERR);
   });
 
   it('serves every available request per wake-up and interrupts once per batch, as the driver asks', () => {

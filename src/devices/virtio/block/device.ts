@@ -466,9 +466,11 @@ export class BlockDevice {
 
 /**
  * Best effort for a chain the queue rejected (per-chain VirtqueueError): find the chain's last
- * descriptor by walking it again (bounded by the queue size, one level of indirection) and, if it
- * is device-writable, non-empty and in RAM, write IOERR into its last byte. Returns the used length
- * to publish (1 if a status was written, else 0). Never throws on guest data.
+ * descriptor by walking it again (bounded by the queue size and the indirect table's size, one level
+ * of indirection) and, if it is device-writable, non-empty and in RAM, write IOERR into its last
+ * byte. Returns the used length to publish (1 if a status was written, else 0). Never throws on
+ * guest data. (An indirect chain longer than the queue, which QEMU and Linux allow but the spec
+ * forbids and SplitQueue rejects, is answered IOERR this way.)
  */
 export function failBrokenChain(mem: GuestMemory, descAddr: number, queueSize: number, head: number): number {
   const readDesc = (gpa: number): { addr: number; len: number; flags: number; next: number } | undefined => {
@@ -487,7 +489,9 @@ export function failBrokenChain(mem: GuestMemory, descAddr: number, queueSize: n
     const d = readDesc(descAddr + VIRTQ_DESC_SIZE * i);
     if (!d) return 0;
     if (d.flags & VIRTQ_DESC_F_INDIRECT) {
-      const n = Math.min(Math.floor(d.len / VIRTQ_DESC_SIZE), queueSize);
+      // Entries reachable through a 16-bit `next` (the table may legitimately be longer than the
+      // queue: the queue's chain-length rule is what may have rejected it).
+      const n = Math.min(Math.floor(d.len / VIRTQ_DESC_SIZE), 0x10000);
       let j = 0;
       for (let k = 0; k < n && j < n; k++) {
         const e = readDesc(d.addr + VIRTQ_DESC_SIZE * j);
