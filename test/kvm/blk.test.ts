@@ -59,6 +59,20 @@ describe.skipIf(!kvm)('virtio-blk with blk.elf', () => {
     }
   });
 
+  it('used-buffer interrupts reach the guest through the irqfd on the device GSI (blk.irq: PIC route, ring 0)', async () => {
+    const img = image();
+    const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: img, readOnly: true }], cmdline: 'blk.irq blk.read=128 blk.bench=rand blk.ops=32 blk.qd=4' });
+    const out = lines(r.output);
+    expect(out).toContain(`blk read 128 crc32=${hex8(crc32(original.subarray(0, 128 * 512)))}`);
+    expect(out).toContain('blk bench done bytes=131072 ops=32');
+    const irqs = Number(/^blk irqs (\d+)$/m.exec(r.output.replace(/\r/g, ''))?.[1]);
+    expect(irqs).toBeGreaterThanOrEqual(1);
+    const st = r.vm.blockStats()[0];
+    expect(st.interrupts).toBeGreaterThanOrEqual(irqs);
+    expect(st.interrupts).toBeLessThanOrEqual(st.batches);
+    expect(r.exit.exitCode).toBe(0);
+  });
+
   it('blk.write=S:B lands in the file (and nothing else changes)', async () => {
     const img = image();
     const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: img }], cmdline: 'blk.write=5:3c blk.read=16' });
