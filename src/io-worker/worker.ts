@@ -74,8 +74,9 @@ function reconcile(): void {
       queue = undefined;
       broken = false;
     }
-    if (queue || broken) return;
     const st = transport.status();
+    if ((st & VIRTIO_STATUS_FAILED) !== 0) queue = undefined; // the driver gave up: serve nothing until a reset
+    if (queue || broken) return;
     if ((st & VIRTIO_STATUS_DRIVER_OK) === 0 || (st & (VIRTIO_STATUS_FAILED | VIRTIO_STATUS_DEVICE_NEEDS_RESET)) !== 0) return;
     const qc = transport.queueConfig(0);
     const features = transport.driverFeatures();
