@@ -69,7 +69,7 @@ describe.skipIf(!kvm)("Debian's kernel under kindling", () => {
     await vm.start();
     try {
       await waitFor(() => out, 'smpboot: Allowing', BOUND_MS);
-      await waitFor(() => out, 'CPUs', 5_000);
+      await waitFor(() => out, 'hotplug CPUs', 5_000);
     } finally {
       await vm.stop();
     }
