@@ -16,6 +16,8 @@ muts = [
  ("src/virtio/queue.ts", "if (this.stamps[i] === gen) throw err('loop', `descriptor ${i} visited twice`);", "", "test/unit/virtqueue.test.ts", "virtqueue: loop detection removed"),
  ("src/virtio/mmio.ts", "if ((hi & (1 << (VIRTIO_F_VERSION_1 - 32))) === 0) return false;", "", "test/unit/virtio-mmio.test.ts", "virtio-mmio: FEATURES_OK without VERSION_1 accepted"),
  ("src/devices/legacy/serial.ts", "while (n < bytes.length && count < HOST_QUEUE_SIZE) {", "while (n < bytes.length && count < HOST_QUEUE_SIZE - 1 && n < 7) {", "test/unit/serial.test.ts", "serial: host RX queue drops bytes"),
+ ("src/devices/virtio/block/device.ts", "if (this.params.readOnly || len % SECTOR_SIZE !== 0", "if (len % SECTOR_SIZE !== 0", "test/unit/virtio-blk.test.ts", "virtio-blk: writes to a read-only disk accepted"),
+ ("src/devices/virtio/block/device.ts", "if (len % SECTOR_SIZE !== 0 || !this.inRange(h.sector, len)) return IOERR;", "if (!this.inRange(h.sector, len)) return IOERR;", "test/unit/virtio-blk.test.ts", "virtio-blk: partial-sector reads accepted"),
  ("src/arch/x86_64/mptable.ts", "bytes[10] = checksumByte(bytes, 0, MP_FLOATING_POINTER_SIZE);", "bytes[10] = 0;", "test/unit/mptable.test.ts", "mptable: floating pointer checksum not set"),
 ]
 import sys
