@@ -521,7 +521,7 @@ parentPort.postMessage({ got, irqs });
 
 describe('Serial16550 across worker threads', () => {
   it('every THR byte from two vCPU workers reaches tx exactly once and in per-writer order', async () => {
-    const root = buildForWorkers(['shared/lock.ts', 'shared/byte-ring.ts', 'devices/legacy/serial.ts']);
+    const root = buildForWorkers(['shared/lock.ts', 'shared/byte-ring.ts', 'arch/x86_64/layout.ts', 'devices/legacy/serial.ts']);
     const workerFile = join(root, 'serial-worker.mjs');
     writeFileSync(workerFile, WORKER_SRC);
     const state = Serial16550.createState();

@@ -5,7 +5,9 @@
 
 import { allOnes, type AccessSize, type PioDevice } from '../bus.js';
 
-export const DEBUG_EXIT_PORT = 0xf4;
+import { DEBUG_EXIT_PORT } from '../../arch/x86_64/layout.js';
+
+export { DEBUG_EXIT_PORT };
 
 export interface DebugExitEnv {
   /** The guest wrote its exit status: end the VM with reason 'exit' and this exit code (0..255). */

@@ -10,6 +10,7 @@
 // worker and the main thread may construct an I8042 over the same state. Register the device on the
 // PIO bus with base 0x60, length 5 and offsets 0 (data) / 4 (status, command).
 
+import { I8042_DATA_PORT } from '../../arch/x86_64/layout.js';
 import { SabMutex } from '../../shared/lock.js';
 
 export interface I8042Env {
@@ -85,7 +86,7 @@ const STATE_BYTES = BUF_OFF + BUF_SIZE;
 export class I8042 {
   static readonly STATE_BYTES: number = STATE_BYTES;
   /** Register on the PIO bus at BASE with LENGTH ports (0x60..0x64). */
-  static readonly BASE: number = 0x60;
+  static readonly BASE: number = I8042_DATA_PORT;
   static readonly LENGTH: number = 5;
   static readonly IRQ: number = 1;
 

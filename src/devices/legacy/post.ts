@@ -4,7 +4,9 @@
 
 import type { AccessSize, PioDevice } from '../bus.js';
 
-export const POST_PORT = 0x80;
+import { POST_PORT } from '../../arch/x86_64/layout.js';
+
+export { POST_PORT };
 
 export interface PostCodeEnv {
   /** Called on every write with the value written (optional; mind the rate: outb_p writes here). */

@@ -28,6 +28,7 @@
 // different vCPUs reach tx one at a time and in state order; env.tx may therefore block (back-pressure
 // into an SPSC ByteRing) without stalling receive() on the main thread or register reads elsewhere.
 
+import { COM1_GSI, COM1_PORT } from '../../arch/x86_64/layout.js';
 import { SabMutex } from '../../shared/lock.js';
 
 export interface SerialEnv {
@@ -132,8 +133,8 @@ export class Serial16550 {
   /** Host-side RX queue behind the FIFO. */
   static readonly HOST_QUEUE_SIZE: number = HOST_QUEUE_SIZE;
   /** Conventional COM1 placement. */
-  static readonly COM1_BASE: number = 0x3f8;
-  static readonly COM1_IRQ: number = 4;
+  static readonly COM1_BASE: number = COM1_PORT;
+  static readonly COM1_IRQ: number = COM1_GSI;
   static readonly PORT_COUNT: number = 8;
 
   /** Fresh power-on state (all registers 0, FIFOs empty). */
