@@ -31,7 +31,12 @@ const op = fc.oneof(
   fc.record({ kind: fc.constant('read' as const), gpa: addr, len: fc.integer({ min: 0, max: 300 }) }),
   fc.record({ kind: fc.constant('w32' as const), gpa: addr, v: fc.nat() }),
   fc.record({ kind: fc.constant('fill' as const), gpa: addr, len: fc.integer({ min: 0, max: 9000 }), v: fc.nat(255) }),
-  fc.record({ kind: fc.constant('huge' as const), gpa: fc.oneof(fc.constant(2 ** 53), fc.constant(Number.MAX_SAFE_INTEGER), fc.double()), len: fc.integer({ min: 0, max: 8 }) }),
+  // Addresses no RAM can have: beyond 2^53, fractional, negative, NaN/Infinity.
+  fc.record({
+    kind: fc.constant('huge' as const),
+    gpa: fc.oneof(fc.constant(2 ** 53), fc.constant(Number.MAX_SAFE_INTEGER), fc.double().filter((d) => !Number.isSafeInteger(d) || d < 0)),
+    len: fc.integer({ min: 0, max: 8 }),
+  }),
 );
 
 describe('GuestMemory', () => {
@@ -42,6 +47,12 @@ describe('GuestMemory', () => {
     expect(mem.segments(4090, 10).map((s) => s.length)).toEqual([6, 4]);
     expect(() => mem.readBytes(6140, 8)).toThrow(GuestMemoryError);
     expect(() => mem.subarray(4090, 10)).toThrow(GuestMemoryError); // views never span slots
+  });
+
+  it('regression (found by npm run fuzz, seed 330615502): a zero-length read at 0 is valid; NaN, fractional and negative addresses are not', () => {
+    const { mem } = setup();
+    expect(mem.readBytes(0, 0)).toHaveLength(0);
+    for (const bad of [Number.NaN, 0.5, -1, Infinity, 2 ** 53]) expect(() => mem.readBytes(bad, 1)).toThrow(GuestMemoryError);
   });
 
   it('property: arbitrary accesses either succeed exactly like the model or throw GuestMemoryError and change nothing', () => {

@@ -40,7 +40,7 @@ static uint64_t low_for(const struct fuzz_map *m, int role, uint64_t (*rnd)(void
             return m->low_end - 1 - below(rnd, 4096);           /* straddles the end of RAM */
         if (c < 90 && m->gap_len)
             return gap_addr(m, rnd);
-        if (c >= 90)
+        if (c >= 90 && !m->no_dma_window)
             return m->win + below(rnd, m->win_size);            /* DMA into the registers */
         return m->used + below(rnd, USED_SPAN);
     default:
@@ -76,7 +76,7 @@ int fuzz_writable(const struct fuzz_map *m, uint64_t addr, uint32_t len)
     if (addr >= FOUR_GIB)
         return end >= addr || end <= WRAP_MAX;
     if (addr >= m->win && end <= m->win + m->win_size)
-        return 1;
+        return !m->no_dma_window;
     return addr >= m->used && end <= m->low_end + m->gap_len;
 }
 
@@ -139,7 +139,7 @@ const char *fuzz_map_init(struct fuzz_map *m, const struct boot_info *bi, uint64
     m->arena = (m->image_end + FUZZ_MiB - 1) & ~(FUZZ_MiB - 1);
     m->arena_end = m->arena + ARENA_SIZE;
     if (m->arena_end > hi || hi > FOUR_GIB)
-        return "RAM too small for the arena (image end + 1 MiB + 7 MiB)";
+        return "RAM too small for the 7 MiB arena after the image";
     m->desc = m->arena;
     m->avail = m->desc + DESC_REGION;
     m->hdr = m->avail + HDR_OFF;

@@ -71,6 +71,7 @@ struct fuzz_map {
     uint64_t ram_top;                   /* highest RAM end */
     uint32_t hi0;                       /* high halves >= this are past all RAM */
     uint64_t win, win_size;             /* the device's register window */
+    int no_dma_window;                  /* device-written addresses never in the window */
 };
 
 struct fuzz_addr {
