@@ -1,34 +1,16 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import fc from 'fast-check';
-import ts from 'typescript';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ByteRing } from '../../src/shared/byte-ring.js';
 import { SabMutex } from '../../src/shared/lock.js';
 import { runs } from '../fuzz/budget.js';
+import { transpileForWorkers } from './transpile-for-workers.js';
 
-const SRC = join(dirname(fileURLToPath(import.meta.url)), '../../src');
-const tmpDirs: string[] = [];
-afterAll(() => {
-  for (const d of tmpDirs) rmSync(d, { recursive: true, force: true });
-});
-
-/** Transpile src/ files into a temp dir (plain Node workers cannot load .ts) and add a worker script. */
+/** Transpile src/ files for a plain Node worker and add a worker script next to them. */
 function buildWorker(files: string[], script: string): string {
-  const root = mkdtempSync(join(tmpdir(), 'kindling-ring-test-'));
-  tmpDirs.push(root);
-  writeFileSync(join(root, 'package.json'), '{"type":"module"}');
-  for (const rel of files) {
-    const out = ts.transpileModule(readFileSync(join(SRC, rel), 'utf8'), {
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-    const dest = join(root, rel.replace(/\.ts$/, '.js'));
-    mkdirSync(dirname(dest), { recursive: true });
-    writeFileSync(dest, out);
-  }
+  const root = transpileForWorkers(files, 'kindling-ring-test-');
   const file = join(root, 'worker.mjs');
   writeFileSync(file, script);
   return file;

@@ -1,14 +1,12 @@
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import fc from 'fast-check';
-import ts from 'typescript';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Serial16550 } from '../../src/devices/legacy/serial.js';
 import { ByteRing } from '../../src/shared/byte-ring.js';
 import { runs } from '../fuzz/budget.js';
+import { transpileForWorkers } from './transpile-for-workers.js';
 
 const RBR = 0, THR = 0, IER = 1, IIR = 2, FCR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 
@@ -472,27 +470,6 @@ describe('Serial16550 registers', () => {
 // Two worker_threads, each with its own Serial16550 over the same state, writing THR concurrently
 // into one SPSC ByteRing (serialized by the UART's TX lock), while the main thread feeds RX.
 
-const SRC = join(dirname(fileURLToPath(import.meta.url)), '../../src');
-const tmpDirs: string[] = [];
-afterAll(() => {
-  for (const d of tmpDirs) rmSync(d, { recursive: true, force: true });
-});
-
-/** Transpile the given src/ files (relative paths) into a temp dir so plain Node workers can load them. */
-function buildForWorkers(files: string[]): string {
-  const root = mkdtempSync(join(tmpdir(), 'kindling-serial-test-'));
-  tmpDirs.push(root);
-  writeFileSync(join(root, 'package.json'), '{"type":"module"}');
-  for (const rel of files) {
-    const out = ts.transpileModule(readFileSync(join(SRC, rel), 'utf8'), {
-      compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-    const dest = join(root, rel.replace(/\.ts$/, '.js'));
-    mkdirSync(dirname(dest), { recursive: true });
-    writeFileSync(dest, out);
-  }
-  return root;
-}
 
 const WORKER_SRC = `
 import { workerData, parentPort } from 'node:worker_threads';
@@ -521,7 +498,7 @@ parentPort.postMessage({ got, irqs });
 
 describe('Serial16550 across worker threads', () => {
   it('every THR byte from two vCPU workers reaches tx exactly once and in per-writer order', async () => {
-    const root = buildForWorkers(['shared/lock.ts', 'shared/byte-ring.ts', 'arch/x86_64/layout.ts', 'devices/legacy/serial.ts']);
+    const root = transpileForWorkers(['shared/lock.ts', 'shared/byte-ring.ts', 'arch/x86_64/layout.ts', 'devices/legacy/serial.ts'], 'kindling-serial-test-');
     const workerFile = join(root, 'serial-worker.mjs');
     writeFileSync(workerFile, WORKER_SRC);
     const state = Serial16550.createState();
