@@ -16,42 +16,25 @@ typedef uint64_t u64u __attribute__((aligned(1), may_alias));
 #define RSDP_SIG 0x2052545020445352ull      /* "RSD PTR " */
 #define SDT_HDR  36
 
-struct ctx {
-    char *err;
-    size_t errlen;
-    const char *corrupt;
-    size_t corrupt_len;
-};
-
-static int fail(struct ctx *c, int r, const char *what, uint64_t addr)
-{
-    snprintf(c->err, c->errlen, "%s at 0x%lx", what, addr);
-    return r;
-}
-
-static int sum_ok(struct ctx *c, const void *p, size_t n, const char *name)
-{
-    return (uint8_t)(table_sum8(p, n) ^ table_corrupt_is(c->corrupt, c->corrupt_len, name)) == 0;
-}
 
 /* 0: valid RSDP at p; else TABLE_BAD with err set. */
-static int rsdp_check(struct ctx *c, const uint8_t *p)
+static int rsdp_check(struct table_ctx *c, const uint8_t *p)
 {
-    if (!sum_ok(c, p, 20, "rsdp"))
-        return fail(c, TABLE_BAD, "RSDP checksum", (uintptr_t)p);
+    if (!table_sum_ok(c, p, 20, "rsdp"))
+        return table_fail(c, TABLE_BAD, "RSDP checksum", (uintptr_t)p);
     if (p[15] >= 2) {
         uint32_t len = RD32(p + 20);
         if (len < 36 || len > 4096)
-            return fail(c, TABLE_BAD, "RSDP length", (uintptr_t)p);
-        if (!sum_ok(c, p, len, "rsdp"))
-            return fail(c, TABLE_BAD, "RSDP extended checksum", (uintptr_t)p);
+            return table_fail(c, TABLE_BAD, "RSDP length", (uintptr_t)p);
+        if (!table_sum_ok(c, p, len, "rsdp"))
+            return table_fail(c, TABLE_BAD, "RSDP extended checksum", (uintptr_t)p);
     }
     return TABLE_OK;
 }
 
 /* Scans [start, end) on 16-byte boundaries; first valid RSDP wins.  A
  * signature with a bad checksum is reported only if no valid one is found. */
-static int rsdp_scan(struct ctx *c, uintptr_t start, uintptr_t end, const uint8_t **found, int *bad)
+static int rsdp_scan(struct table_ctx *c, uintptr_t start, uintptr_t end, const uint8_t **found, int *bad)
 {
     for (uintptr_t a = start; a + 20 <= end; a += 16) {
         if (RD64(a) != RSDP_SIG)
@@ -65,26 +48,26 @@ static int rsdp_scan(struct ctx *c, uintptr_t start, uintptr_t end, const uint8_
     return 0;
 }
 
-static int sdt_check(struct ctx *c, uint64_t addr, const char *sig, const char *name, const char *label)
+static int sdt_check(struct table_ctx *c, uint64_t addr, const char *sig, const char *name, const char *label)
 {
     char what[32];
     if (addr == 0 || addr + SDT_HDR > 0x100000000ull) {
         snprintf(what, sizeof what, "%s address", label);
-        return fail(c, TABLE_BAD, what, addr);
+        return table_fail(c, TABLE_BAD, what, addr);
     }
     const uint8_t *p = (const uint8_t *)(uintptr_t)addr;
     uint32_t len = RD32(p + 4);
     if (memcmp(p, sig, 4) != 0) {
         snprintf(what, sizeof what, "%s signature", label);
-        return fail(c, TABLE_BAD, what, addr);
+        return table_fail(c, TABLE_BAD, what, addr);
     }
     if (len < SDT_HDR || len > 0x100000 || addr + len > 0x100000000ull) {
         snprintf(what, sizeof what, "%s length", label);
-        return fail(c, TABLE_BAD, what, addr);
+        return table_fail(c, TABLE_BAD, what, addr);
     }
-    if (!sum_ok(c, p, len, name)) {
+    if (!table_sum_ok(c, p, len, name)) {
         snprintf(what, sizeof what, "%s checksum", label);
-        return fail(c, TABLE_BAD, what, addr);
+        return table_fail(c, TABLE_BAD, what, addr);
     }
     return TABLE_OK;
 }
@@ -99,14 +82,14 @@ static void add_cpu(struct cpu_list *out, uint32_t id)
 int acpi_find_cpus(uint64_t rsdp_paddr, struct cpu_list *out, char *err, size_t errlen,
                    const char *corrupt, size_t corrupt_len)
 {
-    struct ctx c = { err, errlen, corrupt, corrupt_len };
+    struct table_ctx c = { err, errlen, corrupt, corrupt_len };
     const uint8_t *rsdp = 0;
     int r;
     out->n = 0;
 
     if (rsdp_paddr) {
         if (rsdp_paddr >= 0x100000000ull || RD64((uintptr_t)rsdp_paddr) != RSDP_SIG)
-            return fail(&c, TABLE_BAD, "RSDP signature (rsdp_paddr)", rsdp_paddr);
+            return table_fail(&c, TABLE_BAD, "RSDP signature (rsdp_paddr)", rsdp_paddr);
         rsdp = (const uint8_t *)(uintptr_t)rsdp_paddr;
         if ((r = rsdp_check(&c, rsdp)) != TABLE_OK)
             return r;
@@ -146,11 +129,11 @@ int acpi_find_cpus(uint64_t rsdp_paddr, struct cpu_list *out, char *err, size_t 
     const uint8_t *m = (const uint8_t *)(uintptr_t)madt;
     uint32_t mlen = RD32(m + 4);
     if (mlen < SDT_HDR + 8)
-        return fail(&c, TABLE_BAD, "MADT length", madt);
+        return table_fail(&c, TABLE_BAD, "MADT length", madt);
     for (uint32_t off = SDT_HDR + 8; off < mlen;) {
         const uint8_t *e = m + off;
         if (off + 2 > mlen || e[1] < 2 || off + e[1] > mlen)
-            return fail(&c, TABLE_BAD, "MADT entry length", madt + off);
+            return table_fail(&c, TABLE_BAD, "MADT entry length", madt + off);
         if (e[0] == 0 && e[1] >= 8 && (RD32(e + 4) & 1))        /* Processor Local APIC */
             add_cpu(out, e[3]);
         else if (e[0] == 9 && e[1] >= 16 && (RD32(e + 8) & 1))  /* Processor Local x2APIC */

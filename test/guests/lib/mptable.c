@@ -14,36 +14,19 @@ typedef uint32_t u32u __attribute__((aligned(1), may_alias));
 #define MP_SIG   0x5f504d5fu        /* "_MP_" */
 #define PCMP_HDR 44
 
-struct ctx {
-    char *err;
-    size_t errlen;
-    const char *corrupt;
-    size_t corrupt_len;
-};
 
-static int fail(struct ctx *c, int r, const char *what, uint64_t addr)
-{
-    snprintf(c->err, c->errlen, "%s at 0x%lx", what, addr);
-    return r;
-}
-
-static int sum_ok(struct ctx *c, const void *p, size_t n, const char *name)
-{
-    return (uint8_t)(table_sum8(p, n) ^ table_corrupt_is(c->corrupt, c->corrupt_len, name)) == 0;
-}
-
-static int mpfp_scan(struct ctx *c, uintptr_t start, uintptr_t end, const uint8_t **found, int *bad)
+static int mpfp_scan(struct table_ctx *c, uintptr_t start, uintptr_t end, const uint8_t **found, int *bad)
 {
     for (uintptr_t a = start; a + 16 <= end; a += 16) {
         const uint8_t *p = (const uint8_t *)a;
         if (RD32(p) != MP_SIG)
             continue;
-        if (p[8] >= 1 && p[8] <= 4 && sum_ok(c, p, 16u * p[8], "mpfp")) {   /* length in 16-byte units */
+        if (p[8] >= 1 && p[8] <= 4 && table_sum_ok(c, p, 16u * p[8], "mpfp")) {   /* length in 16-byte units */
             *found = p;
             return 1;
         }
         if (!*bad)
-            fail(c, TABLE_BAD, "MP floating pointer checksum", a);
+            table_fail(c, TABLE_BAD, "MP floating pointer checksum", a);
         *bad = 1;
     }
     return 0;
@@ -51,7 +34,7 @@ static int mpfp_scan(struct ctx *c, uintptr_t start, uintptr_t end, const uint8_
 
 int mp_find_cpus(struct cpu_list *out, char *err, size_t errlen, const char *corrupt, size_t corrupt_len)
 {
-    struct ctx c = { err, errlen, corrupt, corrupt_len };
+    struct table_ctx c = { err, errlen, corrupt, corrupt_len };
     const uint8_t *fp = 0;
     int bad = 0;
     out->n = 0;
@@ -75,15 +58,15 @@ int mp_find_cpus(struct cpu_list *out, char *err, size_t errlen, const char *cor
     }
     uint32_t ta = RD32(fp + 4);
     if (ta == 0)
-        return fail(&c, TABLE_BAD, "MP floating pointer: no table address", fpa);
+        return table_fail(&c, TABLE_BAD, "MP floating pointer: no table address", fpa);
     const uint8_t *t = (const uint8_t *)(uintptr_t)ta;
     if (memcmp(t, "PCMP", 4) != 0)
-        return fail(&c, TABLE_BAD, "PCMP signature", ta);
+        return table_fail(&c, TABLE_BAD, "PCMP signature", ta);
     uint16_t len = RD16(t + 4);
     if (len < PCMP_HDR)
-        return fail(&c, TABLE_BAD, "PCMP length", ta);
-    if (!sum_ok(&c, t, len, "pcmp"))
-        return fail(&c, TABLE_BAD, "PCMP checksum", ta);
+        return table_fail(&c, TABLE_BAD, "PCMP length", ta);
+    if (!table_sum_ok(&c, t, len, "pcmp"))
+        return table_fail(&c, TABLE_BAD, "PCMP checksum", ta);
     /* Walk the entries by the base table length, as Linux does: the entry
      * count (offset 34) is not relied on (qboot, QEMU microvm's firmware,
      * leaves it 0). */
@@ -91,9 +74,9 @@ int mp_find_cpus(struct cpu_list *out, char *err, size_t errlen, const char *cor
         const uint8_t *e = t + off;
         unsigned esz = e[0] == 0 ? 20 : (e[0] <= 4 ? 8 : 0);
         if (esz == 0)
-            return fail(&c, TABLE_BAD, "PCMP entry type", ta + off);
+            return table_fail(&c, TABLE_BAD, "PCMP entry type", ta + off);
         if (off + esz > len)
-            return fail(&c, TABLE_BAD, "PCMP entry past the table", ta + off);
+            return table_fail(&c, TABLE_BAD, "PCMP entry past the table", ta + off);
         if (e[0] == 0 && (e[3] & 1)) {      /* processor, enabled */
             if (out->n < SMP_MAX_CPUS)
                 out->apic_id[out->n] = e[1];

@@ -41,6 +41,26 @@ uint8_t table_sum8(const void *p, size_t n);
 int table_corrupt_is(const char *corrupt, size_t len, const char *name);
 uint16_t low_read16(uintptr_t addr);            /* BIOS data area reads */
 
+/* What a table walk reports into, and the two checks every walk uses. */
+struct table_ctx {
+    char *err;
+    size_t errlen;
+    const char *corrupt;
+    size_t corrupt_len;
+};
+
+static inline int table_fail(struct table_ctx *c, int r, const char *what, uint64_t addr)
+{
+    snprintf(c->err, c->errlen, "%s at 0x%lx", what, addr);
+    return r;
+}
+
+/* Checksum over n bytes is zero (and the table is not the one `corrupt` names). */
+static inline int table_sum_ok(struct table_ctx *c, const void *p, size_t n, const char *name)
+{
+    return (uint8_t)(table_sum8(p, n) ^ table_corrupt_is(c->corrupt, c->corrupt_len, name)) == 0;
+}
+
 /* Copies the trampoline, sends INIT-SIPI-SIPI to every listed CPU except the
  * caller, waits (up to timeout_ms) for them to check in.  Returns how many APs
  * checked in. */
