@@ -62,6 +62,32 @@ export const MAX_VCPUS = 254;
 export const DEFAULT_CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd';
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
+const UNPRINTABLE = /[\p{Cc}\u2028\u2029]/u;
+const ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\0': '\\0' };
+
+/** `text` with every control character and Unicode line separator written as an escape (`\n`, `\u001b`). */
+export function oneLine(text: string): string {
+  return text.replace(new RegExp(UNPRINTABLE.source, 'gu'), (c) => ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** `text` in double quotes, escaped as by oneLine (quotes and backslashes too). */
+export function quoted(text: string): string {
+  return `"${oneLine(text.replace(/["\\]/g, '\\$&'))}"`;
+}
+
+/**
+ * A user-supplied value as it appears in an error message: on one line whatever it contains.
+ * Strings with control characters (newline, ESC, NUL…) or Unicode line separators are shown
+ * double-quoted with escapes; anything that is not a string, number, boolean or null/undefined is
+ * named by its type.
+ */
+export function shown(value: unknown): string {
+  if (typeof value === 'string') return UNPRINTABLE.test(value) ? quoted(value) : value;
+  if (typeof value === 'number' || typeof value === 'boolean' || value === null || value === undefined) return String(value);
+  if (typeof value === 'bigint') return `${value}n`;
+  return Array.isArray(value) ? 'an array' : `a ${typeof value}`;
+}
+
 export class ConfigError extends Error {
   constructor(message: string) {
     super(message);
@@ -75,11 +101,11 @@ function checkReadableFile(path: string, what: string): number {
     st = statSync(path);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === 'ENOENT') throw new ConfigError(`${what} not found: ${path}`);
-    if (code === 'EACCES') throw new ConfigError(`${what} is not readable: ${path} (permission denied)`);
-    throw new ConfigError(`${what} cannot be read: ${path} (${code ?? (e as Error).message})`);
+    if (code === 'ENOENT') throw new ConfigError(`${what} not found: ${shown(path)}`);
+    if (code === 'EACCES') throw new ConfigError(`${what} is not readable: ${shown(path)} (permission denied)`);
+    throw new ConfigError(`${what} cannot be read: ${shown(path)} (${code ?? shown((e as Error).message)})`);
   }
-  if (st.isDirectory()) throw new ConfigError(`${what} is a directory, not a file: ${path}`);
+  if (st.isDirectory()) throw new ConfigError(`${what} is a directory, not a file: ${shown(path)}`);
   try {
     const fd = openSync(path, 'r');
     const b = Buffer.alloc(1);
@@ -87,7 +113,7 @@ function checkReadableFile(path: string, what: string): number {
     closeSync(fd);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    throw new ConfigError(`${what} is not readable: ${path} (${code === 'EACCES' ? 'permission denied' : code ?? (e as Error).message})`);
+    throw new ConfigError(`${what} is not readable: ${shown(path)} (${code === 'EACCES' ? 'permission denied' : code ?? shown((e as Error).message)})`);
   }
   return st.size;
 }
@@ -113,30 +139,30 @@ function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
   if (typeof d !== 'object' || d === null) throw new ConfigError(`--disk ${i + 1}: must be { path, readOnly? }`);
   const { path, readOnly } = d as { path?: unknown; readOnly?: unknown };
   if (typeof path !== 'string' || path === '') throw new ConfigError(`--disk ${i + 1}: no image path given`);
-  if (readOnly !== undefined && typeof readOnly !== 'boolean') throw new ConfigError(`--disk ${path}: readOnly must be true or false`);
+  if (readOnly !== undefined && typeof readOnly !== 'boolean') throw new ConfigError(`--disk ${shown(path)}: readOnly must be true or false`);
   const ro = readOnly === true;
   let st;
   try {
     st = statSync(path);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new ConfigError(`disk image not found: ${path}`);
-    if (code === 'EACCES') throw new ConfigError(`disk image is not readable: ${path} (permission denied)`);
-    throw new ConfigError(`disk image cannot be read: ${path} (${code ?? (e as Error).message})`);
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new ConfigError(`disk image not found: ${shown(path)}`);
+    if (code === 'EACCES') throw new ConfigError(`disk image is not readable: ${shown(path)} (permission denied)`);
+    throw new ConfigError(`disk image cannot be read: ${shown(path)} (${code ?? shown((e as Error).message)})`);
   }
-  if (st.isDirectory()) throw new ConfigError(`disk image is a directory, not a file: ${path}`);
-  if (!st.isFile() && !st.isBlockDevice()) throw new ConfigError(`disk image is neither a regular file nor a block device: ${path}`);
+  if (st.isDirectory()) throw new ConfigError(`disk image is a directory, not a file: ${shown(path)}`);
+  if (!st.isFile() && !st.isBlockDevice()) throw new ConfigError(`disk image is neither a regular file nor a block device: ${shown(path)}`);
   try {
     closeSync(openSync(path, ro ? fsConstants.O_RDONLY : fsConstants.O_RDWR));
   } catch (e) {
     const code = (e as { code?: string }).code;
-    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only file system' : code ?? (e as Error).message;
-    if (ro) throw new ConfigError(`disk image is not readable: ${path} (${why})`);
-    throw new ConfigError(`disk image is not writable: ${path} (${why}; append ,ro to attach it read-only)`);
+    const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only file system' : code ?? shown((e as Error).message);
+    if (ro) throw new ConfigError(`disk image is not readable: ${shown(path)} (${why})`);
+    throw new ConfigError(`disk image is not writable: ${shown(path)} (${why}; append ,ro to attach it read-only)`);
   }
   // A block device's size is checked when it is opened (stat reports 0 for it).
   if (st.isFile() && st.size % 512 !== 0) {
-    throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${path}`);
+    throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${shown(path)}`);
   }
   return { path, readOnly: ro };
 }
@@ -145,12 +171,12 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   if (typeof config !== 'object' || config === null) throw new ConfigError('VM config must be an object');
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   const maxVcpus = limits.maxVcpus ?? MAX_VCPUS;
-  if (!Number.isInteger(vcpus) || vcpus < 1) throw new ConfigError(`--vcpus must be a whole number ≥ 1 (got ${String(config.vcpus)})`);
+  if (!Number.isInteger(vcpus) || vcpus < 1) throw new ConfigError(`--vcpus must be a whole number ≥ 1 (got ${shown(config.vcpus)})`);
   if (vcpus > maxVcpus) throw new ConfigError(`--vcpus ${vcpus} is more than kindling supports (${maxVcpus})`);
 
   const memMiB = config.memMiB ?? DEFAULT_MEM_MIB;
   if (!Number.isInteger(memMiB) || memMiB < MIN_MEM_MIB) {
-    throw new ConfigError(`--mem must be a whole number of MiB ≥ ${MIN_MEM_MIB} (got ${String(config.memMiB)})`);
+    throw new ConfigError(`--mem must be a whole number of MiB ≥ ${MIN_MEM_MIB} (got ${shown(config.memMiB)})`);
   }
   const hostMem = limits.hostMemBytes ?? totalmem();
   if (memMiB * MiB > hostMem) {
@@ -159,7 +185,7 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
 
   if (typeof config.kernel !== 'string' || config.kernel === '') throw new ConfigError('no kernel given (--kernel PATH)');
   const kernelSize = checkReadableFile(config.kernel, 'kernel');
-  if (kernelSize === 0) throw new ConfigError(`kernel is empty: ${config.kernel}`);
+  if (kernelSize === 0) throw new ConfigError(`kernel is empty: ${shown(config.kernel)}`);
   if (config.initrd !== undefined) checkReadableFile(config.initrd, 'initrd');
 
   if (config.disks !== undefined && !Array.isArray(config.disks)) throw new ConfigError('disks must be an array of { path, readOnly? }');
@@ -186,7 +212,7 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   if (/[\0\n\r]/.test(cmdline)) throw new ConfigError('--cmdline must not contain NUL or newline characters');
 
   const logLevel = config.logLevel ?? 'warn';
-  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${logLevel})`);
+  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
 
   return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, disks, benchCPioPort: config.benchCPioPort };
 }

@@ -18,6 +18,12 @@ muts = [
  ("src/devices/legacy/serial.ts", "while (n < bytes.length && count < HOST_QUEUE_SIZE) {", "while (n < bytes.length && count < HOST_QUEUE_SIZE - 1 && n < 7) {", "test/unit/serial.test.ts", "serial: host RX queue drops bytes"),
  ("src/devices/virtio/block/device.ts", "if (this.params.readOnly || len % SECTOR_SIZE !== 0", "if (len % SECTOR_SIZE !== 0", "test/unit/virtio-blk.test.ts", "virtio-blk: writes to a read-only disk accepted"),
  ("src/devices/virtio/block/device.ts", "if (len % SECTOR_SIZE !== 0 || !this.inRange(h.sector, len)) return IOERR;", "if (!this.inRange(h.sector, len)) return IOERR;", "test/unit/virtio-blk.test.ts", "virtio-blk: partial-sector reads accepted"),
+ ("src/main/cli-args.ts", "const m = /^([^]*),(ro|rw)$/.exec(v);", "const m = /^([^]*?),(ro|rw)/.exec(v);", "test/unit/cli-args.test.ts", "cli: --disk mode taken from the first comma"),
+ ("src/main/cli-args.ts", "const dd = args.indexOf('--');", "const dd = args.lastIndexOf('--');", "test/unit/cli-args.test.ts", "cli: guest arguments split at the last --"),
+ ("src/main/cli-args.ts", "if (values.kernel !== undefined && guestArgs.length)", "if (guestArgs.length)", "test/unit/cli-args.test.ts", "cli: default-guest command also appended to the kernel command line"),
+ ("src/main/cli-args.ts", "return { line: `kindling: ${oneLine(message.split('\\n')[0])}`, code: 1 };", "return { line: `kindling: ${message}`, code: 1 };", "test/unit/cli-args.test.ts", "cli: a multi-line runtime error printed whole"),
+ ("src/main/cli-args.ts", "if (e instanceof UsageError) return { line: `kindling: ${oneLine(e.message)} (see kindling --help)`, code: 2 };", "if (e instanceof UsageError) return { line: `kindling: ${e.message} (see kindling --help)`, code: 2 };", "test/unit/cli-args.test.ts", "cli: a usage error printed with its control characters"),
+ ("src/main/config.ts", "return UNPRINTABLE.test(value) ? quoted(value) : value;", "return value;", "test/unit/cli-args.test.ts", "config: a path printed raw in a config error"),
  ("src/arch/x86_64/mptable.ts", "bytes[10] = checksumByte(bytes, 0, MP_FLOATING_POINTER_SIZE);", "bytes[10] = 0;", "test/unit/mptable.test.ts", "mptable: floating pointer checksum not set"),
 ]
 import sys

@@ -236,6 +236,9 @@ describe('kindling CLI input errors (one clear line, non-zero exit, no stack tra
     ['an unknown option', ['run', '--frobnicate'], /frobnicate/],
     ['an unknown command', ['launch'], /unknown command/],
     ['a missing initrd', ['run', '--kernel', notKernel, '--initrd', join(dir, 'none.img')], /initrd not found/],
+    ['a kernel path with a newline and ESC', ['run', '--kernel', join(dir, 'bad\nname\x1b[2J')], /kernel not found: ".*bad\\nname\\u001b\[2J"$/],
+    ['--vcpus with a newline', ['run', '--kernel', notKernel, '--vcpus', '1\n2'], /--vcpus needs a whole number \(got "1\\n2"\)/],
+    ['an unknown option with a newline', ['run', '--fro\nb'], /Unknown option '--fro\\nb'/],
   ];
   for (const [name, args, re] of cases) {
     it(name, async () => {

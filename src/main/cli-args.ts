@@ -1,0 +1,128 @@
+// The kindling command line, parsed: argv → one Command or one UsageError line. Pure (no file
+// system, no VM), so the fuzz suite can feed it any argv; src/main/cli.ts acts on the result.
+import { parseArgs } from 'node:util';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from './config.js';
+
+export const USAGE = `usage:
+  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]... [--log-level LEVEL] [-- CMD ARGS...]
+  kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
+  kindling --help | --version
+
+run:
+  --vcpus N        number of vCPUs (default 1)
+  --mem MiB        guest RAM in MiB (default ${DEFAULT_MEM_MIB})
+  --kernel PATH    bzImage, PVH ELF or 64-bit ELF kernel (default: the default guest, built on first use)
+  --initrd PATH    initrd / initramfs
+  --cmdline STR    kernel command line (default: "${DEFAULT_CMDLINE}")
+  --disk PATH[,ro] raw disk image as a virtio-blk device (repeatable; the first is /dev/vda). Its size
+                   must be a multiple of 512. A writable image is locked (flock) while the VM runs;
+                   ,ro attaches it read-only, without a lock.
+  --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
+  -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
+                   other kernels: appended to the command line after "--" (arguments for init)
+
+console: the terminal is attached to the guest's serial port (COM1). Ctrl-A x quits, Ctrl-A p
+pauses/resumes, Ctrl-A h shows this help, Ctrl-A Ctrl-A sends Ctrl-A.
+exit status: the guest's (debug-exit port 0xf4 or the default guest's command), 0 after poweroff,
+reboot or Ctrl-A x, 1 on a guest crash or VMM error, 2 on a usage error.
+cache: the default guest lives in $KINDLING_HOME/guest (default ~/.cache/kindling/guest).`;
+
+/** A mistake in the command line itself (exit status 2). Its message is always one line. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+export type Command =
+  | { kind: 'help' }
+  | { kind: 'version' }
+  | { kind: 'guest' }
+  | {
+      kind: 'run';
+      /** The VM config; `kernel` is '' when the default guest is to be used. */
+      config: VMConfig;
+      /** No --kernel: boot the default guest (built on first use) and run `guestArgs` in it. */
+      defaultGuest: boolean;
+      /** The words after `--`. */
+      guestArgs: string[];
+    };
+
+function parseIntArg(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^[0-9]+$/.test(v)) throw new UsageError(`--${name} needs a whole number (got ${quoted(v)})`);
+  return Number(v);
+}
+
+/** `PATH[,ro]` (a trailing `,rw` is accepted too; any other comma is part of the path). */
+export function parseDiskArg(v: string): Required<DiskConfig> {
+  const m = /^([^]*),(ro|rw)$/.exec(v);
+  const path = m ? m[1] : v;
+  if (path === '') throw new UsageError(`--disk needs an image path (got ${quoted(v)})`);
+  return { path, readOnly: m?.[2] === 'ro' };
+}
+
+export function parseCommandLine(argv: readonly string[]): Command {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return { kind: 'help' };
+  if (cmd === '--version' || cmd === '-V' || cmd === 'version') return { kind: 'version' };
+  if (cmd === 'guest') {
+    if (rest.length) throw new UsageError(`unexpected argument for guest: ${shown(rest[0])}`);
+    return { kind: 'guest' };
+  }
+  if (cmd === 'run') return parseRun(rest);
+  throw new UsageError(`unknown command ${quoted(cmd)}`);
+}
+
+function parseRun(args: string[]): Command {
+  const dd = args.indexOf('--');
+  const own = dd >= 0 ? args.slice(0, dd) : args;
+  const guestArgs = dd >= 0 ? args.slice(dd + 1) : [];
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: own,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        vcpus: { type: 'string' },
+        mem: { type: 'string' },
+        kernel: { type: 'string' },
+        initrd: { type: 'string' },
+        cmdline: { type: 'string' },
+        disk: { type: 'string', multiple: true },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (e) {
+    // node:util's messages quote the offending word as typed, control characters and all;
+    // errorLine escapes them when the message is printed.
+    throw new UsageError((e as Error).message);
+  }
+  if (values.help) return { kind: 'help' };
+  if (values.kernel === undefined && values.initrd !== undefined) {
+    throw new UsageError('--initrd needs --kernel (the default guest brings its own initramfs)');
+  }
+  const config: VMConfig = {
+    kernel: values.kernel ?? '',
+    initrd: values.initrd,
+    cmdline: values.cmdline,
+    vcpus: parseIntArg('vcpus', values.vcpus),
+    memMiB: parseIntArg('mem', values.mem),
+    logLevel: values['log-level'],
+    disks: (values.disk ?? []).map(parseDiskArg),
+  };
+  if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra = ['--', ...guestArgs];
+  return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs };
+}
+
+/** The one line (and exit status) the CLI prints for an error thrown while handling a command. */
+export function errorLine(e: unknown): { line: string; code: number } {
+  if (e instanceof UsageError) return { line: `kindling: ${oneLine(e.message)} (see kindling --help)`, code: 2 };
+  if (e instanceof ConfigError) return { line: `kindling: ${oneLine(e.message)}`, code: 2 };
+  // Anything else (a KVM error, a guest-image download failure…): its first line is the summary.
+  const message = e instanceof Error ? e.message : String(e);
+  return { line: `kindling: ${oneLine(message.split('\n')[0])}`, code: 1 };
+}
