@@ -39,7 +39,7 @@ const entries = existsSync(log)
   : [];
 const failures = entries.filter((e) => e.failed);
 for (const f of failures) {
-  console.log(`\nFAILED ${f.file.replace(root + '/', '')} > ${f.test}\n  seed ${f.seed}, path "${f.path}"\n  counterexample: ${f.counterexample}\n  reproduce: npm run fuzz -- --runs ${runs} --seed ${seed} --filter ${JSON.stringify(f.test)}`);
+  console.log(`\nFAILED ${f.file.replace(root + '/', '')} > ${f.test}\n  seed ${f.seed}, path "${f.path}"\n  counterexample: ${f.counterexample}\n  error: ${f.error}\n  reproduce: npm run fuzz -- --runs ${runs} --seed ${seed} --filter ${JSON.stringify(f.test)}`);
 }
 const total = entries.reduce((a, e) => a + e.runs, 0);
 const failedCount = failures.length + (r.status !== 0 && failures.length === 0 ? 1 : 0);

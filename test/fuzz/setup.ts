@@ -26,10 +26,19 @@ fc.configureGlobal({
         seed: details.seed,
         path: details.counterexamplePath,
         counterexample: details.failed ? fc.stringify(details.counterexample) : undefined,
+        error: details.failed ? firstLine(details.errorInstance) : undefined,
         interrupted: details.interrupted,
       };
       appendFileSync(log, JSON.stringify(entry) + '\n');
     }
-    if (details.failed) throw new Error(fc.defaultReportMessage(details));
+    if (details.failed) {
+      // fast-check's default report names the counterexample; the assertion that failed is the cause.
+      const cause = details.errorInstance;
+      throw new Error(`${fc.defaultReportMessage(details)}\n\nGot error: ${cause instanceof Error ? cause.message : String(cause)}`, { cause });
+    }
   },
 });
+
+function firstLine(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).split('\n')[0];
+}
