@@ -738,14 +738,6 @@ static uint64_t read_capacity(void)
 
 static const struct boot_info *boot;
 
-/* cmdline_u64, but an empty value (`fuzz.rounds=`) also means the default. */
-static uint64_t opt_u64(const char *key, uint64_t dflt)
-{
-    size_t n;
-    const char *v = cmdline_get(key, &n);
-    return v && n ? cmdline_u64(key, dflt) : dflt;
-}
-
 static uint64_t fuzz_main(void *arg)    /* ring 3 */
 {
     (void)arg;
@@ -765,8 +757,8 @@ static uint64_t fuzz_main(void *arg)    /* ring 3 */
         printf("fuzz: %s\n", err);
         return 2;
     }
-    uint64_t seed = opt_u64("fuzz.seed", 1);
-    uint64_t rounds = opt_u64("fuzz.rounds", 5000);
+    uint64_t seed = cmdline_u64("fuzz.seed", 1);
+    uint64_t rounds = cmdline_u64("fuzz.rounds", 5000);
     size_t n;
     qemu_quirk = cmdline_get("fuzz.qemu", &n) != 0;
     map.no_dma_window = qemu_quirk;

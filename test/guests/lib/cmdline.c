@@ -35,7 +35,8 @@ uint64_t cmdline_u64(const char *key, uint64_t dflt)
     size_t n;
     uint64_t v;
     const char *s = cmdline_get(key, &n);
-    if (!s || parse_u64(s, n, 10, &v) != n)
+    /* Absent, empty (`key=` or a bare `key`) or not all digits: the default. */
+    if (!s || n == 0 || parse_u64(s, n, 10, &v) != n)
         return dflt;
     return v;
 }
