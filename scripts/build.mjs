@@ -1,8 +1,11 @@
 #!/usr/bin/env node
 // Build steps run by `npm install` (addon, then ts + guests) and by `npm test` (ts + guests).
-// Usage: node scripts/build.mjs [addon] [ts] [guests]
+// Usage: node scripts/build.mjs [addon] [ts] [guests] [test-tools]
+//   test-tools: puts iasl (Debian's acpica-tools, used by the ACPI table checks) in build/tools/bin
+//   when it is not installed, from Debian's archive with apt-get download (no system install).
 import { spawnSync } from 'node:child_process';
-import { existsSync, statSync, readdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createRequire } from 'node:module';
@@ -66,10 +69,54 @@ function buildGuests() {
   run('make', ['-s', '-C', join(root, 'test', 'guests'), `OUT=${join(root, 'build', 'guests')}`]);
 }
 
+function onPath(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+/** iasl for test/unit/acpi.test.ts. Best effort: without it those checks are skipped, loudly. */
+function fetchTestTools() {
+  const dest = join(root, 'build', 'tools', 'bin', 'iasl');
+  if (onPath('iasl') || existsSync(dest)) return;
+  if (!onPath('apt-get') || !onPath('dpkg-deb')) {
+    console.log('kindling build: iasl is not installed and apt-get is missing; the ACPI disassembly checks will be skipped');
+    return;
+  }
+  const tmp = mkdtempSync(join(tmpdir(), 'kindling-tools-'));
+  try {
+    const root_ = typeof process.getuid === 'function' && process.getuid() === 0;
+    // As root, apt drops to the _apt user to download, which cannot write into a 0700 temp dir.
+    const download = () =>
+      spawnSync('apt-get', [...(root_ ? ['-o', 'APT::Sandbox::User=root'] : []), '-q', 'download', 'acpica-tools'], { cwd: tmp, encoding: 'utf8' });
+    let r = download();
+    if (r.status !== 0 && root_) {
+      // Fresh machines may have no package lists yet.
+      spawnSync('apt-get', ['-q', 'update'], { stdio: 'ignore' });
+      r = download();
+    }
+    const deb = readdirSync(tmp).find((f) => f.endsWith('.deb'));
+    if (r.status !== 0 || !deb) {
+      const why = `${r.stderr ?? ''}`.trim().split('\n').pop() || `exit ${r.status}`;
+      console.log(`kindling build: could not fetch acpica-tools for iasl (${why}); the ACPI disassembly checks will be skipped`);
+      return;
+    }
+    const x = spawnSync('dpkg-deb', ['-x', join(tmp, deb), join(tmp, 'x')], { encoding: 'utf8' });
+    if (x.status !== 0) {
+      console.log(`kindling build: dpkg-deb could not unpack ${deb}; the ACPI disassembly checks will be skipped`);
+      return;
+    }
+    mkdirSync(dirname(dest), { recursive: true });
+    copyFileSync(join(tmp, 'x', 'usr', 'bin', 'iasl'), dest);
+    console.log(`kindling build: iasl from ${deb} → build/tools/bin/iasl (for the ACPI table checks)`);
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
 for (const s of steps) {
   if (s === 'addon') buildAddon();
   else if (s === 'ts') buildTs();
   else if (s === 'guests') buildGuests();
+  else if (s === 'test-tools') fetchTestTools();
   else {
     console.error(`kindling build: unknown step ${s}`);
     process.exit(2);

@@ -1,7 +1,8 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import * as aml from '../../src/arch/x86_64/acpi/aml.js';
@@ -249,11 +250,15 @@ describe('AML encoder', () => {
   });
 });
 
-// ---- iasl (acpica-tools), when installed --------------------------------------------------------
+// ---- iasl (acpica-tools): installed, or fetched into build/tools by `npm test`'s build step ------
 
-const iasl = spawnSync('iasl', ['-v'], { encoding: 'utf8' });
+const IASL = ((): string => {
+  const local = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'build', 'tools', 'bin', 'iasl');
+  return existsSync(local) ? local : 'iasl';
+})();
+const iasl = spawnSync(IASL, ['-v'], { encoding: 'utf8' });
 const haveIasl = iasl.status === 0 || /Intel ACPI Component Architecture/.test(`${iasl.stdout}${iasl.stderr}`);
-if (!haveIasl) console.log('acpi.test: iasl not found (apt-get install acpica-tools) — skipping the disassembly checks');
+if (!haveIasl) console.log('acpi.test: iasl not found (apt-get install acpica-tools) — SKIPPING the disassembly checks');
 
 describe.skipIf(!haveIasl)('iasl', () => {
   it('disassembles every table cleanly and recompiles the DSDT without errors', () => {
@@ -267,7 +272,7 @@ describe.skipIf(!haveIasl)('iasl', () => {
       for (const t of p.tables) {
         const name = t.signature.toLowerCase();
         writeFileSync(join(dir, `${name}.dat`), mem.readBytes(t.addr, t.length));
-        execFileSync('iasl', ['-d', `${name}.dat`], { cwd: dir, stdio: 'pipe' });
+        execFileSync(IASL, ['-d', `${name}.dat`], { cwd: dir, stdio: 'pipe' });
         dsl[t.signature] = readFileSync(join(dir, `${name}.dsl`), 'utf8');
         expect(dsl[t.signature]).not.toMatch(/invalid|incorrect|error|warning/i);
       }
@@ -283,7 +288,7 @@ describe.skipIf(!haveIasl)('iasl', () => {
       expect(dsl.APIC).toMatch(/I\/O Apic ID : 04/);
 
       // iasl compiles its own disassembly; our decoder reads iasl's AML back to the same devices.
-      const out = spawnSync('iasl', ['-p', 'recompiled', 'dsdt.dsl'], { cwd: dir, encoding: 'utf8' });
+      const out = spawnSync(IASL, ['-p', 'recompiled', 'dsdt.dsl'], { cwd: dir, encoding: 'utf8' });
       expect(out.status, out.stdout + out.stderr).toBe(0);
       expect(out.stdout + out.stderr).toMatch(/0 Errors, 0 Warnings/);
       const recompiled = readFileSync(join(dir, 'recompiled.aml'));
