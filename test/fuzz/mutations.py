@@ -24,6 +24,11 @@ muts = [
  ("src/main/cli-args.ts", "return { line: `kindling: ${oneLine(message.split('\\n')[0])}`, code: 1 };", "return { line: `kindling: ${message}`, code: 1 };", "test/unit/cli-args.test.ts", "cli: a multi-line runtime error printed whole"),
  ("src/main/cli-args.ts", "if (e instanceof UsageError) return { line: `kindling: ${oneLine(e.message)} (see kindling --help)`, code: 2 };", "if (e instanceof UsageError) return { line: `kindling: ${e.message} (see kindling --help)`, code: 2 };", "test/unit/cli-args.test.ts", "cli: a usage error printed with its control characters"),
  ("src/main/config.ts", "return UNPRINTABLE.test(value) ? quoted(value) : value;", "return value;", "test/unit/cli-args.test.ts", "config: a path printed raw in a config error"),
+ ("src/devices/legacy/i8042.ts", "if (count >= BUF_SIZE) return;", "if (count > BUF_SIZE) return;", "test/unit/legacy-pio.test.ts", "i8042: output buffer overflows by one"),
+ ("src/devices/legacy/i8042.ts", "return (this.w[W_CTR] & (CTR_KBDINT | CTR_KBDDIS)) === CTR_KBDINT;", "return (this.w[W_CTR] & CTR_KBDINT) !== 0;", "test/unit/legacy-pio.test.ts", "i8042: interrupts while the keyboard is disabled"),
+ ("src/devices/legacy/acpi-sleep.ts", "if (value & WAK_STS) Atomics.and(this.w, W_STATUS, ~WAK_STS);", "Atomics.and(this.w, W_STATUS, ~WAK_STS);", "test/unit/legacy-pio.test.ts", "acpi-sleep: any write clears WAK_STS"),
+ ("src/devices/legacy/acpi-sleep.ts", "if (value === ACPI_RESET_VALUE) this.env.reset?.();", "if (value & ACPI_RESET_VALUE) this.env.reset?.();", "test/unit/legacy-pio.test.ts", "acpi-sleep: reset on any value with the reset bits"),
+ ("src/devices/legacy/debug-exit.ts", "if (offset !== 0) return;", "", "test/unit/legacy-pio.test.ts", "debug-exit: writes to 0xf5..0xf7 exit"),
  ("src/arch/x86_64/mptable.ts", "bytes[10] = checksumByte(bytes, 0, MP_FLOATING_POINTER_SIZE);", "bytes[10] = 0;", "test/unit/mptable.test.ts", "mptable: floating pointer checksum not set"),
 ]
 import sys
