@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// npm run fuzz [-- --runs N] [--seed S] [--time SECONDS] [--filter PATTERN]
+// npm run fuzz [-- --runs N] [--seed S] [--time SECONDS] [--filter REGEX]
+// (--filter is vitest's -t: a regular expression matched against `describe-name test-name`)
 // Runs every fast-check property (the unit suites under test/unit and test/fuzz) with a long budget
 // and ends with one line: `fuzz: <P> properties, <R> runs, <F> failures, seed <S>`.
 // A failure prints the property, seed, path and shrunk counterexample; re-running with the same
@@ -10,6 +11,14 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+
+/** vitest -t matches a regular expression against the describe and test names joined by spaces. */
+function testPattern(name) {
+  return name.split(' > ').join(' ').replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+}
+function shellQuote(s) {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 let values;
@@ -39,7 +48,11 @@ const entries = existsSync(log)
   : [];
 const failures = entries.filter((e) => e.failed);
 for (const f of failures) {
-  console.log(`\nFAILED ${f.file.replace(root + '/', '')} > ${f.test}\n  seed ${f.seed}, path "${f.path}"\n  counterexample: ${f.counterexample}\n  error: ${f.error}\n  reproduce: npm run fuzz -- --runs ${runs} --seed ${seed} --filter ${JSON.stringify(f.test)}`);
+  console.log(`\nFAILED ${f.file.replace(root + '/', '')} > ${f.test}\n  seed ${f.seed}, path "${f.path}"\n  counterexample: ${f.counterexample}\n  error: ${f.error}\n  reproduce: npm run fuzz -- --runs ${runs} --seed ${seed} --filter ${shellQuote(testPattern(f.test))}`);
+}
+if (entries.length === 0 && r.status === 0) {
+  console.error(`fuzz: no property ran${values.filter ? ` (--filter ${shellQuote(values.filter)} matched none)` : ''}`);
+  process.exit(1);
 }
 const total = entries.reduce((a, e) => a + e.runs, 0);
 const failedCount = failures.length + (r.status !== 0 && failures.length === 0 ? 1 : 0);
