@@ -6,6 +6,7 @@ import subprocess, sys, shutil
 muts = [
  ("src/memory/guest-memory.ts", "if (!s || gpa + width > s.end) {", "if (!s || gpa + width > s.end + 1) {", "test/unit/guest-memory.test.ts", "guest-memory: off-by-one in the word-access bound"),
  ("src/memory/guest-memory.ts", "const n = Math.min(left, s.end - cur);", "const n = left;", "test/unit/guest-memory.test.ts", "guest-memory: segments ignore slot ends"),
+ ("src/memory/guest-memory.ts", "for (const seg of this.segments(gpa, length)) new Uint8Array(seg.buffer, seg.offset, seg.length).fill(value);", "for (let i = 0; i < length; i++) this.write8(gpa + i, value);", "test/unit/guest-memory.test.ts", "guest-memory: a refused fill writes the bytes before the hole"),
  ("src/arch/x86_64/memory-map.ts", "{ addr: MMIO32_START, size: MMIO32_SIZE, type: E820_RESERVED },", "{ addr: MMIO32_START, size: MMIO32_SIZE / 2, type: E820_RESERVED },", "test/unit/memory-map.test.ts", "e820: MMIO gap half reserved"),
  ("src/arch/x86_64/memory-map.ts", "const low = Math.min(memBytes, MMIO32_START);", "const low = Math.min(memBytes, MMIO32_START + 0x1000);", "test/unit/memory-map.test.ts", "layout: low RAM runs into the MMIO gap"),
  ("src/main/config.ts", "if (/[\\0\\n\\r]/.test(cmdline))", "if (/[\\0]/.test(cmdline))", "test/unit/config.test.ts", "config: newline allowed in cmdline"),
@@ -29,6 +30,10 @@ muts = [
  ("src/devices/legacy/acpi-sleep.ts", "if (value & WAK_STS) Atomics.and(this.w, W_STATUS, ~WAK_STS);", "Atomics.and(this.w, W_STATUS, ~WAK_STS);", "test/unit/legacy-pio.test.ts", "acpi-sleep: any write clears WAK_STS"),
  ("src/devices/legacy/acpi-sleep.ts", "if (value === ACPI_RESET_VALUE) this.env.reset?.();", "if (value & ACPI_RESET_VALUE) this.env.reset?.();", "test/unit/legacy-pio.test.ts", "acpi-sleep: reset on any value with the reset bits"),
  ("src/devices/legacy/debug-exit.ts", "if (offset !== 0) return;", "", "test/unit/legacy-pio.test.ts", "debug-exit: writes to 0xf5..0xf7 exit"),
+ ("src/arch/x86_64/regs.ts", "  const out = raw.slice(0, KVM_LAPIC_STATE_SIZE);", "  const out = raw.slice(0, KVM_LAPIC_STATE_SIZE);\n  out[0x80] = 0;", "test/unit/regs.test.ts", "regs: configureLapic also clears the TPR"),
+ ("src/arch/x86_64/regs.ts", "  const out = raw.slice(0, KVM_LAPIC_STATE_SIZE);", "  const out = raw;", "test/unit/regs.test.ts", "regs: configureLapic modifies its input"),
+ ("src/devices/virtio/block/device.ts", "this.backend.writev(req.dataOut, len, h.sector * SECTOR_SIZE);", "this.backend.writev(req.dataOut, len, (h.sector ^ 1) * SECTOR_SIZE);", "test/unit/virtio-blk.test.ts", "virtio-blk: writes land in the neighbouring sector"),
+ ("src/devices/virtio/block/device.ts", "return sector <= this.params.sectors && bytes <= this.capacityBytes - sector * SECTOR_SIZE;", "return sector <= this.params.sectors && bytes <= this.capacityBytes - sector * SECTOR_SIZE + SECTOR_SIZE;", "test/unit/virtio-blk.test.ts", "virtio-blk: one sector past the end accepted"),
  ("src/arch/x86_64/mptable.ts", "bytes[10] = checksumByte(bytes, 0, MP_FLOATING_POINTER_SIZE);", "bytes[10] = 0;", "test/unit/mptable.test.ts", "mptable: floating pointer checksum not set"),
 ]
 import sys

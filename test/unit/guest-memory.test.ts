@@ -5,6 +5,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { GuestMemory, GuestMemoryError } from '../../src/memory/guest-memory.js';
 import { runs } from '../fuzz/budget.js';
+import { expectSameBytes } from '../fuzz/bytes.js';
 
 const GUARD = 64;
 const GUARD_BYTE = 0xa5;
@@ -65,7 +66,7 @@ describe('GuestMemory', () => {
         const inRam = (a: number, n: number) =>
           Number.isSafeInteger(a) && a >= 0 && (n === 0 ? inSlot(a) || a === end : [...Array(n).keys()].every((i) => inSlot(a + i)));
         const model = new Map<number, number>(); // gpa -> byte (absent = 0)
-        const snapshot = () => slots.map((s) => Uint8Array.from(new Uint8Array(s.buffer)));
+        const snapshot = () => Buffer.concat(slots.map((s) => new Uint8Array(s.buffer)));
         for (const o of ops) {
           const before = snapshot();
           const len = o.kind === 'write' ? o.data.length : o.kind === 'w32' ? 4 : o.len;
@@ -83,14 +84,14 @@ describe('GuestMemory', () => {
           }
           if (!ok) {
             expect(threw).toBeInstanceOf(GuestMemoryError);
-            expect(snapshot()).toEqual(before); // nothing written on a refused access
+            expectSameBytes(snapshot(), before, 'RAM after a refused access'); // nothing written
             continue;
           }
           expect(threw).toBeUndefined();
           if (o.kind === 'write') o.data.forEach((b, i) => model.set(o.gpa + i, b));
           else if (o.kind === 'w32') for (let i = 0; i < 4; i++) model.set(o.gpa + i, Math.floor(o.v / 256 ** i) & 0xff);
           else if (o.kind === 'fill') for (let i = 0; i < o.len; i++) model.set(o.gpa + i, o.v);
-          else expect([...got!]).toEqual([...Array(o.len).keys()].map((i) => model.get(o.gpa + i) ?? 0));
+          else expectSameBytes(got!, Uint8Array.from({ length: o.len }, (_, i) => model.get(o.gpa + i) ?? 0), 'read');
         }
         // Final contents equal the model everywhere; memory outside the slots is unreachable by construction
         // (each slot has its own SAB), so equality of every slot byte proves no stray writes.
