@@ -1,7 +1,9 @@
 // The kindling command line: a thin layer over the VM class.
 import { readFileSync } from 'node:fs';
 import { errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
-import { VM, type VMExit } from './vm.js';
+import { MAX_VCPUS } from './config.js';
+import type { VM, VMExit } from './vm.js';
+import { discardPrespawnedWorkers, prespawnVcpuWorkers } from './workers.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -39,6 +41,10 @@ async function dispatch(cmd: Command): Promise<void> {
 }
 
 async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind: 'run' }>): Promise<void> {
+  // The vCPU workers boot (~35 ms each, in parallel) while this thread loads the VMM's modules.
+  const vcpus = config.vcpus ?? 1;
+  if (vcpus >= 1 && vcpus <= MAX_VCPUS) prespawnVcpuWorkers(vcpus);
+  const { VM } = await import('./vm.js');
   if (defaultGuest) {
     // Loaded only when needed: the builder is not on the path of `run --kernel`.
     const { ensureDefaultGuest, encodeGuestCommand } = await import('./guest-image/index.js');
@@ -47,7 +53,13 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
     config.initrd = g.initrd;
     if (guestArgs.length) config.cmdlineExtra = [`kindling.cmd=${encodeGuestCommand(guestArgs)}`];
   }
-  const vm = new VM(config); // a ConfigError here is a usage error (exit 2), see errorLine
+  let vm: VM;
+  try {
+    vm = new VM(config); // a ConfigError here is a usage error (exit 2), see errorLine
+  } catch (e) {
+    discardPrespawnedWorkers();
+    throw e;
+  }
   vm.on('warning', (w: string) => process.stderr.write(w + '\n'));
   const detach = attachConsole(vm);
   let exit: VMExit;

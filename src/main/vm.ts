@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Duplex } from 'node:stream';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout.js';
 import { memorySlots } from '../arch/x86_64/memory-map.js';
 import { vcpuCpuid } from '../arch/x86_64/cpuid.js';
@@ -35,6 +35,7 @@ import {
   type ExitReason,
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
+import { newIoWorker, takeVcpuWorker } from './workers.js';
 import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { resolveConfig, type ResolvedConfig, type VMConfig } from './config.js';
@@ -66,15 +67,6 @@ const KVM_CLOCK_DATA_FLAGS = 8;
 const STOP_GRACE_MS = 2000;
 /** How long an I/O worker may take to finish its current batch and leave after 'stop'. */
 const IO_STOP_GRACE_MS = 5000;
-
-const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
-/** Process-wide V8/Node options a Worker refuses in an explicit execArgv (they apply to it anyway). */
-const PER_PROCESS_FLAGS = /^--(expose[-_]gc|max[-_]old[-_]space[-_]size|max[-_]semi[-_]space[-_]size|stack[-_]size|title)(=|$)/;
-/** undefined (inherit the parent's flags) unless some of them would break a worker. */
-function workerExecArgv(): string[] | undefined {
-  if (!process.execArgv.some((a) => MAIN_ONLY_FLAGS.test(a))) return undefined;
-  return process.execArgv.filter((a) => !MAIN_ONLY_FLAGS.test(a) && !PER_PROCESS_FLAGS.test(a));
-}
 
 /** Every VM that has vCPU threads, so process exit can kick them out of KVM_RUN. */
 const liveVms = new Set<VM>();
@@ -266,7 +258,7 @@ export class VM extends EventEmitter {
   /** Start one I/O worker per disk; each waits for its configuration (configureIoWorkers). */
   private spawnIoWorkers(): void {
     this.config.disks.forEach((_, i) => {
-      const w = new Worker(new URL('../io-worker/worker.js', import.meta.url), { name: `virtio-blk${i}`, execArgv: workerExecArgv() });
+      const w = newIoWorker(`virtio-blk${i}`);
       this.ioWorkers.push(w);
       w.on('message', (m: IoWorkerMessage) => {
         if (m.type === 'log') this.log[m.level]({ device: `virtio-blk${m.index}` }, m.msg);
@@ -311,11 +303,8 @@ export class VM extends EventEmitter {
     let started = 0;
     return new Promise<void>((resolve) => {
       for (let id = 0; id < this.config.vcpus; id++) {
-        const w = new Worker(new URL('../vcpu-worker/worker.js', import.meta.url), {
-          name: `vcpu${id}`,
-          // Node flags that only make sense for the main script (--input-type, --eval, …) must not reach the worker.
-          execArgv: workerExecArgv(),
-        });
+        // Prespawned by the CLI (./workers.ts) if it could, else started now.
+        const w = takeVcpuWorker(id);
         this.workers.push(w);
         w.on('message', (m: VcpuMessage) => {
           if (m.type === 'started') {

@@ -4,11 +4,29 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { VM } from '../../dist/main/index.js';
+import { discardPrespawnedWorkers, prespawnVcpuWorkers, prespawnedVcpuWorkers } from '../../dist/main/workers.js';
 import { ROOT, guest, kvmOrSkipNotice, runGuest, waitFor } from './helpers.js';
 
 const kvm = kvmOrSkipNotice('lifecycle.test.ts');
 
 describe.skipIf(!kvm)('VM lifecycle', () => {
+  it("prespawned vCPU workers (the CLI's start-up path) are taken by the next VM; leftovers are discarded", async () => {
+    prespawnVcpuWorkers(2);
+    expect(prespawnedVcpuWorkers()).toBe(2);
+    const r = await runGuest({ kernel: guest('smp.elf'), vcpus: 2, memMiB: 64 });
+    expect(r.exit).toEqual({ reason: 'exit', exitCode: 0 });
+    expect(r.output).toContain('cpus: 2');
+    expect(prespawnedVcpuWorkers()).toBe(0);
+    prespawnVcpuWorkers(3);
+    discardPrespawnedWorkers();
+    expect(prespawnedVcpuWorkers()).toBe(0);
+    // A VM with more vCPUs than were prespawned starts the rest itself.
+    prespawnVcpuWorkers(1);
+    const r4 = await runGuest({ kernel: guest('smp.elf'), vcpus: 4, memMiB: 64 });
+    expect(r4.output).toContain('cpus: 4');
+    expect(prespawnedVcpuWorkers()).toBe(0);
+  });
+
   it('created → running → paused → running → stopped, with events, and kvmclock does not jump over a pause', async () => {
     const vm = new VM({ kernel: guest('echo.elf'), memMiB: 32, logLevel: 'silent' });
     const states: string[] = [];

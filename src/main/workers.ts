@@ -1,0 +1,78 @@
+// Starting worker threads (from the main thread): the vCPU workers (src/vcpu-worker/worker.ts) and the I/O workers
+// (src/io-worker/worker.ts), with the parent's Node flags minus the ones a worker refuses.
+//
+// A worker takes ~35 ms to boot its isolate and load its modules, which is the longest step between
+// `kindling run` and the first KVM_RUN. A process that knows early how many vCPUs it will run (the
+// CLI, right after parsing argv) can prespawn them so that boot overlaps its own module loading;
+// VM.start() then takes those workers instead of starting new ones. A prespawned worker idles until
+// it receives its VcpuWorkerData, does not keep the process alive, and is replaced by a fresh one if
+// it died before being taken.
+import { Worker } from 'node:worker_threads';
+
+const VCPU_WORKER = new URL('../vcpu-worker/worker.js', import.meta.url);
+const IO_WORKER = new URL('../io-worker/worker.js', import.meta.url);
+
+const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
+/** Process-wide V8/Node options a Worker refuses in an explicit execArgv (they apply to it anyway). */
+const PER_PROCESS_FLAGS = /^--(expose[-_]gc|max[-_]old[-_]space[-_]size|max[-_]semi[-_]space[-_]size|stack[-_]size|title)(=|$)/;
+
+/** undefined (inherit the parent's flags) unless some of them would break a worker. */
+function workerExecArgv(): string[] | undefined {
+  if (!process.execArgv.some((a) => MAIN_ONLY_FLAGS.test(a))) return undefined;
+  return process.execArgv.filter((a) => !MAIN_ONLY_FLAGS.test(a) && !PER_PROCESS_FLAGS.test(a));
+}
+
+interface Prespawned {
+  worker: Worker;
+  dead: boolean;
+}
+
+/** Prespawned vCPU workers, by vCPU id. */
+const pool = new Map<number, Prespawned>();
+
+function newVcpuWorker(id: number): Worker {
+  return new Worker(VCPU_WORKER, { name: `vcpu${id}`, execArgv: workerExecArgv() });
+}
+
+/** Start the workers for vCPUs 0..count-1 now; the next VM.start() with that many vCPUs or fewer takes them. */
+export function prespawnVcpuWorkers(count: number): void {
+  for (let id = 0; id < count; id++) {
+    if (pool.has(id)) continue;
+    const entry: Prespawned = { worker: newVcpuWorker(id), dead: false };
+    const died = (): void => {
+      entry.dead = true;
+    };
+    // Until a VM takes it, an error or exit only marks it: takeVcpuWorker then starts a fresh one.
+    entry.worker.once('error', died);
+    entry.worker.once('exit', died);
+    entry.worker.unref();
+    pool.set(id, entry);
+  }
+}
+
+/** The worker for vCPU `id`: the prespawned one if it is alive, otherwise a new one. */
+export function takeVcpuWorker(id: number): Worker {
+  const entry = pool.get(id);
+  pool.delete(id);
+  if (entry === undefined) return newVcpuWorker(id);
+  entry.worker.removeAllListeners('error');
+  entry.worker.removeAllListeners('exit');
+  if (entry.dead) return newVcpuWorker(id);
+  entry.worker.ref();
+  return entry.worker;
+}
+
+/** How many prespawned vCPU workers are waiting to be taken. */
+export function prespawnedVcpuWorkers(): number {
+  return pool.size;
+}
+
+/** Terminate prespawned workers no VM took (e.g. the CLI failed before starting the VM). */
+export function discardPrespawnedWorkers(): void {
+  for (const { worker } of pool.values()) void worker.terminate();
+  pool.clear();
+}
+
+export function newIoWorker(name: string): Worker {
+  return new Worker(IO_WORKER, { name, execArgv: workerExecArgv() });
+}
