@@ -65,6 +65,40 @@ function buildTs() {
   run(process.execPath, [tsc, '-p', join(root, 'tsconfig.json')]);
 }
 
+// Start-up bundles: the CLI and each worker entry as one ES module next to its entry point (same
+// directory depth, so every import.meta.url-relative path still resolves). Loading one bundle instead
+// of ~40 modules saves ~15 ms on each of the main thread and every worker. bin/kindling.js and
+// src/main/workers.ts use a bundle only when it is at least as new as its entry module.
+const BUNDLES = [
+  ['dist/main/cli.js', 'dist/main/cli.bundle.js'],
+  ['dist/vcpu-worker/worker.js', 'dist/vcpu-worker/worker.bundle.js'],
+  ['dist/io-worker/worker.js', 'dist/io-worker/worker.bundle.js'],
+];
+
+async function buildBundles() {
+  let esbuild;
+  try {
+    esbuild = await import('esbuild');
+  } catch {
+    console.log('kindling build: esbuild is not installed; running from the unbundled modules (slower start-up)');
+    for (const [, out] of BUNDLES) rmSync(join(root, out), { force: true });
+    return;
+  }
+  for (const [entry, out] of BUNDLES) {
+    await esbuild.build({
+      entryPoints: [join(root, entry)],
+      outfile: join(root, out),
+      bundle: true,
+      platform: 'node',
+      format: 'esm',
+      target: 'node20',
+      // pino is required lazily (src/main/log.ts) and stays a normal dependency.
+      external: ['pino'],
+      logLevel: 'warning',
+    });
+  }
+}
+
 function buildGuests() {
   run('make', ['-s', '-C', join(root, 'test', 'guests'), `OUT=${join(root, 'build', 'guests')}`]);
 }
@@ -114,7 +148,10 @@ function fetchTestTools() {
 
 for (const s of steps) {
   if (s === 'addon') buildAddon();
-  else if (s === 'ts') buildTs();
+  else if (s === 'ts') {
+    buildTs();
+    await buildBundles();
+  }
   else if (s === 'guests') buildGuests();
   else if (s === 'test-tools') fetchTestTools();
   else {

@@ -7,10 +7,27 @@
 // VM.start() then takes those workers instead of starting new ones. A prespawned worker idles until
 // it receives its VcpuWorkerData, does not keep the process alive, and is replaced by a fresh one if
 // it died before being taken.
+import { statSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 
-const VCPU_WORKER = new URL('../vcpu-worker/worker.js', import.meta.url);
-const IO_WORKER = new URL('../io-worker/worker.js', import.meta.url);
+/**
+ * A worker entry module, or its start-up bundle (`<name>.bundle.js`, written by scripts/build.mjs)
+ * when that exists and is at least as new as the module, i.e. was built from this code
+ * (KINDLING_NO_BUNDLE=1: never).
+ */
+function entry(rel: string): URL {
+  const module = new URL(rel, import.meta.url);
+  const bundle = new URL(rel.replace(/\.js$/, '.bundle.js'), import.meta.url);
+  try {
+    if (!process.env.KINDLING_NO_BUNDLE && statSync(bundle).mtimeMs >= statSync(module).mtimeMs) return bundle;
+  } catch {
+    // no bundle (or no module: then the Worker reports the missing file)
+  }
+  return module;
+}
+
+const VCPU_WORKER = entry('../vcpu-worker/worker.js');
+const IO_WORKER = entry('../io-worker/worker.js');
 
 const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
 /** Process-wide V8/Node options a Worker refuses in an explicit execArgv (they apply to it anyway). */

@@ -1,7 +1,7 @@
 // Boot-path integration tests: the project's freestanding test guests booted under KVM through the
 // same loaders users' kernels go through, asserting on what the guests print.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -170,9 +170,9 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
   });
 });
 
-function runCli(args: string[], opts: { timeoutMs?: number } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [join(ROOT, 'bin', 'kindling.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const p = spawn(process.execPath, [join(ROOT, 'bin', 'kindling.js'), ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env ?? process.env });
     let stdout = '';
     let stderr = '';
     p.stdout.on('data', (b) => (stdout += b));
@@ -187,9 +187,17 @@ function runCli(args: string[], opts: { timeoutMs?: number } = {}): Promise<{ co
 
 describe.skipIf(!kvm)('kindling run (CLI) under KVM', () => {
   it('boots hello.elf and exits with the guest status', async () => {
+    // The build's start-up bundles (dist/**/*.bundle.js) must exist and be what runs by default.
+    for (const b of ['main/cli.bundle.js', 'vcpu-worker/worker.bundle.js', 'io-worker/worker.bundle.js']) expect(existsSync(join(ROOT, 'dist', b)), b).toBe(true);
     const r = await runCli(['run', '--kernel', guest('hello.elf'), '--mem', '64', '--cmdline', 'exit=3']);
     expect(r.stdout).toContain('hello from guest');
     expect(r.code).toBe(3);
+  });
+
+  it('runs the same from the separate modules (KINDLING_NO_BUNDLE=1) as from the bundles', async () => {
+    const r = await runCli(['run', '--kernel', guest('smp.elf'), '--vcpus', '2', '--mem', '64'], { env: { ...process.env, KINDLING_NO_BUNDLE: '1' } });
+    expect(r.stdout).toContain('cpus: 2');
+    expect(r.code).toBe(0);
   });
 
   it('prints the KVM-PVM warning exactly once when /dev/kvm is PVM-backed, and not otherwise', async () => {
