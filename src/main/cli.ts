@@ -1,7 +1,7 @@
 // The kindling command line: a thin layer over the VM class.
 import { readFileSync } from 'node:fs';
 import { errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
-import { MAX_VCPUS } from './config.js';
+import { DEFAULT_VCPUS, MAX_VCPUS } from './config.js';
 import type { VM, VMExit } from './vm.js';
 import { discardPrespawnedWorkers, prespawnVcpuWorkers } from './workers.js';
 
@@ -42,7 +42,7 @@ async function dispatch(cmd: Command): Promise<void> {
 
 async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind: 'run' }>): Promise<void> {
   // The vCPU workers boot (~35 ms each, in parallel) while this thread loads the VMM's modules.
-  const vcpus = config.vcpus ?? 1;
+  const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   if (vcpus >= 1 && vcpus <= MAX_VCPUS) prespawnVcpuWorkers(vcpus);
   const { VM } = await import('./vm.js');
   if (defaultGuest) {

@@ -7,27 +7,11 @@
 // VM.start() then takes those workers instead of starting new ones. A prespawned worker idles until
 // it receives its VcpuWorkerData, does not keep the process alive, and is replaced by a fresh one if
 // it died before being taken.
-import { statSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import { freshBundle } from './bundle.js';
 
-/**
- * A worker entry module, or its start-up bundle (`<name>.bundle.js`, written by scripts/build.mjs)
- * when that exists and is at least as new as the module, i.e. was built from this code
- * (KINDLING_NO_BUNDLE=1: never).
- */
-function entry(rel: string): URL {
-  const module = new URL(rel, import.meta.url);
-  const bundle = new URL(rel.replace(/\.js$/, '.bundle.js'), import.meta.url);
-  try {
-    if (!process.env.KINDLING_NO_BUNDLE && statSync(bundle).mtimeMs >= statSync(module).mtimeMs) return bundle;
-  } catch {
-    // no bundle (or no module: then the Worker reports the missing file)
-  }
-  return module;
-}
-
-const VCPU_WORKER = entry('../vcpu-worker/worker.js');
-const IO_WORKER = entry('../io-worker/worker.js');
+const VCPU_WORKER = freshBundle(new URL('../vcpu-worker/worker.js', import.meta.url));
+const IO_WORKER = freshBundle(new URL('../io-worker/worker.js', import.meta.url));
 
 const MAIN_ONLY_FLAGS = /^(--input-type|--eval|-e|--print|-p|--test|--watch|--check|-c|--interactive|-i)(=|$)/;
 /** Process-wide V8/Node options a Worker refuses in an explicit execArgv (they apply to it anyway). */
@@ -42,6 +26,7 @@ function workerExecArgv(): string[] | undefined {
 interface Prespawned {
   worker: Worker;
   dead: boolean;
+  died: () => void;
 }
 
 /** Prespawned vCPU workers, by vCPU id. */
@@ -55,13 +40,16 @@ function newVcpuWorker(id: number): Worker {
 export function prespawnVcpuWorkers(count: number): void {
   for (let id = 0; id < count; id++) {
     if (pool.has(id)) continue;
-    const entry: Prespawned = { worker: newVcpuWorker(id), dead: false };
-    const died = (): void => {
-      entry.dead = true;
+    const entry: Prespawned = {
+      worker: newVcpuWorker(id),
+      dead: false,
+      died: () => {
+        entry.dead = true;
+      },
     };
     // Until a VM takes it, an error or exit only marks it: takeVcpuWorker then starts a fresh one.
-    entry.worker.once('error', died);
-    entry.worker.once('exit', died);
+    entry.worker.once('error', entry.died);
+    entry.worker.once('exit', entry.died);
     entry.worker.unref();
     pool.set(id, entry);
   }
@@ -72,8 +60,8 @@ export function takeVcpuWorker(id: number): Worker {
   const entry = pool.get(id);
   pool.delete(id);
   if (entry === undefined) return newVcpuWorker(id);
-  entry.worker.removeAllListeners('error');
-  entry.worker.removeAllListeners('exit');
+  entry.worker.off('error', entry.died);
+  entry.worker.off('exit', entry.died);
   if (entry.dead) return newVcpuWorker(id);
   entry.worker.ref();
   return entry.worker;
