@@ -63,11 +63,12 @@ export const DEFAULT_CMDLINE = 'console=ttyS0 reboot=k panic=-1 i8042.noaux i804
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
 const UNPRINTABLE = /[\p{Cc}\u2028\u2029]/u;
+const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, 'gu');
 const ESCAPES: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t', '\0': '\\0' };
 
 /** `text` with every control character and Unicode line separator written as an escape (`\n`, `\u001b`). */
 export function oneLine(text: string): string {
-  return text.replace(new RegExp(UNPRINTABLE.source, 'gu'), (c) => ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return text.replace(EVERY_UNPRINTABLE, (c) => ESCAPES[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 /** `text` in double quotes, escaped as by oneLine (quotes and backslashes too). */
