@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { createRequire } from 'node:module';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -67,8 +67,8 @@ function buildTs() {
 
 // Start-up bundles: the CLI and each worker entry as one ES module next to its entry point (same
 // directory depth, so every import.meta.url-relative path still resolves). Loading one bundle instead
-// of ~40 modules saves ~15 ms on each of the main thread and every worker. bin/kindling.js and
-// src/main/workers.ts use a bundle only when it is at least as new as its entry module.
+// of ~40 modules saves ~15 ms on each of the main thread and every worker. Which file runs is
+// decided by src/main/bundle.ts: a bundle only when it is at least as new as its entry module.
 const BUNDLES = [
   ['dist/main/cli.js', 'dist/main/cli.bundle.js'],
   ['dist/vcpu-worker/worker.js', 'dist/vcpu-worker/worker.bundle.js'],
@@ -107,40 +107,37 @@ function onPath(cmd) {
   return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 }
 
-/** iasl for test/unit/acpi.test.ts. Best effort: without it those checks are skipped, loudly. */
-function fetchTestTools() {
+/**
+ * iasl for test/unit/acpi.test.ts, with the default-guest builder's apt helpers (so it needs the
+ * `ts` step first). Best effort: without it those checks are skipped, loudly.
+ */
+async function fetchTestTools() {
   const dest = join(root, 'build', 'tools', 'bin', 'iasl');
   if (onPath('iasl') || existsSync(dest)) return;
-  if (!onPath('apt-get') || !onPath('dpkg-deb')) {
-    console.log('kindling build: iasl is not installed and apt-get is missing; the ACPI disassembly checks will be skipped');
-    return;
+  const skipped = (why) => console.log(`kindling build: no iasl (${why}); the ACPI disassembly checks will be skipped`);
+  let apt;
+  try {
+    apt = await import(pathToFileURL(join(root, 'dist', 'main', 'guest-image', 'apt.js')).href);
+  } catch {
+    return skipped('run the ts step first: it fetches iasl with dist/main/guest-image/apt.js');
   }
   const tmp = mkdtempSync(join(tmpdir(), 'kindling-tools-'));
   try {
-    const root_ = typeof process.getuid === 'function' && process.getuid() === 0;
-    // As root, apt drops to the _apt user to download, which cannot write into a 0700 temp dir.
-    const download = () =>
-      spawnSync('apt-get', [...(root_ ? ['-o', 'APT::Sandbox::User=root'] : []), '-q', 'download', 'acpica-tools'], { cwd: tmp, encoding: 'utf8' });
-    let r = download();
-    if (r.status !== 0 && root_) {
-      // Fresh machines may have no package lists yet.
-      spawnSync('apt-get', ['-q', 'update'], { stdio: 'ignore' });
-      r = download();
+    try {
+      await apt.aptDownload('acpica-tools', tmp, 'acpica-tools');
+    } catch (e) {
+      // Fresh machines may have no package lists yet (the guest builder retries the same way).
+      if (!apt.isRoot() || !apt.LISTS_MISSING.test(e.stderr ?? e.message)) throw e;
+      await apt.aptUpdate();
+      await apt.aptDownload('acpica-tools', tmp, 'acpica-tools');
     }
     const deb = readdirSync(tmp).find((f) => f.endsWith('.deb'));
-    if (r.status !== 0 || !deb) {
-      const why = `${r.stderr ?? ''}`.trim().split('\n').pop() || `exit ${r.status}`;
-      console.log(`kindling build: could not fetch acpica-tools for iasl (${why}); the ACPI disassembly checks will be skipped`);
-      return;
-    }
-    const x = spawnSync('dpkg-deb', ['-x', join(tmp, deb), join(tmp, 'x')], { encoding: 'utf8' });
-    if (x.status !== 0) {
-      console.log(`kindling build: dpkg-deb could not unpack ${deb}; the ACPI disassembly checks will be skipped`);
-      return;
-    }
+    await apt.debExtract(join(tmp, deb), join(tmp, 'x'));
     mkdirSync(dirname(dest), { recursive: true });
     copyFileSync(join(tmp, 'x', 'usr', 'bin', 'iasl'), dest);
     console.log(`kindling build: iasl from ${deb} → build/tools/bin/iasl (for the ACPI table checks)`);
+  } catch (e) {
+    skipped(e.message);
   } finally {
     rmSync(tmp, { recursive: true, force: true });
   }
@@ -153,7 +150,7 @@ for (const s of steps) {
     await buildBundles();
   }
   else if (s === 'guests') buildGuests();
-  else if (s === 'test-tools') fetchTestTools();
+  else if (s === 'test-tools') await fetchTestTools();
   else {
     console.error(`kindling build: unknown step ${s}`);
     process.exit(2);
