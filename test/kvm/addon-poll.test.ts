@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadAddon, type KvmAddon } from '../../src/kvm/addon.js';
+import { makeRealModeVm } from './real-mode-vm.js';
 
 const hasKvm = existsSync('/dev/kvm');
 if (!hasKvm) console.warn('*** test/kvm/addon-poll.test.ts: /dev/kvm is absent — SKIPPING the KVM-dependent poll tests ***');
@@ -483,7 +484,6 @@ describe('epoll', () => {
 // ================================================================================================
 
 describe.skipIf(!hasKvm)('with KVM', () => {
-  const MiB = 1 << 20;
 
   it('epollWait returns 0 (not a throw) when a vCPU kick signal interrupts it', async () => {
     const kvm = k.open('/dev/kvm');
@@ -526,22 +526,9 @@ describe.skipIf(!hasKvm)('with KVM', () => {
 
   it('ioeventfd end to end: 100 guest OUTs to a PIO port wake the worker watcher, with no exits to userspace', async () => {
     const kvm = k.open('/dev/kvm');
-    const vm = k.createVm(kvm, 0);
-    const mem = k.allocGuestMemory(MiB);
     // mov dx,0x3f8; mov cx,100; L: out dx,al; loop L; hlt
-    new Uint8Array(mem).set([0xba, 0xf8, 0x03, 0xb9, 0x64, 0x00, 0xee, 0xe2, 0xfd, 0xf4], 0x1000);
-    k.setUserMemoryRegion(vm, 0, 0, 0n, mem, 0, MiB);
-    const vcpu = k.createVcpu(vm, 0);
-    const sregs = k.getSregs(vcpu);
-    const sd = new DataView(sregs.buffer, sregs.byteOffset, sregs.byteLength);
-    sd.setBigUint64(0, 0n, true); // cs.base
-    sd.setUint16(12, 0, true); // cs.selector
-    k.setSregs(vcpu, sregs);
-    const regs = k.getRegs(vcpu);
-    const rd = new DataView(regs.buffer, regs.byteOffset, regs.byteLength);
-    rd.setBigUint64(128, 0x1000n, true); // rip
-    rd.setBigUint64(136, 2n, true); // rflags
-    k.setRegs(vcpu, regs);
+    const t = makeRealModeVm(k, kvm, [0xba, 0xf8, 0x03, 0xb9, 0x64, 0x00, 0xee, 0xe2, 0xfd, 0xf4]);
+    const { vm, vcpu } = t;
     const notify = efd();
     k.ioeventfd(vm, 0x3f8n, 1, notify, C.KVM_IOEVENTFD_FLAG_PIO, 0n);
     const io = ioWorker();
@@ -567,8 +554,7 @@ describe.skipIf(!hasKvm)('with KVM', () => {
       k.unregisterVcpuThread(h);
       await io.send({ cmd: 'unwatch', id });
       k.ioeventfd(vm, 0x3f8n, 1, notify, C.KVM_IOEVENTFD_FLAG_PIO | C.KVM_IOEVENTFD_FLAG_DEASSIGN, 0n);
-      k.close(vcpu);
-      k.closeVm(vm);
+      t.close();
       k.close(kvm);
     }
   });

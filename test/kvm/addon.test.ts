@@ -9,6 +9,7 @@ import { runInNewContext } from 'node:vm';
 import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadAddon, type KvmAddon } from '../../src/kvm/addon.js';
+import { makeRealModeVm, type RealModeVm } from './real-mode-vm.js';
 
 const hasKvm = existsSync('/dev/kvm');
 if (!hasKvm) console.warn('*** test/kvm/addon.test.ts: /dev/kvm is absent — SKIPPING every KVM-dependent addon test ***');
@@ -92,43 +93,11 @@ class VcpuWorker {
   }
 }
 
-// ---- a real-mode VM: 1 MiB of RAM at GPA 0, code at 0x1000, CS base 0 ------------------------
+// ---- a real-mode VM (./real-mode-vm.ts) on one /dev/kvm fd for the whole file ------------------
 let kvmFd = -1;
 let mmapSize = 0;
 
-interface TestVm {
-  vm: number;
-  vcpu: number;
-  mem: SharedArrayBuffer;
-  close(): void;
-}
-
-function makeVm(code: number[]): TestVm {
-  const vm = k.createVm(kvmFd, 0);
-  const mem = k.allocGuestMemory(MiB);
-  new Uint8Array(mem).set(code, 0x1000);
-  k.setUserMemoryRegion(vm, 0, 0, 0n, mem, 0, MiB);
-  const vcpu = k.createVcpu(vm, 0);
-  const sregs = k.getSregs(vcpu);
-  const sd = new DataView(sregs.buffer, sregs.byteOffset, sregs.byteLength);
-  sd.setBigUint64(0, 0n, true); // cs.base
-  sd.setUint16(12, 0, true); // cs.selector
-  k.setSregs(vcpu, sregs);
-  const regs = k.getRegs(vcpu);
-  const rd = new DataView(regs.buffer, regs.byteOffset, regs.byteLength);
-  rd.setBigUint64(128, 0x1000n, true); // rip
-  rd.setBigUint64(136, 2n, true); // rflags: bit 1 is reserved-1
-  k.setRegs(vcpu, regs);
-  return {
-    vm,
-    vcpu,
-    mem,
-    close() {
-      k.close(vcpu);
-      k.closeVm(vm);
-    },
-  };
-}
+const makeVm = (code: number[]): RealModeVm => makeRealModeVm(k, kvmFd, code);
 
 // mov dx,0x3f8; mov al,'A'; out dx,al; hlt
 const HELLO = [0xba, 0xf8, 0x03, 0xb0, 0x41, 0xee, 0xf4];

@@ -36,6 +36,7 @@ import { GuestMemory, type MemorySegment } from '../../src/memory/guest-memory.j
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_AVAIL_F_NO_INTERRUPT, featureBit } from '../../src/virtio/constants.js';
 import { SplitQueue, VirtqueueError } from '../../src/virtio/queue.js';
 import { runs } from '../fuzz/budget.js';
+import { writeDescriptor } from './virtq-descriptor.js';
 import { expectSameBytes } from '../fuzz/bytes.js';
 
 const NEXT = 1;
@@ -121,13 +122,7 @@ class Driver {
     readonly size: number,
   ) {}
   writeDesc(gpa: number, addr: number | bigint, len: number, flags: number, next: number): void {
-    const b = new Uint8Array(16);
-    const v = new DataView(b.buffer);
-    v.setBigUint64(0, BigInt.asUintN(64, BigInt(addr)), true);
-    v.setUint32(8, len >>> 0, true);
-    v.setUint16(12, flags, true);
-    v.setUint16(14, next, true);
-    this.mem.writeBytes(gpa, b);
+    writeDescriptor(this.mem, gpa, addr, len, flags, next);
   }
   /** A chain of `segs` at descriptor `first` (consecutive indexes); returns the head. */
   chain(first: number, segs: Seg[]): number {

@@ -10,6 +10,7 @@ import {
 } from '../../src/virtio/constants.js';
 import { type DescriptorChain, SplitQueue, type SplitQueueConfig, VirtqueueError, type VirtqueueErrorKind } from '../../src/virtio/queue.js';
 import { runs } from '../fuzz/budget.js';
+import { writeDescriptor } from './virtq-descriptor.js';
 
 // ---- helpers --------------------------------------------------------------------------------------
 
@@ -38,13 +39,7 @@ class Driver {
   }
   /** Write a 16-byte descriptor at any guest address (table entry or indirect-table entry). */
   writeDescAt(gpa: number, addr: bigint | number, len: number, flags: number, next = 0): void {
-    const b = new Uint8Array(16);
-    const v = new DataView(b.buffer);
-    v.setBigUint64(0, BigInt.asUintN(64, BigInt(addr)), true);
-    v.setUint32(8, len >>> 0, true);
-    v.setUint16(12, flags, true);
-    v.setUint16(14, next, true);
-    this.mem.writeBytes(gpa, b);
+    writeDescriptor(this.mem, gpa, addr, len, flags, next);
   }
   desc(i: number, addr: bigint | number, len: number, flags: number, next = 0): void {
     this.writeDescAt(this.l.desc + 16 * i, addr, len, flags, next);
