@@ -5,18 +5,26 @@ static const char *cmd = "";
 void cmdline_set(const char *c) { cmd = c ? c : ""; }
 const char *cmdline(void) { return cmd; }
 
+const char *cmdline_word(const char **p, size_t *len)
+{
+    const char *s = *p;
+    while (*s == ' ' || *s == '\t' || *s == '\n')
+        s++;
+    const char *w = s;
+    while (*s && *s != ' ' && *s != '\t' && *s != '\n')
+        s++;
+    *p = s;
+    *len = (size_t)(s - w);
+    return *len ? w : 0;
+}
+
 const char *cmdline_get(const char *key, size_t *len)
 {
     size_t klen = strlen(key);
     const char *found = 0;
-    const char *p = cmd;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == '\n')
-            p++;
-        const char *w = p;
-        while (*p && *p != ' ' && *p != '\t' && *p != '\n')
-            p++;
-        size_t wlen = (size_t)(p - w);
+    const char *p = cmd, *w;
+    size_t wlen;
+    while ((w = cmdline_word(&p, &wlen))) {
         if (wlen >= klen && memcmp(w, key, klen) == 0) {
             if (wlen == klen) {
                 found = w + wlen;

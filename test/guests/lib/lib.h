@@ -108,6 +108,8 @@ size_t parse_u64(const char *s, size_t n, int base, uint64_t *out);
 void cmdline_set(const char *cmdline);     /* done by guest_start() */
 const char *cmdline(void);                 /* "" if none */
 /* Finds the last word `key=...` (or bare `key`); sets *len to the value length. */
+/* The next blank-separated word at or after *p (advancing *p past it) and its length; NULL at the end. */
+const char *cmdline_word(const char **p, size_t *len);
 const char *cmdline_get(const char *key, size_t *len);
 uint64_t cmdline_u64(const char *key, uint64_t dflt);
 

@@ -44,15 +44,10 @@ int vmmio_find(struct vmmio *d, uint32_t device_id)
 {
     static const char key[] = "virtio_mmio.device=";
     const size_t klen = sizeof(key) - 1;
-    const char *p = cmdline();
+    const char *p = cmdline(), *w;
+    size_t wlen;
     int listed = 0;
-    while (*p) {
-        while (*p == ' ' || *p == '\t' || *p == '\n')
-            p++;
-        const char *w = p;
-        while (*p && *p != ' ' && *p != '\t' && *p != '\n')
-            p++;
-        size_t wlen = (size_t)(p - w);
+    while ((w = cmdline_word(&p, &wlen))) {
         uint64_t size, base, irq;
         if (wlen <= klen || memcmp(w, key, klen) != 0)
             continue;
