@@ -1,12 +1,8 @@
 /* virtio-mmio transport and split virtqueue (see virtio.h). */
 #include "virtio.h"
 
-/* Ring memory for one queue: descriptor table, driver area, device area. */
-static struct {
-    struct virtq_desc desc[VIRTQ_MAX];                          /* 16 * 128 */
-    uint16_t avail[2 + VIRTQ_MAX + 1] __attribute__((aligned(4096)));
-    uint16_t used[2 + 4 * VIRTQ_MAX + 1] __attribute__((aligned(4096)));
-} ring __attribute__((aligned(4096)));
+/* Ring memory for vmmio_queue_setup(). */
+static struct virtq_mem ring;
 
 int vmmio_probe(struct vmmio *d, uintptr_t base)
 {
@@ -40,39 +36,60 @@ static int parse_device(const char *s, size_t n, uint64_t *size, uint64_t *base,
     return 1;
 }
 
-int vmmio_find(struct vmmio *d, uint32_t device_id)
+void vmmio_iter_init(struct vmmio_iter *it)
+{
+    it->p = cmdline();
+    it->listed = 0;
+    it->slot = 0;
+    it->irq_base = 0;
+}
+
+int vmmio_next(struct vmmio_iter *it, struct vmmio *d)
 {
     static const char key[] = "virtio_mmio.device=";
     const size_t klen = sizeof(key) - 1;
-    const char *p = cmdline(), *w;
+    const char *w;
     size_t wlen;
-    int listed = 0;
-    while ((w = cmdline_word(&p, &wlen))) {
+    while ((w = cmdline_word(&it->p, &wlen))) {
         uint64_t size, base, irq;
         if (wlen <= klen || memcmp(w, key, klen) != 0)
             continue;
-        listed = 1;
+        it->listed = 1;
         if (!parse_device(w + klen, wlen - klen, &size, &base, &irq) || base >= 0x100000000ull)
             continue;
-        if (vmmio_probe(d, (uintptr_t)base) && d->device_id == device_id) {
+        if (vmmio_probe(d, (uintptr_t)base) && d->device_id != 0) {
             d->size = size;
             d->irq = (unsigned)irq;
             return 1;
         }
     }
-    if (listed)     /* the loader told us where its devices are: do not poke elsewhere */
+    if (it->listed)     /* the loader told us where its devices are: do not poke elsewhere */
         return 0;
     /* QEMU microvm: 8 transports on GSI 5 + n, or, with its second IOAPIC
      * (the default when ACPI is on), 24 transports on GSI 16 + n. */
-    struct vmmio t;
-    unsigned irq_base = vmmio_probe(&t, 0xfeb00000u + 0x200u * 8) ? 16 : 5;
-    for (unsigned n = 0; n < 32; n++) {
-        if (vmmio_probe(d, 0xfeb00000u + 0x200u * n) && d->device_id == device_id) {
+    if (!it->irq_base) {
+        struct vmmio t;
+        it->irq_base = vmmio_probe(&t, 0xfeb00000u + 0x200u * 8) ? 16 : 5;
+    }
+    while (it->slot < 32) {
+        unsigned n = it->slot++;
+        if (vmmio_probe(d, 0xfeb00000u + 0x200u * n) && d->device_id != 0) {
             d->size = 0x200;
-            d->irq = irq_base + n;
+            d->irq = it->irq_base + n;
             return 2;
         }
     }
+    return 0;
+}
+
+int vmmio_find(struct vmmio *d, uint32_t device_id)
+{
+    struct vmmio_iter it;
+    int how;
+    vmmio_iter_init(&it);
+    while ((how = vmmio_next(&it, d)))
+        if (d->device_id == device_id)
+            return how;
     return 0;
 }
 
@@ -106,7 +123,8 @@ int vmmio_negotiate(struct vmmio *d, uint64_t wanted)
     return 0;
 }
 
-unsigned vmmio_queue_setup(struct vmmio *d, struct virtq *q, unsigned idx, unsigned max)
+unsigned vmmio_queue_setup_mem(struct vmmio *d, struct virtq *q, unsigned idx, unsigned max,
+                               struct virtq_mem *mem)
 {
     vmmio_wr(d, VMMIO_QUEUE_SEL, idx);
     if (vmmio_rd(d, VMMIO_QUEUE_READY) != 0)
@@ -118,15 +136,15 @@ unsigned vmmio_queue_setup(struct vmmio *d, struct virtq *q, unsigned idx, unsig
         n = max;
     if (n > VIRTQ_MAX)
         n = VIRTQ_MAX;
-    memset(&ring, 0, sizeof(ring));
-    q->desc = ring.desc;
-    q->avail = ring.avail;
-    q->used = ring.used;
-    q->used_ring = (volatile struct virtq_used_elem *)(ring.used + 2);
+    memset(mem, 0, sizeof(*mem));
+    q->desc = mem->desc;
+    q->avail = mem->avail;
+    q->used = mem->used;
+    q->used_ring = (volatile struct virtq_used_elem *)(mem->used + 2);
     q->size = (uint16_t)n;
     q->avail_idx = 0;
     q->last_used = 0;
-    uint64_t desc = (uintptr_t)ring.desc, drv = (uintptr_t)ring.avail, dev = (uintptr_t)ring.used;
+    uint64_t desc = (uintptr_t)mem->desc, drv = (uintptr_t)mem->avail, dev = (uintptr_t)mem->used;
     vmmio_wr(d, VMMIO_QUEUE_NUM, n);
     vmmio_wr(d, VMMIO_QUEUE_DESC_LOW, (uint32_t)desc);
     vmmio_wr(d, VMMIO_QUEUE_DESC_HIGH, (uint32_t)(desc >> 32));
@@ -136,6 +154,11 @@ unsigned vmmio_queue_setup(struct vmmio *d, struct virtq *q, unsigned idx, unsig
     vmmio_wr(d, VMMIO_QUEUE_DEVICE_HIGH, (uint32_t)(dev >> 32));
     vmmio_wr(d, VMMIO_QUEUE_READY, 1);
     return n;
+}
+
+unsigned vmmio_queue_setup(struct vmmio *d, struct virtq *q, unsigned idx, unsigned max)
+{
+    return vmmio_queue_setup_mem(d, q, idx, max, &ring);
 }
 
 uint32_t vmmio_config32(struct vmmio *d, unsigned off)

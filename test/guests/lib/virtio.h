@@ -79,6 +79,13 @@ struct virtq {
     uint16_t last_used;                     /* next used entry to consume */
 };
 
+/* Ring memory for one queue: descriptor table, driver area, device area. */
+struct virtq_mem {
+    struct virtq_desc desc[VIRTQ_MAX];                          /* 16 * 128 */
+    uint16_t avail[2 + VIRTQ_MAX + 1] __attribute__((aligned(4096)));
+    uint16_t used[2 + 4 * VIRTQ_MAX + 1] __attribute__((aligned(4096)));
+} __attribute__((aligned(4096)));
+
 struct vmmio {
     uintptr_t base;
     uint64_t size;
@@ -95,10 +102,23 @@ static inline int vmmio_has(const struct vmmio *d, unsigned bit) { return (d->fe
 int vmmio_probe(struct vmmio *d, uintptr_t base);
 
 /*
- * Finds the first transport with device_id: first the command line's
- * `virtio_mmio.device=<size>@<base>:<irq>` words, else QEMU microvm's window
- * (0xfeb00000 + 0x200*n, n < 32).  Returns 1 (from cmdline), 2 (probed), 0.
+ * Walks every transport that holds a device, in order: first the command
+ * line's `virtio_mmio.device=<size>@<base>:<irq>` words; only if there is no
+ * such word, QEMU microvm's window (0xfeb00000 + 0x200*n, n < 32).  Windows
+ * without the magic, above 4 GiB, or with DeviceID 0 (an empty transport)
+ * are skipped.  Start with vmmio_iter_init(); vmmio_next() returns 1 (from
+ * the command line), 2 (probed) or 0 (no more).
  */
+struct vmmio_iter {
+    const char *p;          /* next command-line word */
+    int listed;             /* the command line named at least one transport */
+    unsigned slot;          /* next probe slot */
+    unsigned irq_base;      /* probed GSIs: 5 + n or 16 + n (0: not known yet) */
+};
+void vmmio_iter_init(struct vmmio_iter *it);
+int vmmio_next(struct vmmio_iter *it, struct vmmio *d);
+
+/* The first transport (in vmmio_next order) with device_id; 1, 2 as vmmio_next, or 0. */
 int vmmio_find(struct vmmio *d, uint32_t device_id);
 
 /* Writes 0 to Status and waits for it to read back 0. */
@@ -110,7 +130,15 @@ void vmmio_reset(struct vmmio *d);
  */
 int vmmio_negotiate(struct vmmio *d, uint64_t wanted);
 
-/* Sets up queue idx with size min(QueueNumMax, max); returns the size, 0 on error. */
+/*
+ * Sets up queue idx with size min(QueueNumMax, max, VIRTQ_MAX) in mem (zeroed
+ * here) and sets QueueReady; returns the size, 0 if the queue does not exist
+ * (QueueNumMax 0) or is already ready.
+ */
+unsigned vmmio_queue_setup_mem(struct vmmio *d, struct virtq *q, unsigned idx, unsigned max,
+                               struct virtq_mem *mem);
+
+/* The same in lib/virtio.c's one static ring (one queue per program). */
 unsigned vmmio_queue_setup(struct vmmio *d, struct virtq *q, unsigned idx, unsigned max);
 
 static inline void vmmio_driver_ok(struct vmmio *d)
