@@ -65,7 +65,7 @@ if (qemu) {
 // ---- PIO exit throughput -----------------------------------------------------------------------
 const { VM } = await import('../dist/main/index.js');
 async function pioRun(cPort) {
-  const vm = new VM({ kernel: pioloop, memMiB: 32, cmdline: `pio.count=${PIO}`, logLevel: 'silent', benchCPioPort: cPort });
+  const vm = new VM({ kernel: pioloop, memMiB: 32, cmdline: `pio.count=${PIO}`, logLevel: 'silent', rng: false }, { benchCPioPort: cPort });
   let out = '';
   let tStart = NaN;
   let tDone = NaN;

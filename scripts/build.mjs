@@ -70,7 +70,7 @@ function buildTs() {
 // of ~40 modules saves ~15 ms on each of the main thread and every worker. Which file runs is
 // decided by src/main/bundle.ts: a bundle only when it is at least as new as its entry module.
 const BUNDLES = [
-  ['dist/main/cli.js', 'dist/main/cli.bundle.js'],
+  ['dist/cli/cli.js', 'dist/cli/cli.bundle.js'],
   ['dist/vcpu-worker/worker.js', 'dist/vcpu-worker/worker.bundle.js'],
   ['dist/io-worker/worker.js', 'dist/io-worker/worker.bundle.js'],
 ];
@@ -117,9 +117,9 @@ async function fetchTestTools() {
   const skipped = (why) => console.log(`kindling build: no iasl (${why}); the ACPI disassembly checks will be skipped`);
   let apt;
   try {
-    apt = await import(pathToFileURL(join(root, 'dist', 'main', 'guest-image', 'apt.js')).href);
+    apt = await import(pathToFileURL(join(root, 'dist', 'guest-image', 'apt.js')).href);
   } catch {
-    return skipped('run the ts step first: it fetches iasl with dist/main/guest-image/apt.js');
+    return skipped('run the ts step first: it fetches iasl with dist/guest-image/apt.js');
   }
   const tmp = mkdtempSync(join(tmpdir(), 'kindling-tools-'));
   try {

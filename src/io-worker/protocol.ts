@@ -1,23 +1,16 @@
 // Messages between the main thread and an I/O worker (one worker_thread per virtio device). The
 // worker is spawned before the VM is built; its configuration arrives as the first message. After
 // that the data path (kicks, interrupts, register state, guest RAM) never involves the main thread:
-// only 'stop' goes to the worker, and log lines come back.
+// only 'stop' goes to the worker, and (rate-limited) log lines come back.
 import type { SlotDescriptor } from '../memory/guest-memory.js';
 
-export interface BlkWorkerDisk {
-  /** Image fd, opened (and locked) by the main thread; the worker only does I/O on it. */
-  fd: number;
-  readOnly: boolean;
-  /** Capacity in 512-byte sectors. */
-  sectors: number;
-  /** GET_ID answer (20 bytes). */
-  serial: Uint8Array;
-}
-
 export interface IoWorkerData {
-  kind: 'blk';
-  /** Device index (0 = /dev/vda). */
-  index: number;
+  /** Registry key (src/devices/virtio/registry.ts). */
+  kind: string;
+  /** Device name for log lines (virtio-blk0, virtio-rng, …). */
+  name: string;
+  /** The device's params (its type's prepare()). */
+  params: unknown;
   memory: SlotDescriptor[];
   /** virtio-mmio register state (VirtioMmioTransport.createState), shared with every vCPU worker. */
   transport: SharedArrayBuffer;
@@ -27,14 +20,10 @@ export interface IoWorkerData {
   queueFds: number[];
   /** Registered as KVM_IRQFD on the device's GSI. */
   irqFd: number;
-  /** Counters (src/devices/virtio/block/device.ts readBlockStats). */
+  /** Transport counters (src/devices/virtio/queue-service.ts readTransportStats). */
   stats: SharedArrayBuffer;
-  disk: BlkWorkerDisk;
 }
 
 export type IoWorkerCommand = { type: 'stop' };
 
-export type IoWorkerMessage =
-  | { type: 'ready'; index: number }
-  | { type: 'log'; index: number; level: 'info' | 'warn' | 'error'; msg: string }
-  | { type: 'stopped'; index: number };
+export type IoWorkerMessage = { type: 'log'; name: string; level: 'info' | 'warn' | 'error'; msg: string };

@@ -502,6 +502,23 @@ export const KVM_INTERNAL_ERROR_EMULATION = 1;
 export const KVM_INTERNAL_ERROR_SIMUL_EX = 2;
 export const KVM_INTERNAL_ERROR_DELIVERY_EV = 3;
 export const KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON = 4;
+/** struct emulation_failure.flags: insn_size/insn_bytes are valid. */
+export const KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1n;
+
+// ioctl flags (linux/kvm.h)
+export const KVM_IRQFD_FLAG_DEASSIGN = 1;
+export const KVM_IRQFD_FLAG_RESAMPLE = 2;
+export const KVM_IOEVENTFD_FLAG_DATAMATCH = 1;
+export const KVM_IOEVENTFD_FLAG_PIO = 2;
+export const KVM_IOEVENTFD_FLAG_DEASSIGN = 4;
+export const KVM_PIT_SPEAKER_DUMMY = 1;
+/** struct kvm_clock_data: u64 clock @0, u32 flags @8. */
+export const KVM_CLOCK_DATA_CLOCK = 0;
+export const KVM_CLOCK_DATA_FLAGS = 8;
+
+// errno values KVM_RUN returns negated (the addon passes -errno through for these).
+export const EINTR = 4;
+export const EAGAIN = 11;
 
 const EXIT_NAMES: readonly string[] = [
   'UNKNOWN', 'EXCEPTION', 'IO', 'HYPERCALL', 'DEBUG', 'HLT', 'MMIO', 'IRQ_WINDOW_OPEN', 'SHUTDOWN',

@@ -3,7 +3,7 @@
 import { closeSync, constants as fsConstants, openSync, readSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { MiB } from '../arch/x86_64/layout.js';
-import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord } from '../devices/virtio/slots.js';
+import { MAX_VIRTIO_DEVICES } from './resources.js';
 
 export interface VMConfig {
   /** Path to the guest kernel (bzImage, PVH ELF or 64-bit ELF vmlinux). */
@@ -28,11 +28,18 @@ export interface VMConfig {
    */
   disks?: DiskConfig[];
   /**
-   * Benchmark only: exits to this port are consumed by the addon's C loop (benchRunPioLoop) instead
-   * of the JavaScript exit loop, so `npm run bench` can compare the two on the same guest.
+   * A virtio-rng device (entropy from the host CSPRNG) for the guest's /dev/hwrng and early CRNG
+   * seeding. Default true (`--no-rng` / `rng: false` to omit it).
    */
-  benchCPioPort?: number;
+  rng?: boolean;
+  /**
+   * Where the guest console is: 'serial' (default; COM1 is vm.serial) or 'virtio' (a virtio-console
+   * device, hvc0 in Linux, is vm.console; COM1 stays for early boot output).
+   */
+  console?: ConsoleKind;
 }
+
+export type ConsoleKind = 'serial' | 'virtio';
 
 export interface DiskConfig {
   path: string;
@@ -48,7 +55,8 @@ export interface ResolvedConfig {
   memBytes: number;
   logLevel: string;
   disks: Array<{ path: string; readOnly: boolean }>;
-  benchCPioPort?: number;
+  rng: boolean;
+  console: ConsoleKind;
 }
 
 export const DEFAULT_VCPUS = 1;
@@ -120,7 +128,7 @@ function checkReadableFile(path: string, what: string): number {
 }
 
 /** Byte offset of the first `--` word of a kernel command line (outside double quotes), or -1. */
-function dashDashAt(cmdline: string): number {
+export function dashDashAt(cmdline: string): number {
   let quoted = false;
   let start = -1;
   for (let i = 0; i <= cmdline.length; i++) {
@@ -134,6 +142,17 @@ function dashDashAt(cmdline: string): number {
     }
   }
   return -1;
+}
+
+/**
+ * The kernel command line with the device announcements inserted after the user's words and before
+ * the first `--` outside double quotes (the words after it are init's arguments).
+ */
+export function withDeviceWords(cmdline: string, words: readonly string[]): string {
+  if (words.length === 0) return cmdline;
+  const dd = dashDashAt(cmdline);
+  if (dd < 0) return [cmdline, ...words].filter((w) => w.length > 0).join(' ');
+  return [cmdline.slice(0, dd).trimEnd(), ...words, cmdline.slice(dd)].filter((w) => w.length > 0).join(' ');
 }
 
 function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
@@ -191,29 +210,33 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
 
   if (config.disks !== undefined && !Array.isArray(config.disks)) throw new ConfigError('disks must be an array of { path, readOnly? }');
   const disks = (config.disks ?? []).map((d, i) => checkDisk(d, i));
-  if (disks.length > MAX_VIRTIO_DEVICES) throw new ConfigError(`at most ${MAX_VIRTIO_DEVICES} disks (got ${disks.length})`);
+  if (config.rng !== undefined && typeof config.rng !== 'boolean') throw new ConfigError(`rng must be true or false (got ${shown(config.rng)})`);
+  const rng = config.rng ?? true;
+  const consoleKind = config.console ?? 'serial';
+  if (consoleKind !== 'serial' && consoleKind !== 'virtio') throw new ConfigError(`--console must be serial or virtio (got ${shown(consoleKind)})`);
+  const others = (rng ? 1 : 0) + (consoleKind === 'virtio' ? 1 : 0);
+  if (disks.length + others > MAX_VIRTIO_DEVICES) {
+    const other = [rng ? 'virtio-rng' : '', consoleKind === 'virtio' ? 'virtio-console' : ''].filter((x) => x).join(' and ');
+    throw new ConfigError(others ? `at most ${MAX_VIRTIO_DEVICES} disks and other virtio devices in all (got ${disks.length} disks and ${other}; --no-rng frees one)` : `at most ${MAX_VIRTIO_DEVICES} disks (got ${disks.length})`);
+  }
 
   if (config.cmdline !== undefined && typeof config.cmdline !== 'string') throw new ConfigError('--cmdline must be a string');
-  // Device announcements go after the user's words but before any `--` (arguments for init).
-  let user = config.cmdline ?? DEFAULT_CMDLINE;
-  let tail = '';
-  const dd = dashDashAt(user);
-  if (dd >= 0) {
-    tail = user.slice(dd);
-    user = user.slice(0, dd).trimEnd();
-  }
+  // Extra words go after the user's words, or after init's arguments when the user's line has a `--`.
+  const user = config.cmdline ?? DEFAULT_CMDLINE;
   const extra = config.cmdlineExtra ?? [];
   const extraDd = extra.indexOf('--');
   const before = extraDd >= 0 ? extra.slice(0, extraDd) : extra;
   const after = extraDd >= 0 ? extra.slice(extraDd) : [];
-  const devices = disks.map((_, i) => virtioMmioCmdlineWord(i));
+  const dd = dashDashAt(user);
+  const head = dd >= 0 ? user.slice(0, dd).trimEnd() : user;
+  const tail = dd >= 0 ? user.slice(dd) : '';
   // With a `--` already in the user's command line, extra words after it belong to init as well.
-  const words = (tail ? [user, ...before, ...devices, tail, ...after.slice(1)] : [user, ...before, ...devices, ...after]).filter((w) => w.length > 0);
+  const words = (tail ? [head, ...before, tail, ...after.slice(1)] : [head, ...before, ...after]).filter((w) => w.length > 0);
   const cmdline = words.join(' ');
   if (/[\0\n\r]/.test(cmdline)) throw new ConfigError('--cmdline must not contain NUL or newline characters');
 
   const logLevel = config.logLevel ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
 
-  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, disks, benchCPioPort: config.benchCPioPort };
+  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, disks, rng, console: consoleKind };
 }

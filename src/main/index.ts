@@ -4,4 +4,4 @@ export { ConfigError, DEFAULT_CMDLINE, type VMConfig, type ResolvedConfig } from
 export type { ExitReason } from '../shared/control.js';
 export { KvmUnavailableError, detectPvm } from '../kvm/system.js';
 export { KernelFormatError } from '../loader/index.js';
-export { ensureDefaultGuest, findBuiltGuest, guestHome, type GuestImage } from './guest-image/index.js';
+export { ensureDefaultGuest, findBuiltGuest, guestHome, type GuestImage } from '../guest-image/index.js';

@@ -1,8 +1,8 @@
-// The VM object: builds a KVM virtual machine (memory slots, in-kernel irqchip and PIT, kernel and
-// boot structures, vCPUs, virtio-blk devices), runs each vCPU in its own worker_thread and each
-// virtio device in its own I/O worker, exposes the serial console as a Duplex stream and reports how
-// the VM ended. The main thread only sets things up, moves console bytes, and tears down; it is
-// never on a vCPU's exit path nor on a device's I/O path.
+// The VM object: builds a KVM virtual machine in phases (create the VM, guest memory, devices, vCPUs,
+// then boot from a kernel; a restore path will replace only the last), runs each vCPU in its own
+// worker_thread and each virtio device in its own I/O worker, exposes the consoles as Duplex streams
+// and reports how the VM ended. The main thread only sets things up, moves console bytes, and tears
+// down; it is never on a vCPU's exit path nor on a device's I/O path.
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { Duplex } from 'node:stream';
@@ -37,9 +37,16 @@ import {
 import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
 import { newIoWorker, takeVcpuWorker } from './workers.js';
 import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
+import type { BlockParams } from '../devices/virtio/block/index.js';
+import { ConsoleHost } from '../devices/virtio/console/host.js';
+import type { ConsoleParams } from '../devices/virtio/console/index.js';
+import { readTransportStats, type TransportStats } from '../devices/virtio/queue-service.js';
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
-import { resolveConfig, type ResolvedConfig, type VMConfig } from './config.js';
-import { LegacyDevices, VirtioBlockDevices, openDisks, type OpenedDisk } from './device-manager.js';
+import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
+import { RateLimiter } from '../shared/rate-limit.js';
+import { resolveConfig, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
+import { LegacyDevices } from './legacy-devices.js';
+import { VirtioMmioDevices } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
 
 export type VMState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
@@ -60,10 +67,21 @@ export interface VMTimings {
   end?: number;
 }
 
-const KVM_PIT_SPEAKER_DUMMY = 1;
-/** struct kvm_clock_data: u64 clock @0, u32 flags @8 */
-const KVM_CLOCK_DATA_CLOCK = 0;
-const KVM_CLOCK_DATA_FLAGS = 8;
+/** One virtio device's counters: the transport's and, by kind, the device's own. */
+export interface VirtioDeviceStats {
+  name: string;
+  kind: string;
+  transport: TransportStats;
+}
+
+/** @internal Benchmark and test hooks that are not part of VMConfig. */
+export interface VMInternalOptions {
+  /** Exits to this port are consumed by the addon's C loop (benchRunPioLoop) instead of the JS loop. */
+  benchCPioPort?: number;
+}
+
+/** Most distinct unhandled addresses remembered (each is logged once; beyond this, rate-limited). */
+const UNKNOWN_SEEN_MAX = 4096;
 const STOP_GRACE_MS = 2000;
 /** How long an I/O worker may take to finish its current batch and leave after 'stop'. */
 const IO_STOP_GRACE_MS = 5000;
@@ -85,7 +103,10 @@ function installExitHook(addon: KvmAddon): void {
 
 export class VM extends EventEmitter {
   readonly config: ResolvedConfig;
+  /** The guest's COM1 (16550 UART). */
   readonly serial: Duplex;
+  /** The guest's virtio-console (hvc0), when config.console is 'virtio'. */
+  readonly console?: Duplex;
   readonly timings: VMTimings = { start: 0 };
   /** The kernel command line the guest was given (after start()). */
   cmdline = '';
@@ -103,30 +124,49 @@ export class VM extends EventEmitter {
   private devices?: LegacyDevices;
   private ioWorkers: Worker[] = [];
   private ioExited = new Set<Worker>();
-  private openedDisks: OpenedDisk[] = [];
-  private blk?: VirtioBlockDevices;
+  private virtio?: VirtioMmioDevices;
+  private consoleHost?: ConsoleHost;
+  /** vm.console writes before the device exists (before start()). */
+  private consoleInput: Array<{ chunk: Buffer; cb: (e?: Error | null) => void }> = [];
+  private readonly internal: VMInternalOptions;
   private readonly ctrl: Int32Array;
   private details: string[] = [];
   private exitPromise: Promise<VMExit>;
   private resolveExit!: (e: VMExit) => void;
   private unknownSeen = new Set<string>();
+  private readonly unknownLimiter = new RateLimiter({ burst: 20, perSecond: 1 });
   private ended = false;
   private pausedClock?: Uint8Array;
 
-  constructor(config: VMConfig) {
+  constructor(config: VMConfig, internal: VMInternalOptions = {}) {
     super();
     this.config = resolveConfig(config);
+    this.internal = internal;
     this.log = createLogger(this.config.logLevel);
     this.ctrl = createControlBlock(this.config.vcpus);
     this.exitPromise = new Promise((r) => (this.resolveExit = r));
     const vm = this;
     this.serial = new Duplex({
-      read() {},
+      read() {
+        vm.devices?.resume();
+      },
       write(chunk: Buffer, _enc, cb) {
         vm.devices?.sendToGuest(chunk);
         cb();
       },
     });
+    if (this.config.console === 'virtio') {
+      this.console = new Duplex({
+        read() {
+          vm.consoleHost?.resume();
+        },
+        write(chunk: Buffer, _enc, cb) {
+          if (vm.consoleHost) vm.consoleHost.send(chunk).then(() => cb(), cb);
+          else if (vm.ended) cb();
+          else vm.consoleInput.push({ chunk, cb });
+        },
+      });
+    }
   }
 
   get state(): VMState {
@@ -170,6 +210,10 @@ export class VM extends EventEmitter {
     }
   }
 
+  /**
+   * Build the VM in phases. A restore from a snapshot will reuse every phase but bootFromKernel().
+   * Throws one clear line (the caller tears down what was built).
+   */
   private build(): void {
     const cfg = this.config;
     if (detectPvm() && !pvmWarned) {
@@ -181,38 +225,59 @@ export class VM extends EventEmitter {
     // Reject a file that is not a usable kernel before touching /dev/kvm (throws one clear line).
     checkKernelImage(kernelImage);
     const initrd = cfg.initrd !== undefined ? readFileSync(cfg.initrd) : undefined;
+    this.createVm();
+    this.createMemory();
+    this.attachDevices();
+    this.createVcpus();
+    this.bootFromKernel(kernelImage, initrd);
+  }
 
+  /** /dev/kvm, the VM fd, TSS and identity map, in-kernel irqchip and PIT. */
+  private createVm(): void {
     const kvm = (this.kvm = Kvm.open());
     const addon = kvm.addon;
-    if (cfg.vcpus > kvm.maxVcpus) throw new Error(`--vcpus ${cfg.vcpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
-    // Images first: a locked or unusable image is refused before anything else is built.
-    this.openedDisks = openDisks(addon, cfg.disks);
+    if (this.config.vcpus > kvm.maxVcpus) throw new Error(`--vcpus ${this.config.vcpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
     this.vmFd = addon.createVm(kvm.fd, 0);
     addon.setTssAddr(this.vmFd, KVM_TSS_START);
     addon.setIdentityMapAddr(this.vmFd, BigInt(KVM_IDENTITY_MAP_START));
     addon.createIrqchip(this.vmFd);
     addon.createPit2(this.vmFd, KVM_PIT_SPEAKER_DUMMY);
+  }
 
-    const slots: SlotDescriptor[] = memorySlots(cfg.memBytes).map((s) => {
+  /** Guest RAM: one external SharedArrayBuffer per KVM memory slot. */
+  private createMemory(): void {
+    const addon = this.kvm!.addon;
+    const slots: SlotDescriptor[] = memorySlots(this.config.memBytes).map((s) => {
       const buffer = addon.allocGuestMemory(s.size);
       addon.setUserMemoryRegion(this.vmFd, s.slot, 0, BigInt(s.gpa), buffer, 0, s.size);
       return { ...s, buffer };
     });
-    const mem = (this.memory = new GuestMemory(slots));
+    this.memory = new GuestMemory(slots);
+  }
 
-    // virtio-blk: register state, ioeventfd per queue, irqfd per device (the I/O workers do the rest).
-    const blk = (this.blk = new VirtioBlockDevices(addon, this.vmFd, this.openedDisks));
-
-    // Firmware tables so an unmodified Linux finds every CPU (MP table for acpi=off, ACPI otherwise).
-    writeMpTable(mem, { vcpus: cfg.vcpus });
-    const { rsdpAddr } = writeAcpiTables(mem, { vcpus: cfg.vcpus, virtioDevices: blk.devices.map((d) => d.slot) });
-    const boot = (this.boot = loadKernel(mem, kernelImage, { cmdline: cfg.cmdline, initrd, memBytes: cfg.memBytes, rsdpAddr }));
-    this.cmdline = boot.cmdline;
-    writeBootGdt(mem, boot.protocol);
-    const cr3 = boot.protocol === 'linux64' ? writeIdentityPageTables(mem) : undefined;
-
+  /**
+   * Legacy devices and the virtio devices, in placement order: disks first (the first is /dev/vda),
+   * then virtio-console, then virtio-rng. A locked or unusable image is refused here with one line.
+   */
+  private attachDevices(): void {
+    const cfg = this.config;
+    const addon = this.kvm!.addon;
+    const virtio = (this.virtio = new VirtioMmioDevices(addon, this.vmFd));
+    for (const d of cfg.disks) virtio.add('blk', d);
+    if (cfg.console === 'virtio') {
+      const p = virtio.add('console', { cols: process.stdout.columns, rows: process.stdout.rows });
+      this.consoleHost = new ConsoleHost(addon, p.params as ConsoleParams, (b) => this.console!.push(b));
+      for (const { chunk, cb } of this.consoleInput.splice(0)) this.consoleHost.send(chunk).then(() => cb(), cb);
+    }
+    if (cfg.rng) virtio.add('rng', {});
     this.devices = new LegacyDevices(addon, this.vmFd, (bytes) => this.serial.push(bytes));
+  }
 
+  /** One vCPU fd per vCPU with CPUID (its APIC id), the boot MSRs and LAPIC LINT0/LINT1 set up. */
+  private createVcpus(): void {
+    const cfg = this.config;
+    const kvm = this.kvm!;
+    const addon = kvm.addon;
     const supported = kvm.supportedCpuid();
     const msrs = toMsrArrays(bootMsrs());
     for (let id = 0; id < cfg.vcpus; id++) {
@@ -224,12 +289,27 @@ export class VM extends EventEmitter {
         throw new Error(`KVM_SET_MSRS set ${n} of ${msrs.indices.length} MSRs (first rejected: 0x${msrs.indices[n].toString(16)})`);
       }
       addon.setLapic(fd, configureLapic(addon.getLapic(fd)));
-      if (id === 0) {
-        addon.setSregs(fd, encodeSregs(bootSregs(decodeSregs(addon.getSregs(fd)), boot.protocol, cr3)));
-        addon.setRegs(fd, encodeRegs(bootRegs(boot.protocol, boot.entry, boot.bootInfoAddr)));
-        addon.setFpu(fd, encodeFpu(bootFpu()));
-      }
     }
+  }
+
+  /** Firmware tables, the kernel and its boot structures, and the boot vCPU's entry registers. */
+  private bootFromKernel(kernelImage: Buffer, initrd: Buffer | undefined): void {
+    const cfg = this.config;
+    const addon = this.kvm!.addon;
+    const mem = this.memory!;
+    const virtio = this.virtio!;
+    // Firmware tables so an unmodified Linux finds every CPU (MP table for acpi=off, ACPI otherwise).
+    writeMpTable(mem, { vcpus: cfg.vcpus });
+    const { rsdpAddr } = writeAcpiTables(mem, { vcpus: cfg.vcpus, virtioDevices: virtio.acpiDevices() });
+    const cmdline = withDeviceWords(cfg.cmdline, virtio.cmdlineWords());
+    const boot = (this.boot = loadKernel(mem, kernelImage, { cmdline, initrd, memBytes: cfg.memBytes, rsdpAddr }));
+    this.cmdline = boot.cmdline;
+    writeBootGdt(mem, boot.protocol);
+    const cr3 = boot.protocol === 'linux64' ? writeIdentityPageTables(mem) : undefined;
+    const fd = this.vcpuFds[0];
+    addon.setSregs(fd, encodeSregs(bootSregs(decodeSregs(addon.getSregs(fd)), boot.protocol, cr3)));
+    addon.setRegs(fd, encodeRegs(bootRegs(boot.protocol, boot.entry, boot.bootInfoAddr)));
+    addon.setFpu(fd, encodeFpu(bootFpu()));
     this.log.info({ kernel: cfg.kernel, kind: boot.kind, entry: boot.entry, vcpus: cfg.vcpus, memBytes: cfg.memBytes }, 'vm built');
   }
 
@@ -247,34 +327,40 @@ export class VM extends EventEmitter {
         control: this.ctrl,
         memory,
         devices: this.devices!.state,
-        virtio: this.blk?.vcpuState() ?? [],
-        logLevel: this.config.logLevel,
-        benchCPioPort: this.config.benchCPioPort,
+        virtio: this.virtio?.vcpuState() ?? [],
+        benchCPioPort: this.internal.benchCPioPort,
       };
       w.postMessage(data);
     });
   }
 
-  /** Start one I/O worker per disk; each waits for its configuration (configureIoWorkers). */
+  /**
+   * Start one I/O worker per virtio device (the same count and order as attachDevices places them);
+   * each waits for its configuration (configureIoWorkers).
+   */
   private spawnIoWorkers(): void {
-    this.config.disks.forEach((_, i) => {
-      const w = newIoWorker(`virtio-blk${i}`);
+    const cfg = this.config;
+    const names = [...cfg.disks.map((_, i) => `virtio-blk${i}`), ...(cfg.console === 'virtio' ? ['virtio-console'] : []), ...(cfg.rng ? ['virtio-rng'] : [])];
+    for (const name of names) {
+      const w = newIoWorker(name);
       this.ioWorkers.push(w);
       w.on('message', (m: IoWorkerMessage) => {
-        if (m.type === 'log') this.log[m.level]({ device: `virtio-blk${m.index}` }, m.msg);
+        if (m.type === 'log') this.log[m.level]({ device: m.name }, m.msg);
       });
       w.on('error', (e) => {
         // The device is dead; the guest sees its requests time out. The VM itself keeps running.
-        this.log.error({ device: `virtio-blk${i}`, err: e.message }, 'I/O worker failed');
-        this.emit('device-error', { device: `virtio-blk${i}`, error: e });
+        this.log.error({ device: name, err: e.message }, 'I/O worker failed');
+        this.emit('device-error', { device: name, error: e });
       });
       w.on('exit', () => this.ioExited.add(w));
-    });
+    }
   }
 
   private configureIoWorkers(): void {
     const memory = this.memory!.descriptors();
-    this.ioWorkers.forEach((w, i) => w.postMessage(this.blk!.workerData(i, memory)));
+    const virtio = this.virtio!;
+    if (virtio.placements.length !== this.ioWorkers.length) throw new Error('internal: I/O workers and virtio devices differ in number');
+    this.ioWorkers.forEach((w, i) => w.postMessage(virtio.workerData(i, memory)));
   }
 
   /** Ask every I/O worker to stop (it finishes its current batch), terminate the ones that do not. */
@@ -293,7 +379,12 @@ export class VM extends EventEmitter {
 
   /** Per-disk virtio-blk counters (requests, bytes, wake-ups, interrupts, …), readable at any time. */
   blockStats(): BlockStats[] {
-    return (this.blk?.devices ?? []).map((d) => readBlockStats(d.stats));
+    return (this.virtio?.placements ?? []).filter((p) => p.kind === 'blk').map((p) => readBlockStats((p.params as BlockParams).stats, p.stats));
+  }
+
+  /** Every virtio device's transport counters (wake-ups, interrupts, NEEDS_RESET, …), in placement order. */
+  virtioStats(): VirtioDeviceStats[] {
+    return (this.virtio?.placements ?? []).map((p) => ({ name: p.name, kind: p.kind, transport: readTransportStats(p.stats) }));
   }
 
   /** Start one worker per vCPU; they wait for configureVcpus(). Resolves when every vCPU entered its run loop. */
@@ -316,11 +407,16 @@ export class VM extends EventEmitter {
           } else if (m.type === 'ended') {
             if (m.detail) this.details.push(m.detail);
           } else if (m.type === 'unknown-access') {
+            // Once per address, and rate-limited: a guest can touch any number of addresses.
             const key = `${m.kind}:${m.addr}`;
             if (!this.unknownSeen.has(key)) {
-              this.unknownSeen.add(key);
-              this.log.info({ vcpu: m.vcpuId, kind: m.kind, addr: '0x' + m.addr.toString(16), write: m.write }, 'guest accessed an unhandled address (reads return all-ones)');
-              this.emit('unhandled-access', { kind: m.kind, addr: m.addr, write: m.write });
+              if (this.unknownSeen.size < UNKNOWN_SEEN_MAX) this.unknownSeen.add(key);
+              const r = this.unknownLimiter.take();
+              if (r.ok) {
+                const more = r.suppressed ? { suppressed: r.suppressed } : {};
+                this.log.info({ vcpu: m.vcpuId, kind: m.kind, addr: '0x' + m.addr.toString(16), write: m.write, ...more }, 'guest accessed an unhandled address (reads return all-ones)');
+                this.emit('unhandled-access', { kind: m.kind, addr: m.addr, write: m.write });
+              }
             }
           }
         });
@@ -365,6 +461,8 @@ export class VM extends EventEmitter {
     this.teardown();
     this.timings.end = performance.timeOrigin + performance.now();
     this.serial.push(null);
+    this.console?.push(null);
+    for (const { cb } of this.consoleInput.splice(0)) cb();
     this.setState('stopped');
     const exit: VMExit = { reason, exitCode, ...(this.details.length ? { detail: this.details.join('; ') } : {}) };
     this.log.info(exit, 'vm ended');
@@ -376,9 +474,8 @@ export class VM extends EventEmitter {
     const addon = this.kvm?.addon;
     if (!addon) return;
     this.devices?.close();
-    if (this.blk) this.blk.close();
-    else for (const d of this.openedDisks) addon.close(d.fd);
-    this.openedDisks = [];
+    this.consoleHost?.close();
+    this.virtio?.close();
     for (const fd of this.vcpuFds) addon.close(fd);
     this.vcpuFds = [];
     if (this.vmFd >= 0) addon.closeVm(this.vmFd);

@@ -156,6 +156,25 @@ export class ByteRing {
   }
 
   /**
+   * Producer side, without blocking the thread: resolve when there is room or after `timeoutMs`;
+   * resolves to free() > 0 (for a producer on an event loop, e.g. the main thread's console input).
+   */
+  async spaceAsync(timeoutMs: number): Promise<boolean> {
+    const a = this.i32;
+    if (this.free() > 0) return true;
+    const seq = Atomics.load(a, SPACE_SEQ);
+    Atomics.store(a, PRODUCER_WAITING, 1);
+    if (this.free() > 0) return true;
+    if (atomicsWaitAsync !== undefined) {
+      const r = atomicsWaitAsync(a, SPACE_SEQ, seq, timeoutMs);
+      if (r.async) await r.value;
+    } else {
+      await new Promise<void>((resolve) => setTimeout(resolve, Math.min(timeoutMs, 5)));
+    }
+    return this.free() > 0;
+  }
+
+  /**
    * Resolve when bytes are available or after `timeoutMs`; resolves to available() > 0.
    * Does not block the thread (Atomics.waitAsync; falls back to a timer where it is missing).
    */

@@ -2,7 +2,18 @@
 // vCPU, at which RIP, and the instruction bytes there.
 import type { KvmAddon } from '../kvm/addon.js';
 import type { VcpuExit } from '../kvm/exits.js';
-import { decodeRegs, decodeSregs } from '../kvm/structs.js';
+import {
+  KVM_INTERNAL_ERROR_DELIVERY_EV,
+  KVM_INTERNAL_ERROR_EMULATION,
+  KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES,
+  KVM_INTERNAL_ERROR_SIMUL_EX,
+  KVM_SYSTEM_EVENT_CRASH,
+  KVM_SYSTEM_EVENT_RESET,
+  KVM_SYSTEM_EVENT_SHUTDOWN,
+  decodeRegs,
+  decodeSregs,
+} from '../kvm/structs.js';
+import { EFER_LMA } from '../arch/x86_64/regs.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import type { ExitReason } from '../shared/control.js';
 
@@ -22,13 +33,7 @@ export interface DiagnoseContext {
 
 // kvm_run.internal for KVM_INTERNAL_ERROR_EMULATION carries struct emulation_failure:
 // suberror u32 @32, ndata u32 @36, flags u64 @40, insn_size u8 @48, insn_bytes[15] @49.
-const KVM_INTERNAL_ERROR_EMULATION = 1;
-const KVM_INTERNAL_ERROR_SIMUL_EX = 2;
-const KVM_INTERNAL_ERROR_DELIVERY_EV = 3;
-const EMULATION_FLAG_INSTRUCTION_BYTES = 1n;
-const KVM_SYSTEM_EVENT_SHUTDOWN = 1;
-const KVM_SYSTEM_EVENT_RESET = 2;
-const KVM_SYSTEM_EVENT_CRASH = 3;
+const EMULATION_FLAG_INSTRUCTION_BYTES = KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES;
 
 function hexBytes(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join(' ');
@@ -39,7 +44,7 @@ export function describeRip(ctx: DiagnoseContext, insn?: Uint8Array): string {
   try {
     const regs = decodeRegs(ctx.addon.getRegs(ctx.vcpuFd));
     const sregs = decodeSregs(ctx.addon.getSregs(ctx.vcpuFd));
-    const longMode = (sregs.efer & 0x400n) !== 0n && sregs.cs.l === 1;
+    const longMode = (sregs.efer & EFER_LMA) !== 0n && sregs.cs.l === 1;
     const linear = longMode ? regs.rip : (sregs.cs.base + regs.rip) & 0xffff_ffffn;
     let bytes = insn;
     if (!bytes || bytes.length === 0) {

@@ -14,7 +14,6 @@ export interface VcpuWorkerData {
   devices: LegacyDeviceState;
   /** virtio-mmio register windows this worker serves (shared state; the I/O workers do the rest). */
   virtio: VirtioMmioDeviceState[];
-  logLevel: string;
   /** benchmark only: port whose exits the addon's C loop consumes (see VMConfig.benchCPioPort) */
   benchCPioPort?: number;
 }
@@ -32,9 +31,13 @@ export interface LegacyDeviceState {
   acpiSleep: SharedArrayBuffer;
 }
 
-/** One virtio-mmio device as the vCPU workers see it. */
+/** One virtio-mmio device as the vCPU workers see it (derived from its placement record). */
 export interface VirtioMmioDeviceState {
   name: string;
+  /** Registry key (src/devices/virtio/registry.ts): validateFeatures and configWrite come from it. */
+  kind: string;
+  /** The device's params (its type's prepare()), for those hooks. */
+  params: unknown;
   /** Guest-physical base of the register window and its size. */
   base: number;
   size: number;
@@ -47,6 +50,6 @@ export interface VirtioMmioDeviceState {
 }
 
 export type VcpuMessage =
-  | { type: 'started'; vcpuId: number; tid: number; firstRunEpochMs: number }
+  | { type: 'started'; vcpuId: number; firstRunEpochMs: number }
   | { type: 'ended'; vcpuId: number; exits: number; /** one-line description of a fatal exit */ detail?: string }
   | { type: 'unknown-access'; vcpuId: number; kind: 'pio' | 'mmio'; addr: number; write: boolean };

@@ -16,11 +16,10 @@ import {
   recordExit,
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from './protocol.js';
-import { buildLegacyBus, registerVirtioDevices } from './legacy-bus.js';
+import { buildLegacyBus, registerVirtioDevices } from './buses.js';
 import { describeFatalExit } from './diagnose.js';
+import { EAGAIN, EINTR } from '../kvm/structs.js';
 
-const EINTR = 4;
-const EAGAIN = 11;
 
 const port = parentPort;
 if (!port) throw new Error('vcpu worker must run in a worker_thread');
@@ -57,7 +56,7 @@ const bus = buildLegacyBus(data.devices, {
   end: endVm,
   unknown: (kind, addr, write) => post({ type: 'unknown-access', vcpuId: data.vcpuId, kind, addr, write }),
 });
-registerVirtioDevices(bus.mmio, data.virtio);
+registerVirtioDevices(bus.mmio, data.virtio, () => Atomics.load(ctrl, CTRL_RUN_STATE) > RUN_STATE_PAUSED);
 
 const handle = addon.registerVcpuThread(data.vcpuFd, run);
 Atomics.store(ctrl, ctrlKickSlot(data.vcpuId), handle + 1);
@@ -125,7 +124,7 @@ try {
   while (waitRunnable()) {
     if (first) {
       first = false;
-      post({ type: 'started', vcpuId: data.vcpuId, tid: addon.gettid(), firstRunEpochMs: performance.timeOrigin + performance.now() });
+      post({ type: 'started', vcpuId: data.vcpuId, firstRunEpochMs: performance.timeOrigin + performance.now() });
     }
     const r =
       data.benchCPioPort === undefined

@@ -33,7 +33,7 @@ const lines = (s: string): string[] => s.replace(/\r/g, '').split('\n');
 describe.skipIf(!kvm)('virtio-blk with blk.elf', () => {
   it('blk.read=64: the CRC-32 of the first 64 sectors equals the host file’s; blk.id and blk.capacity', async () => {
     const img = image();
-    const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: img }], cmdline: 'blk.read=64 blk.id blk.capacity' });
+    const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: img }], cmdline: 'blk.read=64 blk.id blk.capacity', rng: false });
     const out = lines(r.output);
     expect(out).toContain('blk: device at 0xd0000000 irq 5 (cmdline)');
     expect(out).toContain(`blk read 64 crc32=${hex8(crc32(original.subarray(0, 64 * 512)))}`);
@@ -232,7 +232,7 @@ describe.skipIf(!kvm)('virtio-blk with blk.elf', () => {
     const a = image();
     const b = join(dir, 'copy.img');
     copyFileSync(a, b);
-    const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: a }, { path: b, readOnly: true }], cmdline: 'blk.capacity' });
+    const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: a }, { path: b, readOnly: true }], cmdline: 'blk.capacity', rng: false });
     expect(r.vm.cmdline).toBe('blk.capacity virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6');
     expect(lines(r.output)).toContain('blk: device at 0xd0000000 irq 5 (cmdline)');
     expect(lines(r.output)).toContain(`blk capacity ${SECTORS} ro=0`);

@@ -34,7 +34,7 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
     // Written out by hand from the layout in docs/architecture.md, not computed by kindling's code.
     const e820 = '0:9fc00:1,9fc00:60400:2,100000:3f00000:1,c0000000:40000000:2';
     const cmdline = `expect.magic expect.e820=${e820} expect.initrd=${initrd.length}:${crc} some="quoted words"`;
-    const r = await runGuest({ kernel: guest('bootinfo.elf'), memMiB: 64, cmdline, initrd: join(dir, 'initrd.img') });
+    const r = await runGuest({ kernel: guest('bootinfo.elf'), memMiB: 64, cmdline, initrd: join(dir, 'initrd.img'), rng: false });
     const out = lines(r.output);
     expect(out).toContain(`cmdline: ${cmdline}`);
     expect(out).toContain(`initrd: ${initrd.length} crc32=${crc}`);
@@ -55,7 +55,7 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
       const crc = (crc32(initrd) >>> 0).toString(16).padStart(8, '0');
       const e820 = '0:9fc00:1,9fc00:60400:2,100000:3f00000:1,c0000000:40000000:2';
       const cmdline = `expect.magic expect.e820=${e820} expect.initrd=${initrd.length}:${crc}`;
-      const r = await runGuest({ kernel: guest(image), memMiB: 64, cmdline, initrd: join(dir, 'initrd.img') });
+      const r = await runGuest({ kernel: guest(image), memMiB: 64, cmdline, initrd: join(dir, 'initrd.img'), rng: false });
       const out = lines(r.output);
       expect(r.vm.boot?.kind).toBe(kind);
       expect(r.vm.boot?.protocol).toBe('linux64');
@@ -188,7 +188,7 @@ function runCli(args: string[], opts: { timeoutMs?: number; env?: NodeJS.Process
 describe.skipIf(!kvm)('kindling run (CLI) under KVM', () => {
   it('boots hello.elf and exits with the guest status', async () => {
     // The build's start-up bundles (dist/**/*.bundle.js) must exist and be what runs by default.
-    for (const b of ['main/cli.bundle.js', 'vcpu-worker/worker.bundle.js', 'io-worker/worker.bundle.js']) expect(existsSync(join(ROOT, 'dist', b)), b).toBe(true);
+    for (const b of ['cli/cli.bundle.js', 'vcpu-worker/worker.bundle.js', 'io-worker/worker.bundle.js']) expect(existsSync(join(ROOT, 'dist', b)), b).toBe(true);
     const r = await runCli(['run', '--kernel', guest('hello.elf'), '--mem', '64', '--cmdline', 'exit=3']);
     expect(r.stdout).toContain('hello from guest');
     expect(r.code).toBe(3);

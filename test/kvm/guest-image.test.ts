@@ -16,7 +16,7 @@ import {
   readGuestManifest,
   verifyGuest,
   type GuestImage,
-} from '../../src/main/guest-image/index.js';
+} from '../../src/guest-image/index.js';
 
 const root = mkdtempSync(join(tmpdir(), 'kindling-guest-kvm-'));
 const home = guestHome({ KINDLING_HOME: root });

@@ -1,4 +1,4 @@
-// The virtio-blk I/O worker (dist/io-worker/worker.js) without a VM: this thread plays the vCPUs
+// The generic I/O worker (dist/io-worker/worker.js) serving virtio-blk, without a VM: this thread plays the vCPUs
 // (register writes through a VirtioMmioTransport over the shared state, kicks as eventfd writes) and
 // the driver (rings in a SharedArrayBuffer "guest RAM"); the worker serves a real image file. Covers
 // what blk.elf cannot provoke: a fatal queue error → DEVICE_NEEDS_RESET + config interrupt, reset
@@ -19,11 +19,12 @@ import {
   blockDeviceFeatures,
   blockSerial,
   createBlockStats,
-  readBlockStats,
+  readBlockStats as readDeviceBlockStats,
 } from '../../dist/devices/virtio/block/device.js';
+import { createTransportStats } from '../../dist/devices/virtio/queue-service.js';
 import { GuestMemory } from '../../dist/memory/guest-memory.js';
 import type { IoWorkerData } from '../../dist/io-worker/protocol.js';
-import { VirtioMmioTransport } from '../../dist/virtio/mmio.js';
+import { VirtioMmioTransport } from '../../dist/devices/virtio/mmio.js';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { ROOT } from './helpers.js';
 
@@ -54,6 +55,8 @@ interface Rig {
   irqFd: number;
   queueFd: number;
   stats: SharedArrayBuffer;
+  /** Transport counters (wake-ups, interrupts, NEEDS_RESET). */
+  tstats: SharedArrayBuffer;
   file: string;
   disk: Buffer;
   fds: number[];
@@ -61,6 +64,11 @@ interface Rig {
   usedSeen: number;
 }
 let rigs: Rig[] = [];
+
+/** The device's counters merged with its transport's (as vm.blockStats() reports them). */
+function readBlockStats(stats: SharedArrayBuffer): ReturnType<typeof readDeviceBlockStats> {
+  return readDeviceBlockStats(stats, rigs.find((r) => r.stats === stats)?.tstats);
+}
 
 function rig(readOnly = false): Rig {
   const dir = mkdtempSync(join(tmpdir(), 'kindling-ioworker-'));
@@ -84,20 +92,21 @@ function rig(readOnly = false): Rig {
   const buffer = new SharedArrayBuffer(RAM);
   const mem = new GuestMemory([{ slot: 0, gpa: 0, size: RAM, buffer }]);
   const stats = createBlockStats();
+  const tstats = createTransportStats();
   const worker = new Worker(join(ROOT, 'dist', 'io-worker', 'worker.js'), { name: 'virtio-blk-test' });
   const data: IoWorkerData = {
     kind: 'blk',
-    index: 0,
+    name: 'virtio-blk0',
+    params: { path: file, fd: diskFd, readOnly, sectors: 256, serial: blockSerial(file, 1), stats },
     memory: mem.descriptors(),
     transport: state,
     controlFd,
     queueFds: [queueFd],
     irqFd,
-    stats,
-    disk: { fd: diskFd, readOnly, sectors: 256, serial: blockSerial(file, 1) },
+    stats: tstats,
   };
   worker.postMessage(data);
-  const r: Rig = { mem, t, worker, irqFd, queueFd, stats, file, disk, fds: [diskFd, controlFd, queueFd, irqFd], availIdx: 0, usedSeen: 0 };
+  const r: Rig = { mem, t, worker, irqFd, queueFd, stats, tstats, file, disk, fds: [diskFd, controlFd, queueFd, irqFd], availIdx: 0, usedSeen: 0 };
   rigs.push(r);
   return r;
 }

@@ -3,8 +3,8 @@ import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, resolveConfig } from '../../src/main/config.js';
-import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord, virtioMmioSlot } from '../../src/devices/virtio/slots.js';
+import { ConfigError, resolveConfig, withDeviceWords, type VMConfig } from '../../src/main/config.js';
+import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord, virtioMmioSlot } from '../../src/main/resources.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-blkcfg-'));
 const kernel = join(dir, 'kernel');
@@ -12,6 +12,12 @@ writeFileSync(kernel, 'x');
 const img = join(dir, 'disk.img');
 writeFileSync(img, Buffer.alloc(4096));
 const HOST = 8 * 1024 ** 3;
+
+/** The command line as the VM builds it: the resolved line plus the words of the placed disks (placed first). */
+function placed(config: VMConfig): { cmdline: string } {
+  const r = resolveConfig(config, { hostMemBytes: HOST });
+  return { cmdline: withDeviceWords(r.cmdline, r.disks.map((_, i) => virtioMmioCmdlineWord(i))) };
+}
 
 describe('--disk', () => {
   it('windows, GSIs and command line words', () => {
@@ -23,16 +29,16 @@ describe('--disk', () => {
 
   it('announces each disk after the user words and before `--`', () => {
     const two = [{ path: img, readOnly: true }, { path: img, readOnly: true }];
-    expect(resolveConfig({ kernel, cmdline: 'a b', disks: two }, { hostMemBytes: HOST }).cmdline).toBe(
+    expect(placed({ kernel, cmdline: 'a b', disks: two }).cmdline).toBe(
       'a b virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6',
     );
-    expect(resolveConfig({ kernel, cmdline: 'a', cmdlineExtra: ['--', 'x', 'y'], disks: [{ path: img }] }, { hostMemBytes: HOST }).cmdline).toBe(
+    expect(placed({ kernel, cmdline: 'a', cmdlineExtra: ['--', 'x', 'y'], disks: [{ path: img }] }).cmdline).toBe(
       'a virtio_mmio.device=4K@0xd0000000:5 -- x y',
     );
-    expect(resolveConfig({ kernel, cmdline: 'a "q -- q" -- init args', cmdlineExtra: ['--', 'more'], disks: [{ path: img }] }, { hostMemBytes: HOST }).cmdline).toBe(
+    expect(placed({ kernel, cmdline: 'a "q -- q" -- init args', cmdlineExtra: ['--', 'more'], disks: [{ path: img }] }).cmdline).toBe(
       'a "q -- q" virtio_mmio.device=4K@0xd0000000:5 -- init args more',
     );
-    expect(resolveConfig({ kernel, cmdline: 'a' }, { hostMemBytes: HOST }).cmdline).toBe('a');
+    expect(placed({ kernel, cmdline: 'a' }).cmdline).toBe('a');
     expect(resolveConfig({ kernel, disks: [{ path: img }] }, { hostMemBytes: HOST }).disks).toEqual([{ path: img, readOnly: false }]);
   });
 

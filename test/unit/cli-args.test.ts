@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { errorLine, parseCommandLine, parseDiskArg, UsageError, type Command } from '../../src/main/cli-args.js';
+import { errorLine, parseCommandLine, parseDiskArg, UsageError, type Command } from '../../src/cli/cli-args.js';
 import { ConfigError, MAX_VCPUS, resolveConfig } from '../../src/main/config.js';
 import { runs } from '../fuzz/budget.js';
 

@@ -6,12 +6,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
-import { parseCpio, writeCpio, type CpioEntry } from '../../src/main/guest-image/cpio.js';
-import { lz4DecompressBlock, lz4DecompressLegacy } from '../../src/main/guest-image/lz4.js';
-import { bzImagePayload, extractVmlinux, findPvhEntry } from '../../src/main/guest-image/bzimage.js';
-import { moduleName, modulesDep, parseModinfo, resolveModuleOrder } from '../../src/main/guest-image/modinfo.js';
-import { decodeGuestCommand, encodeGuestCommand, exitHelperElf, initScript, shellQuote } from '../../src/main/guest-image/init-script.js';
-import { guestHome, findBuiltGuest } from '../../src/main/guest-image/index.js';
+import { parseCpio, writeCpio, type CpioEntry } from '../../src/guest-image/cpio.js';
+import { lz4DecompressBlock, lz4DecompressLegacy } from '../../src/guest-image/lz4.js';
+import { bzImagePayload, extractVmlinux, findPvhEntry } from '../../src/guest-image/bzimage.js';
+import { moduleName, modulesDep, parseModinfo, resolveModuleOrder } from '../../src/guest-image/modinfo.js';
+import { decodeGuestCommand, encodeGuestCommand, exitHelperElf, initScript, shellQuote } from '../../src/guest-image/init-script.js';
+import { guestHome, findBuiltGuest } from '../../src/guest-image/index.js';
 
 const has = (tool: string): boolean => {
   const r = spawnSync(tool, ['--version'], { stdio: 'ignore' });

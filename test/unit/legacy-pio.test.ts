@@ -28,7 +28,7 @@ interface Events {
   exits: number[];
 }
 
-/** One vCPU's bus over the shared device state, wired as src/vcpu-worker/legacy-bus.ts wires it. */
+/** One vCPU's bus over the shared device state, wired as src/vcpu-worker/buses.ts wires it. */
 function vcpuBus(state: { i8042: SharedArrayBuffer; post: SharedArrayBuffer; sleep: SharedArrayBuffer }, ev: Events): PioBus {
   const bus = new PioBus();
   bus.register(I8042_DATA_PORT, I8042.LENGTH, bytewise(new I8042(state.i8042, { reset: () => ev.resets++, irq: () => ev.irqs++ })), 'i8042');

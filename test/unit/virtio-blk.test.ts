@@ -29,12 +29,13 @@ import {
   createBlockStats,
   parseRequest,
   readBlockStats,
-  serviceQueue,
+  serviceRequests,
 } from '../../src/devices/virtio/block/device.js';
+import { ActiveQueue, createTransportStats, type QueueGuard } from '../../src/devices/virtio/queue-service.js';
 import { FileBackend, type FileBackendAddon } from '../../src/devices/virtio/block/file-backend.js';
 import { GuestMemory, type MemorySegment } from '../../src/memory/guest-memory.js';
-import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_AVAIL_F_NO_INTERRUPT, featureBit } from '../../src/virtio/constants.js';
-import { SplitQueue, VirtqueueError } from '../../src/virtio/queue.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_AVAIL_F_NO_INTERRUPT, featureBit } from '../../src/devices/virtio/constants.js';
+import { SplitQueue, VirtqueueError } from '../../src/devices/virtio/queue.js';
 import { runs } from '../fuzz/budget.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 import { expectSameBytes } from '../fuzz/bytes.js';
@@ -156,6 +157,15 @@ class Driver {
     this.mem.write64(gpa + 8, BigInt(sector));
     return gpa;
   }
+}
+
+/**
+ * The blk queue loop over an ActiveQueue whose guard runs ring accesses through `rings` (the transport's
+ * withRings in production; refusing = a reset in progress) and records each interrupt.
+ */
+function serviceQueue(q: SplitQueue, dev: BlockDevice, mem: GuestMemory, descAddr: number, rings: <T>(fn: () => T) => T | undefined, onInterrupt: (irq: boolean) => void) {
+  const guard: QueueGuard = { rings, enter: () => undefined, leave: () => undefined, notifyUsed: () => onInterrupt(true) };
+  return serviceRequests(new ActiveQueue({ index: 0, queue: q, guard, mem, descAddr, stats: createTransportStats() }), dev);
 }
 
 function setup(opts: { readOnly?: boolean; size?: number; eventIdx?: boolean; indirect?: boolean; sectors?: number } = {}) {

@@ -45,8 +45,8 @@ import {
   VIRTIO_STATUS_FAILED as FAILED,
   VIRTIO_STATUS_FEATURES_OK as FEATURES_OK,
   featureBit,
-} from '../../src/virtio/constants.js';
-import { type VirtioMmioEvent, type VirtioMmioSnapshot, VirtioMmioTransport } from '../../src/virtio/mmio.js';
+} from '../../src/devices/virtio/constants.js';
+import { type VirtioMmioEvent, type VirtioMmioSnapshot, VirtioMmioTransport } from '../../src/devices/virtio/mmio.js';
 import { runs } from '../fuzz/budget.js';
 
 const OFFERED = featureBit(VIRTIO_F_INDIRECT_DESC) | featureBit(VIRTIO_F_EVENT_IDX) | (1n << 5n);

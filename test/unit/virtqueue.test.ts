@@ -7,8 +7,8 @@ import {
   VIRTQ_DESC_F_NEXT as NEXT,
   VIRTQ_DESC_F_WRITE as WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
-} from '../../src/virtio/constants.js';
-import { type DescriptorChain, SplitQueue, type SplitQueueConfig, VirtqueueError, type VirtqueueErrorKind } from '../../src/virtio/queue.js';
+} from '../../src/devices/virtio/constants.js';
+import { type DescriptorChain, SplitQueue, type SplitQueueConfig, VirtqueueError, type VirtqueueErrorKind } from '../../src/devices/virtio/queue.js';
 import { runs } from '../fuzz/budget.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 

@@ -4,8 +4,8 @@
 //   parseRequest(chain)      pure: splits a descriptor chain into header, data and status byte
 //   BlockDevice.execute(req) runs one parsed request against a BlockBackend (the only I/O)
 //   BlockDevice.complete()   writes the status byte, returns the used length
-//   serviceQueue(q, dev, …)  the queue loop: pop every available chain, execute, push used, decide
-//                            whether to interrupt (event-idx / NO_INTERRUPT suppression)
+//   serviceRequests(q, dev)  the queue loop (ActiveQueue.service): pop every available chain,
+//                            execute, push used, interrupt as the driver asks
 //
 // Request layout (§5.2.6, VIRTIO_F_VERSION_1 implies any framing): the first 16 device-readable
 // bytes are the header { le32 type, le32 reserved, le64 sector }; the rest of the readable bytes are
@@ -14,18 +14,11 @@
 // length 0 (like a per-chain VirtqueueError). Requests with a status byte never fail silently:
 // OK, IOERR (bad header, out of range, not a multiple of 512, write to a read-only disk, host I/O
 // error) or UNSUPP (unknown type, reserved flags).
-import type { GuestMemory, MemorySegment } from '../../../memory/guest-memory.js';
-import {
-  VIRTIO_F_EVENT_IDX,
-  VIRTIO_F_INDIRECT_DESC,
-  VIRTIO_F_VERSION_1,
-  VIRTQ_DESC_F_INDIRECT,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  VIRTQ_DESC_SIZE,
-  featureBit,
-} from '../../../virtio/constants.js';
-import { VirtqueueError, type DescriptorChain, type SplitQueue } from '../../../virtio/queue.js';
+import type { MemorySegment } from '../../../memory/guest-memory.js';
+import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, featureBit } from '../constants.js';
+import { gatherBytes, scatterBytes, splitSegments } from '../iovec.js';
+import type { DescriptorChain } from '../queue.js';
+import { readTransportStats, type ActiveQueue, type ServiceResult } from '../queue-service.js';
 
 // ---- constants (§5.2.3, §5.2.6) -----------------------------------------------------------------
 export const VIRTIO_BLK_F_SIZE_MAX = 1;
@@ -155,49 +148,6 @@ export interface BlockRequest {
   status?: { buffer: SharedArrayBuffer; offset: number };
 }
 
-/** [0, at) and [at, end) of a segment list. */
-export function splitSegments(segs: readonly MemorySegment[], at: number): [MemorySegment[], MemorySegment[]] {
-  const a: MemorySegment[] = [];
-  const b: MemorySegment[] = [];
-  let pos = 0;
-  for (const s of segs) {
-    if (pos + s.length <= at) a.push(s);
-    else if (pos >= at) b.push(s);
-    else {
-      const k = at - pos;
-      a.push({ buffer: s.buffer, offset: s.offset, length: k, gpa: s.gpa });
-      b.push({ buffer: s.buffer, offset: s.offset + k, length: s.length - k, gpa: s.gpa + k });
-    }
-    pos += s.length;
-  }
-  return [a, b];
-}
-
-/** Copy the first `n` bytes of a segment list (n ≤ their total). */
-export function gatherBytes(segs: readonly MemorySegment[], n: number): Uint8Array {
-  const out = new Uint8Array(n);
-  let pos = 0;
-  for (const s of segs) {
-    if (pos >= n) break;
-    const k = Math.min(s.length, n - pos);
-    out.set(new Uint8Array(s.buffer, s.offset, k), pos);
-    pos += k;
-  }
-  return out;
-}
-
-/** Copy `bytes` into the start of a segment list (as much as fits); returns the bytes copied. */
-export function scatterBytes(segs: readonly MemorySegment[], bytes: Uint8Array): number {
-  let pos = 0;
-  for (const s of segs) {
-    if (pos >= bytes.length) break;
-    const k = Math.min(s.length, bytes.length - pos);
-    new Uint8Array(s.buffer, s.offset, k).set(bytes.subarray(pos, pos + k));
-    pos += k;
-  }
-  return pos;
-}
-
 /** Split a chain into header, data and status byte. Pure apart from reading the 16 header bytes. */
 export function parseRequest(chain: DescriptorChain): BlockRequest {
   const req: BlockRequest = { head: chain.head, dataOut: [], dataOutBytes: 0, dataIn: [], dataInBytes: 0 };
@@ -255,11 +205,10 @@ export const STAT_WRITES = 2;
 export const STAT_FLUSHES = 3;
 export const STAT_ERRORS = 4;
 export const STAT_UNSUPPORTED = 5;
-export const STAT_WAKEUPS = 6;
-export const STAT_INTERRUPTS = 7;
+// Words 6, 7 and 10 (wake-ups, interrupts, NEEDS_RESET) moved to the transport counters
+// (queue-service.ts TSTAT_*); readBlockStats takes them from there.
 export const STAT_BATCHES = 8;
 export const STAT_BAD_CHAINS = 9;
-export const STAT_NEEDS_RESET = 10;
 export const STAT_DISCARDS = 11;
 export const STAT_WRITE_ZEROES = 12;
 const STAT_WORDS = 16;
@@ -279,13 +228,13 @@ export interface BlockStats {
   unsupported: number;
   /** Chains completed without a status (malformed). */
   badChains: number;
-  /** Times the worker was woken by an eventfd. */
+  /** Times the worker was woken by an eventfd (transport counter). */
   wakeups: number;
-  /** irqfd pulses. */
+  /** irqfd pulses (transport counter). */
   interrupts: number;
   /** Batches (one pop pass + one used-ring publish). */
   batches: number;
-  /** Times DEVICE_NEEDS_RESET was set. */
+  /** Times DEVICE_NEEDS_RESET was set (transport counter). */
   needsReset: number;
   bytesRead: number;
   bytesWritten: number;
@@ -295,7 +244,9 @@ export function createBlockStats(): SharedArrayBuffer {
   return new SharedArrayBuffer(STAT_WORDS * 4 + 2 * 8);
 }
 
-export function readBlockStats(sab: SharedArrayBuffer): BlockStats {
+/** The device's counters, with wake-ups, interrupts and NEEDS_RESET from its transport counters (0 without). */
+export function readBlockStats(sab: SharedArrayBuffer, transport?: SharedArrayBuffer): BlockStats {
+  const t = transport ? readTransportStats(transport) : undefined;
   const w = new Int32Array(sab, 0, STAT_WORDS);
   const f = new Float64Array(sab, STAT_WORDS * 4, 2);
   const g = (i: number): number => Atomics.load(w, i) >>> 0;
@@ -309,10 +260,10 @@ export function readBlockStats(sab: SharedArrayBuffer): BlockStats {
     errors: g(STAT_ERRORS),
     unsupported: g(STAT_UNSUPPORTED),
     badChains: g(STAT_BAD_CHAINS),
-    wakeups: g(STAT_WAKEUPS),
-    interrupts: g(STAT_INTERRUPTS),
+    wakeups: t?.wakeups ?? 0,
+    interrupts: t?.interrupts ?? 0,
     batches: g(STAT_BATCHES),
-    needsReset: g(STAT_NEEDS_RESET),
+    needsReset: t?.needsReset ?? 0,
     bytesRead: f[STAT_BYTES_READ],
     bytesWritten: f[STAT_BYTES_WRITTEN],
   };
@@ -465,135 +416,22 @@ export class BlockDevice {
 }
 
 /**
- * Best effort for a chain the queue rejected (per-chain VirtqueueError): find the chain's last
- * descriptor by walking it again (bounded by the queue size and the indirect table's size, one level
- * of indirection) and, if it is device-writable, non-empty and in RAM, write IOERR into its last
- * byte. Returns the used length to publish (1 if a status was written, else 0). Never throws on
- * guest data. (An indirect chain longer than the queue, which QEMU and Linux allow but the spec
- * forbids and SplitQueue rejects, is answered IOERR this way.)
+ * Serve every available request of the device's queue (the standard loop of ActiveQueue.service). A
+ * chain the queue rejected is answered IOERR where it has a writable last byte (completeBrokenChain),
+ * else with used length 0, and counted as a request and a bad chain.
  */
-export function failBrokenChain(mem: GuestMemory, descAddr: number, queueSize: number, head: number): number {
-  const readDesc = (gpa: number): { addr: number; len: number; flags: number; next: number } | undefined => {
-    try {
-      const lo = mem.read32(gpa);
-      const hi = mem.read32(gpa + 4);
-      if (hi >= 0x200000) return { addr: Number.MAX_SAFE_INTEGER, len: mem.read32(gpa + 8), flags: mem.read16(gpa + 12), next: mem.read16(gpa + 14) };
-      return { addr: hi * 2 ** 32 + lo, len: mem.read32(gpa + 8), flags: mem.read16(gpa + 12), next: mem.read16(gpa + 14) };
-    } catch {
-      return undefined;
-    }
-  };
-  let last: { addr: number; len: number; flags: number } | undefined;
-  let i = head;
-  for (let steps = 0; steps <= queueSize && i < queueSize; steps++) {
-    const d = readDesc(descAddr + VIRTQ_DESC_SIZE * i);
-    if (!d) return 0;
-    if (d.flags & VIRTQ_DESC_F_INDIRECT) {
-      // Entries reachable through a 16-bit `next` (the table may legitimately be longer than the
-      // queue: the queue's chain-length rule is what may have rejected it).
-      const n = Math.min(Math.floor(d.len / VIRTQ_DESC_SIZE), 0x10000);
-      let j = 0;
-      for (let k = 0; k < n && j < n; k++) {
-        const e = readDesc(d.addr + VIRTQ_DESC_SIZE * j);
-        if (!e) return 0;
-        if (!(e.flags & VIRTQ_DESC_F_NEXT)) {
-          last = e;
-          break;
-        }
-        j = e.next;
-      }
-      break;
-    }
-    if (!(d.flags & VIRTQ_DESC_F_NEXT)) {
-      last = d;
-      break;
-    }
-    i = d.next;
-  }
-  if (!last || !(last.flags & VIRTQ_DESC_F_WRITE) || last.len === 0) return 0;
-  const at = last.addr + last.len - 1;
-  if (!Number.isSafeInteger(at) || !mem.isRam(at, 1)) return 0;
-  mem.write8(at, VIRTIO_BLK_S_IOERR);
-  return 1;
-}
-
-export interface ServiceResult {
-  /** Chains completed. */
-  completed: number;
-  /** The driver asked to be interrupted for something completed in this call. */
-  interrupt: boolean;
-}
-
-/** Most chains taken per pass before their completions are published. */
-export const BLK_MAX_BATCH = 64;
-
-/**
- * Serve every available chain of `q`: pop a batch (inside `rings`, the transport's withRings for the
- * current generation), execute it outside, publish the used entries (inside `rings` again), repeat
- * until the ring is empty with notifications re-enabled. `onBatch` is called after each publish
- * with whether the driver wants an interrupt for it (event-idx / NO_INTERRUPT). Returns undefined
- * if `rings` refused (a reset happened). Throws the queue's fatal VirtqueueError (→ NEEDS_RESET).
- */
-export function serviceQueue(
-  q: SplitQueue,
-  dev: BlockDevice,
-  mem: GuestMemory,
-  descAddr: number,
-  rings: <T>(fn: () => T) => T | undefined,
-  onBatch: (interrupt: boolean) => void,
-): ServiceResult | undefined {
-  let completed = 0;
-  let anyInterrupt = false;
-  const heads: number[] = [];
-  const lens: number[] = [];
-  for (;;) {
-    const batch = rings(() => {
-      const out: Array<DescriptorChain | VirtqueueError> = [];
-      for (;;) {
-        q.disableNotification();
-        while (out.length < BLK_MAX_BATCH) {
-          let c: DescriptorChain | undefined;
-          try {
-            c = q.pop();
-          } catch (e) {
-            if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) {
-              out.push(e);
-              continue;
-            }
-            throw e;
-          }
-          if (!c) break;
-          out.push(c);
-        }
-        if (out.length > 0) return out;
-        if (!q.enableNotification()) return out;
-      }
-    });
-    if (batch === undefined) return undefined;
-    if (batch.length === 0) return { completed, interrupt: anyInterrupt };
-    heads.length = 0;
-    lens.length = 0;
-    for (const item of batch) {
-      if (item instanceof VirtqueueError) {
-        dev.count(STAT_REQUESTS);
-        dev.count(STAT_BAD_CHAINS);
-        const len = failBrokenChain(mem, descAddr, q.size, item.head!);
-        if (len) dev.count(STAT_ERRORS);
-        heads.push(item.head!);
-        lens.push(len);
-      } else {
-        heads.push(item.head);
-        lens.push(dev.handle(item));
-      }
-    }
-    const irq = rings(() => {
-      for (let i = 0; i < heads.length; i++) q.pushUsed(heads[i], lens[i]);
-      return q.needsInterrupt();
-    });
-    if (irq === undefined) return undefined;
-    dev.count(STAT_BATCHES);
-    completed += heads.length;
-    if (irq) anyInterrupt = true;
-    onBatch(irq);
-  }
+export function serviceRequests(q: ActiveQueue, dev: BlockDevice): Omit<ServiceResult, 'batches'> | undefined {
+  const r = q.service(
+    (chain) => dev.handle(chain),
+    (head) => {
+      dev.count(STAT_REQUESTS);
+      dev.count(STAT_BAD_CHAINS);
+      const len = q.failChain(head, VIRTIO_BLK_S_IOERR);
+      if (len) dev.count(STAT_ERRORS);
+      return len;
+    },
+  );
+  if (!r) return undefined;
+  dev.count(STAT_BATCHES, r.batches);
+  return { completed: r.completed, interrupt: r.interrupt };
 }

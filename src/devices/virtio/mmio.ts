@@ -31,15 +31,21 @@
 //   'reset'      the driver wrote 0 to Status; registers are already back to their initial values
 //   { queue }    QueueNotify for an existing queue reached userspace (no ioeventfd caught it)
 //
-// Reset vs the I/O worker. Reset bumps a generation counter. Worker calls that take a generation
+// Reset vs the I/O worker (virtio 1.2 §2.4: after the driver reads Status 0 the device must not touch
+// the queues or their buffers). Reset bumps a generation counter. Worker calls that take a generation
 // (raiseInterrupt, setNeedsReset, withRings) do nothing if it is stale. withRings runs the worker's
-// ring accesses under a second mutex that the reset path also takes, so once the guest's Status=0
-// write returns, no ring access of the old generation is in progress or can start.
+// ring accesses under a second mutex that the reset path also takes. Work on popped buffers outside
+// that mutex (disk I/O into guest RAM, status bytes) is bracketed by enterWork() (inside withRings)
+// and leaveWork(). A Status=0 write first fences: it marks a reset pending under the ring lock (from
+// then on withRings refuses, so no new work starts and nothing is published), waits until no work is
+// in flight (Atomics.wait on the vCPU's thread, in slices, giving up only if env.stopping() says the
+// VM is going away), and only then resets the registers, so Status reads 0 only once no write of the
+// old generation can still land in guest RAM.
 //
 // Lock order: ring lock, then state lock. Neither is held while calling env.notify/env.configWrite.
 
-import type { AccessSize, MmioDevice } from '../devices/bus.js';
-import { SabMutex } from '../shared/lock.js';
+import type { AccessSize, MmioDevice } from '../bus.js';
+import { SabMutex } from '../../shared/lock.js';
 import {
   VIRTIO_F_NOTIFICATION_DATA,
   VIRTIO_F_RING_PACKED,
@@ -101,6 +107,8 @@ export interface VirtioMmioEnv {
    * Called with the state lock held: must be pure and quick.
    */
   validateFeatures?: (features: bigint) => boolean;
+  /** True once the VM is going away: a reset stops waiting for in-flight device work. */
+  stopping?: () => boolean;
 }
 
 export interface VirtioMmioStateOptions {
@@ -163,6 +171,10 @@ const W_DEV_FEAT_1 = 15;
 const W_NUM_QUEUES = 16;
 const W_CONFIG_SIZE = 17;
 const W_LAYOUT_MAGIC = 18;
+/** Device work on popped buffers in flight (enterWork/leaveWork). */
+const W_BUSY = 19;
+/** Resets waiting for in-flight work to end: withRings refuses while non-zero. */
+const W_RESETTING = 20;
 const HEADER_WORDS = 32;
 // Per queue.
 const Q_NUM_MAX = 0;
@@ -177,6 +189,8 @@ const Q_DEVICE_HI = 8;
 const Q_WORDS = 16;
 const LAYOUT_MAGIC = 0x6b766d32; // "2mvk"
 const MAX_QUEUES = 1024;
+/** Longest single Atomics.wait of a reset waiting for in-flight work before env.stopping() is asked. */
+const RESET_WAIT_SLICE_MS = 20;
 
 const S_ACK = VIRTIO_STATUS_ACKNOWLEDGE;
 const S_DRIVER = VIRTIO_STATUS_DRIVER;
@@ -509,11 +523,28 @@ export class VirtioMmioTransport implements MmioDevice {
   withRings<T>(generation: number, fn: () => T): T | undefined {
     this.ringLock.lock();
     try {
-      if (Atomics.load(this.w, W_RESET_GEN) >>> 0 !== generation) return undefined;
+      if (Atomics.load(this.w, W_RESET_GEN) >>> 0 !== generation || Atomics.load(this.w, W_RESETTING) !== 0) return undefined;
       return fn();
     } finally {
       this.ringLock.unlock();
     }
+  }
+
+  /**
+   * Mark device work on popped buffers as in flight; call only inside withRings (which checked the
+   * generation and that no reset is pending). A reset waits until every enterWork has its leaveWork.
+   */
+  enterWork(): void {
+    Atomics.add(this.w, W_BUSY, 1);
+  }
+
+  leaveWork(): void {
+    if (Atomics.sub(this.w, W_BUSY, 1) === 1) Atomics.notify(this.w, W_BUSY);
+  }
+
+  /** Device work in flight (tests, diagnostics). */
+  workInFlight(): number {
+    return Atomics.load(this.w, W_BUSY);
   }
 
   /** Every register without side effects. */
@@ -597,11 +628,17 @@ export class VirtioMmioTransport implements MmioDevice {
 
   private writeStatus(v: number): void {
     if (v === 0) {
-      this.ringLock.lock();
+      this.ringLock.withLock(() => Atomics.add(this.w, W_RESETTING, 1));
       try {
-        this.lock.withLock(() => this.resetRegisters());
+        this.waitForWork();
+        this.ringLock.lock();
+        try {
+          this.lock.withLock(() => this.resetRegisters());
+        } finally {
+          this.ringLock.unlock();
+        }
       } finally {
-        this.ringLock.unlock();
+        this.ringLock.withLock(() => Atomics.sub(this.w, W_RESETTING, 1));
       }
       this.env.notify('reset');
       return;
@@ -624,6 +661,16 @@ export class VirtioMmioTransport implements MmioDevice {
       return (d & S_DRIVER_OK) !== 0 && (curD & S_DRIVER_OK) === 0;
     });
     if (notify) this.env.notify('status');
+  }
+
+  /** Wait until no device work is in flight (or the VM is stopping). */
+  private waitForWork(): void {
+    for (;;) {
+      const busy = Atomics.load(this.w, W_BUSY);
+      if (busy <= 0) return;
+      if (this.env.stopping?.()) return;
+      Atomics.wait(this.w, W_BUSY, busy, RESET_WAIT_SLICE_MS);
+    }
   }
 
   /** Every mutable register back to its initial value (both locks held, or during createState). */

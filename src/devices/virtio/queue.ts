@@ -34,7 +34,7 @@
 // per "a driver MUST NOT create a descriptor chain longer than the Queue Size of the device"; the
 // indirect pointer itself is not counted). Loops are detected exactly with generation stamps.
 
-import { GuestMemoryError, type GuestMemory, type MemorySegment } from '../memory/guest-memory.js';
+import { GuestMemoryError, type GuestMemory, type MemorySegment } from '../../memory/guest-memory.js';
 import {
   VIRTQ_AVAIL_ALIGN,
   VIRTQ_AVAIL_F_NO_INTERRUPT,

@@ -1,10 +1,11 @@
 // The kindling command line, parsed: argv → one Command or one UsageError line. Pure (no file
-// system, no VM), so the fuzz suite can feed it any argv; src/main/cli.ts acts on the result.
+// system, no VM), so the fuzz suite can feed it any argv; src/cli/cli.ts acts on the result.
 import { parseArgs } from 'node:util';
-import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from './config.js';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from '../main/config.js';
 
 export const USAGE = `usage:
-  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]... [--log-level LEVEL] [-- CMD ARGS...]
+  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
+               [--console serial|virtio] [--no-rng] [--log-level LEVEL] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling --help | --version
 
@@ -17,11 +18,15 @@ run:
   --disk PATH[,ro] raw disk image as a virtio-blk device (repeatable; the first is /dev/vda). Its size
                    must be a multiple of 512. A writable image is locked (flock) while the VM runs;
                    ,ro attaches it read-only, without a lock.
+  --console K      where the terminal is attached: serial (default; COM1) or virtio (a virtio-console,
+                   hvc0 in Linux; COM1 output is still shown, for early boot)
+  --no-rng         no virtio-rng device (by default the guest gets one, fed from the host CSPRNG)
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
                    other kernels: appended to the command line after "--" (arguments for init)
 
-console: the terminal is attached to the guest's serial port (COM1). Ctrl-A x quits, Ctrl-A p
+console: the terminal is attached to the guest's serial port (COM1), or with --console virtio to its
+virtio-console (output of both is shown). Ctrl-A x quits, Ctrl-A p
 pauses/resumes, Ctrl-A h shows this help, Ctrl-A Ctrl-A sends Ctrl-A.
 exit status: the guest's (debug-exit port 0xf4 or the default guest's command), 0 after poweroff,
 reboot or Ctrl-A x, 1 on a guest crash or VMM error, 2 on a usage error.
@@ -93,6 +98,8 @@ function parseRun(args: string[]): Command {
         cmdline: { type: 'string' },
         disk: { type: 'string', multiple: true },
         'log-level': { type: 'string' },
+        'no-rng': { type: 'boolean' },
+        console: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -114,6 +121,11 @@ function parseRun(args: string[]): Command {
     logLevel: values['log-level'],
     disks: (values.disk ?? []).map(parseDiskArg),
   };
+  if (values['no-rng']) config.rng = false;
+  if (values.console !== undefined) {
+    if (values.console !== 'serial' && values.console !== 'virtio') throw new UsageError(`--console must be serial or virtio (got ${quoted(values.console)})`);
+    config.console = values.console;
+  }
   if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra = ['--', ...guestArgs];
   return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs };
 }

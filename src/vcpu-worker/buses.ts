@@ -10,7 +10,8 @@ import { Serial16550 } from '../devices/legacy/serial.js';
 import { loadAddon } from '../kvm/addon.js';
 import { ByteRing } from '../shared/byte-ring.js';
 import type { ExitReason } from '../shared/control.js';
-import { VirtioMmioTransport } from '../virtio/mmio.js';
+import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
+import { virtioDeviceType } from '../devices/virtio/registry.js';
 import type { LegacyDeviceState, VirtioMmioDeviceState } from './protocol.js';
 
 export interface LegacyBusEnv {
@@ -49,17 +50,26 @@ export function buildLegacyBus(state: LegacyDeviceState, env: LegacyBusEnv): Bus
 
 /**
  * Register each virtio-mmio window on this vCPU's MMIO bus: a VirtioMmioTransport over the shared
- * register state. A status change the device must act on writes the device's control eventfd; a
- * QueueNotify that reached userspace (not caught by the KVM ioeventfd) writes that queue's eventfd.
+ * register state, with the device kind's validateFeatures/configWrite hooks from the registry. A
+ * status change the device must act on writes the device's control eventfd; a QueueNotify that
+ * reached userspace (not caught by the KVM ioeventfd) writes that queue's eventfd. A reset waits for
+ * the device's in-flight work unless `stopping()` says the VM is going away.
  */
-export function registerVirtioDevices(mmio: MmioBus, devices: readonly VirtioMmioDeviceState[]): void {
+export function registerVirtioDevices(mmio: MmioBus, devices: readonly VirtioMmioDeviceState[], stopping: () => boolean = () => false): void {
   const addon = loadAddon();
   for (const d of devices) {
-    const t = new VirtioMmioTransport(d.state, {
+    const type = virtioDeviceType(d.kind);
+    const t: VirtioMmioTransport = new VirtioMmioTransport(d.state, {
       notify: (ev) => {
         if (ev === 'status' || ev === 'reset') addon.eventfdWrite(d.controlFd, 1n);
         else if (ev.queue < d.queueFds.length) addon.eventfdWrite(d.queueFds[ev.queue], 1n);
       },
+      validateFeatures: type.validateFeatures ? (f) => type.validateFeatures!(d.params, f) : undefined,
+      configWrite: type.configWrite
+        ? (offset, size, value) =>
+            type.configWrite!(d.params, { read: () => t.config(), write: (bytes, off) => t.setConfig(bytes, off) }, offset, size, value)
+        : undefined,
+      stopping,
     });
     mmio.register(d.base, d.size, t, d.name);
   }

@@ -1,9 +1,9 @@
 // The kindling command line: a thin layer over the VM class.
 import { readFileSync } from 'node:fs';
 import { errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
-import { DEFAULT_VCPUS, MAX_VCPUS } from './config.js';
-import type { VM, VMExit } from './vm.js';
-import { discardPrespawnedWorkers, prespawnVcpuWorkers } from './workers.js';
+import { DEFAULT_VCPUS, MAX_VCPUS } from '../main/config.js';
+import type { VM, VMExit } from '../main/vm.js';
+import { discardPrespawnedWorkers, prespawnVcpuWorkers } from '../main/workers.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -30,7 +30,7 @@ async function dispatch(cmd: Command): Promise<void> {
       process.stdout.write(`kindling ${version()}\n`);
       return;
     case 'guest': {
-      const { ensureDefaultGuest } = await import('./guest-image/index.js');
+      const { ensureDefaultGuest } = await import('../guest-image/index.js');
       const g = await ensureDefaultGuest({ progress: true, log: (l) => process.stderr.write(l + '\n') });
       process.stdout.write(`default guest ready: kernel ${g.kernel}, initrd ${g.initrd} (linux ${g.kernelVersion})\n`);
       return;
@@ -44,10 +44,10 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
   // The vCPU workers boot (~35 ms each, in parallel) while this thread loads the VMM's modules.
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   if (vcpus >= 1 && vcpus <= MAX_VCPUS) prespawnVcpuWorkers(vcpus);
-  const { VM } = await import('./vm.js');
+  const { VM } = await import('../main/vm.js');
   if (defaultGuest) {
     // Loaded only when needed: the builder is not on the path of `run --kernel`.
-    const { ensureDefaultGuest, encodeGuestCommand } = await import('./guest-image/index.js');
+    const { ensureDefaultGuest, encodeGuestCommand } = await import('../guest-image/index.js');
     const g = await ensureDefaultGuest({ progress: true, log: (l) => process.stderr.write(l + '\n') });
     config.kernel = g.kernel;
     config.initrd = g.initrd;
@@ -77,15 +77,20 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
 
 const CTRL_A = 0x01;
 
-/** Wire the terminal to the guest's serial console; returns a function that restores the terminal. */
+/**
+ * Wire the terminal to the guest's console (COM1, or virtio-console with --console virtio, whose
+ * output is shown next to COM1's); returns a function that restores the terminal.
+ */
 function attachConsole(vm: VM): () => void {
   const stdin = process.stdin;
   const tty = stdin.isTTY === true;
+  const target = vm.console ?? vm.serial;
   vm.serial.on('data', (b: Buffer) => process.stdout.write(b));
+  vm.console?.on('data', (b: Buffer) => process.stdout.write(b));
   let escape = false;
   const onData = (buf: Buffer): void => {
     if (!tty) {
-      vm.serial.write(buf);
+      target.write(buf);
       return;
     }
     const out: number[] = [];
@@ -110,7 +115,7 @@ function attachConsole(vm: VM): () => void {
       if (b === CTRL_A) escape = true;
       else out.push(b);
     }
-    if (out.length) vm.serial.write(Buffer.from(out));
+    if (out.length) target.write(Buffer.from(out));
   };
   if (tty) stdin.setRawMode(true);
   stdin.on('data', onData);

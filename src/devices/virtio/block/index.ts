@@ -1,0 +1,70 @@
+// virtio-blk (device id 2) as a kindling device type: one image per device, one request queue.
+// device.ts holds the request logic, file-backend.ts the image I/O, image.ts the open/lock.
+import { VIRTIO_ID_BLOCK } from '../constants.js';
+import type { VirtioDeviceBackend, VirtioDeviceType } from '../device.js';
+import type { ActiveQueue } from '../queue-service.js';
+import { BLK_CONFIG_SIZE, BLK_QUEUE_SIZE, BlockDevice, blockConfigSpace, blockDeviceFeatures, createBlockStats, serviceRequests } from './device.js';
+import { FileBackend } from './file-backend.js';
+import { openDisk } from './image.js';
+
+export interface BlockOptions {
+  path: string;
+  readOnly: boolean;
+}
+
+/** What every thread gets: the open image fd and its geometry, and the device counters. */
+export interface BlockParams {
+  path: string;
+  fd: number;
+  readOnly: boolean;
+  sectors: number;
+  serial: Uint8Array;
+  /** Device counters (readBlockStats). */
+  stats: SharedArrayBuffer;
+}
+
+class BlockBackendRunner implements VirtioDeviceBackend {
+  private queue: ActiveQueue | undefined;
+  constructor(private readonly dev: BlockDevice) {}
+  activate(d: { queues: ReadonlyArray<ActiveQueue | undefined> }): void {
+    this.queue = d.queues[0];
+  }
+  processQueue(index: number): void {
+    if (index === 0 && this.queue) serviceRequests(this.queue, this.dev);
+  }
+  reset(): void {
+    this.queue = undefined;
+  }
+  /** Requests complete synchronously within a wake-up: between wake-ups nothing is pending. */
+  save(): { kind: 'blk'; version: 1 } {
+    return { kind: 'blk', version: 1 };
+  }
+  restore(state: unknown): void {
+    const s = state as { kind?: unknown; version?: unknown } | null;
+    if (s?.kind !== 'blk' || s.version !== 1) throw new Error('virtio-blk: not a virtio-blk state');
+    this.queue = undefined;
+  }
+}
+
+export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
+  kind: 'blk',
+  deviceId: VIRTIO_ID_BLOCK,
+  prepare(options, host) {
+    const d = openDisk(host.addon, options);
+    return {
+      params: { path: d.path, fd: d.fd, readOnly: d.readOnly, sectors: d.sectors, serial: d.serial, stats: createBlockStats() },
+      release: () => host.addon.close(d.fd),
+    };
+  },
+  describe(p) {
+    return {
+      features: blockDeviceFeatures(p.readOnly),
+      queues: [{ name: 'requestq', maxSize: BLK_QUEUE_SIZE }],
+      config: blockConfigSpace(p).subarray(0, BLK_CONFIG_SIZE),
+    };
+  },
+  createBackend(p, env) {
+    const dev = new BlockDevice({ sectors: p.sectors, readOnly: p.readOnly, serial: p.serial }, new FileBackend(env.addon, p.fd), p.stats);
+    return new BlockBackendRunner(dev);
+  },
+};

@@ -1,0 +1,124 @@
+// The virtio device contract: what a device kind provides, split along kindling's thread boundary.
+//
+//   VirtioDeviceType  one object per device kind (src/devices/virtio/<kind>/index.ts), listed once in
+//                     registry.ts. Every part of it is importable on any thread:
+//     .kind, .deviceId           registry key and the virtio device id (virtio 1.2 §5)
+//     .prepare(opts, host)       main thread, before the VM exists: turn the user's options into plain,
+//                                structured-cloneable params (open and lock an image, create the
+//                                SharedArrayBuffers and eventfds the device shares with the host
+//                                side); returns them with a release function
+//     .describe(params)          pure: offered features, queues (spec names and QueueNumMax), initial
+//                                config-space bytes. The transport is built from this.
+//     .validateFeatures(p, f)    pure, optional: device-specific check when the driver sets FEATURES_OK
+//                                (runs on whichever vCPU worker took the exit, under the transport lock)
+//     .configWrite(p, cfg, …)    optional: a driver write to config space (vCPU worker, no lock held)
+//     .createBackend(p, env)     I/O worker: the device's data path (VirtioDeviceBackend)
+//
+//   VirtioDeviceBackend  lives in the device's I/O worker. It never sees the transport: it is given
+//                        guest memory, the negotiated features and its queues (ActiveQueue, which hides
+//                        how kicks arrive and how the driver is interrupted), so the same backend can be
+//                        served over virtio-mmio (ioeventfd/irqfd) or over vhost-user (kick/call fds).
+//     activate(dev)        DRIVER_OK: the queues the driver enabled (undefined where it did not)
+//     processQueue(i)      queue i was kicked (or a catch-up pass right after activate)
+//     reset()              the driver reset the device (or it went to NEEDS_RESET): drop all queue state
+//     save()/restore(s)    plain data for snapshots: what the backend holds beyond guest RAM and the
+//                          transport registers (counters, pending host data, connection tables…)
+//     close()              the VM is going away
+//
+// Guest input is hostile: a backend never throws on guest data. A malformed chain completes with an
+// error status (or used length 0); anything the backend throws is treated as a device bug or a broken
+// queue by the runner: DEVICE_NEEDS_RESET plus a config interrupt, and the device is idle until reset.
+import type { GuestMemory } from '../../memory/guest-memory.js';
+import type { ActiveQueue } from './queue-service.js';
+
+/** One virtqueue as the device offers it. */
+export interface VirtqueueSpec {
+  /** Name as the device's section of the virtio spec gives it (requestq, receiveq0, transmitq0, …). */
+  name: string;
+  /** QueueNumMax: a power of two, 1..32768. */
+  maxSize: number;
+}
+
+/** What the transport needs to present a device (pure data). */
+export interface VirtioDeviceDescription {
+  /** Offered device features; VIRTIO_F_VERSION_1 is added by the transport. */
+  features: bigint;
+  queues: VirtqueueSpec[];
+  /** Initial config space; its length is the config-space size. */
+  config: Uint8Array;
+}
+
+/** Config-space access for configWrite hooks (the transport's shared config bytes). */
+export interface ConfigSpace {
+  /** Current config bytes (a copy). */
+  read(): Uint8Array;
+  /** Replace bytes at `offset` and bump ConfigGeneration. */
+  write(bytes: Uint8Array, offset: number): void;
+}
+
+/** Main-thread services a device's prepare() may use. */
+export interface HostContext {
+  /** The addon (open files, eventfds, locks). Typed loosely here so this module stays pure. */
+  addon: import('../../kvm/addon.js').KvmAddon;
+}
+
+/** What prepare() returns: the params every thread gets, and how to release what prepare() took. */
+export interface PreparedDevice<P> {
+  params: P;
+  /** Release what prepare() took (close fds, unlock images). Called once, after the I/O worker ended. */
+  release(): void;
+}
+
+/** Services the I/O worker offers a backend. */
+export interface BackendEnv {
+  addon: import('../../kvm/addon.js').KvmAddon;
+  /** Watch a host fd for readability on the I/O worker's loop; the callback runs on this thread. */
+  watchFd(fd: number, onReady: () => void): () => void;
+  /** Watch an eventfd (drained natively) on the I/O worker's loop. */
+  watchEventfd(fd: number, onReady: () => void): () => void;
+  /** A rate-limited log line (guest-triggered events must not flood the host log). */
+  log(level: 'info' | 'warn' | 'error', msg: string): void;
+  /**
+   * Run `fn` in the device's fenced context: when it throws, the device goes to NEEDS_RESET instead of
+   * the exception escaping (use for work started from a host fd, outside processQueue).
+   */
+  guarded(fn: () => void): void;
+}
+
+/** The device side once the driver set DRIVER_OK. */
+export interface ActiveDevice {
+  mem: GuestMemory;
+  /** Features the driver accepted. */
+  features: bigint;
+  /** Indexed like VirtioDeviceDescription.queues; undefined where the driver did not enable the queue. */
+  queues: ReadonlyArray<ActiveQueue | undefined>;
+}
+
+export interface VirtioDeviceBackend {
+  activate(dev: ActiveDevice): void;
+  processQueue(index: number): void;
+  reset(): void;
+  save(): unknown;
+  restore(state: unknown): void;
+  close?(): void;
+}
+
+export interface VirtioDeviceType<O, P> {
+  /** Registry key ('blk', 'rng', 'console'). */
+  readonly kind: string;
+  /** virtio device id (§5). */
+  readonly deviceId: number;
+  /** Main thread: options → params (may open files, create SABs and eventfds). */
+  prepare(options: O, host: HostContext): PreparedDevice<P>;
+  describe(params: P): VirtioDeviceDescription;
+  validateFeatures?(params: P, features: bigint): boolean;
+  configWrite?(params: P, config: ConfigSpace, offset: number, size: 1 | 2 | 4, value: number): void;
+  createBackend(params: P, env: BackendEnv): VirtioDeviceBackend;
+}
+
+/**
+ * A VirtioDeviceType with its option and param types erased (what the registry stores). Method
+ * parameters are compared bivariantly, so every concrete device type is assignable to it; the params
+ * a thread receives were produced by the same type's prepare().
+ */
+export type AnyVirtioDeviceType = VirtioDeviceType<unknown, unknown>;

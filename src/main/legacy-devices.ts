@@ -1,0 +1,123 @@
+// The platform's legacy devices, main-thread side: creates their shared state, wires COM1's
+// interrupt (an eventfd registered as KVM_IRQFD on its GSI) and moves console bytes between the UART
+// and vm.serial. The vCPU workers serve the guest's register accesses (src/vcpu-worker/buses.ts).
+import { COM1_GSI } from '../arch/x86_64/layout.js';
+import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
+import { I8042 } from '../devices/legacy/i8042.js';
+import { PostCode } from '../devices/legacy/post.js';
+import { Serial16550 } from '../devices/legacy/serial.js';
+import type { KvmAddon } from '../kvm/addon.js';
+import { KVM_IRQFD_FLAG_DEASSIGN } from '../kvm/structs.js';
+import { ByteRing } from '../shared/byte-ring.js';
+import type { LegacyDeviceState } from '../vcpu-worker/protocol.js';
+
+/** Console output ring: big enough that a guest printing a screenful never waits for the main thread. */
+const SERIAL_TX_RING_BYTES = 64 * 1024;
+/** Output waits up to COALESCE_MS for COALESCE_BYTES to gather before it is handed on. */
+const COALESCE_BYTES = 4096;
+const COALESCE_MS = 2;
+
+export class LegacyDevices {
+  readonly state: LegacyDeviceState;
+  private readonly serial: Serial16550;
+  private readonly tx: ByteRing;
+  private readonly input: Buffer[] = [];
+  private closed = false;
+  private pumping?: Promise<void>;
+  /** The output sink takes more (false after it returned false, until resume()). */
+  private flowing = true;
+  private wakePump?: () => void;
+
+  /**
+   * `onOutput` receives the guest's console output; it returns false when its reader is full (a
+   * Readable's push), and draining then pauses until resume(): the TX ring fills and the vCPU that
+   * writes THR blocks on it, so an unread console costs no memory beyond the ring.
+   */
+  constructor(
+    private readonly addon: KvmAddon,
+    private readonly vmFd: number,
+    private readonly onOutput: (bytes: Buffer) => boolean,
+  ) {
+    this.tx = ByteRing.create(SERIAL_TX_RING_BYTES);
+    const serialIrqFd = addon.eventfd(0, 0);
+    addon.irqfd(vmFd, serialIrqFd, COM1_GSI, 0, -1);
+    this.state = {
+      serial: Serial16550.createState(),
+      serialTx: this.tx.sab,
+      serialIrqFd,
+      i8042: I8042.createState(),
+      post: PostCode.createState(),
+      acpiSleep: AcpiSleep.createState(),
+    };
+    // The main thread only injects input; it never transmits, so its tx is never called.
+    this.serial = new Serial16550(this.state.serial, {
+      tx: (b) => void this.tx.tryPushByte(b),
+      irq: () => addon.eventfdWrite(serialIrqFd, 1n),
+    });
+    this.pumping = this.pumpOutput();
+  }
+
+  private async pumpOutput(): Promise<void> {
+    while (!this.closed) {
+      this.drain();
+      if (!this.flowing) {
+        await new Promise<void>((r) => (this.wakePump = r));
+        this.wakePump = undefined;
+        continue;
+      }
+      if (await this.tx.waitAsync(50)) {
+        // Coalesce: a guest writes one byte per trapped THR write; let a burst gather in the ring
+        // so the stream gets a few large chunks instead of one per byte.
+        if (this.tx.available() < COALESCE_BYTES) await new Promise<void>((r) => setTimeout(r, COALESCE_MS));
+      }
+    }
+  }
+
+  /** The output's reader wants more (a Readable's _read). */
+  resume(): void {
+    this.flowing = true;
+    this.wakePump?.();
+  }
+
+  /** Move what the guest has written so far to onOutput, as far as it takes it (everything once closed). */
+  drain(): void {
+    for (;;) {
+      if (!this.flowing && !this.closed) return;
+      const chunk = this.tx.pop();
+      if (chunk.length === 0) return;
+      if (!this.onOutput(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length))) this.flowing = false;
+    }
+  }
+
+  /** Console input: into the UART's RX FIFO (and its host-side queue); the rest waits for room. */
+  sendToGuest(chunk: Buffer): void {
+    if (this.closed) return;
+    this.input.push(chunk);
+    if (this.input.length === 1) void this.feedInput();
+  }
+
+  private async feedInput(): Promise<void> {
+    while (!this.closed && this.input.length) {
+      const head = this.input[0];
+      const n = this.serial.receive(head);
+      if (n === head.length) this.input.shift();
+      else {
+        this.input[0] = head.subarray(n);
+        await this.serial.waitRxSpace(100);
+      }
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.drain();
+    this.wakePump?.();
+    try {
+      this.addon.irqfd(this.vmFd, this.state.serialIrqFd, COM1_GSI, KVM_IRQFD_FLAG_DEASSIGN, -1);
+    } catch {
+      // the VM fd may already be gone; closing the eventfd is what matters
+    }
+    this.addon.close(this.state.serialIrqFd);
+  }
+}
