@@ -1,9 +1,9 @@
 // The kindling command line: a thin layer over the VM class.
 import { readFileSync } from 'node:fs';
 import { errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
-import { DEFAULT_VCPUS, MAX_VCPUS } from '../main/config.js';
+import { DEFAULT_VCPUS, MAX_VCPUS, virtioDeviceNames } from '../main/config.js';
 import type { VM, VMExit } from '../main/vm.js';
-import { discardPrespawnedWorkers, prespawnVcpuWorkers } from '../main/workers.js';
+import { discardPrespawnedWorkers, prespawnIoWorkers, prespawnVcpuWorkers } from '../main/workers.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -43,7 +43,10 @@ async function dispatch(cmd: Command): Promise<void> {
 async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind: 'run' }>): Promise<void> {
   // The vCPU workers boot (~35 ms each, in parallel) while this thread loads the VMM's modules.
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
-  if (vcpus >= 1 && vcpus <= MAX_VCPUS) prespawnVcpuWorkers(vcpus);
+  if (vcpus >= 1 && vcpus <= MAX_VCPUS) {
+    prespawnVcpuWorkers(vcpus);
+    prespawnIoWorkers(virtioDeviceNames(config));
+  }
   const { VM } = await import('../main/vm.js');
   if (defaultGuest) {
     // Loaded only when needed: the builder is not on the path of `run --kernel`.

@@ -187,6 +187,15 @@ function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
   return { path, readOnly: ro };
 }
 
+/**
+ * The virtio devices a config places, by name, in placement order (disks first, then virtio-console,
+ * then virtio-rng): the I/O worker names, which the CLI can prespawn before the config is resolved.
+ */
+export function virtioDeviceNames(config: Pick<VMConfig, 'disks' | 'rng' | 'console'>): string[] {
+  const disks = Array.isArray(config.disks) ? config.disks.length : 0;
+  return [...Array.from({ length: disks }, (_, i) => `virtio-blk${i}`), ...(config.console === 'virtio' ? ['virtio-console'] : []), ...(config.rng === false ? [] : ['virtio-rng'])];
+}
+
 export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hostMemBytes?: number } = {}): ResolvedConfig {
   if (typeof config !== 'object' || config === null) throw new ConfigError('VM config must be an object');
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;

@@ -35,7 +35,7 @@ import {
   type ExitReason,
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
-import { newIoWorker, takeVcpuWorker } from './workers.js';
+import { takeIoWorker, takeVcpuWorker } from './workers.js';
 import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
 import type { BlockParams } from '../devices/virtio/block/index.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
@@ -44,7 +44,7 @@ import { readTransportStats, type TransportStats } from '../devices/virtio/queue
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
 import { RateLimiter } from '../shared/rate-limit.js';
-import { resolveConfig, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
+import { resolveConfig, virtioDeviceNames, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
 import { VirtioMmioDevices } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
@@ -339,10 +339,9 @@ export class VM extends EventEmitter {
    * each waits for its configuration (configureIoWorkers).
    */
   private spawnIoWorkers(): void {
-    const cfg = this.config;
-    const names = [...cfg.disks.map((_, i) => `virtio-blk${i}`), ...(cfg.console === 'virtio' ? ['virtio-console'] : []), ...(cfg.rng ? ['virtio-rng'] : [])];
-    for (const name of names) {
-      const w = newIoWorker(name);
+    for (const name of virtioDeviceNames(this.config)) {
+      // Prespawned by the CLI (./workers.ts) if it could, else started now.
+      const w = takeIoWorker(name);
       this.ioWorkers.push(w);
       w.on('message', (m: IoWorkerMessage) => {
         if (m.type === 'log') this.log[m.level]({ device: m.name }, m.msg);

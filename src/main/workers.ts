@@ -4,7 +4,8 @@
 // A worker takes ~35 ms to boot its isolate and load its modules, which is the longest step between
 // `kindling run` and the first KVM_RUN. A process that knows early how many vCPUs it will run (the
 // CLI, right after parsing argv) can prespawn them so that boot overlaps its own module loading;
-// VM.start() then takes those workers instead of starting new ones. A prespawned worker idles until
+// VM.start() then takes those workers instead of starting new ones (the same for the I/O workers,
+// by device name: virtioDeviceNames in config.ts gives the names in placement order). A prespawned worker idles until
 // it receives its VcpuWorkerData, does not keep the process alive, and is replaced by a fresh one if
 // it died before being taken.
 import { Worker } from 'node:worker_threads';
@@ -74,10 +75,44 @@ export function prespawnedVcpuWorkers(): number {
 
 /** Terminate prespawned workers no VM took (e.g. the CLI failed before starting the VM). */
 export function discardPrespawnedWorkers(): void {
-  for (const { worker } of pool.values()) void worker.terminate();
+  for (const { worker } of [...pool.values(), ...ioPool.values()]) void worker.terminate();
   pool.clear();
+  ioPool.clear();
 }
 
 export function newIoWorker(name: string): Worker {
   return new Worker(IO_WORKER, { name, execArgv: workerExecArgv() });
+}
+
+/** Prespawned I/O workers, by device name. */
+const ioPool = new Map<string, Prespawned>();
+
+/** Start the I/O workers for these device names now (the CLI does, right after parsing argv). */
+export function prespawnIoWorkers(names: readonly string[]): void {
+  for (const name of names) {
+    if (ioPool.has(name)) continue;
+    const entry: Prespawned = {
+      worker: newIoWorker(name),
+      dead: false,
+      died: () => {
+        entry.dead = true;
+      },
+    };
+    entry.worker.once('error', entry.died);
+    entry.worker.once('exit', entry.died);
+    entry.worker.unref();
+    ioPool.set(name, entry);
+  }
+}
+
+/** The I/O worker for device `name`: the prespawned one if it is alive, otherwise a new one. */
+export function takeIoWorker(name: string): Worker {
+  const entry = ioPool.get(name);
+  ioPool.delete(name);
+  if (entry === undefined) return newIoWorker(name);
+  entry.worker.off('error', entry.died);
+  entry.worker.off('exit', entry.died);
+  if (entry.dead) return newIoWorker(name);
+  entry.worker.ref();
+  return entry.worker;
 }
