@@ -1,12 +1,20 @@
 /*
- * fuzz: a seeded fuzzer for the VMM's virtio-mmio / virtio-blk device (README.md).
+ * fuzz: a seeded fuzzer for the VMM's virtio-mmio transport and every
+ * virtio device behind it (README.md).
  *
- * Each round either pokes random registers of the device's window (random
- * widths, offsets and values, biased toward the real registers) or brings
+ * It drives every device the command line announces (or, without
+ * `virtio_mmio.device=` words, every one in QEMU microvm's window), round
+ * robin: round r goes to device (r - 1) mod n.  Each round either pokes
+ * random registers of that device's window (random widths, offsets and
+ * values, biased toward the real registers and the config space) or brings
  * the device up (sometimes only half-way or out of order), writes random
- * descriptor tables, avail entries and avail idx jumps, kicks and polls the
- * used ring for a bounded time.  At the end it resets the device, does one
- * well-formed read of sector 0 and reports what happened.
+ * descriptor tables, avail entries and avail idx jumps into one of its
+ * queues, kicks and polls the used ring for a bounded time.  Chains have the
+ * shape of virtio-blk requests or none at all; other devices get the same
+ * (to them random) chains.  At the end it resets every device and checks
+ * that it comes back: a well-formed read of sector 0 for virtio-blk, one
+ * entropy request for virtio-rng, one transmit for virtio-console, and
+ * just the bring-up for any other device.
  *
  * The guest must not be what crashes, so every address it hands the device
  * has a role (lib/fuzz.h) and comes from a region where that role is
@@ -22,6 +30,8 @@
 #include "lib/fuzz.h"
 
 #define VIRTIO_ID_BLOCK     2
+#define VIRTIO_ID_CONSOLE   3
+#define VIRTIO_ID_RNG       4
 #define T_IN                0
 #define T_OUT               1
 #define T_FLUSH             4
@@ -36,9 +46,12 @@
 #define POLL_CYCLES         (1ull << 21)    /* per kick: ~1 ms */
 #define SANE_CYCLES         (1ull << 33)    /* final request: seconds */
 
-static struct vmmio dev;
+#define DEVS_MAX            32
+#define QUEUES_PROBED       8               /* queues 0..7 are asked for QueueNumMax */
+
+static struct vmmio dev;         /* the device being fuzzed (a copy of devs[cur].dev) */
 static struct fuzz_map map;
-static uint64_t capacity;
+static uint64_t capacity;       /* its capacity, virtio-blk only (else 0) */
 static int nowrite;
 /*
  * fuzz.qemu avoids two ways to kill QEMU 7.2 (README.md):
@@ -115,8 +128,8 @@ static int reset_dev(unsigned tries)
     return 0;
 }
 
-/* ---- the driver's view of the queue it last set up ---- */
-static struct {
+/* ---- the driver's view of the queue it last set up (per device, see switch_to) ---- */
+static struct drv_queue {
     int live;
     uint32_t qidx, num;
     uint64_t dev_features;
@@ -127,6 +140,33 @@ static struct {
     uint16_t avail_idx, used_seen;
     uint32_t cursor;                    /* next slot for clean requests */
 } q;
+
+/* ---- every device found; the one being fuzzed is copied into dev, q and capacity ---- */
+static struct target {
+    struct vmmio dev;
+    int how;                            /* 1: from the command line, 2: probed */
+    unsigned nq;                        /* leading queues with QueueNumMax != 0 (of 0..7) */
+    uint64_t capacity;
+    uint64_t rounds;
+    struct drv_queue q;
+} devs[DEVS_MAX];
+static unsigned ndevs, cur;
+
+static void switch_to(unsigned i)
+{
+    devs[cur].q = q;
+    cur = i;
+    dev = devs[i].dev;
+    q = devs[i].q;
+    capacity = devs[i].capacity;
+    fuzz_map_window(&map, dev.base, dev.size);
+}
+
+/* A queue of the device for a proper bring-up (no random number for one-queue devices). */
+static uint32_t some_queue(void)
+{
+    return devs[cur].nq > 1 ? rn(devs[cur].nq) : 0;
+}
 
 /* ---- random register pokes ---- */
 struct reg {
@@ -288,7 +328,7 @@ static void bring_up(int proper)
         wr32(VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER | VIRTIO_S_FEATURES_OK);
     rd32(VMMIO_STATUS);
 
-    uint32_t qidx = one_in(8) && !proper ? value_for(K_QSEL, 0) : 0;
+    uint32_t qidx = one_in(8) && !proper ? value_for(K_QSEL, 0) : some_queue();
     wr32(VMMIO_QUEUE_SEL, qidx);
     uint32_t max = rd32(VMMIO_QUEUE_NUM_MAX);
     uint32_t num;
@@ -659,17 +699,36 @@ static void structured(void)
     poll_used(1);
 }
 
-/* ---- the final sanity check: a well-formed read of sector 0 ---- */
+/* ---- the end: every device reset and checked ---- */
 static struct virtq vq;
 static uint8_t sane_hdr[16] __attribute__((aligned(16)));
 static uint8_t sane_buf[512] __attribute__((aligned(512)));
 static volatile uint8_t sane_status;
 
-static void sane(void)
+/* One result line for the device being checked; virtio-blk keeps its old form. */
+static void sane_say(const char *what)
+{
+    if (dev.device_id == VIRTIO_ID_BLOCK)
+        printf("fuzz sane: %s\n", what);
+    else
+        printf("fuzz sane device %u at 0x%lx: %s\n", dev.device_id, (uint64_t)dev.base, what);
+}
+
+/*
+ * Reset (bounded wait for Status 0), the identity registers as they were
+ * found, VERSION_1 only, FEATURES_OK, queue qidx (at most 8 entries in
+ * lib/virtio.c's ring), DRIVER_OK.  Returns 1, or 0 after saying what failed.
+ */
+static int sane_bring_up(unsigned qidx)
 {
     if (!reset_dev(1000)) {
-        puts("fuzz sane: reset did not complete");
-        return;
+        sane_say("reset did not complete");
+        return 0;
+    }
+    if (rd32(VMMIO_MAGIC) != VIRTIO_MMIO_MAGIC || rd32(VMMIO_VERSION) != dev.version ||
+        rd32(VMMIO_DEVICE_ID) != dev.device_id) {
+        sane_say("magic, version or device id changed");
+        return 0;
     }
     wr32(VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE);
     wr32(VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER);
@@ -681,44 +740,123 @@ static void sane(void)
     wr32(VMMIO_DRIVER_FEATURES, hi & 1);    /* VERSION_1 only */
     wr32(VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER | VIRTIO_S_FEATURES_OK);
     if (!(rd32(VMMIO_STATUS) & VIRTIO_S_FEATURES_OK)) {
-        puts("fuzz sane: FEATURES_OK did not latch");
-        return;
+        sane_say("FEATURES_OK did not latch");
+        return 0;
     }
-    if (!vmmio_queue_setup(&dev, &vq, 0, 8)) {
-        puts("fuzz sane: queue 0 unavailable");
-        return;
+    if (!vmmio_queue_setup(&dev, &vq, qidx, 8)) {
+        char m[32];
+        snprintf(m, sizeof(m), "queue %u unavailable", qidx);
+        sane_say(m);
+        return 0;
     }
     wr32(VMMIO_STATUS, VIRTIO_S_ACKNOWLEDGE | VIRTIO_S_DRIVER | VIRTIO_S_FEATURES_OK | VIRTIO_S_DRIVER_OK);
+    return 1;
+}
+
+/*
+ * Publishes the chain at descriptor 0 of vq, notifies queue qidx and waits
+ * up to SANE_CYCLES (Status checked every 2^24 cycles).  Returns the used
+ * length, or -1 after saying why not.
+ */
+static int64_t sane_request(unsigned qidx)
+{
+    vq_add(&vq, 0);
+    vq_kick(&dev, &vq, qidx);
+    uint64_t t0 = rdtsc(), last = t0;
+    for (;;) {
+        if (vq.used[1] != vq.last_used) {
+            uint32_t id, len = 0;
+            vq_get(&vq, &id, &len);
+            vmmio_ack(&dev);
+            return len;
+        }
+        uint64_t now = rdtsc();
+        if (now - last > (1ull << 24)) {
+            last = now;
+            if (rd32(VMMIO_STATUS) & VIRTIO_S_NEEDS_RESET) {
+                sane_say("device needs reset");
+                return -1;
+            }
+        }
+        if (now - t0 > SANE_CYCLES) {
+            sane_say("no completion");
+            return -1;
+        }
+        __asm__ volatile("pause");
+    }
+}
+
+/* virtio-blk: a well-formed read of sector 0; prints its status byte. */
+static void sane_blk(void)
+{
+    if (!sane_bring_up(0))
+        return;
     memset(sane_hdr, 0, sizeof(sane_hdr));  /* T_IN, sector 0 */
     memset(sane_buf, 0, sizeof(sane_buf));
     sane_status = 0xff;
     vq.desc[0] = (struct virtq_desc){ (uintptr_t)sane_hdr, 16, VIRTQ_DESC_F_NEXT, 1 };
     vq.desc[1] = (struct virtq_desc){ (uintptr_t)sane_buf, 512, VIRTQ_DESC_F_NEXT | VIRTQ_DESC_F_WRITE, 2 };
     vq.desc[2] = (struct virtq_desc){ (uintptr_t)&sane_status, 1, VIRTQ_DESC_F_WRITE, 0 };
-    vq_add(&vq, 0);
-    vq_kick(&dev, &vq, 0);
-    uint64_t t0 = rdtsc(), last = t0;
-    for (;;) {
-        if (vq.used[1] != vq.last_used) {
-            uint32_t id, len;
-            vq_get(&vq, &id, &len);
-            vmmio_ack(&dev);
-            printf("fuzz sane status=%u\n", sane_status);
+    if (sane_request(0) >= 0)
+        printf("fuzz sane status=%u\n", sane_status);
+}
+
+/*
+ * Other devices: the bring-up, then one request where its format is known
+ * (virtio-rng: 64 bytes of entropy into requestq; virtio-console: a
+ * transmit of "fuzz sane\n" on port 0's transmitq), else DRIVER_OK must
+ * have stuck without NEEDS_RESET or FAILED.
+ */
+static void sane_other(void)
+{
+    static const char line[] = "fuzz sane\n";
+    unsigned qidx = dev.device_id == VIRTIO_ID_CONSOLE ? 1 : 0;
+    if (!sane_bring_up(qidx))
+        return;
+    int64_t len;
+    switch (dev.device_id) {
+    case VIRTIO_ID_RNG:
+        vq.desc[0] = (struct virtq_desc){ (uintptr_t)sane_buf, 64, VIRTQ_DESC_F_WRITE, 0 };
+        if ((len = sane_request(qidx)) < 0)
+            return;
+        if (len > 64) {
+            char m[40];
+            snprintf(m, sizeof(m), "used len %u > 64", (unsigned)len);
+            sane_say(m);
             return;
         }
-        uint64_t now = rdtsc();
-        if (now - last > (1ull << 24)) {
-            last = now;
-            if (rd32(VMMIO_STATUS) & VIRTIO_S_NEEDS_RESET) {
-                puts("fuzz sane: device needs reset");
-                return;
-            }
-        }
-        if (now - t0 > SANE_CYCLES) {
-            puts("fuzz sane: no completion");
+        break;
+    case VIRTIO_ID_CONSOLE:
+        memcpy(sane_buf, line, sizeof(line) - 1);
+        vq.desc[0] = (struct virtq_desc){ (uintptr_t)sane_buf, sizeof(line) - 1, 0, 0 };
+        if (sane_request(qidx) < 0)
+            return;
+        break;
+    default: {
+        uint32_t status = rd32(VMMIO_STATUS);
+        if ((status & (VIRTIO_S_NEEDS_RESET | VIRTIO_S_FAILED)) || !(status & VIRTIO_S_DRIVER_OK)) {
+            sane_say("device refused DRIVER_OK");
             return;
         }
-        __asm__ volatile("pause");
+    }
+    }
+    sane_say("ok");
+}
+
+/* First every device is reset (none keeps working on fuzzed rings), then each is checked and reset. */
+static void sane_all(void)
+{
+    for (unsigned i = 0; i < ndevs; i++) {
+        switch_to(i);
+        reset_dev(1000);
+    }
+    for (unsigned i = 0; i < ndevs; i++) {
+        switch_to(i);
+        if (dev.device_id == VIRTIO_ID_BLOCK)
+            sane_blk();
+        else
+            sane_other();
+        reset_dev(1000);
     }
 }
 
@@ -736,27 +874,55 @@ static uint64_t read_capacity(void)
     return lo | (uint64_t)hi << 32;
 }
 
+/* Every transport with a device (lib/virtio.c's order), at most DEVS_MAX; 0 or an exit status. */
+static int find_devices(void)
+{
+    struct vmmio_iter it;
+    struct vmmio d;
+    int how;
+    vmmio_iter_init(&it);
+    while (ndevs < DEVS_MAX && (how = vmmio_next(&it, &d))) {
+        if (d.version != 2) {
+            printf("fuzz: virtio-mmio version %u unsupported\n", d.version);
+            return 2;
+        }
+        if (d.size < 0x200 || d.size > 0x1000)
+            d.size = d.size < 0x200 ? 0x200 : 0x1000;
+        struct target *t = &devs[ndevs++];
+        t->dev = d;
+        t->how = how;
+        for (t->nq = 0; t->nq < QUEUES_PROBED; t->nq++) {  /* not counted in the stats */
+            vmmio_wr(&d, VMMIO_QUEUE_SEL, t->nq);
+            if (!vmmio_rd(&d, VMMIO_QUEUE_NUM_MAX))
+                break;
+        }
+    }
+    if (!ndevs) {
+        puts("fuzz: no virtio-mmio device");
+        return 2;
+    }
+    return 0;
+}
+
 static const struct boot_info *boot;
 
 static uint64_t fuzz_main(void *arg)    /* ring 3 */
 {
     (void)arg;
-    int how = vmmio_find(&dev, VIRTIO_ID_BLOCK);
-    if (!how) {
-        puts("fuzz: no virtio-blk device");
-        return 2;
-    }
-    if (dev.version != 2) {
-        printf("fuzz: virtio-mmio version %u unsupported\n", dev.version);
-        return 2;
-    }
-    if (dev.size < 0x200 || dev.size > 0x1000)
-        dev.size = dev.size < 0x200 ? 0x200 : 0x1000;
-    const char *err = fuzz_map_init(&map, boot, dev.base, dev.size);
+    int err_exit = find_devices();
+    if (err_exit)
+        return (uint64_t)err_exit;
+    unsigned first = 0;     /* the first line's device: the first virtio-blk, else the first */
+    for (unsigned i = ndevs; i-- > 0;)
+        if (devs[i].dev.device_id == VIRTIO_ID_BLOCK)
+            first = i;
+    const char *err = fuzz_map_init(&map, boot, devs[first].dev.base, devs[first].dev.size);
     if (err) {
         printf("fuzz: %s\n", err);
         return 2;
     }
+    for (unsigned i = 0; i < ndevs; i++)
+        fuzz_map_exclude(&map, devs[i].dev.base);
     uint64_t seed = cmdline_u64("fuzz.seed", 1);
     uint64_t rounds = cmdline_u64("fuzz.rounds", 5000);
     size_t n;
@@ -764,12 +930,24 @@ static uint64_t fuzz_main(void *arg)    /* ring 3 */
     map.no_dma_window = qemu_quirk;
     nowrite = cmdline_get("fuzz.nowrite", &n) != 0;
     rng = fuzz_mix(seed);
-    capacity = read_capacity();
+    for (unsigned i = 0; i < ndevs; i++) {
+        if (devs[i].dev.device_id != VIRTIO_ID_BLOCK)
+            continue;
+        switch_to(i);
+        devs[i].capacity = capacity = read_capacity();
+    }
+    switch_to(first);
     printf("fuzz: device at 0x%lx (%s) seed=%lu rounds=%lu capacity=%lu arena=0x%lx-0x%lx\n",
-           (uint64_t)dev.base, how == 1 ? "cmdline" : "probed", seed, rounds, capacity,
+           (uint64_t)dev.base, devs[first].how == 1 ? "cmdline" : "probed", seed, rounds, capacity,
            map.arena, map.arena_end);
+    for (unsigned i = 0; i < ndevs; i++)
+        printf("fuzz: device %u at 0x%lx irq %u queues %u\n", devs[i].dev.device_id,
+               (uint64_t)devs[i].dev.base, devs[i].dev.irq, devs[i].nq);
 
     for (uint64_t r = 1; r <= rounds; r++) {
+        if (ndevs > 1)
+            switch_to((unsigned)((r - 1) % ndevs));
+        devs[cur].rounds++;
         if (rn(10) < 3)
             pokes(1 + rn(12));
         else
@@ -777,9 +955,12 @@ static uint64_t fuzz_main(void *arg)    /* ring 3 */
         if (r % 500 == 0)
             printf("fuzz round %lu\n", r);
     }
+    for (unsigned i = 0; i < ndevs; i++)
+        printf("fuzz: device %u at 0x%lx: %lu rounds\n", devs[i].dev.device_id,
+               (uint64_t)devs[i].dev.base, devs[i].rounds);
     printf("fuzz stats: writes=%lu reads=%lu bringups=%lu kicks=%lu completions=%lu needs_reset=%lu reset_stuck=%lu\n",
            st.writes, st.reads, st.bringups, st.kicks, st.completions, st.broken, st.reset_stuck);
-    sane();
+    sane_all();
     puts("fuzz done");
     return 0;
 }

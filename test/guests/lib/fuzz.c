@@ -105,6 +105,14 @@ struct fuzz_addr fuzz_addr(const struct fuzz_map *m, int role, uint32_t len, uin
     return fuzz_clamp(m, role, (struct fuzz_addr){ a, len });
 }
 
+void fuzz_map_exclude(struct fuzz_map *m, uint64_t win)
+{
+    if (win >= m->low_end && win < m->low_end + m->gap_len)
+        m->gap_len = win - m->low_end;
+    if (m->gap_len < 2 * USED_ROOM)
+        m->gap_len = 0;
+}
+
 const char *fuzz_map_init(struct fuzz_map *m, const struct boot_info *bi, uint64_t win, uint64_t win_size)
 {
     memset(m, 0, sizeof(*m));
@@ -165,8 +173,7 @@ const char *fuzz_map_init(struct fuzz_map *m, const struct boot_info *bi, uint64
             lim = hi;
     }
     m->gap_len = lim > hi ? lim - hi : 0;
-    if (m->gap_len < 2 * USED_ROOM)
-        m->gap_len = 0;
+    fuzz_map_exclude(m, win);           /* drops a gap too small for a used ring */
     m->hi0 = (uint32_t)((m->ram_top >> 32) + 1);
 
     /* The read side (descriptor, avail and zero regions) starts as zeros. */

@@ -82,6 +82,19 @@ struct fuzz_addr {
 /* Lays out the arena from the e820 map and zeroes its read-side regions; NULL or an error. */
 const char *fuzz_map_init(struct fuzz_map *m, const struct boot_info *bi, uint64_t win, uint64_t win_size);
 
+/*
+ * Another device's register window: the gap must end before it (only the
+ * window of the device being fuzzed, m->win, is a DMA target).
+ */
+void fuzz_map_exclude(struct fuzz_map *m, uint64_t win);
+
+/* The device being fuzzed: its window is m->win (a target for any role). */
+static inline void fuzz_map_window(struct fuzz_map *m, uint64_t win, uint64_t win_size)
+{
+    m->win = win;
+    m->win_size = win_size;
+}
+
 /* A random address for role, with len clamped to what is harmless there. */
 struct fuzz_addr fuzz_addr(const struct fuzz_map *m, int role, uint32_t len, uint64_t (*rnd)(void));
 
