@@ -76,11 +76,12 @@ static void die(int code, const char *msg)
 #define LAPIC_TDCR  0x3e0
 
 /*
- * TSC cycles per millisecond, measured against the LAPIC timer over 10 ms
- * (one-shot, masked, divide by 1: KVM and QEMU clock it at 1 GHz, as
- * lib/smp.c assumes).  CPUID 0x15/0x16 are empty on many hosts (this
- * one's too).  Without a running timer: 3 GHz, so waits last at most
- * about as long as asked on slower CPUs.
+ * TSC cycles per millisecond, measured against the LAPIC timer: started
+ * at 10 ms (one-shot, masked, divide by 1: KVM and QEMU clock it at 1 GHz,
+ * as lib/smp.c assumes), read until at least 5 ms have passed.  CPUID
+ * 0x15/0x16 are empty on many hosts (this one's too).  Without a running
+ * timer it assumes 3 GHz: waits then last at least as long as asked on
+ * CPUs up to 3 GHz.
  */
 static uint64_t tsc_per_ms(void)
 {
