@@ -6,8 +6,7 @@ import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
 import { I8042 } from '../devices/legacy/i8042.js';
 import { PostCode } from '../devices/legacy/post.js';
 import { Serial16550 } from '../devices/legacy/serial.js';
-import type { KvmAddon } from '../kvm/addon.js';
-import { KVM_IRQFD_FLAG_DEASSIGN } from '../kvm/structs.js';
+import type { VmFd } from '../kvm/vm-fd.js';
 import { ByteRing } from '../shared/byte-ring.js';
 import type { LegacyDeviceState } from '../vcpu-worker/protocol.js';
 
@@ -34,13 +33,13 @@ export class LegacyDevices {
    * writes THR blocks on it, so an unread console costs no memory beyond the ring.
    */
   constructor(
-    private readonly addon: KvmAddon,
-    private readonly vmFd: number,
+    private readonly vm: VmFd,
     private readonly onOutput: (bytes: Buffer) => boolean,
   ) {
+    const addon = vm.addon;
     this.tx = ByteRing.create(SERIAL_TX_RING_BYTES);
     const serialIrqFd = addon.eventfd(0, 0);
-    addon.irqfd(vmFd, serialIrqFd, COM1_GSI, 0, -1);
+    vm.registerIrqfd(serialIrqFd, COM1_GSI);
     this.state = {
       serial: Serial16550.createState(),
       serialTx: this.tx.sab,
@@ -114,10 +113,10 @@ export class LegacyDevices {
     this.drain();
     this.wakePump?.();
     try {
-      this.addon.irqfd(this.vmFd, this.state.serialIrqFd, COM1_GSI, KVM_IRQFD_FLAG_DEASSIGN, -1);
+      this.vm.unregisterIrqfd(this.state.serialIrqFd, COM1_GSI);
     } catch {
       // the VM fd may already be gone; closing the eventfd is what matters
     }
-    this.addon.close(this.state.serialIrqFd);
+    this.vm.addon.close(this.state.serialIrqFd);
   }
 }

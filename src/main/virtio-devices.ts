@@ -18,8 +18,7 @@ import { VIRTIO_MMIO_QUEUE_NOTIFY } from '../devices/virtio/constants.js';
 import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { virtioDeviceType, type VirtioDeviceKind } from '../devices/virtio/registry.js';
 import type { IoWorkerData } from '../io-worker/protocol.js';
-import type { KvmAddon } from '../kvm/addon.js';
-import { KVM_IOEVENTFD_FLAG_DATAMATCH, KVM_IOEVENTFD_FLAG_DEASSIGN, KVM_IRQFD_FLAG_DEASSIGN } from '../kvm/structs.js';
+import type { IoEventAddress, VmFd } from '../kvm/vm-fd.js';
 import type { SlotDescriptor } from '../memory/guest-memory.js';
 import type { VirtioMmioDeviceState } from '../vcpu-worker/protocol.js';
 import { MmioResourceAllocator, virtioMmioCmdlineWord, type VirtioMmioSlot } from './resources.js';
@@ -46,16 +45,18 @@ export interface VirtioPlacement {
   release: () => void;
 }
 
+/** A device's QueueNotify register, where its queue ioeventfds listen (datamatch = queue index). */
+function queueNotify(p: VirtioPlacement): IoEventAddress {
+  return { space: 'mmio', addr: p.slot.base + VIRTIO_MMIO_QUEUE_NOTIFY, len: VIRTIO_MMIO_NOTIFY_WIDTH };
+}
+
 export class VirtioMmioDevices {
   readonly placements: VirtioPlacement[] = [];
   private readonly resources = new MmioResourceAllocator();
   private readonly counts = new Map<string, number>();
   private closed = false;
 
-  constructor(
-    private readonly addon: KvmAddon,
-    private readonly vmFd: number,
-  ) {}
+  constructor(private readonly vm: VmFd) {}
 
   /** Place one device of `kind` (see the header). `name` defaults to virtio-<kind><n> (virtio-rng for a single one). */
   add(kind: VirtioDeviceKind, options: unknown, name?: string): VirtioPlacement {
@@ -63,8 +64,9 @@ export class VirtioMmioDevices {
     const type = virtioDeviceType(kind);
     const n = this.counts.get(kind) ?? 0;
     const devName = name ?? (kind === 'blk' ? `virtio-blk${n}` : n === 0 ? `virtio-${kind}` : `virtio-${kind}${n}`);
-    const prepared = type.prepare(options, { addon: this.addon });
-    const a = this.addon;
+    const vm = this.vm;
+    const a = vm.addon;
+    const prepared = type.prepare(options, { addon: a });
     const p: VirtioPlacement = {
       name: devName,
       kind,
@@ -90,11 +92,11 @@ export class VirtioMmioDevices {
       p.slot = this.resources.allocate();
       p.controlFd = a.eventfd(0, 0);
       p.irqFd = a.eventfd(0, 0);
-      a.irqfd(this.vmFd, p.irqFd, p.slot.gsi, 0, -1);
+      vm.registerIrqfd(p.irqFd, p.slot.gsi);
       d.queues.forEach((_, q) => {
         const fd = a.eventfd(0, 0);
         p.queueFds.push(fd);
-        a.ioeventfd(this.vmFd, BigInt(p.slot.base + VIRTIO_MMIO_QUEUE_NOTIFY), VIRTIO_MMIO_NOTIFY_WIDTH, fd, KVM_IOEVENTFD_FLAG_DATAMATCH, BigInt(q));
+        vm.registerIoeventfd(fd, queueNotify(p), BigInt(q));
       });
     } catch (e) {
       this.unwire(p);
@@ -153,7 +155,8 @@ export class VirtioMmioDevices {
   }
 
   private unwire(p: VirtioPlacement): void {
-    const a = this.addon;
+    const vm = this.vm;
+    const a = vm.addon;
     const quiet = (f: () => void): void => {
       try {
         f();
@@ -162,12 +165,12 @@ export class VirtioMmioDevices {
       }
     };
     p.queueFds.forEach((fd, q) => {
-      quiet(() => a.ioeventfd(this.vmFd, BigInt(p.slot.base + VIRTIO_MMIO_QUEUE_NOTIFY), VIRTIO_MMIO_NOTIFY_WIDTH, fd, KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_DEASSIGN, BigInt(q)));
+      quiet(() => vm.unregisterIoeventfd(fd, queueNotify(p), BigInt(q)));
       quiet(() => a.close(fd));
     });
     p.queueFds = [];
     if (p.irqFd >= 0) {
-      quiet(() => a.irqfd(this.vmFd, p.irqFd, p.slot.gsi, KVM_IRQFD_FLAG_DEASSIGN, -1));
+      quiet(() => vm.unregisterIrqfd(p.irqFd, p.slot.gsi));
       quiet(() => a.close(p.irqFd));
       p.irqFd = -1;
     }

@@ -15,8 +15,9 @@ import { writeMpTable } from '../arch/x86_64/mptable.js';
 import { bootMsrs, toMsrArrays } from '../arch/x86_64/msr.js';
 import { bootFpu, bootRegs, bootSregs, configureLapic, writeBootGdt, writeIdentityPageTables } from '../arch/x86_64/regs.js';
 import { loadAddon, type KvmAddon } from '../kvm/addon.js';
-import { decodeSregs, encodeCpuid, encodeFpu, encodeRegs, encodeSregs } from '../kvm/structs.js';
 import { Kvm, PVM_WARNING, detectPvm } from '../kvm/system.js';
+import type { VcpuFd } from '../kvm/vcpu-fd.js';
+import { VmFd } from '../kvm/vm-fd.js';
 import { checkKernelImage, loadKernel, type BootSetup } from '../loader/index.js';
 import { GuestMemory, type SlotDescriptor } from '../memory/guest-memory.js';
 import {
@@ -116,8 +117,8 @@ export class VM extends EventEmitter {
   private _state: VMState = 'created';
   private readonly log: Logger;
   private kvm?: Kvm;
-  private vmFd = -1;
-  private vcpuFds: number[] = [];
+  private vmFd?: VmFd;
+  private vcpuFds: VcpuFd[] = [];
   private workers: Worker[] = [];
   private exitedWorkers = new Set<Worker>();
   private memory?: GuestMemory;
@@ -235,21 +236,20 @@ export class VM extends EventEmitter {
   /** /dev/kvm, the VM fd, TSS and identity map, in-kernel irqchip and PIT. */
   private createVm(): void {
     const kvm = (this.kvm = Kvm.open());
-    const addon = kvm.addon;
     if (this.config.vcpus > kvm.maxVcpus) throw new Error(`--vcpus ${this.config.vcpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
-    this.vmFd = addon.createVm(kvm.fd, 0);
-    addon.setTssAddr(this.vmFd, KVM_TSS_START);
-    addon.setIdentityMapAddr(this.vmFd, BigInt(KVM_IDENTITY_MAP_START));
-    addon.createIrqchip(this.vmFd);
-    addon.createPit2(this.vmFd, KVM_PIT_SPEAKER_DUMMY);
+    const vm = (this.vmFd = VmFd.create(kvm.addon, kvm.fd));
+    vm.setTssAddr(KVM_TSS_START);
+    vm.setIdentityMapAddr(KVM_IDENTITY_MAP_START);
+    vm.createIrqchip();
+    vm.createPit2(KVM_PIT_SPEAKER_DUMMY);
   }
 
   /** Guest RAM: one external SharedArrayBuffer per KVM memory slot. */
   private createMemory(): void {
-    const addon = this.kvm!.addon;
+    const vm = this.vmFd!;
     const slots: SlotDescriptor[] = memorySlots(this.config.memBytes).map((s) => {
-      const buffer = addon.allocGuestMemory(s.size);
-      addon.setUserMemoryRegion(this.vmFd, s.slot, 0, BigInt(s.gpa), buffer, 0, s.size);
+      const buffer = vm.addon.allocGuestMemory(s.size);
+      vm.setUserMemoryRegion(s.slot, 0, s.gpa, buffer, 0, s.size);
       return { ...s, buffer };
     });
     this.memory = new GuestMemory(slots);
@@ -261,8 +261,9 @@ export class VM extends EventEmitter {
    */
   private attachDevices(): void {
     const cfg = this.config;
-    const addon = this.kvm!.addon;
-    const virtio = (this.virtio = new VirtioMmioDevices(addon, this.vmFd));
+    const vm = this.vmFd!;
+    const addon = vm.addon;
+    const virtio = (this.virtio = new VirtioMmioDevices(vm));
     for (const d of cfg.disks) virtio.add('blk', d);
     if (cfg.console === 'virtio') {
       const p = virtio.add('console', { cols: process.stdout.columns, rows: process.stdout.rows });
@@ -270,32 +271,29 @@ export class VM extends EventEmitter {
       for (const { chunk, cb } of this.consoleInput.splice(0)) this.consoleHost.send(chunk).then(() => cb(), cb);
     }
     if (cfg.rng) virtio.add('rng', {});
-    this.devices = new LegacyDevices(addon, this.vmFd, (bytes) => this.serial.push(bytes));
+    this.devices = new LegacyDevices(vm, (bytes) => this.serial.push(bytes));
   }
 
   /** One vCPU fd per vCPU with CPUID (its APIC id), the boot MSRs and LAPIC LINT0/LINT1 set up. */
   private createVcpus(): void {
     const cfg = this.config;
-    const kvm = this.kvm!;
-    const addon = kvm.addon;
-    const supported = kvm.supportedCpuid();
+    const supported = this.kvm!.supportedCpuid();
     const msrs = toMsrArrays(bootMsrs());
     for (let id = 0; id < cfg.vcpus; id++) {
-      const fd = addon.createVcpu(this.vmFd, id);
-      this.vcpuFds.push(fd);
-      addon.setCpuid2(fd, encodeCpuid(vcpuCpuid(supported, { vcpuId: id, vcpuCount: cfg.vcpus })));
-      const n = addon.setMsrs(fd, msrs.indices, msrs.values);
+      const vcpu = this.vmFd!.createVcpu(id);
+      this.vcpuFds.push(vcpu);
+      vcpu.setCpuid2(vcpuCpuid(supported, { vcpuId: id, vcpuCount: cfg.vcpus }));
+      const n = vcpu.setMsrs(msrs.indices, msrs.values);
       if (n !== msrs.indices.length) {
         throw new Error(`KVM_SET_MSRS set ${n} of ${msrs.indices.length} MSRs (first rejected: 0x${msrs.indices[n].toString(16)})`);
       }
-      addon.setLapic(fd, configureLapic(addon.getLapic(fd)));
+      vcpu.setLapic(configureLapic(vcpu.getLapic()));
     }
   }
 
   /** Firmware tables, the kernel and its boot structures, and the boot vCPU's entry registers. */
   private bootFromKernel(kernelImage: Buffer, initrd: Buffer | undefined): void {
     const cfg = this.config;
-    const addon = this.kvm!.addon;
     const mem = this.memory!;
     const virtio = this.virtio!;
     // Firmware tables so an unmodified Linux finds every CPU (MP table for acpi=off, ACPI otherwise).
@@ -306,10 +304,10 @@ export class VM extends EventEmitter {
     this.cmdline = boot.cmdline;
     writeBootGdt(mem, boot.protocol);
     const cr3 = boot.protocol === 'linux64' ? writeIdentityPageTables(mem) : undefined;
-    const fd = this.vcpuFds[0];
-    addon.setSregs(fd, encodeSregs(bootSregs(decodeSregs(addon.getSregs(fd)), boot.protocol, cr3)));
-    addon.setRegs(fd, encodeRegs(bootRegs(boot.protocol, boot.entry, boot.bootInfoAddr)));
-    addon.setFpu(fd, encodeFpu(bootFpu()));
+    const vcpu = this.vcpuFds[0];
+    vcpu.setSregs(bootSregs(vcpu.getSregs(), boot.protocol, cr3));
+    vcpu.setRegs(bootRegs(boot.protocol, boot.entry, boot.bootInfoAddr));
+    vcpu.setFpu(bootFpu());
     this.log.info({ kernel: cfg.kernel, kind: boot.kind, entry: boot.entry, vcpus: cfg.vcpus, memBytes: cfg.memBytes }, 'vm built');
   }
 
@@ -322,7 +320,7 @@ export class VM extends EventEmitter {
       const data: VcpuWorkerData = {
         vcpuId: id,
         vcpuCount: this.config.vcpus,
-        vcpuFd: this.vcpuFds[id],
+        vcpuFd: this.vcpuFds[id].fd,
         runSize,
         control: this.ctrl,
         memory,
@@ -470,16 +468,13 @@ export class VM extends EventEmitter {
   }
 
   private teardown(): void {
-    const addon = this.kvm?.addon;
-    if (!addon) return;
+    if (!this.kvm) return;
     this.devices?.close();
     this.consoleHost?.close();
     this.virtio?.close();
-    for (const fd of this.vcpuFds) addon.close(fd);
-    this.vcpuFds = [];
-    if (this.vmFd >= 0) addon.closeVm(this.vmFd);
-    this.vmFd = -1;
-    this.kvm?.close();
+    for (const vcpu of this.vcpuFds) vcpu.close();
+    this.vmFd?.close();
+    this.kvm.close();
     this.kvm = undefined;
   }
 
@@ -526,7 +521,7 @@ export class VM extends EventEmitter {
       if (r.async) await r.value;
     }
     if (this._state !== 'running') return; // the VM ended while pausing
-    this.pausedClock = this.kvm!.addon.getClock(this.vmFd);
+    this.pausedClock = this.vmFd!.getClock();
     this.setState('paused');
   }
 
@@ -538,7 +533,7 @@ export class VM extends EventEmitter {
       // Only the clock value is restored; KVM_GET_CLOCK's output flags (TSC_STABLE, REALTIME, HOST_TSC)
       // would ask KVM_SET_CLOCK to adjust for the time spent paused.
       new DataView(data.buffer, data.byteOffset).setUint32(KVM_CLOCK_DATA_FLAGS, 0, true);
-      this.kvm!.addon.setClock(this.vmFd, data);
+      this.vmFd!.setClock(data);
       this.pausedClock = undefined;
     }
     setRunState(this.ctrl, RUN_STATE_RUNNING);
@@ -547,8 +542,8 @@ export class VM extends EventEmitter {
 
   /** The guest's kvmclock (KVM_GET_CLOCK), in nanoseconds. */
   clockNs(): bigint {
-    if (!this.kvm || this.vmFd < 0) throw new Error(`VM.clockNs(): VM is ${this._state}`);
-    const d = this.kvm.addon.getClock(this.vmFd);
+    if (!this.vmFd || this.vmFd.closed) throw new Error(`VM.clockNs(): VM is ${this._state}`);
+    const d = this.vmFd.getClock();
     return new DataView(d.buffer, d.byteOffset).getBigUint64(KVM_CLOCK_DATA_CLOCK, true);
   }
 
