@@ -26,23 +26,27 @@ export function guest(name: string): string {
 export interface GuestRun {
   vm: VM;
   output: string;
+  /** What the guest wrote to its virtio-console (config.console 'virtio'), else ''. */
+  consoleOutput: string;
   exit: VMExit;
 }
 
-/** Boot a guest, collect its serial output, wait for it to end (or stop it after timeoutMs). */
+/** Boot a guest, collect its serial (and virtio-console) output, wait for it to end (or stop it after timeoutMs). */
 export async function runGuest(
   config: VMConfig,
   opts: { timeoutMs?: number; input?: (vm: VM, output: () => string) => void | Promise<void> } = {},
 ): Promise<GuestRun> {
   const vm = new VM({ logLevel: 'silent', ...config });
   let output = '';
+  let consoleOutput = '';
   vm.serial.on('data', (b: Buffer) => (output += b.toString('latin1')));
+  vm.console?.on('data', (b: Buffer) => (consoleOutput += b.toString('latin1')));
   await vm.start();
   const timer = setTimeout(() => void vm.stop(), opts.timeoutMs ?? 30_000);
   try {
     if (opts.input) await opts.input(vm, () => output);
     const exit = await vm.wait();
-    return { vm, output, exit };
+    return { vm, output, consoleOutput, exit };
   } finally {
     clearTimeout(timer);
   }
