@@ -11,6 +11,9 @@
  * "quit" ends the guest (exit 0).  A transmit buffer is reused only after
  * its used entry has come back.  COM1 (the 16550) stays the diagnostic
  * channel: the device line at start and every failure go there.
+ * console.flood=N transmits N bytes of text (the same 64-byte lines as
+ * hello.flood, README.md) in 4 KiB requests right after "console: ready",
+ * before the echo loop: a host that does not read makes it wait.
  *
  * Everything runs in ring 3 like blk.c: register accesses are single trapped
  * instructions, the rings, polling and line assembly run natively.
@@ -35,6 +38,8 @@
 #define LINE_MAX            200         /* longer lines are echoed in pieces */
 #define PREFIX              "console: "
 #define TX_BUF              (sizeof(PREFIX) - 1 + LINE_MAX + 1)
+#define FLOOD_LINE          64
+#define FLOOD_CHUNK         4096        /* bytes per console.flood request */
 
 #define TIMEOUT_TX          (1ull << 36)    /* TSC cycles for a transmit without console.timeout_ms */
 
@@ -55,6 +60,7 @@ static unsigned rx_size, tx_size;
 static uint8_t rx_buf[RX_BUFS][RX_BUF] __attribute__((aligned(4096)));
 static uint8_t rx_posted[RX_BUFS];  /* buffer i is on receiveq */
 static char tx_buf[TX_BUF] __attribute__((aligned(64)));
+static char flood_buf[FLOOD_CHUNK] __attribute__((aligned(4096)));
 
 static char line[LINE_MAX];
 static unsigned line_len;
@@ -138,11 +144,11 @@ static void check_status(void)
         die(EXIT_NEEDS_RESET, "console: device needs reset");
 }
 
-/* ---- transmitq: one buffer (tx_buf, descriptor 0), waited for ---- */
-static void transmit(size_t n)
+/* ---- transmitq: one buffer (tx_buf or flood_buf, descriptor 0), waited for ---- */
+static void transmit_buf(const char *buf, size_t n)
 {
     volatile struct virtq_desc *d = &txq.desc[0];
-    d->addr = (uintptr_t)tx_buf;
+    d->addr = (uintptr_t)buf;
     d->len = (uint32_t)n;
     d->flags = 0;
     d->next = 0;
@@ -166,6 +172,11 @@ static void transmit(size_t n)
     }
 }
 
+static void transmit(size_t n)
+{
+    transmit_buf(tx_buf, n);
+}
+
 /* "console: " + s[0..n) + "\n" through the virtio console (n <= LINE_MAX). */
 static void echo(const char *s, size_t n)
 {
@@ -181,6 +192,32 @@ static void emerg_write(const char *s)
 {
     for (; *s; s++)
         vmmio_wr(&dev, VMMIO_CONFIG + CFG_EMERG_WR, (uint8_t)*s);
+}
+
+/* ---- console.flood=N: 64-byte lines "<k as %08x> " + 54 letters + "\n", cut at N bytes ---- */
+static char flood_byte(uint64_t i)
+{
+    static const char hex[] = "0123456789abcdef";
+    uint64_t k = i / FLOOD_LINE;
+    unsigned j = (unsigned)(i % FLOOD_LINE);
+    if (j < 8)
+        return hex[(k >> (4 * (7 - j))) & 0xf];
+    if (j == 8)
+        return ' ';
+    if (j == FLOOD_LINE - 1)
+        return '\n';
+    return (char)('a' + (k + (j - 9)) % 26);
+}
+
+static void flood(uint64_t n)
+{
+    for (uint64_t off = 0; off < n;) {
+        size_t k = n - off < FLOOD_CHUNK ? (size_t)(n - off) : FLOOD_CHUNK;
+        for (size_t i = 0; i < k; i++)
+            flood_buf[i] = flood_byte(off + i);
+        transmit_buf(flood_buf, k);
+        off += k;
+    }
 }
 
 /* ---- line assembly ---- */
@@ -266,6 +303,9 @@ static uint64_t console_main(void *arg)     /* ring 3 */
         else
             puts("console: EMERG_WRITE not offered");
     }
+    uint64_t flood_n = cmdline_u64("console.flood", 0);
+    if (flood_n)
+        flood(flood_n);
 
     for (;;) {
         wait_input();
