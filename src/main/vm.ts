@@ -266,7 +266,7 @@ export class VM extends EventEmitter {
     const virtio = (this.virtio = new VirtioMmioDevices(vm));
     for (const d of cfg.disks) virtio.add('blk', d);
     if (cfg.console === 'virtio') {
-      const p = virtio.add('console', { cols: process.stdout.columns, rows: process.stdout.rows });
+      const p = virtio.add('console', {});
       this.consoleHost = new ConsoleHost(addon, p.params as ConsoleParams, (b) => this.console!.push(b));
       for (const { chunk, cb } of this.consoleInput.splice(0)) this.consoleHost.send(chunk).then(() => cb(), cb);
     }

@@ -118,7 +118,14 @@ export class ConsoleBackend implements VirtioDeviceBackend {
   private tx: ActiveQueue | undefined;
   private pending: PendingTx | undefined;
 
-  constructor(params: ConsoleParams) {
+  /**
+   * `guarded` runs deferred work (a transmit retried later on this loop turn) fenced like a kick, so
+   * an exception there sets NEEDS_RESET instead of escaping (BackendEnv.guarded).
+   */
+  constructor(
+    params: ConsoleParams,
+    private readonly guarded: (fn: () => void) => void = (fn) => fn(),
+  ) {
     this.input = new ByteRing(params.input);
     this.output = new ByteRing(params.output);
     this.control = new Int32Array(params.control, 0, C_WORDS);
@@ -219,7 +226,7 @@ export class ConsoleBackend implements VirtioDeviceBackend {
 
   /** The host made room between the full ring and the flag: go round again on this loop turn. */
   private transmitLater(): void {
-    queueMicrotask(() => this.transmit());
+    queueMicrotask(() => this.guarded(() => this.transmit()));
   }
 }
 
@@ -258,7 +265,7 @@ export const consoleDeviceType: VirtioDeviceType<ConsoleOptions, ConsoleParams> 
     if (offset === CONSOLE_CFG_EMERG_WR) emergencyWrite(p, value & 0xff);
   },
   createBackend(p, env) {
-    const b = new ConsoleBackend(p);
+    const b = new ConsoleBackend(p, env.guarded);
     env.watchEventfd(p.wakeFd, () => b.hostEvent());
     return b;
   },
