@@ -18,7 +18,7 @@
 //
 // Emergency write (VIRTIO_CONSOLE_F_EMERG_WRITE): a driver write to config field emerg_wr (offset 8)
 // outputs its low byte at once, without any queue (configWrite runs on the vCPU worker). Config
-// space: cols/rows (VIRTIO_CONSOLE_F_SIZE, from the host terminal when known), max_nr_ports 1.
+// space: cols/rows (VIRTIO_CONSOLE_F_SIZE; 80x24 unless the options give a size), max_nr_ports 1.
 import { ByteRing } from '../../../shared/byte-ring.js';
 import { SabMutex } from '../../../shared/lock.js';
 import { VIRTIO_ID_CONSOLE, featureBit } from '../constants.js';
