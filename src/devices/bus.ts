@@ -60,6 +60,15 @@ export function bytewise(dev: ByteDevice): PioDevice {
   };
 }
 
+/**
+ * The device access size a `len`-byte guest access is split into: 1/2/4 as they are, 8 as two 4-byte
+ * halves (low first), any other length byte by byte. (One loop over one call site: the exit path
+ * stays small enough for V8 to inline.)
+ */
+function pieceSize(len: number): AccessSize {
+  return len === 1 || len === 2 || len === 4 ? len : len === 8 ? 4 : 1;
+}
+
 interface Entry {
   base: number;
   end: number; // exclusive
@@ -119,7 +128,7 @@ export class AddressBus {
 
   /**
    * Guest read of `size` bytes at `address` (unsigned result). Size 8 (MMIO only) is split into two
-   * 4-byte accesses and combined into a number, exact below 2^53; use readBytes for exact 64-bit data.
+   * 4-byte accesses and combined into a number, exact below 2^53; use readInto for exact 64-bit data.
    */
   read(address: number, size: BusAccessSize): number {
     if (size === 8) return this.read(address, 4) + this.read(address + 4, 4) * 2 ** 32;
@@ -158,35 +167,38 @@ export class AddressBus {
   }
 
   /**
-   * Read `data.length` bytes (1..8, e.g. from a KVM_EXIT_MMIO / KVM_EXIT_IO buffer) at `address` into
-   * `data`, little-endian. Lengths other than 1/2/4 are split: 8 → two 4-byte accesses, others → bytes.
+   * The one splitter of a guest access into device accesses (a KVM_EXIT_MMIO, or one item of a
+   * KVM_EXIT_IO): read `len` bytes at `address` into view[offset, offset+len), little-endian. Lengths
+   * 1/2/4 are one access, 8 is two 4-byte accesses (low half first), any other length is byte accesses.
+   * Allocation-free, for the vCPU exit path (the view is the vCPU's kvm_run).
    */
-  readBytes(address: number, data: Uint8Array): void {
-    const n = data.length;
-    if (n === 1 || n === 2 || n === 4) {
-      const v = this.read(address, n);
-      for (let i = 0; i < n; i++) data[i] = Math.floor(v / 2 ** (8 * i)) & 0xff;
-    } else if (n === 8) {
-      this.readBytes(address, data.subarray(0, 4));
-      this.readBytes(address + 4, data.subarray(4, 8));
-    } else {
-      for (let i = 0; i < n; i++) data[i] = this.read(address + i, 1);
+  readInto(address: number, len: number, view: DataView, offset: number): void {
+    const size = pieceSize(len);
+    for (let i = 0; i < len; i += size) {
+      const v = this.read(address + i, size);
+      if (size === 4) view.setUint32(offset + i, v, true);
+      else if (size === 2) view.setUint16(offset + i, v, true);
+      else view.setUint8(offset + i, v);
     }
   }
 
-  /** Write `data` (little-endian) at `address`; same splitting as readBytes. */
-  writeBytes(address: number, data: Uint8Array): void {
-    const n = data.length;
-    if (n === 1 || n === 2 || n === 4) {
-      let v = 0;
-      for (let i = 0; i < n; i++) v += data[i] * 2 ** (8 * i);
-      this.write(address, n, v);
-    } else if (n === 8) {
-      this.writeBytes(address, data.subarray(0, 4));
-      this.writeBytes(address + 4, data.subarray(4, 8));
-    } else {
-      for (let i = 0; i < n; i++) this.write(address + i, 1, data[i]);
+  /** Write the `len` bytes at view[offset, offset+len) (little-endian) to `address`; split as readInto. */
+  writeFrom(address: number, len: number, view: DataView, offset: number): void {
+    const size = pieceSize(len);
+    for (let i = 0; i < len; i += size) {
+      const o = offset + i;
+      this.write(address + i, size, size === 4 ? view.getUint32(o, true) : size === 2 ? view.getUint16(o, true) : view.getUint8(o));
     }
+  }
+
+  /** readInto for a byte buffer: `data.length` bytes at `address` into `data`. */
+  readBytes(address: number, data: Uint8Array): void {
+    this.readInto(address, data.length, new DataView(data.buffer, data.byteOffset, data.byteLength), 0);
+  }
+
+  /** writeFrom for a byte buffer: `data` (little-endian) to `address`. */
+  writeBytes(address: number, data: Uint8Array): void {
+    this.writeFrom(address, data.length, new DataView(data.buffer, data.byteOffset, data.byteLength), 0);
   }
 
   /** No range starts inside (address, address+size). */
