@@ -35,6 +35,22 @@ muts = [
  ("src/devices/virtio/block/device.ts", "this.backend.writev(req.dataOut, len, h.sector * SECTOR_SIZE);", "this.backend.writev(req.dataOut, len, (h.sector ^ 1) * SECTOR_SIZE);", "test/unit/virtio-blk.test.ts", "virtio-blk: writes land in the neighbouring sector"),
  ("src/devices/virtio/block/device.ts", "return sector <= this.params.sectors && bytes <= this.capacityBytes - sector * SECTOR_SIZE;", "return sector <= this.params.sectors && bytes <= this.capacityBytes - sector * SECTOR_SIZE + SECTOR_SIZE;", "test/unit/virtio-blk.test.ts", "virtio-blk: one sector past the end accepted"),
  ("src/arch/x86_64/mptable.ts", "bytes[10] = checksumByte(bytes, 0, MP_FLOATING_POINTER_SIZE);", "bytes[10] = 0;", "test/unit/mptable.test.ts", "mptable: floating pointer checksum not set"),
+ ("src/devices/virtio/rng/index.ts", "const k = Math.min(s.length, max - n);", "const k = s.length;", "test/unit/virtio-rng.test.ts", "virtio-rng: a request filled past RNG_MAX_REQUEST_BYTES"),
+ ("src/devices/virtio/rng/index.ts", "for (const s of chain.writable) {", "for (const s of [...chain.readable, ...chain.writable]) {", "test/unit/virtio-rng.test.ts", "virtio-rng: device-readable buffers filled too"),
+ ("src/devices/virtio/rng/index.ts", "this.bytes[0] += n;", "this.bytes[0] += chain.writableBytes;", "test/unit/virtio-rng.test.ts", "virtio-rng: stats count the buffer size, not the bytes given"),
+ ("src/devices/virtio/rng/index.ts", "if (s?.kind !== 'rng' || s.version !== 1) throw", "if (s?.version !== 1) throw", "test/unit/virtio-device-state.test.ts", "virtio-rng: restore accepts another device's state"),
+ ("src/devices/virtio/console/index.ts", "for (const view of segmentViews(c.writable)) {", "for (const view of segmentViews([...c.readable, ...c.writable])) {", "test/unit/virtio-console.test.ts", "virtio-console: input delivered into device-readable segments"),
+ ("src/devices/virtio/console/index.ts", "const bytes = this.input.pop(view.length);", "const bytes = this.input.pop(view.length + 1).subarray(0, view.length);", "test/unit/virtio-console.test.ts", "virtio-console: the input byte at a receive segment boundary dropped"),
+ ("src/devices/virtio/console/index.ts", "while (this.input.available() > 0) {", "for (;;) {", "test/unit/virtio-console.test.ts", "virtio-console: receive buffers used up when there is no input"),
+ ("src/devices/virtio/console/index.ts", "Atomics.add(this.control, C_RX_BYTES, n);", "Atomics.add(this.control, C_RX_BYTES, c.writableBytes);", "test/unit/virtio-console.test.ts", "virtio-console: rxBytes counts buffer sizes"),
+ ("src/devices/virtio/console/index.ts", "if (this.output.free() === 0) return;", "if (this.output.free() === 0) { this.pending = undefined; q.push(p.chain.head, 0); return; }", "test/unit/virtio-console.test.ts", "virtio-console: a held transmit chain completed before it was copied"),
+ ("src/devices/virtio/console/index.ts", "const from = p.done - pos;", "const from = p.done - pos + (p.done > pos ? 1 : 0);", "test/unit/virtio-console.test.ts", "virtio-console: a byte skipped when a held transmit chain resumes mid-segment"),
+ ("src/devices/virtio/console/index.ts", "Atomics.store(this.control, C_WAITING_ROOM, 1);", "", "test/unit/virtio-console.test.ts", "virtio-console: WAITING_ROOM not raised while a transmit chain is held"),
+ ("src/devices/virtio/console/index.ts", "if (!q.push(p.chain.head, 0)) return;", "if (!q.push(p.chain.head, p.done)) return;", "test/unit/virtio-console.test.ts", "virtio-console: transmit chains completed with a non-zero used length"),
+ ("src/devices/virtio/console/index.ts", "if (!ok) Atomics.add(c, C_EMERG_DROPPED, 1);", "if (ok) Atomics.add(c, C_EMERG_DROPPED, 1);", "test/unit/virtio-console.test.ts", "virtio-console: emergency bytes written counted as dropped"),
+ ("src/devices/virtio/console/index.ts", "if (offset === CONSOLE_CFG_EMERG_WR) emergencyWrite", "if (offset >= CONSOLE_CFG_EMERG_WR) emergencyWrite", "test/unit/virtio-console.test.ts", "virtio-console: config writes at offsets 9..11 emit emergency bytes"),
+ ("src/devices/virtio/console/index.ts", "if (s?.kind !== 'console' || s.version !== 1) throw", "if (s === null) throw", "test/unit/virtio-device-state.test.ts", "virtio-console: restore accepts another device's state"),
+ ("src/devices/virtio/block/index.ts", "if (s?.kind !== 'blk' || s.version !== 1) throw", "if (s?.version !== 1) throw", "test/unit/virtio-device-state.test.ts", "virtio-blk: restore accepts another device's state"),
 ]
 import sys
 sel = sys.argv[1:]
