@@ -155,7 +155,12 @@ export class ConsoleBackend implements VirtioDeviceBackend {
     Atomics.store(this.control, C_WAITING_ROOM, 0);
   }
 
-  /** Host input not yet delivered stays in the input ring (shared memory); only counters are held here. */
+  /**
+   * The counters and undelivered bytes live in shared memory (the control words and the rings), not
+   * here. Not captured yet: a transmit chain held while the output ring is full (taken from the ring,
+   * partly copied); a snapshot must first let the host drain until no chain is held
+   * (C_WAITING_ROOM reads 0), or this state must grow the chain's head and progress.
+   */
   save(): { kind: 'console'; version: 1 } {
     return { kind: 'console', version: 1 };
   }
