@@ -1,5 +1,5 @@
 // The port-I/O and MMIO buses as one vCPU worker sees them: its own device-model instances over the
-// shared device state (src/main/device-manager.ts creates that state on the main thread).
+// shared device state (src/main/legacy-devices.ts and src/main/virtio-devices.ts create it on the main thread).
 import { ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORT_COUNT, COM1_PORT, COM1_PORT_COUNT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, I8042_DATA_PORT, POST_PORT } from '../arch/x86_64/layout.js';
 import { MmioBus, PioBus, bytewise } from '../devices/bus.js';
 import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
