@@ -30,89 +30,89 @@ interface Prespawned {
   died: () => void;
 }
 
-/** Prespawned vCPU workers, by vCPU id. */
-const pool = new Map<number, Prespawned>();
+/**
+ * Prespawned workers by key. Until a VM takes one, an error or exit only marks it: take() then starts
+ * a fresh one. A prespawned worker is unref'd (it does not keep the process alive) until taken.
+ */
+class WorkerPool<K> {
+  private readonly entries = new Map<K, Prespawned>();
+  constructor(private readonly spawn: (key: K) => Worker) {}
 
-function newVcpuWorker(id: number): Worker {
-  return new Worker(VCPU_WORKER, { name: `vcpu${id}`, execArgv: workerExecArgv() });
-}
-
-/** Start the workers for vCPUs 0..count-1 now; the next VM.start() with that many vCPUs or fewer takes them. */
-export function prespawnVcpuWorkers(count: number): void {
-  for (let id = 0; id < count; id++) {
-    if (pool.has(id)) continue;
+  prespawn(key: K): void {
+    if (this.entries.has(key)) return;
     const entry: Prespawned = {
-      worker: newVcpuWorker(id),
+      worker: this.spawn(key),
       dead: false,
       died: () => {
         entry.dead = true;
       },
     };
-    // Until a VM takes it, an error or exit only marks it: takeVcpuWorker then starts a fresh one.
     entry.worker.once('error', entry.died);
     entry.worker.once('exit', entry.died);
     entry.worker.unref();
-    pool.set(id, entry);
+    this.entries.set(key, entry);
+  }
+
+  take(key: K): Worker {
+    const entry = this.entries.get(key);
+    this.entries.delete(key);
+    if (entry === undefined) return this.spawn(key);
+    entry.worker.off('error', entry.died);
+    entry.worker.off('exit', entry.died);
+    if (entry.dead) return this.spawn(key);
+    entry.worker.ref();
+    return entry.worker;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  discard(): void {
+    for (const { worker } of this.entries.values()) void worker.terminate();
+    this.entries.clear();
   }
 }
 
-/** The worker for vCPU `id`: the prespawned one if it is alive, otherwise a new one. */
-export function takeVcpuWorker(id: number): Worker {
-  const entry = pool.get(id);
-  pool.delete(id);
-  if (entry === undefined) return newVcpuWorker(id);
-  entry.worker.off('error', entry.died);
-  entry.worker.off('exit', entry.died);
-  if (entry.dead) return newVcpuWorker(id);
-  entry.worker.ref();
-  return entry.worker;
-}
-
-/** How many prespawned vCPU workers are waiting to be taken. */
-export function prespawnedVcpuWorkers(): number {
-  return pool.size;
-}
-
-/** Terminate prespawned workers no VM took (e.g. the CLI failed before starting the VM). */
-export function discardPrespawnedWorkers(): void {
-  for (const { worker } of [...pool.values(), ...ioPool.values()]) void worker.terminate();
-  pool.clear();
-  ioPool.clear();
+function newVcpuWorker(id: number): Worker {
+  return new Worker(VCPU_WORKER, { name: `vcpu${id}`, execArgv: workerExecArgv() });
 }
 
 export function newIoWorker(name: string): Worker {
   return new Worker(IO_WORKER, { name, execArgv: workerExecArgv() });
 }
 
-/** Prespawned I/O workers, by device name. */
-const ioPool = new Map<string, Prespawned>();
+/** Prespawned vCPU workers, by vCPU id; prespawned I/O workers, by device name. */
+const vcpuPool = new WorkerPool<number>(newVcpuWorker);
+const ioPool = new WorkerPool<string>(newIoWorker);
+
+/** Start the workers for vCPUs 0..count-1 now; the next VM.start() with that many vCPUs or fewer takes them. */
+export function prespawnVcpuWorkers(count: number): void {
+  for (let id = 0; id < count; id++) vcpuPool.prespawn(id);
+}
+
+/** The worker for vCPU `id`: the prespawned one if it is alive, otherwise a new one. */
+export function takeVcpuWorker(id: number): Worker {
+  return vcpuPool.take(id);
+}
+
+/** How many prespawned vCPU workers are waiting to be taken. */
+export function prespawnedVcpuWorkers(): number {
+  return vcpuPool.size;
+}
 
 /** Start the I/O workers for these device names now (the CLI does, right after parsing argv). */
 export function prespawnIoWorkers(names: readonly string[]): void {
-  for (const name of names) {
-    if (ioPool.has(name)) continue;
-    const entry: Prespawned = {
-      worker: newIoWorker(name),
-      dead: false,
-      died: () => {
-        entry.dead = true;
-      },
-    };
-    entry.worker.once('error', entry.died);
-    entry.worker.once('exit', entry.died);
-    entry.worker.unref();
-    ioPool.set(name, entry);
-  }
+  for (const name of names) ioPool.prespawn(name);
 }
 
 /** The I/O worker for device `name`: the prespawned one if it is alive, otherwise a new one. */
 export function takeIoWorker(name: string): Worker {
-  const entry = ioPool.get(name);
-  ioPool.delete(name);
-  if (entry === undefined) return newIoWorker(name);
-  entry.worker.off('error', entry.died);
-  entry.worker.off('exit', entry.died);
-  if (entry.dead) return newIoWorker(name);
-  entry.worker.ref();
-  return entry.worker;
+  return ioPool.take(name);
+}
+
+/** Terminate prespawned workers no VM took (e.g. the CLI failed before starting the VM). */
+export function discardPrespawnedWorkers(): void {
+  vcpuPool.discard();
+  ioPool.discard();
 }
