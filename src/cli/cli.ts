@@ -1,7 +1,7 @@
 // The kindling command line: a thin layer over the VM class.
 import { readFileSync } from 'node:fs';
 import { errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
-import { DEFAULT_VCPUS, MAX_VCPUS, virtioDeviceNames } from '../main/config.js';
+import { DEFAULT_VCPUS, MAX_VCPUS, virtioDevicePlan } from '../main/config.js';
 import type { VM, VMExit } from '../main/vm.js';
 import { discardPrespawnedWorkers, prespawnIoWorkers, prespawnVcpuWorkers } from '../main/workers.js';
 
@@ -45,7 +45,7 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   if (vcpus >= 1 && vcpus <= MAX_VCPUS) {
     prespawnVcpuWorkers(vcpus);
-    prespawnIoWorkers(virtioDeviceNames(config));
+    prespawnIoWorkers(virtioDevicePlan(config).map((d) => d.name));
   }
   const { VM } = await import('../main/vm.js');
   if (defaultGuest) {

@@ -187,13 +187,24 @@ function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
   return { path, readOnly: ro };
 }
 
+/** One virtio device a config places: its registry kind, its name (I/O worker, logs, stats) and options. */
+export type VirtioDevicePlan =
+  | { kind: 'blk'; name: string; options: { path: string; readOnly: boolean } }
+  | { kind: 'console'; name: string; options: Record<string, never> }
+  | { kind: 'rng'; name: string; options: Record<string, never> };
+
 /**
- * The virtio devices a config places, by name, in placement order (disks first, then virtio-console,
- * then virtio-rng): the I/O worker names, which the CLI can prespawn before the config is resolved.
+ * The virtio devices a config places, in placement order: disks first (the first is /dev/vda), then
+ * virtio-console, then virtio-rng. The one source of that order and of the device names: the VM
+ * places devices and names their I/O workers from it, and the CLI prespawns the I/O workers from it
+ * before the config is resolved (so it also takes an unresolved config).
  */
-export function virtioDeviceNames(config: Pick<VMConfig, 'disks' | 'rng' | 'console'>): string[] {
-  const disks = Array.isArray(config.disks) ? config.disks.length : 0;
-  return [...Array.from({ length: disks }, (_, i) => `virtio-blk${i}`), ...(config.console === 'virtio' ? ['virtio-console'] : []), ...(config.rng === false ? [] : ['virtio-rng'])];
+export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console'>): VirtioDevicePlan[] {
+  const disks = Array.isArray(config.disks) ? config.disks : [];
+  const plan: VirtioDevicePlan[] = disks.map((d, i) => ({ kind: 'blk', name: `virtio-blk${i}`, options: { path: d.path, readOnly: d.readOnly === true } }));
+  if (config.console === 'virtio') plan.push({ kind: 'console', name: 'virtio-console', options: {} });
+  if (config.rng !== false) plan.push({ kind: 'rng', name: 'virtio-rng', options: {} });
+  return plan;
 }
 
 export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hostMemBytes?: number } = {}): ResolvedConfig {

@@ -2,7 +2,7 @@
 // one place that turns "a device of kind K with options O" into a placed, wired device, and one list
 // of placement records from which everything else is derived.
 //
-// add(kind, options) — in this order, undone on failure:
+// add(kind, options, name) — in this order, undone on failure:
 //   1. the kind's prepare() (open and lock an image, create rings and eventfds) → params
 //   2. describe(params) → features, queues, config bytes → the shared register state (createState)
 //   3. a window and GSI from the resource allocator
@@ -53,22 +53,19 @@ function queueNotify(p: VirtioPlacement): IoEventAddress {
 export class VirtioMmioDevices {
   readonly placements: VirtioPlacement[] = [];
   private readonly resources = new MmioResourceAllocator();
-  private readonly counts = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly vm: VmFd) {}
 
-  /** Place one device of `kind` (see the header). `name` defaults to virtio-<kind><n> (virtio-rng for a single one). */
-  add(kind: VirtioDeviceKind, options: unknown, name?: string): VirtioPlacement {
+  /** Place one device of `kind` named `name` (see the header). */
+  add(kind: VirtioDeviceKind, options: unknown, name: string): VirtioPlacement {
     if (this.closed) throw new Error('virtio devices already closed');
     const type = virtioDeviceType(kind);
-    const n = this.counts.get(kind) ?? 0;
-    const devName = name ?? (kind === 'blk' ? `virtio-blk${n}` : n === 0 ? `virtio-${kind}` : `virtio-${kind}${n}`);
     const vm = this.vm;
     const a = vm.addon;
     const prepared = type.prepare(options, { addon: a });
     const p: VirtioPlacement = {
-      name: devName,
+      name,
       kind,
       deviceId: type.deviceId,
       slot: { base: 0, size: 0, gsi: -1 },
@@ -103,7 +100,6 @@ export class VirtioMmioDevices {
       throw e;
     }
     this.placements.push(p);
-    this.counts.set(kind, n + 1);
     return p;
   }
 

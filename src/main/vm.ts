@@ -45,7 +45,7 @@ import { readTransportStats, type TransportStats } from '../devices/virtio/queue
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
 import { RateLimiter } from '../shared/rate-limit.js';
-import { resolveConfig, virtioDeviceNames, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
+import { resolveConfig, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
 import { VirtioMmioDevices } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
@@ -256,21 +256,20 @@ export class VM extends EventEmitter {
   }
 
   /**
-   * Legacy devices and the virtio devices, in placement order: disks first (the first is /dev/vda),
-   * then virtio-console, then virtio-rng. A locked or unusable image is refused here with one line.
+   * Legacy devices and the virtio devices in placement order (virtioDevicePlan: disks first, the
+   * first is /dev/vda, then virtio-console, then virtio-rng). A locked or unusable image is refused
+   * here with one line.
    */
   private attachDevices(): void {
-    const cfg = this.config;
     const vm = this.vmFd!;
-    const addon = vm.addon;
     const virtio = (this.virtio = new VirtioMmioDevices(vm));
-    for (const d of cfg.disks) virtio.add('blk', d);
-    if (cfg.console === 'virtio') {
-      const p = virtio.add('console', {});
-      this.consoleHost = new ConsoleHost(addon, p.params as ConsoleParams, (b) => this.console!.push(b));
-      for (const { chunk, cb } of this.consoleInput.splice(0)) this.consoleHost.send(chunk).then(() => cb(), cb);
+    for (const d of virtioDevicePlan(this.config)) {
+      const p = virtio.add(d.kind, d.options, d.name);
+      if (d.kind === 'console') {
+        this.consoleHost = new ConsoleHost(vm.addon, p.params as ConsoleParams, (b) => this.console!.push(b));
+        for (const { chunk, cb } of this.consoleInput.splice(0)) this.consoleHost.send(chunk).then(() => cb(), cb);
+      }
     }
-    if (cfg.rng) virtio.add('rng', {});
     this.devices = new LegacyDevices(vm, (bytes) => this.serial.push(bytes));
   }
 
@@ -333,11 +332,11 @@ export class VM extends EventEmitter {
   }
 
   /**
-   * Start one I/O worker per virtio device (the same count and order as attachDevices places them);
-   * each waits for its configuration (configureIoWorkers).
+   * Start one I/O worker per virtio device (virtioDevicePlan: the devices attachDevices places, in
+   * its order); each waits for its configuration (configureIoWorkers).
    */
   private spawnIoWorkers(): void {
-    for (const name of virtioDeviceNames(this.config)) {
+    for (const { name } of virtioDevicePlan(this.config)) {
       // Prespawned by the CLI (./workers.ts) if it could, else started now.
       const w = takeIoWorker(name);
       this.ioWorkers.push(w);

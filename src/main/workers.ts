@@ -5,7 +5,7 @@
 // `kindling run` and the first KVM_RUN. A process that knows early how many vCPUs it will run (the
 // CLI, right after parsing argv) can prespawn them so that boot overlaps its own module loading;
 // VM.start() then takes those workers instead of starting new ones (the same for the I/O workers,
-// by device name: virtioDeviceNames in config.ts gives the names in placement order). A prespawned worker idles until
+// by device name: virtioDevicePlan in config.ts gives the names in placement order). A prespawned worker idles until
 // it receives its VcpuWorkerData, does not keep the process alive, and is replaced by a fresh one if
 // it died before being taken.
 import { Worker } from 'node:worker_threads';
