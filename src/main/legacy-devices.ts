@@ -8,6 +8,7 @@ import { PostCode } from '../devices/legacy/post.js';
 import { Serial16550 } from '../devices/legacy/serial.js';
 import type { VmFd } from '../kvm/vm-fd.js';
 import { ByteRing } from '../shared/byte-ring.js';
+import { RingPump } from '../shared/ring-pump.js';
 import type { LegacyDeviceState } from '../vcpu-worker/protocol.js';
 
 /** Console output ring: big enough that a guest printing a screenful never waits for the main thread. */
@@ -15,17 +16,16 @@ const SERIAL_TX_RING_BYTES = 64 * 1024;
 /** Output waits up to COALESCE_MS for COALESCE_BYTES to gather before it is handed on. */
 const COALESCE_BYTES = 4096;
 const COALESCE_MS = 2;
+/** Longest wait for output before the ring is looked at again. */
+const OUTPUT_POLL_MS = 50;
 
 export class LegacyDevices {
   readonly state: LegacyDeviceState;
   private readonly serial: Serial16550;
   private readonly tx: ByteRing;
   private readonly input: Buffer[] = [];
+  private readonly output: RingPump;
   private closed = false;
-  private pumping?: Promise<void>;
-  /** The output sink takes more (false after it returned false, until resume()). */
-  private flowing = true;
-  private wakePump?: () => void;
 
   /**
    * `onOutput` receives the guest's console output; it returns false when its reader is full (a
@@ -34,7 +34,7 @@ export class LegacyDevices {
    */
   constructor(
     private readonly vm: VmFd,
-    private readonly onOutput: (bytes: Buffer) => boolean,
+    onOutput: (bytes: Buffer) => boolean,
   ) {
     const addon = vm.addon;
     this.tx = ByteRing.create(SERIAL_TX_RING_BYTES);
@@ -53,39 +53,19 @@ export class LegacyDevices {
       tx: (b) => void this.tx.tryPushByte(b),
       irq: () => addon.eventfdWrite(serialIrqFd, 1n),
     });
-    this.pumping = this.pumpOutput();
-  }
-
-  private async pumpOutput(): Promise<void> {
-    while (!this.closed) {
-      this.drain();
-      if (!this.flowing) {
-        await new Promise<void>((r) => (this.wakePump = r));
-        this.wakePump = undefined;
-        continue;
-      }
-      if (await this.tx.waitAsync(50)) {
-        // Coalesce: a guest writes one byte per trapped THR write; let a burst gather in the ring
-        // so the stream gets a few large chunks instead of one per byte.
-        if (this.tx.available() < COALESCE_BYTES) await new Promise<void>((r) => setTimeout(r, COALESCE_MS));
-      }
-    }
+    // A guest writes one byte per trapped THR write: a burst gathers in the ring (coalesce) so the
+    // stream gets a few large chunks instead of one per byte.
+    this.output = new RingPump({ rings: [this.tx], waitOn: this.tx, sink: onOutput, pollMs: OUTPUT_POLL_MS, coalesce: { bytes: COALESCE_BYTES, ms: COALESCE_MS } });
   }
 
   /** The output's reader wants more (a Readable's _read). */
   resume(): void {
-    this.flowing = true;
-    this.wakePump?.();
+    this.output.resume();
   }
 
-  /** Move what the guest has written so far to onOutput, as far as it takes it (everything once closed). */
+  /** Move what the guest has written so far to onOutput, as far as it takes it. */
   drain(): void {
-    for (;;) {
-      if (!this.flowing && !this.closed) return;
-      const chunk = this.tx.pop();
-      if (chunk.length === 0) return;
-      if (!this.onOutput(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length))) this.flowing = false;
-    }
+    this.output.drain();
   }
 
   /** Console input: into the UART's RX FIFO (and its host-side queue); the rest waits for room. */
@@ -110,8 +90,7 @@ export class LegacyDevices {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.drain();
-    this.wakePump?.();
+    this.output.close();
     try {
       this.vm.unregisterIrqfd(this.state.serialIrqFd, COM1_GSI);
     } catch {

@@ -10,18 +10,15 @@
 // therefore stops the writer (its write callback waits).
 import type { KvmAddon } from '../../../kvm/addon.js';
 import { ByteRing } from '../../../shared/byte-ring.js';
+import { RingPump } from '../../../shared/ring-pump.js';
 import { C_WAITING_ROOM, type ConsoleParams } from './index.js';
 
 const POLL_MS = 50;
 
 export class ConsoleHost {
   private readonly input: ByteRing;
-  private readonly output: ByteRing;
-  private readonly emerg: ByteRing;
-  private readonly control: Int32Array;
+  private readonly output: RingPump;
   private closed = false;
-  private flowing = true;
-  private wakeReader?: () => void;
 
   /**
    * `sink` receives the guest's output; it returns false when its reader is full (a Readable's push),
@@ -30,48 +27,34 @@ export class ConsoleHost {
   constructor(
     private readonly addon: Pick<KvmAddon, 'eventfdWrite'>,
     private readonly params: ConsoleParams,
-    private readonly sink: (bytes: Buffer) => boolean,
+    sink: (bytes: Buffer) => boolean,
   ) {
     this.input = new ByteRing(params.input);
-    this.output = new ByteRing(params.output);
-    this.emerg = new ByteRing(params.emerg);
-    this.control = new Int32Array(params.control);
-    void this.pump();
+    const output = new ByteRing(params.output);
+    const control = new Int32Array(params.control);
+    this.output = new RingPump({
+      rings: [new ByteRing(params.emerg), output],
+      waitOn: output,
+      sink,
+      pollMs: POLL_MS,
+      // Room in the output ring for a backend holding a transmit chain: wake it.
+      onPopped: (ring) => {
+        if (ring === output && Atomics.load(control, C_WAITING_ROOM) !== 0) {
+          Atomics.store(control, C_WAITING_ROOM, 0);
+          this.wake();
+        }
+      },
+    });
   }
 
   /** The reader wants more (a Readable's _read). */
   resume(): void {
-    this.flowing = true;
-    this.wakeReader?.();
+    this.output.resume();
   }
 
   /** Move everything the guest wrote so far to the sink (as far as it takes it). */
   drain(): void {
-    for (const ring of [this.emerg, this.output]) {
-      for (;;) {
-        if (!this.flowing && !this.closed) return;
-        const chunk = ring.pop();
-        if (chunk.length === 0) break;
-        if (ring === this.output && Atomics.load(this.control, C_WAITING_ROOM) !== 0) {
-          Atomics.store(this.control, C_WAITING_ROOM, 0);
-          this.wake();
-        }
-        if (!this.sink(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length))) this.flowing = false;
-      }
-    }
-  }
-
-  private async pump(): Promise<void> {
-    while (!this.closed) {
-      this.drain();
-      if (!this.flowing) {
-        await new Promise<void>((r) => (this.wakeReader = r));
-        this.wakeReader = undefined;
-        continue;
-      }
-      // Either ring may get data; the output ring's notification covers the common case.
-      await this.output.waitAsync(this.emerg.available() > 0 ? 0 : POLL_MS);
-    }
+    this.output.drain();
   }
 
   private wake(): void {
@@ -97,7 +80,6 @@ export class ConsoleHost {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.drain();
-    this.wakeReader?.();
+    this.output.close();
   }
 }
