@@ -159,37 +159,34 @@ export class ByteRing {
    * Producer side, without blocking the thread: resolve when there is room or after `timeoutMs`;
    * resolves to free() > 0 (for a producer on an event loop, e.g. the main thread's console input).
    */
-  async spaceAsync(timeoutMs: number): Promise<boolean> {
-    const a = this.i32;
-    if (this.free() > 0) return true;
-    const seq = Atomics.load(a, SPACE_SEQ);
-    Atomics.store(a, PRODUCER_WAITING, 1);
-    if (this.free() > 0) return true;
-    if (atomicsWaitAsync !== undefined) {
-      const r = atomicsWaitAsync(a, SPACE_SEQ, seq, timeoutMs);
-      if (r.async) await r.value;
-    } else {
-      await new Promise<void>((resolve) => setTimeout(resolve, Math.min(timeoutMs, 5)));
-    }
-    return this.free() > 0;
+  spaceAsync(timeoutMs: number): Promise<boolean> {
+    return this.waitFor(() => this.free() > 0, SPACE_SEQ, PRODUCER_WAITING, timeoutMs);
   }
 
   /**
    * Resolve when bytes are available or after `timeoutMs`; resolves to available() > 0.
    * Does not block the thread (Atomics.waitAsync; falls back to a timer where it is missing).
    */
-  async waitAsync(timeoutMs: number): Promise<boolean> {
+  waitAsync(timeoutMs: number): Promise<boolean> {
+    return this.waitFor(() => this.available() > 0, DATA_SEQ, CONSUMER_WAITING, timeoutMs);
+  }
+
+  /**
+   * Wait without blocking for `ready()`: announce the wait in `waitingFlag` (the other side then bumps
+   * and notifies `seqWord` when it changes the ring), re-check, then Atomics.waitAsync on the sequence.
+   */
+  private async waitFor(ready: () => boolean, seqWord: number, waitingFlag: number, timeoutMs: number): Promise<boolean> {
     const a = this.i32;
-    if (this.available() > 0) return true;
-    const seq = Atomics.load(a, DATA_SEQ);
-    Atomics.store(a, CONSUMER_WAITING, 1);
-    if (this.available() > 0) return true;
+    if (ready()) return true;
+    const seq = Atomics.load(a, seqWord);
+    Atomics.store(a, waitingFlag, 1);
+    if (ready()) return true;
     if (atomicsWaitAsync !== undefined) {
-      const r = atomicsWaitAsync(a, DATA_SEQ, seq, timeoutMs);
+      const r = atomicsWaitAsync(a, seqWord, seq, timeoutMs);
       if (r.async) await r.value;
     } else {
       await new Promise<void>((resolve) => setTimeout(resolve, Math.min(timeoutMs, 5)));
     }
-    return this.available() > 0;
+    return ready();
   }
 }
