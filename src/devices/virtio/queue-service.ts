@@ -153,29 +153,9 @@ export class ActiveQueue {
     const q = this.queue;
     for (;;) {
       const batch = this.guard.rings(() => {
-        const out: Array<DescriptorChain | VirtqueueError> = [];
-        for (;;) {
-          q.disableNotification();
-          while (out.length < maxBatch) {
-            let c: DescriptorChain | undefined;
-            try {
-              c = q.pop();
-            } catch (e) {
-              if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) {
-                out.push(e);
-                continue;
-              }
-              throw e;
-            }
-            if (!c) break;
-            out.push(c);
-          }
-          if (out.length > 0) {
-            this.guard.enter();
-            return out;
-          }
-          if (!q.enableNotification()) return out;
-        }
+        const out = this.takeAvailable(maxBatch);
+        if (out.length > 0) this.guard.enter();
+        return out;
       });
       if (batch === undefined) return undefined;
       if (batch.length === 0) return { completed, interrupt: anyInterrupt, batches };
@@ -231,25 +211,41 @@ export class ActiveQueue {
    * read and written as in-flight work the driver's reset waits for.
    */
   pop(onBroken: (head: number) => number = () => 0): DescriptorChain | undefined {
-    const q = this.queue;
     for (;;) {
-      const r = this.guard.rings((): DescriptorChain | VirtqueueError | undefined => {
-        for (;;) {
-          q.disableNotification();
-          try {
-            const c = q.pop();
-            if (c) return c;
-          } catch (e) {
-            if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) return e;
-            throw e;
-          }
-          if (!q.enableNotification()) return undefined;
-        }
-      });
+      const r = this.guard.rings(() => this.takeAvailable(1)[0]);
       if (!(r instanceof VirtqueueError)) return r;
       Atomics.add(this.stats, TSTAT_BROKEN_CHAINS, 1);
       const len = onBroken(r.head!);
       this.push(r.head!, len);
+    }
+  }
+
+  /**
+   * Pop up to `max` available chains (inside rings()): a chain the queue rejected is returned as its
+   * per-chain VirtqueueError (its head is to be completed); a fatal one is thrown. When the ring is
+   * empty, notifications are re-enabled and the ring re-checked (a chain added meanwhile may have had
+   * its notification suppressed); so an empty result means the driver's next kick wakes the device.
+   */
+  private takeAvailable(max: number): Array<DescriptorChain | VirtqueueError> {
+    const q = this.queue;
+    const out: Array<DescriptorChain | VirtqueueError> = [];
+    for (;;) {
+      q.disableNotification();
+      while (out.length < max) {
+        let c: DescriptorChain | undefined;
+        try {
+          c = q.pop();
+        } catch (e) {
+          if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) {
+            out.push(e);
+            continue;
+          }
+          throw e;
+        }
+        if (!c) break;
+        out.push(c);
+      }
+      if (out.length > 0 || !q.enableNotification()) return out;
     }
   }
 
