@@ -103,6 +103,15 @@ export interface VirtioDeviceBackend {
   close?(): void;
 }
 
+/**
+ * restore()'s check of a state's identity: `state` must be what save() of a `kind` backend returns,
+ * in format `version` (throws one line otherwise).
+ */
+export function checkDeviceState(state: unknown, kind: string, version: number): void {
+  const s = state as { kind?: unknown; version?: unknown } | null;
+  if (s?.kind !== kind || s.version !== version) throw new Error(`virtio-${kind}: not a virtio-${kind} state`);
+}
+
 export interface VirtioDeviceType<O, P> {
   /** Registry key ('blk', 'rng', 'console'). */
   readonly kind: string;

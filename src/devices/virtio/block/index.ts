@@ -1,7 +1,7 @@
 // virtio-blk (device id 2) as a kindling device type: one image per device, one request queue.
 // device.ts holds the request logic, file-backend.ts the image I/O, image.ts the open/lock.
 import { VIRTIO_ID_BLOCK } from '../constants.js';
-import type { VirtioDeviceBackend, VirtioDeviceType } from '../device.js';
+import { checkDeviceState, type VirtioDeviceBackend, type VirtioDeviceType } from '../device.js';
 import type { ActiveQueue } from '../queue-service.js';
 import { BLK_CONFIG_SIZE, BLK_QUEUE_SIZE, BlockDevice, blockConfigSpace, blockDeviceFeatures, createBlockStats, serviceRequests } from './device.js';
 import { FileBackend } from './file-backend.js';
@@ -40,8 +40,7 @@ class BlockBackendRunner implements VirtioDeviceBackend {
     return { kind: 'blk', version: 1 };
   }
   restore(state: unknown): void {
-    const s = state as { kind?: unknown; version?: unknown } | null;
-    if (s?.kind !== 'blk' || s.version !== 1) throw new Error('virtio-blk: not a virtio-blk state');
+    checkDeviceState(state, 'blk', 1);
     this.queue = undefined;
   }
 }

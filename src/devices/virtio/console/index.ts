@@ -22,7 +22,7 @@
 import { ByteRing } from '../../../shared/byte-ring.js';
 import { SabMutex } from '../../../shared/lock.js';
 import { VIRTIO_ID_CONSOLE, featureBit } from '../constants.js';
-import type { ActiveDevice, VirtioDeviceBackend, VirtioDeviceType } from '../device.js';
+import { checkDeviceState, type ActiveDevice, type VirtioDeviceBackend, type VirtioDeviceType } from '../device.js';
 import { segmentViews } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
@@ -166,8 +166,7 @@ export class ConsoleBackend implements VirtioDeviceBackend {
   }
 
   restore(state: unknown): void {
-    const s = state as { kind?: unknown; version?: unknown } | null;
-    if (s?.kind !== 'console' || s.version !== 1) throw new Error('virtio-console: not a virtio-console state');
+    checkDeviceState(state, 'console', 1);
     this.reset();
   }
 

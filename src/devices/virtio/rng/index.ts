@@ -9,7 +9,7 @@
 // cannot make one wake-up generate gigabytes.
 import { randomFillSync } from 'node:crypto';
 import { VIRTIO_ID_RNG } from '../constants.js';
-import type { VirtioDeviceBackend, VirtioDeviceType } from '../device.js';
+import { checkDeviceState, type VirtioDeviceBackend, type VirtioDeviceType } from '../device.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 
@@ -93,8 +93,7 @@ export class RngBackend implements VirtioDeviceBackend {
   }
 
   restore(state: unknown): void {
-    const s = state as { kind?: unknown; version?: unknown } | null;
-    if (s?.kind !== 'rng' || s.version !== 1) throw new Error('virtio-rng: not a virtio-rng state');
+    checkDeviceState(state, 'rng', 1);
     this.queue = undefined;
   }
 }
