@@ -38,7 +38,6 @@
 #define LINE_MAX            200         /* longer lines are echoed in pieces */
 #define PREFIX              "console: "
 #define TX_BUF              (sizeof(PREFIX) - 1 + LINE_MAX + 1)
-#define FLOOD_LINE          64
 #define FLOOD_CHUNK         4096        /* bytes per console.flood request */
 
 #define TIMEOUT_TX          (1ull << 36)    /* TSC cycles for a transmit without console.timeout_ms */
@@ -195,26 +194,11 @@ static void emerg_write(const char *s)
 }
 
 /* ---- console.flood=N: 64-byte lines "<k as %08x> " + 54 letters + "\n", cut at N bytes ---- */
-static char flood_byte(uint64_t i)
-{
-    static const char hex[] = "0123456789abcdef";
-    uint64_t k = i / FLOOD_LINE;
-    unsigned j = (unsigned)(i % FLOOD_LINE);
-    if (j < 8)
-        return hex[(k >> (4 * (7 - j))) & 0xf];
-    if (j == 8)
-        return ' ';
-    if (j == FLOOD_LINE - 1)
-        return '\n';
-    return (char)('a' + (k + (j - 9)) % 26);
-}
-
 static void flood(uint64_t n)
 {
     for (uint64_t off = 0; off < n;) {
         size_t k = n - off < FLOOD_CHUNK ? (size_t)(n - off) : FLOOD_CHUNK;
-        for (size_t i = 0; i < k; i++)
-            flood_buf[i] = flood_byte(off + i);
+        flood_text(flood_buf, off, k);
         transmit_buf(flood_buf, k);
         off += k;
     }

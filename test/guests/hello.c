@@ -17,7 +17,6 @@
  */
 #include "lib/lib.h"
 
-#define FLOOD_LINE  64
 #define FLOOD_CHUNK 4096
 
 static char flood_buf[FLOOD_CHUNK];
@@ -27,26 +26,10 @@ struct flood_piece {
     size_t len;
 };
 
-/* Byte i of the flood text. */
-static char flood_byte(uint64_t i)
-{
-    static const char hex[] = "0123456789abcdef";
-    uint64_t k = i / FLOOD_LINE;
-    unsigned j = (unsigned)(i % FLOOD_LINE);
-    if (j < 8)
-        return hex[(k >> (4 * (7 - j))) & 0xf];
-    if (j == 8)
-        return ' ';
-    if (j == FLOOD_LINE - 1)
-        return '\n';
-    return (char)('a' + (k + (j - 9)) % 26);
-}
-
 static uint64_t flood_fill(void *arg)       /* ring 3: native speed under PVM */
 {
     const struct flood_piece *p = arg;
-    for (size_t i = 0; i < p->len; i++)
-        flood_buf[i] = flood_byte(p->off + i);
+    flood_text(flood_buf, p->off, p->len);
     return 0;
 }
 

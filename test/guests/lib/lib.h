@@ -116,6 +116,11 @@ uint64_t cmdline_u64(const char *key, uint64_t dflt);
 /* ---- CRC-32/ISO-HDLC (zlib's crc32) ---- */
 uint32_t crc32_update(uint32_t crc, const void *buf, size_t n);    /* start with crc = 0 */
 
+/* ---- flood text (hello.flood, console.flood): 64-byte numbered lines (lib/flood.c) ---- */
+#define FLOOD_LINE 64
+/* Writes bytes [off, off+len) of the flood text into buf. */
+void flood_text(char *buf, uint64_t off, size_t len);
+
 /* ---- CPU: IDT, TSS, ring 3, exit ---- */
 struct frame {
     uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
