@@ -26,6 +26,7 @@ import { GuestMemory } from '../../dist/memory/guest-memory.js';
 import type { IoWorkerData } from '../../dist/io-worker/protocol.js';
 import { VirtioMmioTransport } from '../../dist/devices/virtio/mmio.js';
 import { loadAddon } from '../../src/kvm/addon.js';
+import { driverOk, initDriver } from '../unit/virtio-driver.js';
 import { ROOT } from './helpers.js';
 
 const a = loadAddon();
@@ -123,27 +124,9 @@ afterEach(async () => {
 
 /** The driver's bring-up (§3.1.1) through the registers, as a vCPU would see it. */
 function init(r: Rig, features: bigint): void {
-  const w = (off: number, v: number) => r.t.write(off, 4, v);
-  w(0x070, 0);
-  w(0x070, S_ACK);
-  w(0x070, S_ACK | S_DRIVER);
-  w(0x024, 0);
-  w(0x020, Number(features & 0xffffffffn));
-  w(0x024, 1);
-  w(0x020, Number(features >> 32n));
-  w(0x070, S_ACK | S_DRIVER | S_FEATURES_OK);
-  expect(r.t.read(0x070, 4) & S_FEATURES_OK).toBe(S_FEATURES_OK);
   r.mem.fill(DESC, 0x3000, 0);
-  w(0x030, 0);
-  w(0x038, QSIZE);
-  w(0x080, DESC);
-  w(0x084, 0);
-  w(0x090, AVAIL);
-  w(0x094, 0);
-  w(0x0a0, USED);
-  w(0x0a4, 0);
-  w(0x044, 1);
-  w(0x070, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+  initDriver(r.t, features, [{ index: 0, size: QSIZE, desc: DESC, avail: AVAIL, used: USED }]);
+  driverOk(r.t);
   r.availIdx = 0;
   r.usedSeen = 0;
 }
@@ -231,18 +214,8 @@ describe('virtio-blk I/O worker (no VM)', () => {
 
   it('a bad queue configuration at DRIVER_OK sets NEEDS_RESET; FAILED stops service', async () => {
     const r = rig();
-    const w = (off: number, v: number) => r.t.write(off, 4, v);
-    w(0x070, S_ACK);
-    w(0x070, S_ACK | S_DRIVER);
-    w(0x024, 1);
-    w(0x020, 1);
-    w(0x070, S_ACK | S_DRIVER | S_FEATURES_OK);
-    w(0x038, 6); // not a power of two
-    w(0x080, DESC);
-    w(0x090, AVAIL);
-    w(0x0a0, USED);
-    w(0x044, 1);
-    w(0x070, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    initDriver(r.t, VERSION_1, [{ index: 0, size: 6 /* not a power of two */, desc: DESC, avail: AVAIL, used: USED }]);
+    r.t.write(0x070, 4, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
     await until('NEEDS_RESET', () => (r.t.status() & S_NEEDS_RESET) !== 0);
 
     init(r, VERSION_1);

@@ -5,20 +5,9 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import {
   VIRTIO_F_VERSION_1,
-  VIRTIO_MMIO_DRIVER_FEATURES,
-  VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+  VIRTIO_MMIO_INTERRUPT_ACK,
   VIRTIO_MMIO_INT_CONFIG,
   VIRTIO_MMIO_INT_VRING,
-  VIRTIO_MMIO_INTERRUPT_ACK,
-  VIRTIO_MMIO_QUEUE_DESC_HIGH,
-  VIRTIO_MMIO_QUEUE_DESC_LOW,
-  VIRTIO_MMIO_QUEUE_DEVICE_HIGH,
-  VIRTIO_MMIO_QUEUE_DEVICE_LOW,
-  VIRTIO_MMIO_QUEUE_DRIVER_HIGH,
-  VIRTIO_MMIO_QUEUE_DRIVER_LOW,
-  VIRTIO_MMIO_QUEUE_NUM,
-  VIRTIO_MMIO_QUEUE_READY,
-  VIRTIO_MMIO_QUEUE_SEL,
   VIRTIO_MMIO_STATUS,
   VIRTIO_STATUS_ACKNOWLEDGE as ACK,
   VIRTIO_STATUS_DEVICE_NEEDS_RESET as NEEDS_RESET,
@@ -27,12 +16,14 @@ import {
   VIRTIO_STATUS_FAILED as FAILED,
   VIRTIO_STATUS_FEATURES_OK as FEATURES_OK,
   VIRTQ_DESC_F_WRITE,
+  featureBit,
 } from '../../src/devices/virtio/constants.js';
 import { VirtioMmioDeviceRunner } from '../../src/devices/virtio/activation.js';
 import type { ActiveDevice, VirtioDeviceBackend } from '../../src/devices/virtio/device.js';
 import { VirtioMmioTransport } from '../../src/devices/virtio/mmio.js';
 import { type ActiveQueue, createTransportStats, readTransportStats } from '../../src/devices/virtio/queue-service.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { initDriver } from './virtio-driver.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 
 const RAM = 1 << 20;
@@ -136,25 +127,11 @@ const stats = () => readTransportStats(rig.stats);
 function initUpToQueues(queues: number[], opts: { size?: number; desc?: number } = {}): void {
   rig.mem.fill(0, 0x10000, 0); // fresh rings
   rig.availIdx = QMAX.map(() => 0);
-  wr(VIRTIO_MMIO_STATUS, 0);
-  wr(VIRTIO_MMIO_STATUS, ACK);
-  wr(VIRTIO_MMIO_STATUS, ACK | DRIVER);
-  wr(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-  wr(VIRTIO_MMIO_DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
-  wr(VIRTIO_MMIO_STATUS, ACK | DRIVER | FEATURES_OK);
-  expect(status()).toBe(ACK | DRIVER | FEATURES_OK);
-  for (const i of queues) {
-    const a = rings(i);
-    wr(VIRTIO_MMIO_QUEUE_SEL, i);
-    wr(VIRTIO_MMIO_QUEUE_NUM, opts.size ?? QSIZE);
-    wr(VIRTIO_MMIO_QUEUE_DESC_LOW, opts.desc ?? a.desc);
-    wr(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-    wr(VIRTIO_MMIO_QUEUE_DRIVER_LOW, a.avail);
-    wr(VIRTIO_MMIO_QUEUE_DRIVER_HIGH, 0);
-    wr(VIRTIO_MMIO_QUEUE_DEVICE_LOW, a.used);
-    wr(VIRTIO_MMIO_QUEUE_DEVICE_HIGH, 0);
-    wr(VIRTIO_MMIO_QUEUE_READY, 1);
-  }
+  initDriver(
+    rig.drv,
+    featureBit(VIRTIO_F_VERSION_1),
+    queues.map((i) => ({ index: i, size: opts.size ?? QSIZE, desc: opts.desc ?? rings(i).desc, avail: rings(i).avail, used: rings(i).used })),
+  );
 }
 
 function driverOk(): void {

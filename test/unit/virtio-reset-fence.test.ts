@@ -10,23 +10,13 @@ import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   VIRTIO_F_VERSION_1,
-  VIRTIO_MMIO_DRIVER_FEATURES,
-  VIRTIO_MMIO_DRIVER_FEATURES_SEL,
-  VIRTIO_MMIO_QUEUE_DESC_HIGH,
-  VIRTIO_MMIO_QUEUE_DESC_LOW,
-  VIRTIO_MMIO_QUEUE_DEVICE_HIGH,
-  VIRTIO_MMIO_QUEUE_DEVICE_LOW,
-  VIRTIO_MMIO_QUEUE_DRIVER_HIGH,
-  VIRTIO_MMIO_QUEUE_DRIVER_LOW,
-  VIRTIO_MMIO_QUEUE_NUM,
-  VIRTIO_MMIO_QUEUE_READY,
-  VIRTIO_MMIO_QUEUE_SEL,
   VIRTIO_MMIO_STATUS,
   VIRTIO_STATUS_ACKNOWLEDGE as ACK,
   VIRTIO_STATUS_DRIVER as DRIVER,
   VIRTIO_STATUS_DRIVER_OK as DRIVER_OK,
   VIRTIO_STATUS_FEATURES_OK as FEATURES_OK,
   VIRTQ_DESC_F_WRITE,
+  featureBit,
 } from '../../src/devices/virtio/constants.js';
 import { VirtioMmioDeviceRunner } from '../../src/devices/virtio/activation.js';
 import type { ActiveDevice, VirtioDeviceBackend } from '../../src/devices/virtio/device.js';
@@ -35,6 +25,7 @@ import { type ActiveQueue, createTransportStats } from '../../src/devices/virtio
 import type { DescriptorChain } from '../../src/devices/virtio/queue.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
 import { transpileForWorkers } from './transpile-for-workers.js';
+import { driverOk, initDriver } from './virtio-driver.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 
 // ---- the driver's reset, in a worker --------------------------------------------------------------
@@ -122,24 +113,8 @@ function setup() {
   const t = new VirtioMmioTransport(state);
   const buffer = new SharedArrayBuffer(RAM);
   const mem = new GuestMemory([{ slot: 0, gpa: 0, size: RAM, buffer }]);
-  const wr = (off: number, v: number): void => drv.write(off, 4, v);
-  wr(VIRTIO_MMIO_STATUS, 0);
-  wr(VIRTIO_MMIO_STATUS, ACK);
-  wr(VIRTIO_MMIO_STATUS, ACK | DRIVER);
-  wr(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-  wr(VIRTIO_MMIO_DRIVER_FEATURES, 1 << (VIRTIO_F_VERSION_1 - 32));
-  wr(VIRTIO_MMIO_STATUS, ACK | DRIVER | FEATURES_OK);
-  wr(VIRTIO_MMIO_QUEUE_SEL, 0);
-  wr(VIRTIO_MMIO_QUEUE_NUM, QSIZE);
-  wr(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC);
-  wr(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-  wr(VIRTIO_MMIO_QUEUE_DRIVER_LOW, AVAIL);
-  wr(VIRTIO_MMIO_QUEUE_DRIVER_HIGH, 0);
-  wr(VIRTIO_MMIO_QUEUE_DEVICE_LOW, USED);
-  wr(VIRTIO_MMIO_QUEUE_DEVICE_HIGH, 0);
-  wr(VIRTIO_MMIO_QUEUE_READY, 1);
-  wr(VIRTIO_MMIO_STATUS, ACK | DRIVER | FEATURES_OK | DRIVER_OK);
-  expect(drv.read(VIRTIO_MMIO_STATUS, 4)).toBe(ACK | DRIVER | FEATURES_OK | DRIVER_OK);
+  initDriver(drv, featureBit(VIRTIO_F_VERSION_1), [{ index: 0, size: QSIZE, desc: DESC, avail: AVAIL, used: USED }]);
+  driverOk(drv);
   // Four device-writable buffers posted: one batch for the device.
   for (let i = 0; i < 4; i++) {
     writeDescriptor(mem, DESC + 16 * i, DATA + BUF * i, BUF, VIRTQ_DESC_F_WRITE);
