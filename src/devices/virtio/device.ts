@@ -29,7 +29,7 @@
 // error status (or used length 0); anything the backend throws is treated as a device bug or a broken
 // queue by the runner: DEVICE_NEEDS_RESET plus a config interrupt, and the device is idle until reset.
 import type { GuestMemory } from '../../memory/guest-memory.js';
-import type { ActiveQueue } from './queue-service.js';
+import type { ActiveQueue, ServiceResult } from './queue-service.js';
 
 /** One virtqueue as the device offers it. */
 export interface VirtqueueSpec {
@@ -110,6 +110,41 @@ export interface VirtioDeviceBackend {
 export function checkDeviceState(state: unknown, kind: string, version: number): void {
   const s = state as { kind?: unknown; version?: unknown } | null;
   if (s?.kind !== kind || s.version !== version) throw new Error(`virtio-${kind}: not a virtio-${kind} state`);
+}
+
+/**
+ * The backend of a device with one request queue (queue 0) whose requests complete within the
+ * wake-up that took them (virtio-blk, virtio-rng): `serve(queue)` runs one pass of the standard loop
+ * (ActiveQueue.service). Nothing is held between wake-ups, so its state is only its kind and format.
+ */
+export class RequestQueueBackend implements VirtioDeviceBackend {
+  private queue: ActiveQueue | undefined;
+
+  constructor(
+    private readonly kind: string,
+    private readonly serve: (queue: ActiveQueue) => Omit<ServiceResult, 'batches'> | undefined,
+  ) {}
+
+  activate(dev: ActiveDevice): void {
+    this.queue = dev.queues[0];
+  }
+
+  processQueue(index: number): void {
+    if (index === 0 && this.queue) this.serve(this.queue);
+  }
+
+  reset(): void {
+    this.queue = undefined;
+  }
+
+  save(): { kind: string; version: 1 } {
+    return { kind: this.kind, version: 1 };
+  }
+
+  restore(state: unknown): void {
+    checkDeviceState(state, this.kind, 1);
+    this.queue = undefined;
+  }
 }
 
 export interface VirtioDeviceType<O, P> {

@@ -1,8 +1,7 @@
 // virtio-blk (device id 2) as a kindling device type: one image per device, one request queue.
 // device.ts holds the request logic, file-backend.ts the image I/O, image.ts the open/lock.
 import { VIRTIO_ID_BLOCK } from '../constants.js';
-import { checkDeviceState, type VirtioDeviceBackend, type VirtioDeviceType } from '../device.js';
-import type { ActiveQueue } from '../queue-service.js';
+import { RequestQueueBackend, type VirtioDeviceType } from '../device.js';
 import { BLK_CONFIG_SIZE, BLK_QUEUE_SIZE, BlockDevice, blockConfigSpace, blockDeviceFeatures, createBlockStats, serviceRequests } from './device.js';
 import { FileBackend } from './file-backend.js';
 import { openDisk } from './image.js';
@@ -21,28 +20,6 @@ export interface BlockParams {
   serial: Uint8Array;
   /** Device counters (readBlockStats). */
   stats: SharedArrayBuffer;
-}
-
-class BlockBackendRunner implements VirtioDeviceBackend {
-  private queue: ActiveQueue | undefined;
-  constructor(private readonly dev: BlockDevice) {}
-  activate(d: { queues: ReadonlyArray<ActiveQueue | undefined> }): void {
-    this.queue = d.queues[0];
-  }
-  processQueue(index: number): void {
-    if (index === 0 && this.queue) serviceRequests(this.queue, this.dev);
-  }
-  reset(): void {
-    this.queue = undefined;
-  }
-  /** Requests complete synchronously within a wake-up: between wake-ups nothing is pending. */
-  save(): { kind: 'blk'; version: 1 } {
-    return { kind: 'blk', version: 1 };
-  }
-  restore(state: unknown): void {
-    checkDeviceState(state, 'blk', 1);
-    this.queue = undefined;
-  }
 }
 
 export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
@@ -64,6 +41,6 @@ export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
   },
   createBackend(p, env) {
     const dev = new BlockDevice({ sectors: p.sectors, readOnly: p.readOnly, serial: p.serial }, new FileBackend(env.addon, p.fd), p.stats);
-    return new BlockBackendRunner(dev);
+    return new RequestQueueBackend('blk', (q) => serviceRequests(q, dev));
   },
 };

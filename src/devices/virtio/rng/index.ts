@@ -9,8 +9,7 @@
 // cannot make one wake-up generate gigabytes.
 import { randomFillSync } from 'node:crypto';
 import { VIRTIO_ID_RNG } from '../constants.js';
-import { checkDeviceState, type VirtioDeviceBackend, type VirtioDeviceType } from '../device.js';
-import type { ActiveQueue } from '../queue-service.js';
+import { RequestQueueBackend, type VirtioDeviceType } from '../device.js';
 import type { DescriptorChain } from '../queue.js';
 
 /** QueueNumMax of requestq. */
@@ -59,42 +58,19 @@ export function fillRequest(chain: DescriptorChain, max: number = RNG_MAX_REQUES
   return n;
 }
 
-export class RngBackend implements VirtioDeviceBackend {
-  private queue: ActiveQueue | undefined;
-  private readonly counts: Int32Array;
-  private readonly bytes: Float64Array;
-
-  constructor(params: RngParams, private readonly fill: (view: Uint8Array) => void = randomFillSync) {
-    this.counts = new Int32Array(params.stats, 0, S_WORDS);
-    this.bytes = new Float64Array(params.stats, S_WORDS * 4, 1);
-  }
-
-  activate(d: { queues: ReadonlyArray<ActiveQueue | undefined> }): void {
-    this.queue = d.queues[0];
-  }
-
-  processQueue(index: number): void {
-    if (index !== 0 || !this.queue) return;
-    this.queue.service((chain) => {
-      const n = fillRequest(chain, RNG_MAX_REQUEST_BYTES, this.fill);
-      Atomics.add(this.counts, S_REQUESTS, 1);
-      this.bytes[0] += n;
-      return n;
-    });
-  }
-
-  reset(): void {
-    this.queue = undefined;
-  }
-
-  /** Nothing is held between wake-ups. */
-  save(): { kind: 'rng'; version: 1 } {
-    return { kind: 'rng', version: 1 };
-  }
-
-  restore(state: unknown): void {
-    checkDeviceState(state, 'rng', 1);
-    this.queue = undefined;
+/** virtio-rng's backend: requestq served by the standard loop, each request filled by fillRequest. */
+export class RngBackend extends RequestQueueBackend {
+  constructor(params: RngParams, fill: (view: Uint8Array) => void = randomFillSync) {
+    const counts = new Int32Array(params.stats, 0, S_WORDS);
+    const bytes = new Float64Array(params.stats, S_WORDS * 4, 1);
+    super('rng', (q) =>
+      q.service((chain) => {
+        const n = fillRequest(chain, RNG_MAX_REQUEST_BYTES, fill);
+        Atomics.add(counts, S_REQUESTS, 1);
+        bytes[0] += n;
+        return n;
+      }),
+    );
   }
 }
 
