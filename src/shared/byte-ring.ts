@@ -137,22 +137,28 @@ export class ByteRing {
 
   /** Pop up to `max` bytes (default: all available) into a new array; empty array when none. */
   pop(max: number = this.capacity): Uint8Array {
+    const out = new Uint8Array(Math.max(0, Math.min(max, this.available())));
+    this.popInto(out); // only this consumer moves HEAD: all of `out` is filled
+    return out;
+  }
+
+  /** Pop up to `dst.length` bytes straight into `dst` (e.g. a guest buffer); returns how many. */
+  popInto(dst: Uint8Array): number {
     const a = this.i32;
     const head = Atomics.load(a, HEAD);
-    const n = Math.min(max, (Atomics.load(a, TAIL) - head) | 0);
-    if (n <= 0) return new Uint8Array(0);
-    const out = new Uint8Array(n);
+    const n = Math.min(dst.length, (Atomics.load(a, TAIL) - head) | 0);
+    if (n <= 0) return 0;
     const start = head & this.mask;
     const first = Math.min(n, this.capacity - start);
-    out.set(this.data.subarray(start, start + first), 0);
-    if (n > first) out.set(this.data.subarray(0, n - first), first);
+    dst.set(this.data.subarray(start, start + first), 0);
+    if (n > first) dst.set(this.data.subarray(0, n - first), first);
     Atomics.store(a, HEAD, (head + n) | 0);
     if (Atomics.load(a, PRODUCER_WAITING) !== 0) {
       Atomics.store(a, PRODUCER_WAITING, 0);
       Atomics.add(a, SPACE_SEQ, 1);
       Atomics.notify(a, SPACE_SEQ);
     }
-    return out;
+    return n;
   }
 
   /**

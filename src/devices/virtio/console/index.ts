@@ -180,10 +180,9 @@ export class ConsoleBackend implements VirtioDeviceBackend {
         if (!c) return; // no buffer posted: input waits in the ring (and the host's writes wait for room)
         let n = 0;
         for (const view of segmentViews(c.writable)) {
-          const bytes = this.input.pop(view.length);
-          view.set(bytes);
-          n += bytes.length;
-          if (bytes.length < view.length) break;
+          const k = this.input.popInto(view); // straight into the guest's buffer
+          n += k;
+          if (k < view.length) break;
         }
         Atomics.add(this.control, C_RX_BYTES, n);
         if (!q.push(c.head, n)) return;
