@@ -24,10 +24,6 @@ export class VcpuFd {
     return this._fd;
   }
 
-  get closed(): boolean {
-    return this._fd < 0;
-  }
-
   private live(op: string): number {
     if (this._fd < 0) throw Object.assign(new Error(`${op} on a closed vCPU fd (vCPU ${this.id})`), { code: 'EBADF', syscall: op });
     return this._fd;

@@ -31,7 +31,6 @@ export interface VirtioPlacement {
   /** virtio-blk0, virtio-rng, virtio-console … (log lines, bus names, stats). */
   name: string;
   kind: VirtioDeviceKind;
-  deviceId: number;
   slot: VirtioMmioSlot;
   /** The kind's params (from prepare()), given to the vCPU workers and the I/O worker. */
   params: unknown;
@@ -67,7 +66,6 @@ export class VirtioMmioDevices {
     const p: VirtioPlacement = {
       name,
       kind,
-      deviceId: type.deviceId,
       slot: { base: 0, size: 0, gsi: -1 },
       params: prepared.params,
       transport: new SharedArrayBuffer(0),

@@ -46,12 +46,6 @@ export function scatterBytes(segs: readonly MemorySegment[], bytes: Uint8Array):
   return pos;
 }
 
-/** Total bytes of a segment list. */
-export function segmentsLength(segs: readonly MemorySegment[]): number {
-  let n = 0;
-  for (const s of segs) n += s.length;
-  return n;
-}
 
 /** The segments as Uint8Array views straight over guest RAM (no copies). */
 export function segmentViews(segs: readonly MemorySegment[]): Uint8Array[] {

@@ -125,11 +125,6 @@ export class ActiveQueue {
     this.stats = new Int32Array(opts.stats, 0, TSTAT_WORDS);
   }
 
-  /** Guest memory (for handlers that complete a broken chain themselves). */
-  get memory(): GuestMemory {
-    return this.mem;
-  }
-
   /**
    * Best effort for a rejected chain: if its last descriptor is device-writable, non-empty and in RAM,
    * write `status` into its last byte and return 1, else 0 (see completeBrokenChain).
