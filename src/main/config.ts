@@ -145,11 +145,11 @@ export function dashDashAt(cmdline: string): number {
 }
 
 /**
- * The kernel command line with the device announcements inserted after the user's words and before
- * the first `--` outside double quotes (the words after it are init's arguments).
+ * The kernel command line with `words` inserted after the user's words and before the first `--`
+ * outside double quotes (the words after it are init's arguments): the device announcements, and the
+ * extra words of VMConfig.cmdlineExtra that precede its own `--`.
  */
 export function withDeviceWords(cmdline: string, words: readonly string[]): string {
-  if (words.length === 0) return cmdline;
   const dd = dashDashAt(cmdline);
   if (dd < 0) return [cmdline, ...words].filter((w) => w.length > 0).join(' ');
   return [cmdline.slice(0, dd).trimEnd(), ...words, cmdline.slice(dd)].filter((w) => w.length > 0).join(' ');
@@ -247,12 +247,9 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const extraDd = extra.indexOf('--');
   const before = extraDd >= 0 ? extra.slice(0, extraDd) : extra;
   const after = extraDd >= 0 ? extra.slice(extraDd) : [];
-  const dd = dashDashAt(user);
-  const head = dd >= 0 ? user.slice(0, dd).trimEnd() : user;
-  const tail = dd >= 0 ? user.slice(dd) : '';
   // With a `--` already in the user's command line, extra words after it belong to init as well.
-  const words = (tail ? [head, ...before, tail, ...after.slice(1)] : [head, ...before, ...after]).filter((w) => w.length > 0);
-  const cmdline = words.join(' ');
+  const init = dashDashAt(user) >= 0 ? after.slice(1) : after;
+  const cmdline = [withDeviceWords(user, before), ...init].filter((w) => w.length > 0).join(' ');
   if (/[\0\n\r]/.test(cmdline)) throw new ConfigError('--cmdline must not contain NUL or newline characters');
 
   const logLevel = config.logLevel ?? 'warn';
