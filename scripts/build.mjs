@@ -44,6 +44,19 @@ function localNodeDir() {
   return undefined;
 }
 
+// node-gyp: the dev dependency in a checkout; installed as another project's dependency (no dev
+// dependencies), the copy npm itself ships, which npm names in npm_config_node_gyp for lifecycle scripts.
+function nodeGyp() {
+  try {
+    return require.resolve('node-gyp/bin/node-gyp.js');
+  } catch {
+    const bundled = process.env.npm_config_node_gyp;
+    if (bundled && existsSync(bundled)) return bundled;
+    console.error('kindling build: node-gyp not found (neither the dev dependency nor npm\'s own); run the build through npm install');
+    process.exit(1);
+  }
+}
+
 function buildAddon() {
   const out = join(root, 'native', 'build', 'Release', 'kindling.node');
   const src = join(root, 'native');
@@ -56,8 +69,13 @@ function buildAddon() {
     console.error('kindling build: Node headers not found (looked for include/node/node_api.h); install nodejs headers');
     process.exit(1);
   }
-  const gyp = require.resolve('node-gyp/bin/node-gyp.js');
-  run(process.execPath, [gyp, 'rebuild', `--nodedir=${nodedir}`, '--jobs=max'], { cwd: src });
+  run(process.execPath, [nodeGyp(), 'rebuild', `--nodedir=${nodedir}`, '--jobs=max'], { cwd: src });
+}
+
+// A packed kindling (npm pack, a tarball or git dependency) ships dist/ (and its start-up bundles),
+// built by prepack, and no TypeScript sources: the ts step has nothing to do there.
+function packedDist() {
+  return !existsSync(join(root, 'src')) && existsSync(join(root, 'dist', 'main', 'index.js'));
 }
 
 function buildTs() {
@@ -146,8 +164,11 @@ async function fetchTestTools() {
 for (const s of steps) {
   if (s === 'addon') buildAddon();
   else if (s === 'ts') {
-    buildTs();
-    await buildBundles();
+    if (packedDist()) console.log('kindling build: prebuilt dist/ (packed package), nothing to compile');
+    else {
+      buildTs();
+      await buildBundles();
+    }
   }
   else if (s === 'guests') buildGuests();
   else if (s === 'test-tools') await fetchTestTools();
