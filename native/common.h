@@ -75,6 +75,7 @@ class Args {
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitVcpu(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
+void InitVsock(Napi::Env env, Napi::Object exports);
 
 // poll.cc: stop and close the calling env's uv_poll watchers on `fd` (close() calls this first, so a
 // closed fd number is never left in the loop's epoll set).

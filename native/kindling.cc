@@ -719,6 +719,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
   InitMemory(env, exports);
   InitVcpu(env, exports);
   InitPoll(env, exports);
+  InitVsock(env, exports);
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));
   struct Fn {

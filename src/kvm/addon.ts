@@ -242,6 +242,12 @@ export interface KvmAddon {
   // ---- misc ------------------------------------------------------------------------------------
   /** gettid() of the calling thread. */
   gettid(): number;
+
+  // ---- Unix sockets (vsock.cc) ---------------------------------------------------------------------
+  /** socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC): two connected stream fds. */
+  socketpair(): [number, number];
+  /** A listening AF_UNIX stream socket bound to `path` (close-on-exec); throws errno errors (EADDRINUSE…). */
+  unixListen(path: string, backlog: number): number;
 }
 
 let cached: KvmAddon | undefined;
