@@ -1,8 +1,10 @@
 #!/usr/bin/env node
 // Build steps run by `npm install` (addon, then ts + guests) and by `npm test` (ts + guests).
 // Usage: node scripts/build.mjs [addon] [ts] [guests] [test-tools]
-//   test-tools: puts iasl (Debian's acpica-tools, used by the ACPI table checks) in build/tools/bin
-//   when it is not installed, from Debian's archive with apt-get download (no system install).
+//   test-tools: installs the Debian packages the tests need when missing (user-mode-linux, qemu-utils,
+//   qemu-system-common, e2fsprogs; as root with apt: scripts/test-tools.mjs), and puts iasl (Debian's
+//   acpica-tools, used by the ACPI table checks) in build/tools/bin when it is not installed, from
+//   Debian's archive with apt-get download (no system install).
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -171,7 +173,14 @@ for (const s of steps) {
     }
   }
   else if (s === 'guests') buildGuests();
-  else if (s === 'test-tools') await fetchTestTools();
+  else if (s === 'test-tools') {
+    const t0 = performance.now();
+    const { installTestPackages } = await import('./test-tools.mjs');
+    installTestPackages();
+    await fetchTestTools();
+    const secs = (performance.now() - t0) / 1000;
+    if (secs >= 1) console.log(`kindling build: test-tools step took ${secs.toFixed(1)} s`);
+  }
   else {
     console.error(`kindling build: unknown step ${s}`);
     process.exit(2);
