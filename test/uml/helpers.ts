@@ -149,6 +149,8 @@ export interface UmlResult {
   exitCode: number | null;
   signal: NodeJS.Signals | null;
   timedOut: boolean;
+  /** linux.uml's pid (also its process group id). */
+  pid: number | undefined;
   /** Host ms from spawn to the init script's first line. */
   bootToInitMs: number | undefined;
   /** The guest's /proc/uptime (s) when init started. */
@@ -182,6 +184,23 @@ export function initScript(run: string, modules: readonly string[], script: stri
     `exec ${shQuote(tool)} poweroff`,
     '',
   ].join('\n');
+}
+
+/** Pids of the live processes in process group `pgid` (from /proc/PID/stat, field 5). */
+export function groupMembers(pgid: number): number[] {
+  const out: number[] = [];
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+    } catch {
+      continue;
+    }
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(f[2]) === pgid && f[0] !== 'Z') out.push(Number(e));
+  }
+  return out;
 }
 
 /** Kill a detached child's whole process group (no error if it is gone). */
@@ -244,8 +263,13 @@ export async function runUml(opts: UmlOptions): Promise<UmlResult> {
       p.on('close', (code, sig) => res([code, sig]));
     });
     clearTimeout(timer);
-    killGroup(p);
     const wallMs = performance.now() - t0;
+    // UML's helper processes share its group: kill them too and wait until they are gone.
+    killGroup(p);
+    for (let i = 0; p.pid !== undefined && groupMembers(p.pid).length > 0 && i < 250; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      killGroup(p);
+    }
     const read = (f: string): string | undefined => (existsSync(join(run, f)) ? readFileSync(join(run, f), 'utf8') : undefined);
     const st = read('status')?.trim();
     const up = /KINDLING-UML-INIT ([0-9.]+)/.exec(console);
@@ -256,6 +280,7 @@ export async function runUml(opts: UmlOptions): Promise<UmlResult> {
       exitCode,
       signal,
       timedOut,
+      pid: p.pid,
       bootToInitMs,
       guestUptimeAtInit: up ? Number(up[1]) : undefined,
       wallMs,
