@@ -381,10 +381,14 @@ export function qsdArgv(socket: string, image: string, writable = true): string[
   ];
 }
 
-/** Whether `kindling vhost-user` exists in this build (dist/ compiled from a tree that has it). */
+/**
+ * Whether `kindling vhost-user` exists in this build (dist/ compiled from a tree that has it): the
+ * CLI without its --socket answers with a usage error about its options, not `unknown command`.
+ */
 export function kindlingHasVhostUser(): boolean {
-  const r = spawnSync(process.execPath, [KINDLING, '--help'], { encoding: 'utf8', timeout: 20_000 });
-  return /vhost-user/.test(`${r.stdout}${r.stderr}`);
+  if (!existsSync(join(ROOT, 'dist', 'cli', 'cli.js'))) return false;
+  const r = spawnSync(process.execPath, [KINDLING, 'vhost-user'], { encoding: 'utf8', timeout: 20_000, stdio: ['ignore', 'pipe', 'pipe'] });
+  return !/unknown command/i.test(`${r.stdout}${r.stderr}`);
 }
 
 /** A fresh temp dir for a test's image and sockets; remove it with rmSync(dir, {recursive, force}). */
