@@ -76,6 +76,7 @@ void InitMemory(Napi::Env env, Napi::Object exports);
 void InitVcpu(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
 void InitVsock(Napi::Env env, Napi::Object exports);
+void InitLock(Napi::Env env, Napi::Object exports);  // lock.cc: OFD byte-range image locks
 
 // poll.cc: stop and close the calling env's uv_poll watchers on `fd` (close() calls this first, so a
 // closed fd number is never left in the loop's epoll set).

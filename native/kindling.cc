@@ -720,6 +720,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
   InitVcpu(env, exports);
   InitPoll(env, exports);
   InitVsock(env, exports);
+  InitLock(env, exports);
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));
   struct Fn {
