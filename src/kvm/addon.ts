@@ -248,6 +248,31 @@ export interface KvmAddon {
   socketpair(): [number, number];
   /** A listening AF_UNIX stream socket bound to `path` (close-on-exec); throws errno errors (EADDRINUSE…). */
   unixListen(path: string, backlog: number): number;
+
+  // ---- OFD byte-range locks (lock.cc) -------------------------------------------------------------
+  /**
+   * fcntl(F_OFD_SETLK): a shared (F_RDLCK) or, when `exclusive`, an exclusive (F_WRLCK) lock on bytes
+   * [start, start+len) (len 0 = to the end, however far the file grows). true when taken, false when
+   * another open file description holds a conflicting lock (EAGAIN/EACCES); other errors throw
+   * (ENOLCK, EBADF, EINVAL on a filesystem without OFD locks…). Released when the fd is closed.
+   */
+  ofdLock(fd: number, start: number, len: number, exclusive: boolean): boolean;
+  /**
+   * fcntl(F_OFD_GETLK): null when that lock could be taken now, else the first conflicting lock held
+   * by another open file description (pid is -1 for an OFD lock, the owner for a classic POSIX lock).
+   */
+  ofdTest(fd: number, start: number, len: number, exclusive: boolean): OfdLockInfo | null;
+  /** Set or clear O_NONBLOCK on an open fd (F_GETFL/F_SETFL). */
+  setNonblocking(fd: number, on: boolean): void;
+}
+
+/** A conflicting lock as F_OFD_GETLK reports it. */
+export interface OfdLockInfo {
+  exclusive: boolean;
+  start: number;
+  /** 0 = to the end of the file. */
+  len: number;
+  pid: number;
 }
 
 let cached: KvmAddon | undefined;
