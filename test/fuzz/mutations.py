@@ -51,6 +51,9 @@ muts = [
  ("src/devices/virtio/console/index.ts", "if (!ok) Atomics.add(c, C_EMERG_DROPPED, 1);", "if (ok) Atomics.add(c, C_EMERG_DROPPED, 1);", "test/unit/virtio-console.test.ts", "virtio-console: emergency bytes written counted as dropped"),
  ("src/devices/virtio/console/index.ts", "if (offset === CONSOLE_CFG_EMERG_WR) emergencyWrite", "if (offset >= CONSOLE_CFG_EMERG_WR) emergencyWrite", "test/unit/virtio-console.test.ts", "virtio-console: config writes at offsets 9..11 emit emergency bytes"),
  ("src/devices/virtio/console/index.ts", "checkDeviceState(state, 'console', 1);", "", "test/unit/virtio-device-state.test.ts", "virtio-console: restore accepts any state"),
+ ("src/devices/virtio/block/image.ts", "conflict = holdLockBytes(addon, fd, perms) ? lockConflict(addon, fd, d.readOnly) : 'writer';", "conflict = d.readOnly || holdLockBytes(addon, fd, perms) ? lockConflict(addon, fd, d.readOnly) : 'writer';", "test/unit/image-lock.test.ts", "image: the read-only attach takes no lock"),
+ ("src/devices/virtio/block/image.ts", "if (!(p.shared & bit) && addon.ofdTest(fd, RAW_LOCK_PERM_BASE + i, 1, true)) found = true;", "if (!readOnly && !(p.shared & bit) && addon.ofdTest(fd, RAW_LOCK_PERM_BASE + i, 1, true)) found = true;", "test/unit/image-lock.test.ts", "image: the writer check skipped for a read-only attach"),
+ ("src/devices/virtio/block/image.ts", "if (!st.isFile() && !st.isBlockDevice()) throw", "if (!st.isFile() && !st.isBlockDevice() && !st.isFIFO()) throw", "test/unit/image-lock.test.ts", "image: a FIFO disk accepted"),
 ]
 import sys
 sel = sys.argv[1:]
