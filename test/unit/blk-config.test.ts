@@ -1,12 +1,16 @@
 // --disk validation and where the virtio-mmio device announcements go on the kernel command line.
-import { chmodSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
+import { errorLine } from '../../src/cli/cli-args.js';
+import { blockDeviceType } from '../../src/devices/virtio/block/index.js';
+import { loadAddon } from '../../src/kvm/addon.js';
 import { ConfigError, resolveConfig, withDeviceWords, type VMConfig } from '../../src/main/config.js';
 import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord, virtioMmioSlot } from '../../src/main/resources.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-blkcfg-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const kernel = join(dir, 'kernel');
 writeFileSync(kernel, 'x');
 const img = join(dir, 'disk.img');
@@ -74,5 +78,33 @@ describe('--disk', () => {
       chmodSync(locked, 0o000);
       bad([{ path: locked, readOnly: true }], /^disk image is not readable: /);
     }
+  });
+
+  it('a locked image passes config checks and is refused at attach with one line, exit status 2', () => {
+    // The lock is taken when the device is prepared (image.ts), on the fd the device then uses; the
+    // config check only looks. A second attach of the same writable image is the simplest holder.
+    const addon = loadAddon();
+    const shared = join(dir, 'locked.img');
+    writeFileSync(shared, Buffer.alloc(4096));
+    const disks = resolveConfig({ kernel, disks: [{ path: shared }, { path: shared, readOnly: true }] }, { hostMemBytes: HOST }).disks;
+    const first = blockDeviceType.prepare(disks[0]!, { addon } as never);
+    try {
+      for (const d of [disks[0]!, disks[1]!]) {
+        let err: unknown;
+        try {
+          blockDeviceType.prepare(d, { addon } as never).release?.();
+        } catch (e) {
+          err = e;
+        }
+        expect(err).toBeInstanceOf(ConfigError);
+        const { line, code } = errorLine(err);
+        expect(code).toBe(2);
+        expect(line).toMatch(d.readOnly ? /^kindling: disk image is in use \(locked by another process that has it open for writing; / : /^kindling: disk image is in use \(locked by another process\): /);
+        expect(line.endsWith(shared)).toBe(true);
+      }
+    } finally {
+      first.release?.();
+    }
+    blockDeviceType.prepare(disks[1]!, { addon } as never).release?.(); // released with the fd
   });
 });
