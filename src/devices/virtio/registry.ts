@@ -6,11 +6,13 @@ import { blockDeviceType } from './block/index.js';
 import { consoleDeviceType } from './console/index.js';
 import type { AnyVirtioDeviceType } from './device.js';
 import { rngDeviceType } from './rng/index.js';
+import { vsockDeviceType } from './vsock/index.js';
 
 export const VIRTIO_DEVICE_TYPES = {
   blk: blockDeviceType,
   rng: rngDeviceType,
   console: consoleDeviceType,
+  vsock: vsockDeviceType,
 } as const satisfies Record<string, AnyVirtioDeviceType>;
 
 export type VirtioDeviceKind = keyof typeof VIRTIO_DEVICE_TYPES;

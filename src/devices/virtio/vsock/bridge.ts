@@ -1,0 +1,145 @@
+// The main-thread end of virtio-vsock's in-process bridge: vm.vsock. No socket files: every connection
+// is a socketpair (native/vsock.cc); the I/O worker gets one end over the control socketpair (protocol
+// in host.ts) and serves it exactly like a Firecracker client on udsPath, so the bridge speaks the same
+// `CONNECT <port>\n` / `OK <host port>\n` handshake on its end before handing the Duplex out.
+//
+//   connect(port)            → Promise<net.Socket>: resolves once the guest accepted (its listener on
+//                               `port` answered RESPONSE); rejects with one line if the guest refused
+//                               (RST, nobody listening), did not answer in time, or the VM went away
+//   listen(port, onSocket)   guest connections to (CID 2, port) arrive as net.Sockets; returns a handle
+//                            whose close() stops listening (connections already made stay)
+// The sockets are ordinary Node Duplexes with back-pressure: an unread socket stalls the guest's writer
+// (credit flow control in muxer.ts), a guest that does not read makes write() return false.
+import net from 'node:net';
+import type { KvmAddon } from '../../../kvm/addon.js';
+import { CTL_HOST_CTL_TAKEN, CTL_WORDS, type VsockParams } from './backend.js';
+
+export interface VsockListener {
+  close(): void;
+}
+
+/** vm.vsock. */
+export interface VsockApi {
+  connect(port: number): Promise<net.Socket>;
+  listen(port: number, onSocket: (socket: net.Socket) => void): VsockListener;
+}
+
+const isPort = (p: unknown): p is number => typeof p === 'number' && Number.isInteger(p) && p >= 0 && p <= 0xffffffff;
+const socketOpts = (fd: number): net.SocketConstructorOpts => ({ fd, readable: true, writable: true, allowHalfOpen: true });
+
+export class VsockBridge implements VsockApi {
+  private ctl: net.Socket | undefined;
+  private readonly listeners = new Map<number, (s: net.Socket) => void>();
+  private readonly pending = new Set<net.Socket>();
+  private closed = false;
+
+  constructor(
+    private readonly addon: Pick<KvmAddon, 'socketpair'>,
+    private readonly params: VsockParams,
+  ) {}
+
+  private control(): net.Socket {
+    if (this.ctl) return this.ctl;
+    if (this.closed) throw new Error('vsock: the VM has stopped');
+    if (Atomics.exchange(new Int32Array(this.params.control, 0, CTL_WORDS), CTL_HOST_CTL_TAKEN, 1) !== 0) throw new Error('vsock: the device is gone');
+    const ctl = new net.Socket(socketOpts(this.params.hostCtlFd));
+    ctl.unref(); // the bridge alone never keeps the process alive
+    ctl.on('error', () => {});
+    ctl.setEncoding('latin1');
+    let line = '';
+    ctl.on('data', (d: string) => {
+      line += d;
+      for (let i = line.indexOf('\n'); i >= 0; i = line.indexOf('\n')) {
+        const m = /^A (\d+) (\d+)$/.exec(line.slice(0, i));
+        line = line.slice(i + 1);
+        if (m) this.incoming(Number(m[1]), Number(m[2]));
+      }
+      if (line.length > 256) line = '';
+    });
+    this.ctl = ctl;
+    return ctl;
+  }
+
+  private incoming(port: number, fd: number): void {
+    const s = new net.Socket(socketOpts(fd));
+    const h = this.listeners.get(port);
+    if (!h || this.closed) {
+      s.destroy();
+      return;
+    }
+    h(s);
+  }
+
+  connect(port: number): Promise<net.Socket> {
+    if (!isPort(port)) return Promise.reject(new RangeError(`vsock: port ${String(port)} is not in 0..4294967295`));
+    let ctl: net.Socket;
+    try {
+      ctl = this.control();
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+    const [mine, theirs] = this.addon.socketpair();
+    ctl.write(`C ${theirs}\n`);
+    const s = new net.Socket(socketOpts(mine));
+    this.pending.add(s);
+    s.write(`CONNECT ${port}\n`);
+    return new Promise((resolve, reject) => {
+      let buf = Buffer.alloc(0);
+      const fail = (): void => {
+        cleanup();
+        s.destroy();
+        reject(new Error(`vsock: guest port ${port} refused the connection`));
+      };
+      const cleanup = (): void => {
+        this.pending.delete(s);
+        s.off('data', onData);
+        s.off('close', fail);
+        s.off('end', fail);
+      };
+      const onData = (d: Buffer): void => {
+        buf = Buffer.concat([buf, d]);
+        const nl = buf.indexOf(0x0a);
+        if (nl < 0) {
+          if (buf.length > 32) fail();
+          return;
+        }
+        if (!/^OK \d+$/.test(buf.subarray(0, nl).toString('latin1'))) return fail();
+        cleanup();
+        s.pause();
+        const rest = buf.subarray(nl + 1);
+        if (rest.length > 0) s.unshift(rest);
+        resolve(s);
+      };
+      s.on('data', onData);
+      s.on('end', fail);
+      s.on('close', fail);
+      s.on('error', () => {});
+    });
+  }
+
+  listen(port: number, onSocket: (socket: net.Socket) => void): VsockListener {
+    if (!isPort(port)) throw new RangeError(`vsock: port ${String(port)} is not in 0..4294967295`);
+    if (this.listeners.has(port)) throw new Error(`vsock: port ${port} is already listened on`);
+    const ctl = this.control();
+    this.listeners.set(port, onSocket);
+    ctl.write(`L ${port}\n`);
+    let open = true;
+    return {
+      close: () => {
+        if (!open) return;
+        open = false;
+        if (this.listeners.get(port) === onSocket) this.listeners.delete(port);
+        if (!this.closed) ctl.write(`U ${port}\n`);
+      },
+    };
+  }
+
+  /** The VM stopped: pending connects fail; established sockets end when the device closes them. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.listeners.clear();
+    for (const s of [...this.pending]) s.destroy();
+    this.ctl?.destroy();
+  }
+}

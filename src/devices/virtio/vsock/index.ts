@@ -1,0 +1,81 @@
+// virtio-vsock (virtio 1.2 §5.10, device id 19): the device type. What the parts do is in backend.ts's
+// header; this file is what the registry lists:
+//   prepare   main thread: validates the CID, binds and listens on udsPath (synchronously, so a busy or
+//             bad path is an error before the VM exists), creates the control socketpair of the
+//             in-process bridge, and the control SAB (fd ownership words, counters)
+//   describe  features (VIRTIO_VSOCK_F_STREAM), queues rx/tx/event, config space le64 guest_cid
+//   createBackend  I/O worker: VsockBackend with its host side (host.ts)
+// release() closes every fd no thread took over and removes the socket file kindling created.
+import { VIRTIO_ID_VSOCK, featureBit } from '../constants.js';
+import type { VirtioDeviceType } from '../device.js';
+import {
+  CTL_COUNTERS_OFFSET,
+  CTL_DEV_CTL_TAKEN,
+  CTL_HOST_CTL_TAKEN,
+  CTL_LISTEN_TAKEN,
+  CTL_WORDS,
+  VIRTIO_VSOCK_F_STREAM,
+  VSOCK_QUEUE_SIZE,
+  validGuestCid,
+  vsockConfigSpace,
+  type VsockOptions,
+  type VsockParams,
+} from './backend.js';
+import { createVsockHostBackend, unlinkSocket } from './host.js';
+import { VSOCK_COUNTERS } from './muxer.js';
+
+export * from './backend.js';
+
+export const vsockDeviceType: VirtioDeviceType<VsockOptions, VsockParams> = {
+  kind: 'vsock',
+  deviceId: VIRTIO_ID_VSOCK,
+  prepare(options, host) {
+    if (!validGuestCid(options.cid)) throw new Error(`vsock: CID ${String(options.cid)} is not in 3..4294967294`);
+    const listenFd = options.udsPath !== undefined ? host.addon.unixListen(options.udsPath, 128) : -1;
+    let pair: [number, number];
+    try {
+      pair = host.addon.socketpair();
+    } catch (e) {
+      if (listenFd >= 0) host.addon.close(listenFd);
+      throw e;
+    }
+    const control = new SharedArrayBuffer(CTL_COUNTERS_OFFSET + 8 * VSOCK_COUNTERS.length);
+    const params: VsockParams = { cid: BigInt(options.cid), udsPath: options.udsPath, listenFd, devCtlFd: pair[1], hostCtlFd: pair[0], control };
+    return {
+      params,
+      release: () => releaseVsock(host.addon, params),
+    };
+  },
+  describe(p) {
+    return {
+      features: featureBit(VIRTIO_VSOCK_F_STREAM),
+      queues: [
+        { name: 'rx', maxSize: VSOCK_QUEUE_SIZE },
+        { name: 'tx', maxSize: VSOCK_QUEUE_SIZE },
+        { name: 'event', maxSize: VSOCK_QUEUE_SIZE },
+      ],
+      config: vsockConfigSpace(p.cid),
+    };
+  },
+  createBackend(p, env) {
+    return createVsockHostBackend(p, env);
+  },
+};
+
+/** Close what no thread took over, and remove the socket file kindling created. */
+export function releaseVsock(addon: { close(fd: number): void }, p: VsockParams): void {
+  const w = new Int32Array(p.control, 0, CTL_WORDS);
+  const closeUnless = (fd: number, word: number): void => {
+    if (fd >= 0 && Atomics.exchange(w, word, 1) === 0) {
+      try {
+        addon.close(fd);
+      } catch {
+        // already gone
+      }
+    }
+  };
+  closeUnless(p.listenFd, CTL_LISTEN_TAKEN);
+  closeUnless(p.devCtlFd, CTL_DEV_CTL_TAKEN);
+  closeUnless(p.hostCtlFd, CTL_HOST_CTL_TAKEN);
+  if (p.udsPath !== undefined && p.listenFd >= 0) unlinkSocket(p.udsPath);
+}
