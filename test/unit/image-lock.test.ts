@@ -188,6 +188,33 @@ describe('openDisk: one checked fd', () => {
     }
   });
 
+  const canLoop = process.getuid?.() === 0 && existsSync('/dev/loop-control') && spawnSync('losetup', ['--version']).status === 0;
+  if (!canLoop) console.log('image-lock.test: not root, or no losetup or /dev/loop-control — SKIPPING the block-device checks');
+  it.skipIf(!canLoop)('attaches a block device: size from BLKGETSIZE64 on the same fd, locked like a file (root, loop device)', () => {
+    const p = image(3 * 1024 * 1024);
+    const sum = digest(p);
+    const loop = spawnSync('losetup', ['-f', '--show', p], { encoding: 'utf8' });
+    const dev = loop.stdout.trim();
+    try {
+      expect(loop.status, loop.stderr).toBe(0);
+      const d = attach(dev);
+      try {
+        expect(d.sectors).toBe(6144);
+        refused(dev, false, IN_USE);
+        refused(dev, true, IN_USE_BY_WRITER);
+      } finally {
+        release(d);
+      }
+      const r = [attach(dev, true), attach(dev, true)];
+      refused(dev, false, IN_USE);
+      for (const x of r) release(x);
+    } finally {
+      if (dev) spawnSync('losetup', ['-d', dev]);
+      expect(digest(p)).toBe(sum);
+      rmSync(p);
+    }
+  });
+
   it.skipIf(process.getuid?.() === 0)('refuses images the user may not open (non-root only)', () => {
     const p = image(512);
     try {
