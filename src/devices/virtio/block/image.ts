@@ -95,7 +95,7 @@ function fileKind(st: { isDirectory(): boolean; isFIFO(): boolean; isCharacterDe
   if (st.isCharacterDevice()) return 'a character device';
   if (st.isSocket()) return 'a socket';
   if (st.isSymbolicLink()) return 'a symbolic link';
-  return 'not a file';
+  return 'of an unknown file type';
 }
 
 function errnoCode(e: unknown): string {
