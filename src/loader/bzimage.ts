@@ -9,7 +9,8 @@
 // pref_address (LOAD_PHYSICAL_ADDR) for a non-relocatable kernel and max(load address rounded up
 // to kernel_alignment, pref_address) for a relocatable one; the initrd must stay clear of that.
 //
-// This module also defines the loader's error classes (re-exported by ./index.js).
+// Every header field is read through ImageReader (bounds-checked against the image length), so a
+// truncated or hostile image gives a KernelFormatError, never a RangeError.
 import { HIMEM_START } from '../arch/x86_64/layout.js';
 import {
   BOOT_FLAG_MAGIC,
@@ -36,22 +37,10 @@ import {
   LOADED_HIGH,
   XLF_KERNEL_64,
 } from './boot-params.js';
+import { KernelFormatError } from './errors.js';
+import { ImageReader } from './reader.js';
 
-/** The kernel image is unusable (not a kernel, malformed, unsupported). One-line, user-facing. */
-export class KernelFormatError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'KernelFormatError';
-  }
-}
-
-/** A well-formed kernel that cannot be loaded into this VM (RAM too small, initrd does not fit). */
-export class KernelLoadError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'KernelLoadError';
-  }
-}
+export { KernelFormatError, KernelLoadError } from './errors.js';
 
 export const SECTOR_SIZE = 512;
 /** setup_sects == 0 means 4 (boot.rst). */
@@ -103,9 +92,9 @@ const hex = (n: number | bigint): string => '0x' + n.toString(16);
 
 /** Boot flag and "HdrS" magic present (says nothing about validity). */
 export function hasBzImageMagic(image: Uint8Array): boolean {
-  if (image.length < HDR_HEADER + 4) return false;
-  const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  return v.getUint16(HDR_BOOT_FLAG, true) === BOOT_FLAG_MAGIC && v.getUint32(HDR_HEADER, true) === HDRS_MAGIC;
+  const r = new ImageReader(image, 'bzImage');
+  if (!r.has(HDR_BOOT_FLAG, 2) || !r.has(HDR_HEADER, 4)) return false;
+  return r.u16(HDR_BOOT_FLAG, 'boot_flag') === BOOT_FLAG_MAGIC && r.u32(HDR_HEADER, 'header') === HDRS_MAGIC;
 }
 
 const isPow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
@@ -113,49 +102,49 @@ const isPow2 = (n: number): boolean => n > 0 && (n & (n - 1)) === 0;
 /** Parse and validate a bzImage; throws KernelFormatError. Independent of guest RAM size. */
 export function parseBzImage(image: Uint8Array): BzImageInfo {
   if (!hasBzImageMagic(image)) throw new KernelFormatError('not a bzImage: no boot flag 0xAA55 / "HdrS" setup header');
-  const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
-  const version = v.getUint16(HDR_VERSION, true);
+  const v = new ImageReader(image, 'bzImage');
+  const version = v.u16(HDR_VERSION, 'setup header field version');
   if (version < MIN_BOOT_PROTOCOL) {
     throw new KernelFormatError(`bzImage boot protocol ${versionString(version)} is too old (need ≥ ${versionString(MIN_BOOT_PROTOCOL)})`);
   }
   // The header ends at 0x202 + the byte at 0x201 (the setup code's first jump skips over it).
-  const headerEnd = HDR_HEADER + v.getUint8(HDR_JUMP + 1);
+  const headerEnd = HDR_HEADER + v.u8(HDR_JUMP + 1, 'setup header field jump (its offset byte)');
   const needEnd = version >= INIT_SIZE_PROTOCOL ? HDR_INIT_SIZE + 4 : HDR_CMDLINE_SIZE + 4;
   if (headerEnd < needEnd) {
     throw new KernelFormatError(`bzImage setup header is truncated (ends at ${hex(headerEnd)}, protocol ${versionString(version)} needs ${hex(needEnd)})`);
   }
-  const rawSects = v.getUint8(HDR_SETUP_SECTS);
+  const rawSects = v.u8(HDR_SETUP_SECTS, 'setup header field setup_sects');
   const setupSects = rawSects === 0 ? DEFAULT_SETUP_SECTS : rawSects;
   const setupSize = (setupSects + 1) * SECTOR_SIZE;
   if (image.length <= setupSize) {
     throw new KernelFormatError(`bzImage is truncated: ${image.length} bytes, but the setup code alone is ${setupSize}`);
   }
-  const syssize = v.getUint32(HDR_SYSSIZE, true);
+  const syssize = v.u32(HDR_SYSSIZE, 'setup header field syssize');
   if (syssize === 0) throw new KernelFormatError('bzImage header gives no protected-mode kernel size (syssize 0)');
   const syssizeBytes = syssize * 16;
   if (setupSize + syssizeBytes > image.length) {
     throw new KernelFormatError(`bzImage is truncated: ${image.length} bytes, the header claims ${setupSize + syssizeBytes}`);
   }
-  const loadflags = v.getUint8(HDR_LOADFLAGS);
+  const loadflags = v.u8(HDR_LOADFLAGS, 'setup header field loadflags');
   if (!(loadflags & LOADED_HIGH)) throw new KernelFormatError('zImage kernels (not loaded high) are not supported');
-  const xloadflags = v.getUint16(HDR_XLOADFLAGS, true);
+  const xloadflags = v.u16(HDR_XLOADFLAGS, 'setup header field xloadflags');
   if (version >= XLOADFLAGS_PROTOCOL && !(xloadflags & XLF_KERNEL_64)) {
     throw new KernelFormatError('bzImage has no 64-bit entry point (XLF_KERNEL_64 not set): not an x86-64 kernel');
   }
-  const initrdAddrMax = v.getUint32(HDR_INITRD_ADDR_MAX, true);
-  const kernelAlignment = v.getUint32(HDR_KERNEL_ALIGNMENT, true);
-  const relocatable = v.getUint8(HDR_RELOCATABLE_KERNEL) !== 0;
+  const initrdAddrMax = v.u32(HDR_INITRD_ADDR_MAX, 'setup header field initrd_addr_max');
+  const kernelAlignment = v.u32(HDR_KERNEL_ALIGNMENT, 'setup header field kernel_alignment');
+  const relocatable = v.u8(HDR_RELOCATABLE_KERNEL, 'setup header field relocatable_kernel') !== 0;
   if (relocatable && !isPow2(kernelAlignment)) {
     throw new KernelFormatError(`bzImage kernel_alignment ${hex(kernelAlignment)} is not a power of two`);
   }
-  const minAlignment = v.getUint8(HDR_MIN_ALIGNMENT);
-  const cmdlineSize = v.getUint32(HDR_CMDLINE_SIZE, true);
+  const minAlignment = v.u8(HDR_MIN_ALIGNMENT, 'setup header field min_alignment');
+  const cmdlineSize = v.u32(HDR_CMDLINE_SIZE, 'setup header field cmdline_size');
   const kernelSize = image.length - setupSize;
   if (kernelSize <= STARTUP_64_OFFSET) throw new KernelFormatError(`bzImage protected-mode kernel is only ${kernelSize} bytes`);
 
   if (version >= PAYLOAD_PROTOCOL) {
-    const payloadOffset = v.getUint32(HDR_PAYLOAD_OFFSET, true);
-    const payloadLength = v.getUint32(HDR_PAYLOAD_LENGTH, true);
+    const payloadOffset = v.u32(HDR_PAYLOAD_OFFSET, 'setup header field payload_offset');
+    const payloadLength = v.u32(HDR_PAYLOAD_LENGTH, 'setup header field payload_length');
     if (payloadLength !== 0 && payloadOffset + payloadLength > syssizeBytes) {
       throw new KernelFormatError('bzImage compressed payload lies outside the protected-mode kernel');
     }
@@ -165,8 +154,8 @@ export function parseBzImage(image: Uint8Array): BzImageInfo {
   let initSize = 0;
   let runStart: number;
   if (version >= INIT_SIZE_PROTOCOL) {
-    prefAddress = v.getBigUint64(HDR_PREF_ADDRESS, true);
-    initSize = v.getUint32(HDR_INIT_SIZE, true);
+    prefAddress = v.u64(HDR_PREF_ADDRESS, 'setup header field pref_address');
+    initSize = v.u32(HDR_INIT_SIZE, 'setup header field init_size');
     if (initSize === 0) throw new KernelFormatError('bzImage header gives no init_size');
     if (prefAddress < BigInt(HIMEM_START) || prefAddress > 0xffff_ffffn) {
       throw new KernelFormatError(`bzImage preferred load address ${hex(prefAddress)} is outside 1 MiB..4 GiB`);

@@ -10,13 +10,9 @@
 // including the terminating NUL (COMMAND_LINE_SIZE semantics), so the text itself may be at most
 // maxSize - 1 bytes. A bzImage header's cmdline_size excludes the NUL: pass cmdline_size + 1.
 import { CMDLINE_MAX_SIZE } from '../arch/x86_64/layout.js';
+import { CmdlineError } from './errors.js';
 
-export class CmdlineError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'CmdlineError';
-  }
-}
+export { CmdlineError };
 
 const encoder = new TextEncoder();
 

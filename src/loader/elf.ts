@@ -1,11 +1,13 @@
 // ELF64 x86-64 executable parser for kernels (vmlinux, PVH guests). Strictly bounds-checked: every
 // offset and size is read as a u64 (bigint) and checked against the file before use, so a hostile
-// image can only produce a KernelFormatError. Placement in guest RAM is checked by the caller.
+// image can only produce a KernelFormatError; every field is read through ImageReader (bounds-checked
+// against the file length). Placement in guest RAM is checked by the caller.
 //
 // Segments are loaded at p_paddr (vmlinux links at virtual addresses but its physical ones are
 // where it must live). The Xen PVH entry point comes from an ELF note in a PT_NOTE segment:
 // name "Xen\0", type XEN_ELFNOTE_PHYS32_ENTRY (18), desc = 32-bit physical address (4 or 8 bytes).
-import { KernelFormatError } from './bzimage.js';
+import { KernelFormatError } from './errors.js';
+import { ImageReader } from './reader.js';
 
 export const ELF_MAGIC = [0x7f, 0x45, 0x4c, 0x46] as const; // "\x7fELF"
 export const ELFCLASS64 = 2;
@@ -60,17 +62,17 @@ export function parseElf(image: Uint8Array): ElfImage {
   if (image[4] !== ELFCLASS64) throw new KernelFormatError(`ELF class ${image[4]} is not 64-bit: not an x86-64 kernel`);
   if (image[5] !== ELFDATA2LSB) throw new KernelFormatError('ELF file is not little-endian: not an x86-64 kernel');
   if (image[6] !== EV_CURRENT) throw new KernelFormatError(`ELF version ${image[6]} is not supported`);
-  const v = new DataView(image.buffer, image.byteOffset, image.byteLength);
+  const v = new ImageReader(image, 'ELF file');
   const fileLen = BigInt(image.length);
 
-  const type = v.getUint16(16, true);
+  const type = v.u16(16, 'e_type');
   if (type !== ET_EXEC) throw new KernelFormatError(`ELF type ${type} is not a kernel (need ET_EXEC, 2)`);
-  const machine = v.getUint16(18, true);
+  const machine = v.u16(18, 'e_machine');
   if (machine !== EM_X86_64) throw new KernelFormatError(`ELF machine ${machine} is not x86-64 (62)`);
-  const entry = v.getBigUint64(24, true);
-  const phoff = v.getBigUint64(32, true);
-  const phentsize = v.getUint16(54, true);
-  const phnum = v.getUint16(56, true);
+  const entry = v.u64(24, 'e_entry');
+  const phoff = v.u64(32, 'e_phoff');
+  const phentsize = v.u16(54, 'e_phentsize');
+  const phnum = v.u16(56, 'e_phnum');
   if (phnum === 0) throw new KernelFormatError('ELF file has no program headers');
   if (phnum === PN_XNUM) throw new KernelFormatError('ELF file has too many program headers (PN_XNUM)');
   if (phentsize < ELF64_PHDR_SIZE) throw new KernelFormatError(`ELF program header size ${phentsize} is too small (need ${ELF64_PHDR_SIZE})`);
@@ -81,13 +83,13 @@ export function parseElf(image: Uint8Array): ElfImage {
     const ph = phoff + BigInt(i) * BigInt(phentsize);
     if (ph + BigInt(ELF64_PHDR_SIZE) > fileLen) throw new KernelFormatError(`ELF program header ${i} lies outside the file`);
     const o = Number(ph);
-    const pType = v.getUint32(o, true);
+    const pType = v.u32(o, 'p_type');
     if (pType !== PT_LOAD && pType !== PT_NOTE) continue;
-    const pOffset = v.getBigUint64(o + 8, true);
-    const pPaddr = v.getBigUint64(o + 24, true);
-    const pFilesz = v.getBigUint64(o + 32, true);
-    const pMemsz = v.getBigUint64(o + 40, true);
-    const pAlign = v.getBigUint64(o + 48, true);
+    const pOffset = v.u64(o + 8, 'p_offset');
+    const pPaddr = v.u64(o + 24, 'p_paddr');
+    const pFilesz = v.u64(o + 32, 'p_filesz');
+    const pMemsz = v.u64(o + 40, 'p_memsz');
+    const pAlign = v.u64(o + 48, 'p_align');
     if (pOffset + pFilesz > fileLen) throw new KernelFormatError(`ELF program header ${i}: segment data lies outside the file`);
     if (pType === PT_NOTE) {
       const found = parseNotes(v, i, Number(pOffset), Number(pFilesz), pAlign === 8n ? 8 : 4);
@@ -129,23 +131,23 @@ export function parseElf(image: Uint8Array): ElfImage {
 }
 
 /** Walk the notes in [off, off+size); return the PVH entry if a Xen PHYS32_ENTRY note is there. */
-function parseNotes(v: DataView, index: number, off: number, size: number, align: number): number | undefined {
+function parseNotes(v: ImageReader, index: number, off: number, size: number, align: number): number | undefined {
   const end = off + size;
   const pad = (n: number): number => Math.ceil(n / align) * align;
   let pos = off;
   let found: number | undefined;
   while (pos < end) {
     if (end - pos < ELF_NOTE_HEADER_SIZE) throw new KernelFormatError(`ELF program header ${index}: note is truncated`);
-    const namesz = v.getUint32(pos, true);
-    const descsz = v.getUint32(pos + 4, true);
-    const type = v.getUint32(pos + 8, true);
+    const namesz = v.u32(pos, 'n_namesz');
+    const descsz = v.u32(pos + 4, 'n_descsz');
+    const type = v.u32(pos + 8, 'n_type');
     const namePos = pos + ELF_NOTE_HEADER_SIZE;
     const descPos = namePos + pad(namesz);
     if (descPos > end || descPos + descsz > end) throw new KernelFormatError(`ELF program header ${index}: note is truncated`);
     if (found === undefined && type === XEN_ELFNOTE_PHYS32_ENTRY && namesz === XEN_NOTE_NAME.length && isXenName(v, namePos)) {
-      if (descsz === 4) found = v.getUint32(descPos, true);
+      if (descsz === 4) found = v.u32(descPos, 'the PVH entry note address');
       else if (descsz === 8) {
-        const e = v.getBigUint64(descPos, true);
+        const e = v.u64(descPos, 'the PVH entry note address');
         if (e > 0xffff_ffffn) throw new KernelFormatError(`PVH entry point ${hex(e)} is above 4 GiB`);
         found = Number(e);
       } else throw new KernelFormatError(`Xen PVH entry note has a ${descsz}-byte address (expected 4 or 8)`);
@@ -155,7 +157,7 @@ function parseNotes(v: DataView, index: number, off: number, size: number, align
   return found;
 }
 
-function isXenName(v: DataView, pos: number): boolean {
-  for (let k = 0; k < XEN_NOTE_NAME.length; k++) if (v.getUint8(pos + k) !== XEN_NOTE_NAME.charCodeAt(k)) return false;
+function isXenName(v: ImageReader, pos: number): boolean {
+  for (let k = 0; k < XEN_NOTE_NAME.length; k++) if (v.u8(pos + k, 'the note name') !== XEN_NOTE_NAME.charCodeAt(k)) return false;
   return true;
 }

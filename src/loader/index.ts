@@ -24,13 +24,14 @@ import {
 import { e820Map, ramRegions } from '../arch/x86_64/memory-map.js';
 import type { GuestMemory } from '../memory/guest-memory.js';
 import { BOOT_PARAMS_SIZE, buildBootParams } from './boot-params.js';
-import { BZIMAGE_ENTRY, hasBzImageMagic, KernelFormatError, KernelLoadError, parseBzImage, type BzImageInfo } from './bzimage.js';
-import { CmdlineError, KernelCmdline } from './cmdline.js';
+import { BZIMAGE_ENTRY, hasBzImageMagic, parseBzImage, type BzImageInfo } from './bzimage.js';
+import { KernelCmdline } from './cmdline.js';
+import { CmdlineError, KernelFormatError, KernelLoadError } from './errors.js';
 import { hasElfMagic, parseElf, type ElfImage } from './elf.js';
 import { buildPvhStructures, HVM_MEMMAP_ENTRY_SIZE, HVM_START_INFO_SIZE, PVH_MAX_MEMMAP_ENTRIES } from './pvh.js';
 
-export { KernelFormatError, KernelLoadError } from './bzimage.js';
-export { CmdlineError, KernelCmdline } from './cmdline.js';
+export { CmdlineError, KernelFormatError, KernelLoadError } from './errors.js';
+export { KernelCmdline } from './cmdline.js';
 
 export type KernelKind = 'bzimage' | 'pvh-elf' | 'elf64';
 export type BootProtocol = 'linux64' | 'pvh';
@@ -114,13 +115,41 @@ const hex = (n: number): string => '0x' + n.toString(16);
 const mib = (n: number): string => `${+(n / MiB).toFixed(2)} MiB`;
 const len = (w: Write): number => (typeof w.data === 'number' ? w.data : w.data.length);
 
-export function loadKernel(mem: GuestMemory, image: Uint8Array, opts: LoadOptions): BootSetup {
-  // ---- validate ------------------------------------------------------------------------------
+/** What checkKernelLoad() found: the plan for a load, without guest memory. */
+export interface KernelLoadCheck {
+  kind: KernelKind;
+  /** Most bytes the command line may have (without its NUL): cmdline_size for a bzImage, else the loader's slot. */
+  cmdlineMax: number;
+  kernelStart: number;
+  kernelEnd: number;
+  /** Where an initrd of the given size goes. */
+  initrd?: { addr: number; size: number };
+  /** The command line as the kernel gets it. */
+  cmdline: string;
+}
+
+interface Plan extends KernelLoadCheck {
+  parsed: Parsed;
+  entry: number;
+  kernelCmdline: KernelCmdline;
+  /** The kernel's own writes (segments, BSS or the protected-mode kernel). */
+  writes: Write[];
+}
+
+/**
+ * Every check loadKernel makes that does not need guest memory: the image's format, that the kernel
+ * fits `memBytes` of RAM, the command line (its length against the kernel's limit), and where an
+ * initrd of `initrdSize` bytes goes. Throws what loadKernel would (KernelFormatError,
+ * KernelLoadError, CmdlineError). resolveConfig() calls it before the initrd is read, so a config
+ * loadKernel would refuse is refused when it is resolved.
+ */
+export function checkKernelLoad(image: Uint8Array, opts: { cmdline: string; initrdSize?: number; memBytes: number }): KernelLoadCheck {
+  const { parsed: _p, entry: _e, kernelCmdline: _k, writes: _w, ...check } = plan(image, opts);
+  return check;
+}
+
+function plan(image: Uint8Array, opts: { cmdline: string; initrdSize?: number; memBytes: number }): Plan {
   const lowEnd = ramRegions(opts.memBytes)[0].size; // RangeError for an impossible RAM size
-  if (!mem.isRam(0, lowEnd)) throw new RangeError(`guest memory does not cover ${hex(lowEnd)} bytes of low RAM`);
-  if (opts.rsdpAddr !== undefined && (!Number.isSafeInteger(opts.rsdpAddr) || opts.rsdpAddr < 0)) {
-    throw new RangeError(`invalid RSDP address ${opts.rsdpAddr}`);
-  }
   const parsed = inspect(image);
   const writes: Write[] = [];
   let entry: number;
@@ -134,6 +163,7 @@ export function loadKernel(mem: GuestMemory, image: Uint8Array, opts: LoadOption
     if (bz.footprintEnd > lowEnd) {
       throw new KernelLoadError(
         `guest RAM too small for this kernel: it needs memory up to ${mib(bz.footprintEnd)} (init_size ${mib(bz.initSize)} at ${hex(bz.runStart)}), the guest has ${mib(lowEnd)}`,
+        'memMiB',
       );
     }
     writes.push({ what: 'kernel', gpa: HIMEM_START, data: image.subarray(bz.setupSize) });
@@ -151,6 +181,7 @@ export function loadKernel(mem: GuestMemory, image: Uint8Array, opts: LoadOption
       if (s.paddr + s.memsz > lowEnd) {
         throw new KernelLoadError(
           `ELF program header ${s.index}: segment ${hex(s.paddr)}-${hex(s.paddr + s.memsz)} does not fit in guest RAM (${mib(lowEnd)} below 3 GiB)`,
+          'memMiB',
         );
       }
       if (s.filesz > 0) writes.push({ what: `segment ${s.index}`, gpa: s.paddr, data: image.subarray(s.offset, s.offset + s.filesz) });
@@ -161,22 +192,48 @@ export function loadKernel(mem: GuestMemory, image: Uint8Array, opts: LoadOption
     kernelEnd = elf.end;
   }
 
-  const cmdline = new KernelCmdline(cmdlineMax).append(opts.cmdline);
-  writes.push({ what: 'command line', gpa: CMDLINE_START, data: cmdline.bytes() });
+  const kernelCmdline = new KernelCmdline(cmdlineMax).append(opts.cmdline);
 
   let initrd: { addr: number; size: number } | undefined;
-  if (opts.initrd && opts.initrd.length > 0) {
-    const size = opts.initrd.length;
+  const size = opts.initrdSize ?? 0;
+  if (size > 0) {
     const lo = Math.ceil(kernelEnd / INITRD_ALIGN) * INITRD_ALIGN;
     const addr = Math.floor((initrdLimit - size) / INITRD_ALIGN) * INITRD_ALIGN;
     if (addr < lo) {
       throw new KernelLoadError(
         `initrd of ${mib(size)} does not fit in guest RAM between the kernel (ends at ${mib(lo)}) and ${mib(initrdLimit)}`,
+        'initrd',
       );
     }
     initrd = { addr, size };
-    writes.push({ what: 'initrd', gpa: addr, data: opts.initrd });
   }
+  return {
+    kind: parsed.kind,
+    cmdlineMax: cmdlineMax - 1,
+    kernelStart,
+    kernelEnd,
+    ...(initrd ? { initrd } : {}),
+    cmdline: kernelCmdline.toString(),
+    parsed,
+    entry,
+    kernelCmdline,
+    writes,
+  };
+}
+
+export function loadKernel(mem: GuestMemory, image: Uint8Array, opts: LoadOptions): BootSetup {
+  // ---- validate ------------------------------------------------------------------------------
+  const lowEnd = ramRegions(opts.memBytes)[0].size; // RangeError for an impossible RAM size
+  if (!mem.isRam(0, lowEnd)) throw new RangeError(`guest memory does not cover ${hex(lowEnd)} bytes of low RAM`);
+  if (opts.rsdpAddr !== undefined && (!Number.isSafeInteger(opts.rsdpAddr) || opts.rsdpAddr < 0)) {
+    throw new RangeError(`invalid RSDP address ${opts.rsdpAddr}`);
+  }
+  const p = plan(image, { cmdline: opts.cmdline, initrdSize: opts.initrd?.length ?? 0, memBytes: opts.memBytes });
+  const { parsed, entry, kernelStart, kernelEnd, initrd } = p;
+  const cmdline = p.kernelCmdline;
+  const writes = p.writes;
+  writes.push({ what: 'command line', gpa: CMDLINE_START, data: cmdline.bytes() });
+  if (initrd && opts.initrd) writes.push({ what: 'initrd', gpa: initrd.addr, data: opts.initrd });
 
   const e820 = e820Map(opts.memBytes);
   let protocol: BootProtocol;

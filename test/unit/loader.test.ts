@@ -38,6 +38,7 @@ import { parseBzImage } from '../../src/loader/bzimage.js';
 import { parseElf } from '../../src/loader/elf.js';
 import {
   checkKernelImage,
+  checkKernelLoad,
   CmdlineError,
   detectKernelFormat,
   isLoaderError,
@@ -46,6 +47,8 @@ import {
   loadKernel,
   type BootSetup,
 } from '../../src/loader/index.js';
+import { ConfigError } from '../../src/main/config-error.js';
+import { ImageReader } from '../../src/loader/reader.js';
 import { runs } from '../fuzz/budget.js';
 
 // ---- guest memory with a canary ------------------------------------------------------------
@@ -712,4 +715,107 @@ describe('real images', () => {
     expect(takeForbiddenWrites(t64)).toEqual([]);
   });
 
+});
+
+describe('truncated images (issue 10 item 12)', () => {
+  /** Every way a truncated image may end: a kernel kind, or a loader error (a ConfigError) of one line. */
+  function sweep(name: string, image: Uint8Array, loadable: (n: number) => boolean): void {
+    const kinds = new Map<string, number>();
+    for (let n = 0; n <= image.length; n++) {
+      const img = image.subarray(0, n);
+      let kind: string | undefined;
+      try {
+        kind = detectKernelFormat(img);
+      } catch (e) {
+        throw new Error(`${name} cut to ${n} bytes: detectKernelFormat threw ${String(e)}`);
+      }
+      try {
+        checkKernelLoad(img, { cmdline: 'console=ttyS0', initrdSize: 4096, memBytes: MEM });
+        expect(kind, `${name} cut to ${n}`).toBeDefined();
+        kinds.set(String(kind), (kinds.get(String(kind)) ?? 0) + 1);
+      } catch (e) {
+        if (!isLoaderError(e)) throw new Error(`${name} cut to ${n} bytes: ${String(e)}`);
+        expect(e).toBeInstanceOf(ConfigError);
+        expect((e as Error).message).not.toContain('\n');
+        kinds.set('refused', (kinds.get('refused') ?? 0) + 1);
+      }
+      if (loadable(n)) expect(kind, `${name} cut to ${n}`).toBeDefined();
+    }
+    // Not vacuous: the whole image loads, and some cut is refused.
+    expect(kinds.get('refused')).toBeGreaterThan(0);
+    expect(detectKernelFormat(image)).toBeDefined();
+  }
+
+  it('a bzImage cut to 518 or 519 bytes is a KernelFormatError (the fuzz counterexample, seed 2117419968)', () => {
+    for (const n of [518, 519]) {
+      const img = makeBzImage().subarray(0, n);
+      expect(detectKernelFormat(img)).toBeUndefined();
+      expect(() => checkKernelImage(img)).toThrow(KernelFormatError);
+      expect(() => checkKernelImage(img)).toThrow(`bzImage is truncated: ${n} bytes, setup header field version at 0x206 needs 2 bytes`);
+      expectRejected(t64, () => loadKernel(t64.mem, img, { cmdline: '', memBytes: MEM }), KernelFormatError, /truncated/);
+    }
+  });
+
+  it('every truncation of the synthetic bzImage, PVH ELF and vmlinux ELF: a kind or a KernelFormatError', () => {
+    const bz = makeBzImage();
+    sweep('bzImage', bz, (n) => n === bz.length);
+    const pvh = pvhElf().image;
+    sweep('PVH ELF', pvh, (n) => n === pvh.length);
+    const vml = vmlinuxElf().image;
+    sweep('vmlinux ELF', vml, (n) => n === vml.length);
+  });
+
+  it('every truncation of build/guests/hello.elf (skips loudly when it is not built)', () => {
+    const helloPath = fileURLToPath(new URL('../../build/guests/hello.elf', import.meta.url));
+    if (!existsSync(helloPath)) {
+      console.warn('SKIPPED: build/guests/hello.elf is not built (node scripts/build.mjs guests)');
+      return;
+    }
+    const img = new Uint8Array(readFileSync(helloPath));
+    sweep('hello.elf', img, (n) => n === img.length);
+  });
+
+  it('ImageReader refuses every read that does not lie wholly inside the image', () => {
+    const r = new ImageReader(new Uint8Array(8), 'image');
+    expect(r.u32(4, 'f')).toBe(0);
+    expect(r.u64(0, 'f')).toBe(0n);
+    expect(() => r.u32(5, 'field f')).toThrow('image is truncated: 8 bytes, field f at 0x5 needs 4 bytes');
+    expect(() => r.u8(8, 'f')).toThrow(KernelFormatError);
+    expect(() => r.u16(-1, 'f')).toThrow(KernelFormatError);
+    expect(() => r.u64(1, 'f')).toThrow(KernelFormatError);
+    expect(r.has(0, 8)).toBe(true);
+    expect(r.has(1, 8)).toBe(false);
+  });
+});
+
+describe('checkKernelLoad (what resolveConfig checks before the VM exists)', () => {
+  it('gives the format, the command-line limit and the initrd placement without guest memory', () => {
+    expect(checkKernelLoad(makeBzImage({ cmdlineSize: 100 }), { cmdline: 'a', memBytes: MEM })).toMatchObject({ kind: 'bzimage', cmdlineMax: 100, cmdline: 'a' });
+    expect(checkKernelLoad(pvhElf().image, { cmdline: 'a', memBytes: MEM })).toMatchObject({ kind: 'pvh-elf', cmdlineMax: CMDLINE_MAX_SIZE - 1 });
+    const c = checkKernelLoad(pvhElf().image, { cmdline: '', memBytes: MEM, initrdSize: 5000 });
+    const r = loadKernel(t64.mem, pvhElf().image, { cmdline: '', memBytes: MEM, initrd: new Uint8Array(5000).fill(1) });
+    takeForbiddenWrites(t64);
+    expect(c.initrd).toEqual(r.initrd);
+  });
+
+  it('refuses what loadKernel refuses, with the same errors, each a ConfigError naming its option', () => {
+    const cases: Array<[() => unknown, new (...a: never[]) => Error, string]> = [
+      [() => checkKernelLoad(makeBzImage({ cmdlineSize: 10 }), { cmdline: 'x'.repeat(11), memBytes: MEM }), CmdlineError, 'cmdline'],
+      [() => checkKernelLoad(pvhElf().image, { cmdline: 'x'.repeat(CMDLINE_MAX_SIZE), memBytes: MEM }), CmdlineError, 'cmdline'],
+      [() => checkKernelLoad(pvhElf().image, { cmdline: '', memBytes: MEM, initrdSize: MEM }), KernelLoadError, 'initrd'],
+      [() => checkKernelLoad(makeBzImage({ initSize: 0x4000_0000 }), { cmdline: '', memBytes: MEM }), KernelLoadError, 'memMiB'],
+      [() => checkKernelLoad(pattern(8192), { cmdline: '', memBytes: MEM }), KernelFormatError, 'kernel'],
+    ];
+    for (const [f, cls, option] of cases) {
+      let err: unknown;
+      try {
+        f();
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(cls);
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).option).toBe(option);
+    }
+  });
 });
