@@ -1,6 +1,7 @@
 // The kindling command line, parsed: argv → one Command or one UsageError line. Pure (no file
 // system, no VM), so the fuzz suite can feed it any argv; src/cli/cli.ts acts on the result.
 import { parseArgs } from 'node:util';
+import { cliConfigMessage } from './flag-names.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from '../main/config.js';
 
 export const USAGE = `usage:
@@ -133,7 +134,7 @@ function parseRun(args: string[]): Command {
 /** The one line (and exit status) the CLI prints for an error thrown while handling a command. */
 export function errorLine(e: unknown): { line: string; code: number } {
   if (e instanceof UsageError) return { line: `kindling: ${oneLine(e.message)} (see kindling --help)`, code: 2 };
-  if (e instanceof ConfigError) return { line: `kindling: ${oneLine(e.message)}`, code: 2 };
+  if (e instanceof ConfigError) return { line: `kindling: ${oneLine(cliConfigMessage(e))}`, code: 2 };
   // Anything else (a KVM error, a guest-image download failure…): its first line is the summary.
   const message = e instanceof Error ? e.message : String(e);
   return { line: `kindling: ${oneLine(message.split('\n')[0])}`, code: 1 };

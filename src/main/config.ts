@@ -1,9 +1,25 @@
 // VM configuration: what the API accepts, its defaults, and validation that turns every bad input
 // into one clear line (ConfigError) before anything is created.
-import { closeSync, constants as fsConstants, openSync, readSync, statSync } from 'node:fs';
+//
+// Messages are in library terms (VMConfig names: `memMiB must be …`); each ConfigError's `option`
+// is the VMConfig key path it is about, and src/cli/flag-names.ts turns it into the CLI's wording.
+//
+// The kernel and initrd are opened once, non-blocking, checked on that fd (regular file, size
+// against guest RAM and 2 GiB) and read from it here (src/main/user-files.ts), so resolveConfig()
+// refuses a FIFO, /dev/zero, a directory or a too-large file at once. The kernel image is then
+// checked as loadKernel() will load it (checkKernelLoad: its format, that it fits RAM, the command
+// line with the device words against the kernel's own limit, where the initrd goes) before the
+// initrd is read. The bytes read are handed to the VM (takeConfigFiles) so nothing is reopened.
+import { closeSync, constants as fsConstants, openSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
-import { MiB } from '../arch/x86_64/layout.js';
-import { MAX_VIRTIO_DEVICES } from './resources.js';
+import { CMDLINE_MAX_SIZE, MiB } from '../arch/x86_64/layout.js';
+import { ramRegions } from '../arch/x86_64/memory-map.js';
+import { checkKernelLoad, CmdlineError, KernelFormatError, KernelLoadError, type KernelKind } from '../loader/index.js';
+import { ConfigError } from './config-error.js';
+import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord } from './resources.js';
+import { checkUserFileSize, closeUserFile, fileKind, openUserFile, readUserFile, sizeText, type UserFile } from './user-files.js';
+
+export { ConfigError } from './config-error.js';
 
 export interface VMConfig {
   /** Path to the guest kernel (bzImage, PVH ELF or 64-bit ELF vmlinux). */
@@ -97,36 +113,6 @@ export function shown(value: unknown): string {
   return Array.isArray(value) ? 'an array' : `a ${typeof value}`;
 }
 
-export class ConfigError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
-  }
-}
-
-function checkReadableFile(path: string, what: string): number {
-  let st;
-  try {
-    st = statSync(path);
-  } catch (e) {
-    const code = (e as { code?: string }).code;
-    if (code === 'ENOENT') throw new ConfigError(`${what} not found: ${shown(path)}`);
-    if (code === 'EACCES') throw new ConfigError(`${what} is not readable: ${shown(path)} (permission denied)`);
-    throw new ConfigError(`${what} cannot be read: ${shown(path)} (${code ?? shown((e as Error).message)})`);
-  }
-  if (st.isDirectory()) throw new ConfigError(`${what} is a directory, not a file: ${shown(path)}`);
-  try {
-    const fd = openSync(path, 'r');
-    const b = Buffer.alloc(1);
-    readSync(fd, b, 0, 1, 0);
-    closeSync(fd);
-  } catch (e) {
-    const code = (e as { code?: string }).code;
-    throw new ConfigError(`${what} is not readable: ${shown(path)} (${code === 'EACCES' ? 'permission denied' : code ?? shown((e as Error).message)})`);
-  }
-  return st.size;
-}
-
 /** Byte offset of the first `--` word of a kernel command line (outside double quotes), or -1. */
 export function dashDashAt(cmdline: string): number {
   let quoted = false;
@@ -156,33 +142,39 @@ export function withDeviceWords(cmdline: string, words: readonly string[]): stri
 }
 
 function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
-  if (typeof d !== 'object' || d === null) throw new ConfigError(`--disk ${i + 1}: must be { path, readOnly? }`);
+  const option = `disks[${i}]`;
+  if (typeof d !== 'object' || d === null) throw ConfigError.about(option, 'must be { path, readOnly? }');
   const { path, readOnly } = d as { path?: unknown; readOnly?: unknown };
-  if (typeof path !== 'string' || path === '') throw new ConfigError(`--disk ${i + 1}: no image path given`);
-  if (readOnly !== undefined && typeof readOnly !== 'boolean') throw new ConfigError(`--disk ${shown(path)}: readOnly must be true or false`);
+  if (typeof path !== 'string' || path === '') throw ConfigError.about(`${option}.path`, 'is missing or empty: no image path given');
+  if (readOnly !== undefined && typeof readOnly !== 'boolean') {
+    throw ConfigError.about(`${option}.readOnly`, `must be true or false (got ${shown(readOnly)}) for ${shown(path)}`);
+  }
   const ro = readOnly === true;
+  const p = shown(path);
+  const at = `${option}.path`;
   let st;
   try {
     st = statSync(path);
   } catch (e) {
     const code = (e as { code?: string }).code;
-    if (code === 'ENOENT' || code === 'ENOTDIR') throw new ConfigError(`disk image not found: ${shown(path)}`);
-    if (code === 'EACCES') throw new ConfigError(`disk image is not readable: ${shown(path)} (permission denied)`);
-    throw new ConfigError(`disk image cannot be read: ${shown(path)} (${code ?? shown((e as Error).message)})`);
+    if (code === 'ENOENT' || code === 'ENOTDIR') throw new ConfigError(`disk image not found: ${p}`, at);
+    if (code === 'EACCES') throw new ConfigError(`disk image is not readable: ${p} (permission denied)`, at);
+    throw new ConfigError(`disk image cannot be read: ${p} (${code ?? shown((e as Error).message)})`, at);
   }
-  if (st.isDirectory()) throw new ConfigError(`disk image is a directory, not a file: ${shown(path)}`);
-  if (!st.isFile() && !st.isBlockDevice()) throw new ConfigError(`disk image is neither a regular file nor a block device: ${shown(path)}`);
+  // Early checks only (stat does not block on a FIFO): the device opens the image itself, checks
+  // that fd again and locks it (src/devices/virtio/block/image.ts).
+  if (!st.isFile() && !st.isBlockDevice()) throw new ConfigError(`disk image is ${fileKind(st)}, not a regular file or block device: ${p}`, at);
   try {
-    closeSync(openSync(path, ro ? fsConstants.O_RDONLY : fsConstants.O_RDWR));
+    closeSync(openSync(path, (ro ? fsConstants.O_RDONLY : fsConstants.O_RDWR) | fsConstants.O_NONBLOCK | fsConstants.O_NOCTTY));
   } catch (e) {
     const code = (e as { code?: string }).code;
     const why = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EROFS' ? 'read-only file system' : code ?? shown((e as Error).message);
-    if (ro) throw new ConfigError(`disk image is not readable: ${shown(path)} (${why})`);
-    throw new ConfigError(`disk image is not writable: ${shown(path)} (${why}; append ,ro to attach it read-only)`);
+    if (ro) throw new ConfigError(`disk image is not readable: ${p} (${why})`, at);
+    throw new ConfigError(`disk image is not writable: ${p} (${why}; append ,ro to attach it read-only)`, at);
   }
   // A block device's size is checked when it is opened (stat reports 0 for it).
   if (st.isFile() && st.size % 512 !== 0) {
-    throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${shown(path)}`);
+    throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${p}`, at);
   }
   return { path, readOnly: ro };
 }
@@ -207,53 +199,136 @@ export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'conso
   return plan;
 }
 
+/** What resolveConfig() read and checked, for the VM to load without opening the files again. */
+export interface ConfigFiles {
+  kernel: Buffer;
+  kernelKind: KernelKind;
+  initrd?: Buffer;
+}
+
+const resolvedFiles = new WeakMap<ResolvedConfig, ConfigFiles>();
+
+/**
+ * The kernel and initrd bytes resolveConfig() read for `config` (checked regular files, read from
+ * the descriptor that was checked). Hands them over once: a second call, or a config that did not
+ * come from resolveConfig(), throws.
+ */
+export function takeConfigFiles(config: ResolvedConfig): ConfigFiles {
+  const files = resolvedFiles.get(config);
+  if (!files) throw new Error('internal: the kernel of this config was already loaded, or the config did not come from resolveConfig()');
+  resolvedFiles.delete(config);
+  return files;
+}
+
+/** The loader's error `e` again, naming the file it is about (its class and option are kept). */
+function naming(e: KernelFormatError | KernelLoadError | CmdlineError, kernel: string, initrd: string | undefined): Error {
+  if (e instanceof CmdlineError) {
+    return /too long/.test(e.message) ? new CmdlineError(`${e.message} (for kernel ${shown(kernel)})`, e.option) : e;
+  }
+  const file = e.option === 'initrd' && initrd !== undefined ? `initrd ${shown(initrd)}` : `kernel ${shown(kernel)}`;
+  const named = e instanceof KernelFormatError ? new KernelFormatError(`${file}: ${e.message}`, e.option) : new KernelLoadError(`${file}: ${e.message}`, e.option);
+  named.cause = e;
+  return named;
+}
+
 export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hostMemBytes?: number } = {}): ResolvedConfig {
   if (typeof config !== 'object' || config === null) throw new ConfigError('VM config must be an object');
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   const maxVcpus = limits.maxVcpus ?? MAX_VCPUS;
-  if (!Number.isInteger(vcpus) || vcpus < 1) throw new ConfigError(`--vcpus must be a whole number ≥ 1 (got ${shown(config.vcpus)})`);
-  if (vcpus > maxVcpus) throw new ConfigError(`--vcpus ${vcpus} is more than kindling supports (${maxVcpus})`);
+  if (!Number.isInteger(vcpus) || vcpus < 1) throw ConfigError.about('vcpus', `must be a whole number ≥ 1 (got ${shown(config.vcpus)})`);
+  if (vcpus > maxVcpus) throw ConfigError.about('vcpus', `${vcpus} is more than kindling supports (${maxVcpus})`);
 
   const memMiB = config.memMiB ?? DEFAULT_MEM_MIB;
   if (!Number.isInteger(memMiB) || memMiB < MIN_MEM_MIB) {
-    throw new ConfigError(`--mem must be a whole number of MiB ≥ ${MIN_MEM_MIB} (got ${shown(config.memMiB)})`);
+    throw ConfigError.about('memMiB', `must be a whole number of MiB ≥ ${MIN_MEM_MIB} (got ${shown(config.memMiB)})`);
   }
   const hostMem = limits.hostMemBytes ?? totalmem();
   if (memMiB * MiB > hostMem) {
-    throw new ConfigError(`--mem ${memMiB} MiB is more than this host's RAM (${Math.floor(hostMem / MiB)} MiB)`);
+    throw ConfigError.about('memMiB', `${memMiB} is more than this host's RAM (${Math.floor(hostMem / MiB)} MiB)`);
+  }
+  const memBytes = memMiB * MiB;
+
+  if (typeof config.kernel !== 'string' || config.kernel === '') throw ConfigError.about('kernel', 'is required: the path to a bzImage or ELF kernel');
+  if (config.initrd !== undefined && (typeof config.initrd !== 'string' || config.initrd === '')) {
+    throw ConfigError.about('initrd', `must be the path to an initrd (got ${shown(config.initrd)})`);
   }
 
-  if (typeof config.kernel !== 'string' || config.kernel === '') throw new ConfigError('no kernel given (--kernel PATH)');
-  const kernelSize = checkReadableFile(config.kernel, 'kernel');
-  if (kernelSize === 0) throw new ConfigError(`kernel is empty: ${shown(config.kernel)}`);
-  if (config.initrd !== undefined) checkReadableFile(config.initrd, 'initrd');
-
-  if (config.disks !== undefined && !Array.isArray(config.disks)) throw new ConfigError('disks must be an array of { path, readOnly? }');
+  if (config.disks !== undefined && !Array.isArray(config.disks)) throw ConfigError.about('disks', 'must be an array of { path, readOnly? }');
   const disks = (config.disks ?? []).map((d, i) => checkDisk(d, i));
-  if (config.rng !== undefined && typeof config.rng !== 'boolean') throw new ConfigError(`rng must be true or false (got ${shown(config.rng)})`);
+  if (config.rng !== undefined && typeof config.rng !== 'boolean') throw ConfigError.about('rng', `must be true or false (got ${shown(config.rng)})`);
   const rng = config.rng ?? true;
   const consoleKind = config.console ?? 'serial';
-  if (consoleKind !== 'serial' && consoleKind !== 'virtio') throw new ConfigError(`--console must be serial or virtio (got ${shown(consoleKind)})`);
+  if (consoleKind !== 'serial' && consoleKind !== 'virtio') throw ConfigError.about('console', `must be serial or virtio (got ${shown(consoleKind)})`);
   const others = (rng ? 1 : 0) + (consoleKind === 'virtio' ? 1 : 0);
   if (disks.length + others > MAX_VIRTIO_DEVICES) {
     const other = [rng ? 'virtio-rng' : '', consoleKind === 'virtio' ? 'virtio-console' : ''].filter((x) => x).join(' and ');
-    throw new ConfigError(others ? `at most ${MAX_VIRTIO_DEVICES} disks and other virtio devices in all (got ${disks.length} disks and ${other}; --no-rng frees one)` : `at most ${MAX_VIRTIO_DEVICES} disks (got ${disks.length})`);
+    throw new ConfigError(
+      others
+        ? `at most ${MAX_VIRTIO_DEVICES} disks and other virtio devices in all (got ${disks.length} disks and ${other}; leaving out virtio-rng frees one)`
+        : `at most ${MAX_VIRTIO_DEVICES} disks (got ${disks.length})`,
+      'disks',
+    );
   }
 
-  if (config.cmdline !== undefined && typeof config.cmdline !== 'string') throw new ConfigError('--cmdline must be a string');
+  if (config.cmdline !== undefined && typeof config.cmdline !== 'string') throw ConfigError.about('cmdline', `must be a string (got ${shown(config.cmdline)})`);
+  const extraIn: unknown = config.cmdlineExtra ?? [];
+  if (!Array.isArray(extraIn) || !extraIn.every((w) => typeof w === 'string')) throw ConfigError.about('cmdlineExtra', 'must be an array of strings');
   // Extra words go after the user's words, or after init's arguments when the user's line has a `--`.
   const user = config.cmdline ?? DEFAULT_CMDLINE;
-  const extra = config.cmdlineExtra ?? [];
+  const extra = extraIn as string[];
+  // No kernel takes more than the loader's command-line slot: refuse a longer line before any work
+  // on it (a UTF-16 length over the limit is a UTF-8 length over it). The kernel's own limit
+  // (cmdline_size) is checked below, with the device words, once the kernel has been read.
+  const chars = user.length + extra.reduce((n, w) => n + w.length + 1, 0);
+  if (chars > CMDLINE_MAX_SIZE - 1) {
+    const bytes = Buffer.byteLength(user) + extra.reduce((n, w) => n + Buffer.byteLength(w) + 1, 0);
+    throw new CmdlineError(`kernel command line is too long: ${bytes} bytes, the limit is ${CMDLINE_MAX_SIZE - 1} for any kernel`);
+  }
   const extraDd = extra.indexOf('--');
   const before = extraDd >= 0 ? extra.slice(0, extraDd) : extra;
   const after = extraDd >= 0 ? extra.slice(extraDd) : [];
   // With a `--` already in the user's command line, extra words after it belong to init as well.
   const init = dashDashAt(user) >= 0 ? after.slice(1) : after;
   const cmdline = [withDeviceWords(user, before), ...init].filter((w) => w.length > 0).join(' ');
-  if (/[\0\n\r]/.test(cmdline)) throw new ConfigError('--cmdline must not contain NUL or newline characters');
+  if (/[\0\n\r]/.test(cmdline)) throw ConfigError.about('cmdline', 'must not contain NUL or newline characters');
 
   const logLevel = config.logLevel ?? 'warn';
-  if (!LOG_LEVELS.includes(logLevel)) throw new ConfigError(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
+  if (!LOG_LEVELS.includes(logLevel)) throw ConfigError.about('logLevel', `must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
 
-  return { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes: memMiB * MiB, logLevel, disks, rng, console: consoleKind };
+  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind };
+  resolvedFiles.set(resolved, readKernelFiles(resolved));
+  return resolved;
+}
+
+/**
+ * Open the kernel and initrd (checked regular files), compare their sizes with guest RAM, read the
+ * kernel and check it as loadKernel() will load it (with this config's device words on the command
+ * line and the initrd's size), and only then read the initrd. Every fd is closed before returning.
+ */
+function readKernelFiles(cfg: ResolvedConfig): ConfigFiles {
+  const low = ramRegions(cfg.memBytes)[0].size;
+  const ram = cfg.memBytes > low ? `the guest's ${sizeText(low)} of RAM below the 32-bit MMIO hole` : `the guest's RAM (${sizeText(cfg.memBytes)})`;
+  const opened: UserFile[] = [];
+  try {
+    const kernelFile = openUserFile(cfg.kernel, 'kernel');
+    opened.push(kernelFile);
+    const initrdFile = cfg.initrd !== undefined ? openUserFile(cfg.initrd, 'initrd') : undefined;
+    if (initrdFile) opened.push(initrdFile);
+    if (kernelFile.size === 0) throw new ConfigError(`kernel is empty: ${shown(cfg.kernel)}`, 'kernel');
+    checkUserFileSize(kernelFile, low, ram);
+    if (initrdFile) checkUserFileSize(initrdFile, low, ram);
+    const kernel = readUserFile(kernelFile);
+    const words = virtioDevicePlan(cfg).map((_, i) => virtioMmioCmdlineWord(i));
+    let kernelKind: KernelKind;
+    try {
+      kernelKind = checkKernelLoad(kernel, { cmdline: withDeviceWords(cfg.cmdline, words), initrdSize: initrdFile?.size ?? 0, memBytes: cfg.memBytes }).kind;
+    } catch (e) {
+      if (e instanceof KernelFormatError || e instanceof KernelLoadError || e instanceof CmdlineError) throw naming(e, cfg.kernel, cfg.initrd);
+      throw e;
+    }
+    const initrd = initrdFile ? readUserFile(initrdFile) : undefined;
+    return { kernel, kernelKind, ...(initrd ? { initrd } : {}) };
+  } finally {
+    for (const f of opened) closeUserFile(f);
+  }
 }

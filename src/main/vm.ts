@@ -4,7 +4,6 @@
 // and reports how the VM ended. The main thread only sets things up, moves console bytes, and tears
 // down; it is never on a vCPU's exit path nor on a device's I/O path.
 import { EventEmitter } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { Duplex } from 'node:stream';
 import type { Worker } from 'node:worker_threads';
 import { KVM_IDENTITY_MAP_START, KVM_TSS_START } from '../arch/x86_64/layout.js';
@@ -18,7 +17,7 @@ import { loadAddon, type KvmAddon } from '../kvm/addon.js';
 import { Kvm, PVM_WARNING, detectPvm } from '../kvm/system.js';
 import type { VcpuFd } from '../kvm/vcpu-fd.js';
 import { VmFd } from '../kvm/vm-fd.js';
-import { checkKernelImage, loadKernel, type BootSetup } from '../loader/index.js';
+import { loadKernel, type BootSetup } from '../loader/index.js';
 import { GuestMemory, type SlotDescriptor } from '../memory/guest-memory.js';
 import {
   CTRL_EXIT_CODE,
@@ -45,7 +44,7 @@ import { readTransportStats, type TransportStats } from '../devices/virtio/queue
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
 import { RateLimiter } from '../shared/rate-limit.js';
-import { resolveConfig, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
+import { resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
 import { VirtioMmioDevices } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
@@ -222,10 +221,9 @@ export class VM extends EventEmitter {
       if (this.listenerCount('warning') > 0) this.emit('warning', PVM_WARNING);
       else this.log.warn(PVM_WARNING);
     }
-    const kernelImage = readFileSync(cfg.kernel);
-    // Reject a file that is not a usable kernel before touching /dev/kvm (throws one clear line).
-    checkKernelImage(kernelImage);
-    const initrd = cfg.initrd !== undefined ? readFileSync(cfg.initrd) : undefined;
+    // The kernel and initrd as resolveConfig() read them from the fds it checked (regular files,
+    // sizes against RAM, the image checked as loadKernel() will load it): nothing is reopened.
+    const { kernel: kernelImage, initrd } = takeConfigFiles(cfg);
     this.createVm();
     this.createMemory();
     this.attachDevices();

@@ -8,11 +8,12 @@ import { blockDeviceType } from '../../src/devices/virtio/block/index.js';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { ConfigError, resolveConfig, withDeviceWords, type VMConfig } from '../../src/main/config.js';
 import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord, virtioMmioSlot } from '../../src/main/resources.js';
+import { testKernelImage } from './fixtures/test-kernel.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-blkcfg-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const kernel = join(dir, 'kernel');
-writeFileSync(kernel, 'x');
+writeFileSync(kernel, testKernelImage()); // resolveConfig checks the kernel image itself
 const img = join(dir, 'disk.img');
 writeFileSync(img, Buffer.alloc(4096));
 const HOST = 8 * 1024 ** 3;
@@ -63,7 +64,7 @@ describe('--disk', () => {
       expect((err as Error).message).not.toContain('\n');
     };
     bad([{ path: join(dir, 'missing.img') }], /^disk image not found: /);
-    bad([{ path: sub }], /^disk image is a directory, not a file: /);
+    bad([{ path: sub }], /^disk image is a directory, not a regular file or block device: /);
     bad([{ path: odd }], /^disk image size 1000 bytes is not a multiple of 512: /);
     bad([{ path: '' }], /no image path/);
     bad([{ path: img, readOnly: 'yes' }], /readOnly must be/);

@@ -8,10 +8,11 @@ import { describe, expect, it } from 'vitest';
 import { errorLine, parseCommandLine, parseDiskArg, UsageError, type Command } from '../../src/cli/cli-args.js';
 import { ConfigError, MAX_VCPUS, resolveConfig } from '../../src/main/config.js';
 import { runs } from '../fuzz/budget.js';
+import { testKernelImage } from './fixtures/test-kernel.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-cli-args-'));
 const kernel = join(dir, 'kernel');
-writeFileSync(kernel, 'x');
+writeFileSync(kernel, testKernelImage()); // resolveConfig checks the kernel image itself
 const disk = join(dir, 'disk.img');
 writeFileSync(disk, Buffer.alloc(1024));
 const oddDisk = join(dir, 'odd.img');
