@@ -61,7 +61,7 @@ export function installTestPackages({ packages = TEST_PACKAGES, log = (l) => con
   };
   if (!onPath('apt-get') || !onPath('dpkg-query')) return skip('no apt-get/dpkg: not a Debian system');
   if (typeof process.getuid !== 'function' || process.getuid() !== 0) return skip('not root: run `apt-get install ' + names.join(' ') + '` as root');
-  const install = () => sh('apt-get', ['-q', '-y', '--no-install-recommends', 'install', ...names], APT_TIMEOUT_MS);
+  const install = () => sh('apt-get', ['-q', '-y', '-o', 'Dpkg::Options::=--force-confdef', '-o', 'Dpkg::Options::=--force-confold', '--no-install-recommends', 'install', ...names], APT_TIMEOUT_MS);
   let r = install();
   let updated = false;
   if (r.code !== 0 && !r.error && LISTS_MISSING.test(r.out)) {
