@@ -54,6 +54,9 @@ muts = [
  ("src/devices/virtio/block/image.ts", "conflict = holdLockBytes(addon, fd, perms) ? lockConflict(addon, fd, d.readOnly) : 'writer';", "conflict = d.readOnly || holdLockBytes(addon, fd, perms) ? lockConflict(addon, fd, d.readOnly) : 'writer';", "test/unit/image-lock.test.ts", "image: the read-only attach takes no lock"),
  ("src/devices/virtio/block/image.ts", "if (!(p.shared & bit) && addon.ofdTest(fd, RAW_LOCK_PERM_BASE + i, 1, true)) found = true;", "if (!readOnly && !(p.shared & bit) && addon.ofdTest(fd, RAW_LOCK_PERM_BASE + i, 1, true)) found = true;", "test/unit/image-lock.test.ts", "image: the writer check skipped for a read-only attach"),
  ("src/devices/virtio/block/image.ts", "if (!st.isFile() && !st.isBlockDevice()) throw", "if (!st.isFile() && !st.isBlockDevice() && !st.isFIFO()) throw", "test/unit/image-lock.test.ts", "image: a FIFO disk accepted"),
+ ("src/main/user-files.ts", "if (!st.isFile()) throw new ConfigError(", "if (false) throw new ConfigError(", "test/unit/config.test.ts", "user-files: the regular-file check on the opened fd removed"),
+ ("src/main/user-files.ts", "if (f.size > limit) throw new ConfigError(", "if (false) throw new ConfigError(", "test/unit/config.test.ts", "user-files: kernel/initrd size not compared with guest RAM before reading"),
+ ("src/loader/reader.ts", "offset + size <= this.length;", "offset + size <= this.length + 1;", "test/unit/loader.test.ts", "loader: header read bound off by one (a bzImage cut to 518/519 bytes)"),
 ]
 import sys
 sel = sys.argv[1:]
