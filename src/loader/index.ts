@@ -144,8 +144,8 @@ interface Plan extends KernelLoadCheck {
  * loadKernel would refuse is refused when it is resolved.
  */
 export function checkKernelLoad(image: Uint8Array, opts: { cmdline: string; initrdSize?: number; memBytes: number }): KernelLoadCheck {
-  const { parsed: _p, entry: _e, kernelCmdline: _k, writes: _w, ...check } = plan(image, opts);
-  return check;
+  const p = plan(image, opts);
+  return { kind: p.kind, cmdlineMax: p.cmdlineMax, kernelStart: p.kernelStart, kernelEnd: p.kernelEnd, ...(p.initrd ? { initrd: p.initrd } : {}), cmdline: p.cmdline };
 }
 
 function plan(image: Uint8Array, opts: { cmdline: string; initrdSize?: number; memBytes: number }): Plan {
