@@ -10,6 +10,11 @@
 // Writes: the kernel at/above HIMEM_START; the command line at CMDLINE_START; the initrd at the
 // highest page-aligned address below min(initrd_addr_max + 1, end of low RAM) that is above the
 // kernel's footprint; boot_params or the PVH start_info/modlist/memmap in their fixed slots.
+//
+// checkKernelLoad() runs every check that needs no guest memory (format, RAM, command line against
+// the kernel's limit, initrd placement by size); resolveConfig() calls it before the VM exists. Every
+// error is a ConfigError subclass (./errors.ts) naming its VMConfig option; every header field is
+// read bounds-checked (./reader.ts).
 import {
   CMDLINE_MAX_SIZE,
   CMDLINE_START,
