@@ -10,14 +10,14 @@
 // checked as loadKernel() will load it (checkKernelLoad: its format, that it fits RAM, the command
 // line with the device words against the kernel's own limit, where the initrd goes) before the
 // initrd is read. The bytes read are handed to the VM (takeConfigFiles) so nothing is reopened.
-import { closeSync, constants as fsConstants, openSync, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, openSync, readSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { CMDLINE_MAX_SIZE, MiB } from '../arch/x86_64/layout.js';
 import { ramRegions } from '../arch/x86_64/memory-map.js';
 import { checkKernelLoad, CmdlineError, KernelFormatError, KernelLoadError, type KernelKind } from '../loader/index.js';
 import { ConfigError } from './config-error.js';
 import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord } from './resources.js';
-import { checkUserFileSize, closeUserFile, fileKind, openUserFile, readUserFile, sizeText, type UserFile } from './user-files.js';
+import { checkUserFileSize, closeUserFile, fileKind, MAX_USER_FILE_BYTES, openUserFile, readUserFile, sizeText, type UserFile } from './user-files.js';
 
 export { ConfigError } from './config-error.js';
 
@@ -305,6 +305,12 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
  * kernel and check it as loadKernel() will load it (with this config's device words on the command
  * line and the initrd's size), and only then read the initrd. Every fd is closed before returning.
  */
+/** The file starts with the ELF magic (read from its checked fd; nothing else is read). */
+function isElfFile(f: UserFile): boolean {
+  const magic = Buffer.alloc(4);
+  return readSync(f.fd, magic, 0, 4, 0) === 4 && magic.readUInt32BE(0) === 0x7f454c46;
+}
+
 function readKernelFiles(cfg: ResolvedConfig): ConfigFiles {
   const low = ramRegions(cfg.memBytes)[0].size;
   const ram = cfg.memBytes > low ? `the guest's ${sizeText(low)} of RAM below the 32-bit MMIO hole` : `the guest's RAM (${sizeText(cfg.memBytes)})`;
@@ -315,7 +321,11 @@ function readKernelFiles(cfg: ResolvedConfig): ConfigFiles {
     const initrdFile = cfg.initrd !== undefined ? openUserFile(cfg.initrd, 'initrd') : undefined;
     if (initrdFile) opened.push(initrdFile);
     if (kernelFile.size === 0) throw new ConfigError(`kernel is empty: ${shown(cfg.kernel)}`, 'kernel');
-    checkUserFileSize(kernelFile, low, ram);
+    // A bzImage is loaded whole, so it must fit in RAM. An ELF's file may be far larger than what it
+    // loads (an unstripped vmlinux carries its debug info), so only its segments are checked, by
+    // checkKernelLoad, against RAM; the file itself is bounded by MAX_USER_FILE_BYTES.
+    if (!isElfFile(kernelFile)) checkUserFileSize(kernelFile, low, ram);
+    else checkUserFileSize(kernelFile, MAX_USER_FILE_BYTES, `the ${sizeText(MAX_USER_FILE_BYTES + 1)} kindling reads`);
     if (initrdFile) checkUserFileSize(initrdFile, low, ram);
     const kernel = readUserFile(kernelFile);
     const words = virtioDevicePlan(cfg).map((_, i) => virtioMmioCmdlineWord(i));

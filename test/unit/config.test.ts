@@ -163,6 +163,17 @@ describe('resolveConfig', () => {
     }
   });
 
+  it('accepts an ELF kernel whose file is larger than guest RAM when its segments fit (an unstripped vmlinux)', () => {
+    const p = join(dir, 'vmlinux-with-debug-info');
+    writeFileSync(p, testKernelImage());
+    const fd = openSync(p, 'r+');
+    ftruncateSync(fd, 80 * MiB); // sparse: as if 80 MiB of debug sections followed the loaded code
+    closeSync(fd);
+    const r = resolveConfig({ kernel: p, memMiB: 64 }, { hostMemBytes: HOST });
+    expect(r.kernel).toBe(p);
+    rmSync(p);
+  });
+
   it('compares kernel and initrd sizes with guest RAM before reading a byte', () => {
     const before = rss();
     const t0 = performance.now();
