@@ -343,6 +343,33 @@ describe('virtio-vsock credit flow control', () => {
     expect(creditRequests).toBeGreaterThan(0);
   });
 
+  it('a stalled connection asks for credit once while the guest\'s answers do not change it (no ping-pong)', () => {
+    const { g, streams, mux, backend } = setup();
+    g.send({ op: VIRTIO_VSOCK_OP_REQUEST, srcPort: 62, dstPort: 5000, bufAlloc: 100 });
+    g.drain();
+    mux.hostData(5000, 62, streams.get('5000:62')!, pattern(300, 1));
+    backend.hostEvent();
+    let requests = 0;
+    let data = 0;
+    for (let round = 0; round < 20; round++) {
+      for (const p of g.drain()) {
+        if (p.hdr.op === VIRTIO_VSOCK_OP_RW) data += p.hdr.len;
+        if (p.hdr.op !== VIRTIO_VSOCK_OP_CREDIT_REQUEST) continue;
+        requests++;
+        // a guest whose application reads nothing: the same credit again
+        g.send({ op: VIRTIO_VSOCK_OP_CREDIT_UPDATE, srcPort: 62, dstPort: 5000, bufAlloc: 100, fwdCnt: 0 });
+      }
+    }
+    expect(data).toBe(100);
+    expect(requests).toBe(1);
+    // the guest read 50: credit changed, 50 more bytes and (still stalled) one more request
+    g.send({ op: VIRTIO_VSOCK_OP_CREDIT_UPDATE, srcPort: 62, dstPort: 5000, bufAlloc: 100, fwdCnt: 50 });
+    expect(g.drain().map((p) => [p.hdr.op, p.hdr.len])).toEqual([
+      [VIRTIO_VSOCK_OP_RW, 50],
+      [VIRTIO_VSOCK_OP_CREDIT_REQUEST, 0],
+    ]);
+  });
+
   it('CREDIT_REQUEST is answered with CREDIT_UPDATE carrying fwd_cnt', () => {
     const { g } = setup();
     open(g, 5000, 61);

@@ -296,11 +296,14 @@ export class VsockMuxer {
       }
       return;
     }
-    // Every packet carries the guest's credit (virtio_transport_space_update).
-    c.peerBufAlloc = h.bufAlloc;
-    c.peerFwdCnt = h.fwdCnt;
-    c.creditRequested = false;
-    if (c.pendingBytes > 0) this.markReady(c);
+    // Every packet carries the guest's credit (virtio_transport_space_update). Another CREDIT_REQUEST
+    // only once the credit changed: a guest answering with the same credit must not make us ping-pong.
+    if (h.bufAlloc !== c.peerBufAlloc || h.fwdCnt !== c.peerFwdCnt) {
+      c.peerBufAlloc = h.bufAlloc;
+      c.peerFwdCnt = h.fwdCnt;
+      c.creditRequested = false;
+      if (c.pendingBytes > 0) this.markReady(c);
+    }
     switch (h.op) {
       case VIRTIO_VSOCK_OP_REQUEST:
         this.count('rstDuplicateRequest');
