@@ -721,6 +721,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
   InitPoll(env, exports);
   InitVsock(env, exports);
   InitLock(env, exports);
+  InitVhostUser(env, exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));
   struct Fn {

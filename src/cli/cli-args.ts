@@ -2,6 +2,7 @@
 // system, no VM), so the fuzz suite can feed it any argv; src/cli/cli.ts acts on the result.
 import { parseArgs } from 'node:util';
 import { cliConfigMessage } from './flag-names.js';
+import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from '../main/config.js';
 
 export const USAGE = `usage:
@@ -45,6 +46,7 @@ export type Command =
   | { kind: 'help' }
   | { kind: 'version' }
   | { kind: 'guest' }
+  | VhostUserParse
   | {
       kind: 'run';
       /** The VM config; `kernel` is '' when the default guest is to be used. */
@@ -78,6 +80,7 @@ export function parseCommandLine(argv: readonly string[]): Command {
     return { kind: 'guest' };
   }
   if (cmd === 'run') return parseRun(rest);
+  if (cmd === 'vhost-user') return parseVhostUserArgs(rest);
   throw new UsageError(`unknown command ${quoted(cmd)}`);
 }
 

@@ -37,6 +37,15 @@ async function dispatch(cmd: Command): Promise<void> {
     }
     case 'run':
       return run(cmd);
+    case 'vhost-user-help': {
+      const { VHOST_USER_USAGE } = await import('./vhost-user.js');
+      process.stdout.write(VHOST_USER_USAGE + '\n');
+      return;
+    }
+    case 'vhost-user': {
+      const { runVhostUser } = await import('./vhost-user.js');
+      process.exit(await runVhostUser(cmd));
+    }
   }
 }
 

@@ -249,6 +249,34 @@ export interface KvmAddon {
   /** A listening AF_UNIX stream socket bound to `path` (close-on-exec); throws errno errors (EADDRINUSE…). */
   unixListen(path: string, backlog: number): number;
 
+  // ---- vhost-user (vhost-user.cc): SCM_RIGHTS sockets and frontend memory regions -------------------
+  /** accept4(SOCK_CLOEXEC | SOCK_NONBLOCK) on a listening socket: the connection fd, or -1 when none is pending. */
+  unixAccept(listenFd: number): number;
+  /** socket + connect to a Unix stream socket path (close-on-exec, blocking). Throws with syscall 'connect'. */
+  unixConnect(path: string): number;
+  /**
+   * One recvmsg(MSG_DONTWAIT | MSG_CMSG_CLOEXEC) of at most `length` bytes into buf[offset..), with
+   * room for 8 SCM_RIGHTS fds. n: bytes read, 0 at EOF, -1 for EAGAIN. fds: the fds that came with
+   * them (the caller owns them). ctrunc: the kernel dropped fds that did not fit (MSG_CTRUNC).
+   */
+  vhostRecv(fd: number, buf: Uint8Array, offset: number, length: number): { n: number; fds: number[]; ctrunc: boolean };
+  /**
+   * sendmsg(MSG_NOSIGNAL) of all of `bytes`, `fds` (at most 8) passed with the first part; waits at
+   * most 1 s for room each time the socket is full. false when the peer took nothing for 1 s.
+   */
+  vhostSend(fd: number, bytes: Uint8Array, fds?: readonly number[]): boolean;
+  /**
+   * mmap(MAP_SHARED, read/write) of [offset, offset+size) of a regular file or memfd (size 1..2^31),
+   * as an external SharedArrayBuffer beginning exactly at `offset`; munmap once every isolate dropped
+   * it. Refuses (ENODEV) anything but a regular file and (ENXIO) a file shorter than offset+size.
+   * The fd may be closed afterwards.
+   */
+  mapFdShared(fd: number, offset: number, size: number): SharedArrayBuffer;
+  /** memfd_create(name, MFD_CLOEXEC) of `size` bytes (ftruncate). */
+  memfdCreate(name: string, size: number): number;
+  /** write(fd, u64 1) to an eventfd or pipe: true when written, false on EAGAIN (a full pipe). */
+  notifyFd(fd: number): boolean;
+
   // ---- OFD byte-range locks (lock.cc) -------------------------------------------------------------
   /**
    * fcntl(F_OFD_SETLK): a shared (F_RDLCK) or, when `exclusive`, an exclusive (F_WRLCK) lock on bytes

@@ -1,0 +1,146 @@
+// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro] | console | rng [--keep-serving]`: one
+// kindling virtio device served as a vhost-user back-end on a Unix socket, for user-mode Linux
+// (virtio_uml.device=PATH:ID), Cloud Hypervisor or QEMU (see docs/vhost-user.md).
+//
+//   parseVhostUserArgs(argv)  pure: argv after `vhost-user` → the command, or a UsageError (exit 2)
+//   runVhostUser(cmd)         prepare the device (open and lock the image…), create the socket file
+//                             (an existing live socket is refused, a stale one replaced, any other
+//                             file refused), serve one frontend until it disconnects (or, with
+//                             --keep-serving, every next one), then remove the socket and exit 0.
+//                             SIGINT/SIGTERM end it the same way. console: the guest's hvc0 output
+//                             goes to stdout, stdin to the guest.
+import { lstatSync, unlinkSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { UsageError } from './cli-args.js';
+import { ConfigError } from '../main/config-error.js';
+import { quoted } from '../main/config.js';
+
+export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --device DEVICE [--keep-serving]
+  --socket PATH     the Unix socket to listen on (created; removed on exit)
+  --device DEVICE   blk=IMAGE[,ro]  a raw image as virtio-blk (locked like --disk)
+                    console         virtio-console: guest output on stdout, stdin to the guest
+                    rng             virtio-rng from the host CSPRNG
+  --keep-serving    after a frontend disconnects, wait for the next one (default: exit 0)`;
+
+export type VhostUserDeviceArg = { kind: 'blk'; path: string; readOnly: boolean } | { kind: 'console' } | { kind: 'rng' };
+
+export interface VhostUserCommand {
+  kind: 'vhost-user';
+  socket: string;
+  device: VhostUserDeviceArg;
+  keepServing: boolean;
+}
+
+export type VhostUserParse = VhostUserCommand | { kind: 'vhost-user-help' };
+
+export function parseDeviceArg(v: string): VhostUserDeviceArg {
+  if (v === 'console' || v === 'rng') return { kind: v };
+  if (v.startsWith('blk=')) {
+    const rest = v.slice(4);
+    const m = /^([^]*),(ro|rw)$/.exec(rest);
+    const path = m ? m[1] : rest;
+    if (path === '') throw new UsageError(`--device blk= needs an image path (got ${quoted(v)})`);
+    return { kind: 'blk', path, readOnly: m?.[2] === 'ro' };
+  }
+  throw new UsageError(`--device must be blk=IMAGE[,ro], console or rng (got ${quoted(v)})`);
+}
+
+export function parseVhostUserArgs(args: readonly string[]): VhostUserParse {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: [...args],
+      strict: true,
+      allowPositionals: false,
+      options: {
+        socket: { type: 'string' },
+        device: { type: 'string' },
+        'keep-serving': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (e) {
+    throw new UsageError(`vhost-user: ${(e as Error).message}`);
+  }
+  if (values.help) return { kind: 'vhost-user-help' };
+  if (values.socket === undefined || values.socket === '') throw new UsageError('vhost-user needs --socket PATH');
+  if (Buffer.byteLength(values.socket) > 107) throw new UsageError(`--socket path is longer than a Unix socket address allows (107 bytes): ${quoted(values.socket)}`);
+  if (values.device === undefined) throw new UsageError('vhost-user needs --device blk=IMAGE[,ro], console or rng');
+  return { kind: 'vhost-user', socket: values.socket, device: parseDeviceArg(values.device), keepServing: values['keep-serving'] === true };
+}
+
+/** Serve the device; resolves with the exit status. */
+export async function runVhostUser(cmd: VhostUserCommand): Promise<number> {
+  const { loadAddon } = await import('../kvm/addon.js');
+  const { virtioDeviceType } = await import('../devices/virtio/registry.js');
+  const { VhostUserDevice, acceptLoop } = await import('../vhost-user/server.js');
+  const addon = loadAddon();
+  const log = (level: 'info' | 'warn' | 'error', msg: string): void => {
+    if (level !== 'info' || process.env.KINDLING_VHOST_USER_VERBOSE) process.stderr.write(`kindling: ${msg}\n`);
+  };
+
+  claimSocketPath(addon, cmd.socket);
+  const type = virtioDeviceType(cmd.device.kind);
+  const options = cmd.device.kind === 'blk' ? { path: cmd.device.path, readOnly: cmd.device.readOnly } : {};
+  const prepared = type.prepare(options, { addon });
+  let listenFd = -1;
+  try {
+    try {
+      listenFd = addon.unixListen(cmd.socket, 4);
+    } catch (e) {
+      throw new ConfigError(`cannot listen on --socket ${cmd.socket}: ${(e as Error).message}`);
+    }
+    addon.setNonblocking(listenFd, true);
+    const device = new VhostUserDevice({ name: `vhost-user-${cmd.device.kind}`, type, params: prepared.params, addon, log });
+    let consoleHost: { close(): void; send(b: Uint8Array): Promise<void> } | undefined;
+    if (cmd.device.kind === 'console') {
+      const { ConsoleHost } = await import('../devices/virtio/console/host.js');
+      const h = new ConsoleHost(addon, prepared.params as import('../devices/virtio/console/index.js').ConsoleParams, (b) => process.stdout.write(b));
+      consoleHost = h;
+      process.stdin.on('data', (b: Buffer) => void h.send(b));
+      process.stdin.on('error', () => undefined);
+      process.stdin.resume();
+      process.stdin.unref?.();
+    }
+    const loop = acceptLoop(addon, listenFd, device, { keepServing: cmd.keepServing, log });
+    const onSignal = (): void => loop.stop();
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.stderr.write(`kindling: vhost-user ${cmd.device.kind} listening on ${cmd.socket}\n`);
+    await loop.done;
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    consoleHost?.close();
+    device.close();
+  } finally {
+    if (listenFd >= 0) addon.close(listenFd);
+    try {
+      unlinkSync(cmd.socket);
+    } catch {
+      // already gone
+    }
+    prepared.release();
+  }
+  await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));
+  return 0;
+}
+
+/** Refuse a live socket or a non-socket file at `path`; remove a stale socket. */
+function claimSocketPath(addon: { unixConnect(path: string): number; close(fd: number): void }, path: string): void {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return; // nothing there
+  }
+  if (!st.isSocket()) throw new ConfigError(`--socket ${path} exists and is not a socket (refusing to replace it)`);
+  let fd = -1;
+  try {
+    fd = addon.unixConnect(path);
+  } catch {
+    unlinkSync(path); // nobody listens: a stale socket from an earlier run
+    return;
+  }
+  addon.close(fd);
+  throw new ConfigError(`--socket ${path} is in use by a running server`);
+}
