@@ -84,6 +84,8 @@ export class VsockBridge implements VsockApi {
     this.pending.add(s);
     s.write(`CONNECT ${port}\n`);
     return new Promise((resolve, reject) => {
+      // Read the reply in paused mode ('readable'), so that once our listener is gone the socket is
+      // neither flowing nor paused: the caller's first on('data') or pipe() starts it, nothing is lost.
       let buf = Buffer.alloc(0);
       const fail = (): void => {
         cleanup();
@@ -92,25 +94,27 @@ export class VsockBridge implements VsockApi {
       };
       const cleanup = (): void => {
         this.pending.delete(s);
-        s.off('data', onData);
+        s.off('readable', onReadable);
         s.off('close', fail);
         s.off('end', fail);
       };
-      const onData = (d: Buffer): void => {
-        buf = Buffer.concat([buf, d]);
-        const nl = buf.indexOf(0x0a);
-        if (nl < 0) {
-          if (buf.length > 32) fail();
+      const onReadable = (): void => {
+        for (let d = s.read() as Buffer | null; d !== null; d = s.read() as Buffer | null) {
+          buf = Buffer.concat([buf, d]);
+          const nl = buf.indexOf(0x0a);
+          if (nl < 0) {
+            if (buf.length > 32) return fail();
+            continue;
+          }
+          if (!/^OK \d+$/.test(buf.subarray(0, nl).toString('latin1'))) return fail();
+          cleanup();
+          const rest = buf.subarray(nl + 1);
+          if (rest.length > 0) s.unshift(rest);
+          resolve(s);
           return;
         }
-        if (!/^OK \d+$/.test(buf.subarray(0, nl).toString('latin1'))) return fail();
-        cleanup();
-        s.pause();
-        const rest = buf.subarray(nl + 1);
-        if (rest.length > 0) s.unshift(rest);
-        resolve(s);
       };
-      s.on('data', onData);
+      s.on('readable', onReadable);
       s.on('end', fail);
       s.on('close', fail);
       s.on('error', () => {});
