@@ -7,7 +7,7 @@ import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, 
 
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
-               [--console serial|virtio] [--no-rng] [--log-level LEVEL] [-- CMD ARGS...]
+               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling --help | --version
 
@@ -23,6 +23,10 @@ run:
   --console K      where the terminal is attached: serial (default; COM1) or virtio (a virtio-console,
                    hvc0 in Linux; COM1 output is still shown, for early boot)
   --no-rng         no virtio-rng device (by default the guest gets one, fed from the host CSPRNG)
+  --vsock CID[,uds=PATH]
+                   a virtio-vsock device with guest CID (3..4294967294); with uds=PATH, Firecracker's
+                   hybrid vsock: clients of the Unix socket PATH (which must not exist) send
+                   "CONNECT <port>\n", guest connections to host port P go to PATH_P
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
                    other kernels: appended to the command line after "--" (arguments for init)
@@ -61,6 +65,14 @@ function parseIntArg(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   if (!/^[0-9]+$/.test(v)) throw new UsageError(`--${name} needs a whole number (got ${quoted(v)})`);
   return Number(v);
+}
+
+/** `CID[,uds=PATH]` (everything after `uds=` is the path, commas included). */
+export function parseVsockArg(v: string): { cid: number; udsPath?: string } {
+  const m = /^([0-9]+)(?:,uds=([^]*))?$/.exec(v);
+  if (!m) throw new UsageError(`--vsock needs CID[,uds=PATH] (got ${quoted(v)})`);
+  if (m[2] === '') throw new UsageError(`--vsock uds= needs a socket path (got ${quoted(v)})`);
+  return m[2] === undefined ? { cid: Number(m[1]) } : { cid: Number(m[1]), udsPath: m[2] };
 }
 
 /** `PATH[,ro]` (a trailing `,rw` is accepted too; any other comma is part of the path). */
@@ -104,6 +116,7 @@ function parseRun(args: string[]): Command {
         'log-level': { type: 'string' },
         'no-rng': { type: 'boolean' },
         console: { type: 'string' },
+        vsock: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -130,6 +143,7 @@ function parseRun(args: string[]): Command {
     if (values.console !== 'serial' && values.console !== 'virtio') throw new UsageError(`--console must be serial or virtio (got ${quoted(values.console)})`);
     config.console = values.console;
   }
+  if (values.vsock !== undefined) config.vsock = parseVsockArg(values.vsock);
   if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra = ['--', ...guestArgs];
   return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs };
 }

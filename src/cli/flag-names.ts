@@ -16,6 +16,9 @@ export const FLAG_NAMES: Readonly<Record<string, string>> = {
   disks: '--disk',
   rng: '--no-rng',
   console: '--console',
+  vsock: '--vsock',
+  'vsock.cid': '--vsock CID',
+  'vsock.udsPath': '--vsock socket',
 };
 
 /**

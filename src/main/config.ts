@@ -10,7 +10,8 @@
 // checked as loadKernel() will load it (checkKernelLoad: its format, that it fits RAM, the command
 // line with the device words against the kernel's own limit, where the initrd goes) before the
 // initrd is read. The bytes read are handed to the VM (takeConfigFiles) so nothing is reopened.
-import { closeSync, constants as fsConstants, openSync, readSync, statSync } from 'node:fs';
+import { closeSync, constants as fsConstants, lstatSync, openSync, readSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { totalmem } from 'node:os';
 import { CMDLINE_MAX_SIZE, MiB } from '../arch/x86_64/layout.js';
 import { ramRegions } from '../arch/x86_64/memory-map.js';
@@ -53,6 +54,18 @@ export interface VMConfig {
    * device, hvc0 in Linux, is vm.console; COM1 stays for early boot output).
    */
   console?: ConsoleKind;
+  /**
+   * A virtio-vsock device (AF_VSOCK in the guest) with guest CID `cid` (3..4294967294, unique per VM
+   * in a process). With `udsPath`, Firecracker's hybrid vsock: kindling listens on that Unix socket
+   * (which must not exist yet) for `CONNECT <port>\n`, and guest connections to host port P go to
+   * `<udsPath>_P`. vm.vsock connects and listens in-process without socket files.
+   */
+  vsock?: VsockConfig;
+}
+
+export interface VsockConfig {
+  cid: number;
+  udsPath?: string;
 }
 
 export type ConsoleKind = 'serial' | 'virtio';
@@ -73,6 +86,7 @@ export interface ResolvedConfig {
   disks: Array<{ path: string; readOnly: boolean }>;
   rng: boolean;
   console: ConsoleKind;
+  vsock?: { cid: number; udsPath?: string };
 }
 
 export const DEFAULT_VCPUS = 1;
@@ -179,11 +193,50 @@ function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
   return { path, readOnly: ro };
 }
 
+/** Largest guest CID (0xffffffff is VMADDR_CID_ANY); 0..2 are reserved (hypervisor, local, host). */
+const VSOCK_MAX_CID = 0xfffffffe;
+/** sun_path holds 108 bytes with its NUL. */
+const UDS_PATH_MAX = 107;
+
+/**
+ * config.vsock: the CID's range, and that udsPath can become kindling's socket without touching
+ * anything the user has there (it must not exist; its directory must). That the CID is unique among
+ * this process's VMs and that the path can be bound is checked when the device is placed.
+ */
+function checkVsock(v: unknown): ResolvedConfig['vsock'] {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'object' || v === null) throw ConfigError.about('vsock', 'must be { cid, udsPath? }');
+  const { cid, udsPath } = v as { cid?: unknown; udsPath?: unknown };
+  if (typeof cid !== 'number' || !Number.isInteger(cid) || cid < 3 || cid > VSOCK_MAX_CID) {
+    throw ConfigError.about('vsock.cid', `must be a whole number in 3..${VSOCK_MAX_CID} (got ${shown(cid)})`);
+  }
+  if (udsPath === undefined) return { cid };
+  if (typeof udsPath !== 'string' || udsPath === '' || udsPath.includes('\0')) throw ConfigError.about('vsock.udsPath', `must be a path (got ${shown(udsPath)})`);
+  if (Buffer.byteLength(udsPath) > UDS_PATH_MAX) throw ConfigError.about('vsock.udsPath', `${shown(udsPath)} is longer than a Unix socket path may be (${UDS_PATH_MAX} bytes)`);
+  let exists = true;
+  try {
+    lstatSync(udsPath);
+  } catch {
+    exists = false;
+  }
+  if (exists) throw ConfigError.about('vsock.udsPath', `${shown(udsPath)} already exists (remove it first, as with Firecracker)`);
+  const dir = dirname(udsPath);
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    isDir = false;
+  }
+  if (!isDir) throw ConfigError.about('vsock.udsPath', `${shown(udsPath)} is in a directory that does not exist`);
+  return { cid, udsPath };
+}
+
 /** One virtio device a config places: its registry kind, its name (I/O worker, logs, stats) and options. */
 export type VirtioDevicePlan =
   | { kind: 'blk'; name: string; options: { path: string; readOnly: boolean } }
   | { kind: 'console'; name: string; options: Record<string, never> }
-  | { kind: 'rng'; name: string; options: Record<string, never> };
+  | { kind: 'rng'; name: string; options: Record<string, never> }
+  | { kind: 'vsock'; name: string; options: { cid: number; udsPath?: string } };
 
 /**
  * The virtio devices a config places, in placement order: disks first (the first is /dev/vda), then
@@ -191,11 +244,12 @@ export type VirtioDevicePlan =
  * places devices and names their I/O workers from it, and the CLI prespawns the I/O workers from it
  * before the config is resolved (so it also takes an unresolved config).
  */
-export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console'>): VirtioDevicePlan[] {
+export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console' | 'vsock'>): VirtioDevicePlan[] {
   const disks = Array.isArray(config.disks) ? config.disks : [];
   const plan: VirtioDevicePlan[] = disks.map((d, i) => ({ kind: 'blk', name: `virtio-blk${i}`, options: { path: d.path, readOnly: d.readOnly === true } }));
   if (config.console === 'virtio') plan.push({ kind: 'console', name: 'virtio-console', options: {} });
   if (config.rng !== false) plan.push({ kind: 'rng', name: 'virtio-rng', options: {} });
+  if (config.vsock) plan.push({ kind: 'vsock', name: 'virtio-vsock', options: { cid: config.vsock.cid, udsPath: config.vsock.udsPath } });
   return plan;
 }
 
@@ -259,9 +313,10 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const rng = config.rng ?? true;
   const consoleKind = config.console ?? 'serial';
   if (consoleKind !== 'serial' && consoleKind !== 'virtio') throw ConfigError.about('console', `must be serial or virtio (got ${shown(consoleKind)})`);
-  const others = (rng ? 1 : 0) + (consoleKind === 'virtio' ? 1 : 0);
+  const vsock = checkVsock(config.vsock);
+  const others = (rng ? 1 : 0) + (consoleKind === 'virtio' ? 1 : 0) + (vsock ? 1 : 0);
   if (disks.length + others > MAX_VIRTIO_DEVICES) {
-    const other = [rng ? 'virtio-rng' : '', consoleKind === 'virtio' ? 'virtio-console' : ''].filter((x) => x).join(' and ');
+    const other = [rng ? 'virtio-rng' : '', consoleKind === 'virtio' ? 'virtio-console' : '', vsock ? 'virtio-vsock' : ''].filter((x) => x).join(' and ');
     throw new ConfigError(
       others
         ? `at most ${MAX_VIRTIO_DEVICES} disks and other virtio devices in all (got ${disks.length} disks and ${other}; leaving out virtio-rng frees one)`
@@ -295,7 +350,7 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const logLevel = config.logLevel ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw ConfigError.about('logLevel', `must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
 
-  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind };
+  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind, ...(vsock ? { vsock } : {}) };
   resolvedFiles.set(resolved, readKernelFiles(resolved));
   return resolved;
 }

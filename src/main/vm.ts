@@ -40,6 +40,8 @@ import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.
 import type { BlockParams } from '../devices/virtio/block/index.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
+import { DeferredVsock, VsockBridge, type VsockApi } from '../devices/virtio/vsock/bridge.js';
+import type { VsockParams } from '../devices/virtio/vsock/index.js';
 import { readTransportStats, type TransportStats } from '../devices/virtio/queue-service.js';
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
@@ -107,6 +109,8 @@ export class VM extends EventEmitter {
   readonly serial: Duplex;
   /** The guest's virtio-console (hvc0), when config.console is 'virtio'. */
   readonly console?: Duplex;
+  /** The guest's virtio-vsock, when config.vsock is set: connect(port) / listen(port, onSocket), in-process. */
+  readonly vsock?: VsockApi;
   readonly timings: VMTimings = { start: 0 };
   /** The kernel command line the guest was given (after start()). */
   cmdline = '';
@@ -126,6 +130,7 @@ export class VM extends EventEmitter {
   private ioExited = new Set<Worker>();
   private virtio?: VirtioMmioDevices;
   private consoleHost?: ConsoleHost;
+  private vsockHandle?: DeferredVsock;
   /** vm.console writes before the device exists (before start()). */
   private consoleInput: Array<{ chunk: Buffer; cb: (e?: Error | null) => void }> = [];
   private readonly internal: VMInternalOptions;
@@ -155,6 +160,7 @@ export class VM extends EventEmitter {
         cb();
       },
     });
+    if (this.config.vsock) this.vsock = this.vsockHandle = new DeferredVsock();
     if (this.config.console === 'virtio') {
       this.console = new Duplex({
         read() {
@@ -267,6 +273,7 @@ export class VM extends EventEmitter {
         this.consoleHost = new ConsoleHost(vm.addon, p.params as ConsoleParams, (b) => this.console!.push(b));
         for (const { chunk, cb } of this.consoleInput.splice(0)) this.consoleHost.send(chunk).then(() => cb(), cb);
       }
+      if (d.kind === 'vsock') this.vsockHandle!.attach(new VsockBridge(vm.addon, p.params as VsockParams));
     }
     this.devices = new LegacyDevices(vm, (bytes) => this.serial.push(bytes));
   }
@@ -468,6 +475,7 @@ export class VM extends EventEmitter {
     if (!this.kvm) return;
     this.devices?.close();
     this.consoleHost?.close();
+    this.vsockHandle?.close();
     this.virtio?.close();
     for (const vcpu of this.vcpuFds) vcpu.close();
     this.vmFd?.close();
@@ -483,6 +491,7 @@ export class VM extends EventEmitter {
   /** Stop the VM (if running) and release everything it holds. Resolves with how it ended. */
   async stop(): Promise<VMExit> {
     if (this._state === 'created') {
+      this.vsockHandle?.close();
       this.ended = true;
       this.setState('stopped');
       this.resolveExit({ reason: 'stopped', exitCode: 0 });

@@ -76,7 +76,7 @@ describe('virtio-vsock device type', () => {
 
   it('refuses CIDs below 3 or above 0xfffffffe before taking anything', () => {
     const host = { addon: {} } as never;
-    for (const cid of [0, 1, 2, 0xffffffff, -1, 1.5]) expect(() => vsockDeviceType.prepare({ cid }, host)).toThrow(/CID/);
+    for (const cid of [0, 1, 2, 0xffffffff, -1, 1.5]) expect(() => vsockDeviceType.prepare({ cid }, host)).toThrow(/vsock.cid/);
   });
 });
 

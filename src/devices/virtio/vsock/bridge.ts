@@ -147,3 +147,53 @@ export class VsockBridge implements VsockApi {
     this.ctl?.destroy();
   }
 }
+
+/**
+ * vm.vsock before and after the device exists: listen() before start() is applied once the device is
+ * placed, connect() before start() waits for it; after the VM stopped both fail with one line.
+ */
+export class DeferredVsock implements VsockApi {
+  private bridge: VsockBridge | undefined;
+  private readonly early = new Map<number, { onSocket: (s: net.Socket) => void; handle?: VsockListener }>();
+  private readonly waiting: Array<{ port: number; resolve: (s: net.Socket) => void; reject: (e: Error) => void }> = [];
+  private closed = false;
+
+  /** The device is placed: hand everything over to its bridge. */
+  attach(bridge: VsockBridge): void {
+    if (this.closed) return;
+    this.bridge = bridge;
+    for (const [port, e] of this.early) e.handle = bridge.listen(port, e.onSocket);
+    for (const w of this.waiting.splice(0)) bridge.connect(w.port).then(w.resolve, w.reject);
+  }
+
+  connect(port: number): Promise<net.Socket> {
+    if (this.closed) return Promise.reject(new Error('vsock: the VM has stopped'));
+    if (this.bridge) return this.bridge.connect(port);
+    if (!isPort(port)) return Promise.reject(new RangeError(`vsock: port ${String(port)} is not in 0..4294967295`));
+    return new Promise((resolve, reject) => this.waiting.push({ port, resolve, reject }));
+  }
+
+  listen(port: number, onSocket: (socket: net.Socket) => void): VsockListener {
+    if (this.closed) throw new Error('vsock: the VM has stopped');
+    if (this.bridge) return this.bridge.listen(port, onSocket);
+    if (!isPort(port)) throw new RangeError(`vsock: port ${String(port)} is not in 0..4294967295`);
+    if (this.early.has(port)) throw new Error(`vsock: port ${port} is already listened on`);
+    const entry: { onSocket: (s: net.Socket) => void; handle?: VsockListener } = { onSocket };
+    this.early.set(port, entry);
+    return {
+      close: () => {
+        if (this.early.get(port) === entry) this.early.delete(port);
+        entry.handle?.close();
+      },
+    };
+  }
+
+  /** The VM stopped. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const w of this.waiting.splice(0)) w.reject(new Error('vsock: the VM has stopped'));
+    this.early.clear();
+    this.bridge?.close();
+  }
+}

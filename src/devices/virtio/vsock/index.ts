@@ -6,6 +6,8 @@
 //   describe  features (VIRTIO_VSOCK_F_STREAM), queues rx/tx/event, config space le64 guest_cid
 //   createBackend  I/O worker: VsockBackend with its host side (host.ts)
 // release() closes every fd no thread took over and removes the socket file kindling created.
+import { ConfigError } from '../../../main/config-error.js';
+import { shown } from '../../../main/config.js';
 import { VIRTIO_ID_VSOCK, featureBit } from '../constants.js';
 import type { VirtioDeviceType } from '../device.js';
 import {
@@ -26,24 +28,63 @@ import { VSOCK_COUNTERS } from './muxer.js';
 
 export * from './backend.js';
 
+/** Guest CIDs of the VMs of this process (main thread): a CID is unique per VM in a process. */
+const cidsInUse = new Set<bigint>();
+
+/** A bind/listen failure on udsPath, in the user's terms (the path is theirs; nothing there is touched). */
+function udsError(path: string, e: unknown): ConfigError {
+  const code = (e as { code?: string }).code;
+  const p = shown(path);
+  const why =
+    code === 'EADDRINUSE'
+      ? 'already exists (remove it first, as with Firecracker)'
+      : code === 'ENOENT'
+        ? 'is in a directory that does not exist'
+        : code === 'ENAMETOOLONG'
+          ? 'is longer than a Unix socket path may be (107 bytes)'
+          : code === 'EACCES'
+            ? 'cannot be created here (permission denied)'
+            : `cannot be listened on (${(e as Error).message})`;
+  return new ConfigError(`vsock.udsPath ${p} ${why}`, 'vsock.udsPath', `${p} ${why}`);
+}
+
 export const vsockDeviceType: VirtioDeviceType<VsockOptions, VsockParams> = {
   kind: 'vsock',
   deviceId: VIRTIO_ID_VSOCK,
   prepare(options, host) {
-    if (!validGuestCid(options.cid)) throw new Error(`vsock: CID ${String(options.cid)} is not in 3..4294967294`);
-    const listenFd = options.udsPath !== undefined ? host.addon.unixListen(options.udsPath, 128) : -1;
+    if (!validGuestCid(options.cid)) throw ConfigError.about('vsock.cid', `must be a whole number in 3..4294967294 (got ${String(options.cid)})`);
+    const cid = BigInt(options.cid);
+    if (cidsInUse.has(cid)) throw ConfigError.about('vsock.cid', `${cid} is already used by another VM in this process`);
+    let listenFd = -1;
+    if (options.udsPath !== undefined) {
+      try {
+        listenFd = host.addon.unixListen(options.udsPath, 128);
+      } catch (e) {
+        throw udsError(options.udsPath, e);
+      }
+    }
     let pair: [number, number];
     try {
       pair = host.addon.socketpair();
     } catch (e) {
-      if (listenFd >= 0) host.addon.close(listenFd);
+      if (listenFd >= 0) {
+        host.addon.close(listenFd);
+        unlinkSocket(options.udsPath!);
+      }
       throw e;
     }
+    cidsInUse.add(cid);
     const control = new SharedArrayBuffer(CTL_COUNTERS_OFFSET + 8 * VSOCK_COUNTERS.length);
-    const params: VsockParams = { cid: BigInt(options.cid), udsPath: options.udsPath, listenFd, devCtlFd: pair[1], hostCtlFd: pair[0], control };
+    const params: VsockParams = { cid, udsPath: options.udsPath, listenFd, devCtlFd: pair[1], hostCtlFd: pair[0], control };
+    let released = false;
     return {
       params,
-      release: () => releaseVsock(host.addon, params),
+      release: () => {
+        if (released) return;
+        released = true;
+        cidsInUse.delete(cid);
+        releaseVsock(host.addon, params);
+      },
     };
   },
   describe(p) {
