@@ -198,6 +198,7 @@ struct op {
   pid_t pid;
   int tty;
   int fd_in, fd_out, fd_err;  // fd_out is the pty master with a TTY (fd_in == fd_out then)
+  int fd_slave;               // the agent's own copy of the pty slave, closed when the process is reaped
   uint32_t credit_out, credit_err;
   uint8_t *inbuf;
   uint32_t in_len, in_credit;  // buffered stdin bytes, credit the client still has
@@ -299,7 +300,7 @@ static struct op *new_op(struct conn *c, uint32_t id, int kind) {
       memset(o, 0, sizeof *o);
       o->kind = kind;
       o->id = id;
-      o->fd_in = o->fd_out = o->fd_err = o->fd = -1;
+      o->fd_in = o->fd_out = o->fd_err = o->fd = o->fd_slave = -1;
       return o;
     }
   }
@@ -318,6 +319,7 @@ static void free_op(struct op *o) {
   close_fd(&o->fd_in);
   close_fd(&o->fd_out);
   close_fd(&o->fd_err);
+  close_fd(&o->fd_slave);
   close_fd(&o->fd);
   free(o->inbuf);
   o->inbuf = NULL;
@@ -399,13 +401,17 @@ static void do_exec(struct conn *c, struct frame *f) {
   char **envp = build_env(&r);
   if (!envp) { send_error(c, f->id, ENOMEM, "out of memory"); o->kind = OP_FREE; goto out; }
   int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1};
-  int master = -1;
+  int master = -1, slave_fd = -1;
   char slave[128];
   int err = 0;
   if (r.flags & EXEC_F_TTY) {
     errno = 0;
     master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 || ptsname_r(master, slave, sizeof slave) != 0) err = errno ? errno : EIO;
+    // The agent holds the slave open itself until the process is reaped: Linux returns EIO from a
+    // master whose slave is not open, which must not be taken for the end of output (and the master
+    // closed, hanging up the process) before the child has its terminal.
+    if (!err && (slave_fd = open(slave, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0) err = errno;
     if (!err && r.rows && r.cols) {
       struct winsize ws = { .ws_row = r.rows, .ws_col = r.cols };
       ioctl(master, TIOCSWINSZ, &ws);
@@ -425,13 +431,10 @@ static void do_exec(struct conn *c, struct frame *f) {
     signal(SIGPIPE, SIG_DFL);
     setsid();
     if (r.flags & EXEC_F_TTY) {
-      int s = open(slave, O_RDWR);
-      if (s < 0) child_fail(r.argv[0], errno);
-      ioctl(s, TIOCSCTTY, 0);
-      dup2(s, 0);
-      dup2(s, 1);
-      dup2(s, 2);
-      if (s > 2) close(s);
+      ioctl(slave_fd, TIOCSCTTY, 0);
+      dup2(slave_fd, 0);
+      dup2(slave_fd, 1);
+      dup2(slave_fd, 2);
     } else {
       dup2(pin[0], 0);
       dup2(pout[1], 1);
@@ -453,6 +456,7 @@ static void do_exec(struct conn *c, struct frame *f) {
   free(envp);
   if (err) {
     if (master >= 0) close(master);
+    if (slave_fd >= 0) close(slave_fd);
     for (int k = 0; k < 2; k++) {
       if (pin[k] >= 0) close(pin[k]);
       if (pout[k] >= 0) close(pout[k]);
@@ -466,6 +470,7 @@ static void do_exec(struct conn *c, struct frame *f) {
   o->tty = (r.flags & EXEC_F_TTY) != 0;
   if (o->tty) {
     o->fd_in = o->fd_out = master;
+    o->fd_slave = slave_fd;
     set_nonblock(master);
   } else {
     close(pin[0]);
@@ -747,6 +752,7 @@ static void reap(void) {
         if (o->kind == OP_EXEC && o->pid == pid && !o->reaped) {
           o->reaped = 1;
           o->status = st;
+          close_fd(&o->fd_slave);
           maybe_finish_exec(c, o);
         }
       }

@@ -100,6 +100,12 @@ class CreditedReadable extends Readable {
     super({ highWaterMark: OUTPUT_WINDOW });
   }
   deliver(data: Buffer): void {
+    if (this.destroyed) {
+      // Nobody will read this stream again: discard, but keep the process running (a destroyed
+      // stdout must not stall the process on a full window, nor hold back its EXIT).
+      this.grant(data.length);
+      return;
+    }
     this.owed += data.length;
     if (this.push(data)) this.repay();
     else this.held = true;
@@ -109,6 +115,12 @@ class CreditedReadable extends Readable {
       this.held = false;
       this.repay();
     }
+  }
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    const n = this.owed;
+    this.owed = 0;
+    if (n) this.grant(n);
+    cb(err);
   }
   private repay(): void {
     if (this.owed >= AGENT_CHUNK || this.readableLength === 0) {
