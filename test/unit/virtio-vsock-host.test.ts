@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadAddon } from '../../src/kvm/addon.js';
-import { VsockBridge } from '../../src/devices/virtio/vsock/bridge.js';
+import { DeferredVsock, VsockBridge } from '../../src/devices/virtio/vsock/bridge.js';
 import { createVsockHostBackend, parseConnectLine } from '../../src/devices/virtio/vsock/host.js';
 import { vsockDeviceType, type VsockBackend, type VsockParams } from '../../src/devices/virtio/vsock/index.js';
 import { BUF_ALLOC, LOCAL_PORT_MIN } from '../../src/devices/virtio/vsock/muxer.js';
@@ -67,6 +67,8 @@ describe('Firecracker CONNECT command parser', () => {
 const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 2));
 
 interface Rig {
+  /** The fence the I/O worker's runner applies: host work runs only while the driver is up. */
+  active: { on: boolean };
   dir: string;
   uds: string;
   params: VsockParams;
@@ -85,11 +87,13 @@ function makeRig(): Rig {
   const dir = mkdtempSync(join(tmpdir(), 'kindling-vsock-'));
   const uds = join(dir, 'v.sock');
   const { params, release } = vsockDeviceType.prepare({ cid: CID, udsPath: uds }, { addon });
-  const backend = createVsockHostBackend(params, { addon, guarded: (fn) => fn(), log: () => {} });
+  const active = { on: true };
+  const backend = createVsockHostBackend(params, { addon, guarded: (fn) => active.on && fn(), log: () => {} });
   const g = new VsockGuest(backend, CID);
   g.activate();
   const got: RxPkt[] = [];
   const r: Rig = {
+    active,
     dir,
     uds,
     params,
@@ -333,5 +337,52 @@ describe('in-process bridge (vm.vsock)', () => {
       for (const s of sockets) s.destroy();
       bridge.close();
     }
+  });
+
+  it('before the driver is up: a client is refused (closed), but listen() is kept; vm.vsock before start() waits', async () => {
+    const r = rig!;
+    r.active.on = false;
+    const c = net.connect(r.uds);
+    const rc = readAll(c);
+    c.write('CONNECT 5\n');
+    await r.until(rc.closed, 'client refused while the driver is down');
+    expect(rc.data().length).toBe(0);
+
+    const handle = new DeferredVsock();
+    const sockets: net.Socket[] = [];
+    handle.listen(8000, (s) => sockets.push(s));
+    const early = handle.connect(1234).then(
+      () => 'connected',
+      (e: Error) => e.message,
+    );
+    handle.attach(new VsockBridge(addon, r.params));
+    await tick();
+    await tick();
+    r.active.on = true;
+    try {
+      // the listen registered while the driver was down holds
+      r.g.send({ op: VIRTIO_VSOCK_OP_REQUEST, srcPort: 60000, dstPort: 8000 });
+      await r.until(() => sockets.length === 1, 'guest connection to the early listener');
+      // the early connect was refused (no driver when it arrived): it rejects with one line
+      expect(await early).toMatch(/guest port 1234 refused/);
+      // now it works
+      const p = handle.connect(1234);
+      await r.until(has(r, VIRTIO_VSOCK_OP_REQUEST), 'REQUEST');
+      const req = r.take(VIRTIO_VSOCK_OP_REQUEST);
+      r.g.send({ op: VIRTIO_VSOCK_OP_RESPONSE, srcPort: 1234, dstPort: req.hdr.srcPort });
+      (await p).destroy();
+    } finally {
+      for (const s of sockets) s.destroy();
+      handle.close();
+    }
+    await expect(handle.connect(1)).rejects.toThrow(/stopped/);
+    expect(() => handle.listen(1, () => {})).toThrow(/stopped/);
+  });
+
+  it('a connect() waiting for the device is rejected when the VM stops', async () => {
+    const handle = new DeferredVsock();
+    const p = handle.connect(1);
+    handle.close();
+    await expect(p).rejects.toThrow(/stopped/);
   });
 });

@@ -190,7 +190,9 @@ export class VsockHost {
         for (let i = line.indexOf('\n'); i >= 0; i = line.indexOf('\n')) {
           const cmd = line.slice(0, i);
           line = line.slice(i + 1);
-          this.run(() => this.control(cmd));
+          // Not fenced: the listen set and adopting a client touch no queue, and must not be lost
+          // while the driver is not up yet.
+          if (!this.closed) this.control(cmd);
         }
         if (line.length > 256) line = '';
       });
@@ -199,16 +201,24 @@ export class VsockHost {
     this.timer.unref();
   }
 
-  /** Run host-side work fenced like a kick, then let the backend fill rx buffers (coalesced). */
-  run(fn: () => void): void {
-    if (this.closed) return;
-    this.o.guarded(fn);
-    if (this.kickScheduled) return;
+  /**
+   * Run host-side work fenced like a kick, then let the backend fill rx buffers (coalesced). The fence
+   * skips the work while the driver has not set DRIVER_OK (or after a reset): returns whether it ran.
+   */
+  run(fn: () => void): boolean {
+    if (this.closed) return false;
+    let ran = false;
+    this.o.guarded(() => {
+      ran = true;
+      fn();
+    });
+    if (!ran || this.kickScheduled) return ran;
     this.kickScheduled = true;
     setImmediate(() => {
       this.kickScheduled = false;
       if (!this.closed) this.o.guarded(() => this.backend.hostEvent());
     });
+    return true;
   }
 
   private track(s: net.Socket): void {
@@ -270,7 +280,7 @@ export class VsockHost {
         s.destroy();
         return;
       }
-      this.run(() => {
+      const ran = this.run(() => {
         const st = new SocketStream(s, this);
         const hostPort = this.backend.mux.connectToGuest(r.port, st);
         if (hostPort === undefined) {
@@ -281,6 +291,8 @@ export class VsockHost {
         st.early(buf.subarray(r.consumed));
         s.resume();
       });
+      // No driver (yet): refused, as a guest that does not answer would be.
+      if (!ran) s.destroy();
     };
     s.on('data', onData);
     s.on('end', onEnd);
@@ -308,13 +320,14 @@ export class VsockHost {
     const s = net.connect({ path: `${this.params.udsPath}_${req.hostPort}`, allowHalfOpen: true });
     this.track(s);
     let connected = false;
-    s.once('connect', () =>
-      this.run(() => {
-        connected = true;
+    s.once('connect', () => {
+      connected = true;
+      const ran = this.run(() => {
         const st = new SocketStream(s, this);
         if (req.accept(st)) st.attach(req.hostPort, req.guestPort);
-      }),
-    );
+      });
+      if (!ran) s.destroy(); // the device was reset meanwhile: the request is gone
+    });
     s.once('close', () => {
       if (!connected) this.run(() => req.refuse());
     });
