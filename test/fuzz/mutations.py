@@ -62,6 +62,16 @@ muts = [
  ("src/devices/virtio/vsock/packet.ts", "if (hdr.srcCid !== guestCid) return { ok: false, reason: 'bad-src-cid', hdr };", "", "test/unit/virtio-vsock-props.test.ts", "virtio-vsock: source CID check removed"),
  ("src/devices/virtio/vsock/muxer.ts", "len = Math.min(c.pendingBytes, c.credit(), cap);", "len = Math.min(c.pendingBytes, cap);", "test/unit/virtio-vsock-props.test.ts", "virtio-vsock: host data sent beyond the guest's credit"),
  ("src/devices/virtio/vsock/muxer.ts", "if (h.bufAlloc !== c.peerBufAlloc || h.fwdCnt !== c.peerFwdCnt) {", "if (true) {", "test/unit/virtio-vsock-device.test.ts", "virtio-vsock: CREDIT_REQUEST ping-pong with a guest whose credit does not change"),
+ ("src/agent/protocol.ts", "if (len > AGENT_MAX_PAYLOAD) this.fail(", "if (len >= AGENT_MAX_PAYLOAD) this.fail(", "test/unit/agent-codec.test.ts", "agent-codec: a payload of exactly AGENT_MAX_PAYLOAD refused"),
+ ("src/agent/protocol.ts", "if (head[5] !== 0 || head[6] !== 0 || head[7] !== 0)", "if (head[5] !== 0 || head[6] !== 0)", "test/unit/agent-codec.test.ts", "agent-codec: the last reserved header byte not checked"),
+ ("src/agent/protocol.ts", "this.chunks = all.length > n ? [all.subarray(n)] : [];", "this.chunks = all.length > n ? [all.subarray(n + 1)] : [];", "test/unit/agent-codec.test.ts", "agent-codec: a byte lost when a frame spans chunks"),
+ ("guest/agent/agent.c", "if (len > AGENT_MAX_PAYLOAD) return -1;", "if (len >= AGENT_MAX_PAYLOAD) return -1;", "test/unit/agent-codec.test.ts", "agent: C parser refuses a payload of exactly AGENT_MAX_PAYLOAD"),
+ ("guest/agent/agent.c", "if (n - AGENT_HDR < len) return 0;", "if (n - AGENT_HDR <= len) return 0;", "test/unit/agent-codec.test.ts", "agent: C parser waits for one byte more than the frame"),
+ ("guest/agent/agent.c", "  if (s != end) goto bad;\n", "", "test/unit/agent-codec.test.ts", "agent: EXEC payload with trailing bytes accepted"),
+ ("guest/agent/agent.c", "if (!memchr(s, '=', (size_t)(z - s))) goto bad;", "", "test/unit/agent-codec.test.ts", "agent: EXEC environment entry without '=' accepted"),
+ ("guest/agent/agent.c", "int code = err == ENOENT ? 127 : 126;", "int code = 126;", "test/unit/agent-exec.test.ts", "agent: a command that does not exist exits 126"),
+ ("src/devices/virtio/vsock/backend.ts", "scatterPieces(c.writable, [this.hdr, ...pkt.payload]);", "scatterPieces([...c.readable, ...c.writable], [this.hdr, ...pkt.payload]);", "test/unit/virtio-vsock-rings.test.ts", "virtio-vsock: rx packets written into device-readable buffers"),
+ ("src/devices/virtio/vsock/backend.ts", "if (!q.push(c.head, VSOCK_HDR_SIZE + pkt.hdr.len)) return;", "if (!q.push(c.head, c.writableBytes)) return;", "test/unit/virtio-vsock-rings.test.ts", "virtio-vsock: rx used length is the buffer size, not the packet's"),
 ]
 import sys
 sel = sys.argv[1:]
