@@ -52,6 +52,8 @@ export interface Frame {
 /** The one error the codec throws: the byte stream is not a valid frame sequence. */
 export class AgentProtocolError extends Error {
   override name = 'AgentProtocolError';
+  /** The complete frames that came before the bad bytes in the push() that threw. */
+  frames: Frame[] = [];
 }
 
 export function encodeFrame(type: number, id: number, payload: Uint8Array = Buffer.alloc(0)): Buffer {
@@ -81,7 +83,10 @@ export class FrameDecoder {
   }
 
   push(chunk: Uint8Array): Frame[] {
-    if (this.failed) throw this.failed;
+    if (this.failed) {
+      this.failed.frames = [];
+      throw this.failed;
+    }
     if (chunk.length) {
       this.chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length));
       this.have += chunk.length;
@@ -91,8 +96,8 @@ export class FrameDecoder {
       if (this.have < FRAME_HEADER) break;
       const head = this.peek(FRAME_HEADER);
       const len = head.readUInt32LE(0);
-      if (len > AGENT_MAX_PAYLOAD) this.fail(`frame length ${len} exceeds ${AGENT_MAX_PAYLOAD}`);
-      if (head[5] !== 0 || head[6] !== 0 || head[7] !== 0) this.fail('non-zero reserved header bytes');
+      if (len > AGENT_MAX_PAYLOAD) this.fail(`frame length ${len} exceeds ${AGENT_MAX_PAYLOAD}`, out);
+      if (head[5] !== 0 || head[6] !== 0 || head[7] !== 0) this.fail('non-zero reserved header bytes', out);
       if (this.have - FRAME_HEADER < len) break;
       const all = this.take(FRAME_HEADER + len);
       out.push({ type: all[4], id: all.readUInt32LE(8), payload: all.subarray(FRAME_HEADER) });
@@ -100,8 +105,9 @@ export class FrameDecoder {
     return out;
   }
 
-  private fail(why: string): never {
+  private fail(why: string, before: Frame[]): never {
     this.failed = new AgentProtocolError(`agent protocol error: ${why}`);
+    this.failed.frames = before;
     this.chunks = [];
     this.have = 0;
     throw this.failed;
