@@ -552,7 +552,6 @@ describe('virtio-vsock connection state machine', () => {
       }),
       { numRuns: 200, seed: 12345 },
     );
-    if (process.env.H7_DEBUG) console.log(totals);
     for (const k of ['connectionsOpened', 'connectionsRefused', 'bytesToHost', 'bytesToGuest', 'creditUpdates', 'creditRequests', 'droppedBadCid', 'rstBadType', 'rstBadOp', 'rstBadLen', 'rstUnknownConnection', 'rstCreditViolation', 'rstLimit', 'rstDuplicateRequest', 'rstProtocol', 'droppedAfterClose', 'timeouts']) {
       expect(totals[k], k).toBeGreaterThan(0);
     }
