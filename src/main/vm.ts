@@ -41,7 +41,8 @@ import type { BlockParams } from '../devices/virtio/block/index.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
 import { DeferredVsock, VsockBridge, type VsockApi } from '../devices/virtio/vsock/bridge.js';
-import type { VsockParams } from '../devices/virtio/vsock/index.js';
+import { readVsockStats, type VsockParams } from '../devices/virtio/vsock/index.js';
+import type { VsockCounters } from '../devices/virtio/vsock/muxer.js';
 import { readTransportStats, type TransportStats } from '../devices/virtio/queue-service.js';
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
@@ -381,6 +382,12 @@ export class VM extends EventEmitter {
   /** Per-disk virtio-blk counters (requests, bytes, wake-ups, interrupts, …), readable at any time. */
   blockStats(): BlockStats[] {
     return (this.virtio?.placements ?? []).filter((p) => p.kind === 'blk').map((p) => readBlockStats((p.params as BlockParams).stats, p.stats));
+  }
+
+  /** virtio-vsock's counters (connections, packets, bytes, each kind of hostile packet), when config.vsock is set. */
+  vsockStats(): VsockCounters | undefined {
+    const p = this.virtio?.placements.find((x) => x.kind === 'vsock');
+    return p ? readVsockStats(p.params as VsockParams) : undefined;
   }
 
   /** Every virtio device's transport counters (wake-ups, interrupts, NEEDS_RESET, …), in placement order. */

@@ -14,7 +14,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { DeferredVsock, VsockBridge } from '../../src/devices/virtio/vsock/bridge.js';
 import { createVsockHostBackend, parseConnectLine } from '../../src/devices/virtio/vsock/host.js';
-import { vsockDeviceType, type VsockBackend, type VsockParams } from '../../src/devices/virtio/vsock/index.js';
+import { readVsockStats, vsockDeviceType, type VsockBackend, type VsockParams } from '../../src/devices/virtio/vsock/index.js';
 import { BUF_ALLOC, LOCAL_PORT_MIN } from '../../src/devices/virtio/vsock/muxer.js';
 import {
   VIRTIO_VSOCK_OP_CREDIT_UPDATE,
@@ -171,6 +171,8 @@ describe('Firecracker hybrid vsock over a Unix socket', () => {
     // the client closes: the guest sees SHUTDOWN
     c.end();
     await r.until(has(r, VIRTIO_VSOCK_OP_SHUTDOWN), 'SHUTDOWN');
+    // the counters are in the shared control SAB (vm.vsockStats() reads them on the main thread)
+    expect(readVsockStats(r.params)).toMatchObject({ connectionsOpened: 1, bytesToHost: a.length, bytesToGuest: b.length + 11 });
   });
 
   it('refusals close the client without writing anything: a bad command, a guest RST', async () => {
