@@ -121,6 +121,20 @@ async function buildBundles() {
 
 function buildGuests() {
   run('make', ['-s', '-C', join(root, 'test', 'guests'), `OUT=${join(root, 'build', 'guests')}`]);
+  buildAgent();
+}
+
+// The exec agent for the default guest's initramfs (guest/agent/agent.c → build/guests/kindling-agent),
+// static because the guest has no shared libc. Without gcc's static libc (Debian: libc6-dev) the
+// default-guest builder reports the failure when it needs the agent.
+function buildAgent() {
+  const src = join(root, 'guest', 'agent', 'agent.c');
+  const out = join(root, 'build', 'guests', 'kindling-agent');
+  if (!existsSync(src)) return;
+  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) return;
+  mkdirSync(dirname(out), { recursive: true });
+  const r = spawnSync('gcc', ['-static', '-Os', '-s', '-Wall', '-Wextra', '-o', out, src], { stdio: 'inherit', cwd: root });
+  if (r.error || r.status !== 0) console.error(`kindling build: the exec agent (guest/agent/agent.c) did not build: ${r.error ? r.error.message : `gcc exit ${r.status}`}`);
 }
 
 function onPath(cmd) {

@@ -15,7 +15,8 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import { aptDownload, aptShow, aptUpdate, debExtract, debInfo, LISTS_MISSING } from './apt.js';
 import { extractVmlinux, findPvhEntry } from './bzimage.js';
 import { type CpioEntry, writeCpio } from './cpio.js';
-import { exitHelperElf, initScript } from './init-script.js';
+import { agentBinary } from './agent-binary.js';
+import { exitHelperElf, GUEST_AGENT_PORT, initScript } from './init-script.js';
 import { modulesDep, moduleName, parseModinfo, resolveModuleOrder } from './modinfo.js';
 import { barProgress, lineProgress, type Progress, silentProgress } from './progress.js';
 
@@ -23,7 +24,7 @@ export { extractVmlinux, findPvhEntry, bzImagePayload } from './bzimage.js';
 export { lz4DecompressLegacy, lz4DecompressBlock } from './lz4.js';
 export { writeCpio, parseCpio, type CpioEntry, type CpioRecord } from './cpio.js';
 export { parseModinfo, resolveModuleOrder, type ModInfo } from './modinfo.js';
-export { encodeGuestCommand, decodeGuestCommand, shellQuote, initScript, exitHelperElf, MAX_ENCODED_COMMAND } from './init-script.js';
+export { encodeGuestCommand, decodeGuestCommand, shellQuote, initScript, exitHelperElf, MAX_ENCODED_COMMAND, GUEST_AGENT_PORT } from './init-script.js';
 
 export interface GuestImage {
   /** The uncompressed vmlinux ELF (PVH entry): what kindling boots by default. */
@@ -67,6 +68,8 @@ export interface GuestManifest {
   pvhEntry: string;
   sourceDateEpoch: number;
   files: Record<OutputName, { size: number; sha256: string }>;
+  /** The exec agent in the initramfs (/bin/kindling-agent) and its vsock port; absent in guests built before it. */
+  agent?: { port: number; size: number; sha256: string };
   builtAt: string;
   buildMs: number;
 }
@@ -364,10 +367,12 @@ async function build(dir: string, progress: Progress): Promise<GuestImage> {
     progress.step('initramfs');
     const epoch = sourceDateEpoch();
     const guestModDir = `/lib/modules/${kver}`;
+    const agent = agentBinary(tmp);
     const entries: CpioEntry[] = [
       { type: 'file', path: 'init', data: initScript('/etc/modules.list'), mode: 0o755 },
       { type: 'file', path: 'bin/busybox', data: readFileSync(busyboxBin), mode: 0o755 },
       { type: 'file', path: 'bin/kindling-exit', data: exitHelperElf(), mode: 0o755 },
+      { type: 'file', path: 'bin/kindling-agent', data: agent, mode: 0o755 },
       { type: 'chardev', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
       { type: 'chardev', path: 'dev/null', major: 1, minor: 3, mode: 0o666 },
       { type: 'dir', path: 'dev' },
@@ -418,6 +423,7 @@ async function build(dir: string, progress: Progress): Promise<GuestImage> {
       pvhEntry: '0x' + pvh.toString(16),
       sourceDateEpoch: epoch,
       files,
+      agent: { port: GUEST_AGENT_PORT, size: agent.length, sha256: hash(agent) },
       builtAt: new Date().toISOString(),
       buildMs: Date.now() - t0,
     };
