@@ -72,6 +72,7 @@ muts = [
  ("guest/agent/agent.c", "int code = err == ENOENT ? 127 : 126;", "int code = 126;", "test/unit/agent-exec.test.ts", "agent: a command that does not exist exits 126"),
  ("src/devices/virtio/vsock/backend.ts", "scatterPieces(c.writable, [this.hdr, ...pkt.payload]);", "scatterPieces([...c.readable, ...c.writable], [this.hdr, ...pkt.payload]);", "test/unit/virtio-vsock-rings.test.ts", "virtio-vsock: rx packets written into device-readable buffers"),
  ("src/devices/virtio/vsock/backend.ts", "if (!q.push(c.head, VSOCK_HDR_SIZE + pkt.hdr.len)) return;", "if (!q.push(c.head, c.writableBytes)) return;", "test/unit/virtio-vsock-rings.test.ts", "virtio-vsock: rx used length is the buffer size, not the packet's"),
+ ("guest/agent/agent.c", "if (f->len > o->in_credit) { protocol_error(c, \"STDIN beyond the granted window\"); return; }", "", "test/unit/agent-exec.test.ts", "agent: STDIN beyond the granted window accepted"),
 ]
 import sys
 sel = sys.argv[1:]

@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentError, type AgentClient } from '../../src/agent/client.js';
 import { encodeFrame, T } from '../../src/agent/protocol.js';
@@ -10,6 +11,7 @@ import { type AgentHarness, agentSkipReason, collect, startAgent } from './agent
 
 let h: AgentHarness | undefined;
 let client: AgentClient;
+let socket: Socket;
 const skip = agentSkipReason();
 if (skip) console.warn(`SKIPPING the exec agent tests (test/unit/agent-exec.test.ts): ${skip}`);
 
@@ -18,7 +20,7 @@ beforeAll(async () => {
   const r = await startAgent();
   if (typeof r === 'string') throw new Error(r);
   h = r;
-  client = (await h.connect()).client;
+  ({ client, socket } = await h.connect());
 });
 afterAll(async () => {
   await h?.stop();
@@ -112,31 +114,55 @@ describe.skipIf(skip !== '')('kindling-agent over a Unix socket', () => {
     const inHash = createHash('sha256');
     const rss0 = process.memoryUsage().rss;
     let peak = rss0;
+    let maxQueued = 0;
+    const b = Buffer.alloc(1 << 20);
+    for (let i = 0; i < b.length; i += block.length) block.copy(b, i);
     async function* gen() {
+      // one buffer, refilled: writeFile has copied each chunk into frames before asking for the next
       for (let off = 0; off < total; off += 1 << 20) {
-        const b = Buffer.alloc(1 << 20);
-        for (let i = 0; i < b.length; i += block.length) block.copy(b, i);
         b.writeUInt32LE(off, 0);
         inHash.update(b);
         peak = Math.max(peak, process.memoryUsage().rss);
         yield b;
       }
     }
-    await client.writeFile(path, gen(), { mode: 0o640 });
+    const write = socket.write;
+    socket.write = function (this: Socket, ...args: Parameters<Socket['write']>) {
+      const r = write.apply(this, args);
+      maxQueued = Math.max(maxQueued, this.writableLength);
+      return r;
+    } as Socket['write'];
+    try {
+      await client.writeFile(path, gen(), { mode: 0o640 });
+    } finally {
+      socket.write = write;
+    }
     expect(statSync(path).size).toBe(total);
     expect(statSync(path).mode & 0o777).toBe(0o640);
     const { stream, info } = client.readFileStream(path);
     const outHash = createHash('sha256');
     let n = 0;
+    let maxBuffered = 0;
     for await (const c of stream) {
       outHash.update(c as Buffer);
       n += (c as Buffer).length;
       peak = Math.max(peak, process.memoryUsage().rss);
+      maxBuffered = Math.max(maxBuffered, stream.readableLength);
     }
     expect(await info).toEqual({ mode: 0o640, size: total });
     expect(n).toBe(total);
     expect(outHash.digest('hex')).toBe(inHash.digest('hex'));
-    expect(peak - rss0).toBeLessThan(48 * 1024 * 1024);
+    // Bounded buffering on the host: writeFile waits for 'drain', so the socket's queue holds at most
+    // one frame beyond its high-water mark; the read stream at most its window and one frame.
+    expect(maxQueued).toBeGreaterThan(0);
+    expect(maxQueued).toBeLessThanOrEqual(socket.writableHighWaterMark + 65536 + 12);
+    expect(maxBuffered).toBeLessThanOrEqual(256 * 1024 + 65536);
+    // RSS also moves with garbage not yet collected, so this bound is loose: it fails if the file were held.
+    expect(peak - rss0).toBeLessThan(128 * 1024 * 1024);
+    // the agent's own peak memory stays small too (it streams: nothing is held per file)
+    const hwm = Number(/VmHWM:\s+(\d+)/.exec(readFileSync(`/proc/${h!.proc.pid}/status`, 'utf8'))![1]) * 1024;
+    console.log(`64 MiB write+read: socket queue max ${maxQueued} B, read buffer max ${maxBuffered} B, test RSS +${((peak - rss0) / 2 ** 20).toFixed(1)} MiB, agent peak RSS ${(hwm / 2 ** 20).toFixed(1)} MiB`);
+    expect(hwm).toBeLessThan(16 * 1024 * 1024);
     // small files, modes, errors
     await client.writeFile(join(h!.dir, 'x.sh'), '#!/bin/sh\necho hi\n', { mode: 0o755 });
     expect((await run([join(h!.dir, 'x.sh')])).out).toBe('hi\n');
@@ -212,6 +238,28 @@ describe.skipIf(skip !== '')('kindling-agent over a Unix socket', () => {
       // HELLO, then an ERROR for the connection (id 0), then the agent closed it
       expect(all[4]).toBe(T.HELLO);
       expect(all.subarray(all.readUInt32LE(0) + 12).toString()).toMatch(/protocol error/);
+    }
+    // STDIN beyond the window the agent granted (65536) is a protocol error
+    {
+      const s = await h!.rawConnect();
+      const got: Buffer[] = [];
+      s.on('data', (d: Buffer) => got.push(d));
+      const { encodeExec } = await import('../../src/agent/protocol.js');
+      s.write(encodeFrame(T.EXEC, 9, encodeExec({ argv: ['sleep', '100'], env: [], cwd: '', flags: 0, rows: 0, cols: 0, window: 0 })));
+      s.write(encodeFrame(T.STDIN, 9, Buffer.alloc(65537)));
+      await new Promise((r) => s.once('close', r));
+      expect(Buffer.concat(got).toString('latin1')).toMatch(/protocol error: STDIN beyond the granted window/);
+    }
+    // more than 64 operations on one connection: the 65th gets an ERROR of its own, the rest run
+    {
+      const c = await h!.connect();
+      const many = Array.from({ length: 64 }, () => c.client.exec(['sleep', '100']));
+      await Promise.all(many.map((p) => p.pid));
+      const extra = c.client.exec(['true']);
+      await expect(extra.exited).rejects.toThrow(/too many operations/);
+      for (const p of many) p.kill('SIGKILL');
+      for (const p of many) expect((await p.exited).signal).toBe('SIGKILL');
+      c.client.close();
     }
     // a process on a connection that closes is killed
     const s2 = await h!.connect();
