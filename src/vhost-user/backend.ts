@@ -179,17 +179,19 @@ export class VhostUserSession {
       if (fds.length < n) throw new VhostUserError(`${requestName(m.request)}: ${fds.length} fds, expected ${n}`);
       return fds.splice(0, n);
     };
-    const wantsAck = (m.flags & VHOST_USER_FLAG_NEED_REPLY) !== 0 && this.has(VHOST_USER_PROTOCOL_F_REPLY_ACK);
+    // Evaluated after the request: SET_PROTOCOL_FEATURES that negotiates REPLY_ACK is itself acked
+    // (Linux's virtio_uml sets NEED_REPLY on it and waits).
+    const wantsAck = (): boolean => (m.flags & VHOST_USER_FLAG_NEED_REPLY) !== 0 && this.has(VHOST_USER_PROTOCOL_F_REPLY_ACK);
     try {
       const reply = this.dispatch(m, take);
       if (reply) return encodeReply(m.request, reply);
-      return wantsAck ? encodeReply(m.request, u64Payload(0n)) : undefined;
+      return wantsAck() ? encodeReply(m.request, u64Payload(0n)) : undefined;
     } catch (e) {
       if (e instanceof CloseConnection) throw e;
       if (!(e instanceof VhostUserError)) throw e;
       this.logLimited('warn', `${this.o.name}: ${e.message}`);
       if (isGet(m.request)) throw new CloseConnection(e.message);
-      return wantsAck ? encodeReply(m.request, u64Payload(1n)) : undefined;
+      return wantsAck() ? encodeReply(m.request, u64Payload(1n)) : undefined;
     } finally {
       for (const fd of fds) this.safeClose(fd); // extra fds, or those of a refused request
     }
