@@ -280,9 +280,15 @@ static void send_error(struct conn *c, uint32_t id, int err, const char *fmt, ..
   send_frame(c, T_ERROR, id, p, 4 + (uint32_t)n);
 }
 
+static void free_op(struct op *o);
+
+// The connection is done for: its processes are killed now (not when the peer gets round to
+// reading the ERROR), then the ERROR is flushed and the connection closed.
 static void protocol_error(struct conn *c, const char *what) {
   send_error(c, 0, EPROTO, "protocol error: %s", what);
   c->closing = 1;
+  for (int k = 0; k < MAX_OPS; k++)
+    if (c->ops[k].kind != OP_FREE) free_op(&c->ops[k]);
 }
 
 static struct op *find_op(struct conn *c, uint32_t id) {

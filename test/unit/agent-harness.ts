@@ -5,10 +5,11 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../../src/agent/client.js';
 
-export const AGENT_SRC = resolve(import.meta.dirname, '../../guest/agent/agent.c');
+export const AGENT_SRC = resolve(dirname(fileURLToPath(import.meta.url)), '../../guest/agent/agent.c');
 
 export interface AgentHarness {
   dir: string;
