@@ -426,3 +426,34 @@ function errorOf(f: Frame): AgentError {
   const errno = f.payload.length >= 4 ? f.payload.readInt32LE(0) : 0;
   return new AgentError(`guest agent: ${f.payload.subarray(4).toString('utf8')}`, errno);
 }
+
+/** The shell's exit status for a process: its code, or 128 + the signal number when killed. */
+export function shellStatus(s: ExitStatus): number {
+  if (s.code !== null) return s.code;
+  const n = s.signal ? SIGNAL_NUMBERS[s.signal] : undefined;
+  return 128 + (n ?? 0);
+}
+
+export interface AttachedStreams {
+  stdin?: Readable;
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+}
+
+/**
+ * Run `argv` with its stdio attached to host streams, as `kindling run -- CMD` does: stdout to
+ * `stdout`, stderr to `stderr`, `stdin` to the command (its end is the command's EOF; without it the
+ * command gets EOF at once). Resolves with shellStatus() once the command's output has been written.
+ */
+export async function runAttached(client: AgentClient, argv: string[], io: AttachedStreams, opts: Omit<ExecOptions, 'stdin'> = {}): Promise<number> {
+  const p = client.exec(argv, { ...opts, stdin: io.stdin ?? '' });
+  const copied = (r: Readable, w: NodeJS.WritableStream): Promise<void> =>
+    new Promise((res, rej) => {
+      r.on('error', rej);
+      r.on('end', res);
+      r.pipe(w, { end: false });
+    });
+  const [status] = await Promise.all([p.exited, copied(p.stdout, io.stdout), copied(p.stderr, io.stderr)]);
+  io.stdin?.unpipe(p.stdin);
+  return shellStatus(status);
+}

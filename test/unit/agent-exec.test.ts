@@ -4,8 +4,9 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Socket } from 'node:net';
+import { PassThrough, Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentError, type AgentClient } from '../../src/agent/client.js';
+import { AgentError, type AgentClient, runAttached, shellStatus } from '../../src/agent/client.js';
 import { encodeFrame, T } from '../../src/agent/protocol.js';
 import { type AgentHarness, agentSkipReason, collect, startAgent } from './agent-harness.js';
 
@@ -272,6 +273,28 @@ describe.skipIf(skip !== '')('kindling-agent over a Unix socket', () => {
     expect((await collect(keep.stdout)).toString()).toBe('got ok\n');
     expect((await keep.exited).code).toBe(0);
     expect(h!.proc.exitCode).toBe(null);
+  });
+
+  it('runAttached: stdio to host streams, stdin EOF, status 128+signal when killed (kindling run -- CMD)', async () => {
+    const sink = (): { w: PassThrough; text: Promise<string> } => {
+      const w = new PassThrough();
+      return { w, text: collect(w).then((b) => b.toString()) };
+    };
+    const o = sink();
+    const e = sink();
+    const code = await runAttached(client, ['sh', '-c', 'tr a-z A-Z; echo oops >&2; exit 5'], { stdin: Readable.from([Buffer.from('abc\n'), Buffer.from('def\n')]), stdout: o.w, stderr: e.w });
+    o.w.end();
+    e.w.end();
+    expect(code).toBe(5);
+    expect(await o.text).toBe('ABC\nDEF\n');
+    expect(await e.text).toBe('oops\n');
+    const o2 = sink();
+    expect(await runAttached(client, ['sh', '-c', 'kill -KILL $$'], { stdout: o2.w, stderr: o2.w })).toBe(137);
+    expect(await runAttached(client, ['cat'], { stdout: o2.w, stderr: o2.w })).toBe(0); // no stdin: EOF at once
+    expect(await runAttached(client, ['no-such-cmd-q'], { stdout: o2.w, stderr: o2.w })).toBe(127);
+    o2.w.end();
+    expect(await o2.text).toBe('no-such-cmd-q: not found\n');
+    expect(shellStatus({ code: null, signal: 'SIGTERM' })).toBe(143);
   });
 
   it('exec("true") round trip latency (median of 200)', async () => {
