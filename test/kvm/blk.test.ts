@@ -3,12 +3,12 @@
 // writes, GET_ID, capacity, malformed requests, read-only disks, the image lock, durability across
 // SIGKILL, and the main thread being off the I/O path.
 import { spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdtempSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { lazyTempDir } from '../fuzz/tmp.js';
 import { VM } from '../../dist/main/index.js';
 import { blockSerial } from '../../dist/devices/virtio/block/device.js';
 import { ROOT, guest, kvmOrSkipNotice, runGuest, waitFor } from './helpers.js';
@@ -18,12 +18,12 @@ const BLK = guest('blk.elf');
 const KINDLING = join(ROOT, 'bin', 'kindling.js');
 const SECTORS = 8192; // 4 MiB
 
-const dir = mkdtempSync(join(tmpdir(), 'kindling-blk-'));
+const dir = lazyTempDir('kindling-blk-');
 const original = randomBytes(SECTORS * 512);
 let n = 0;
 /** A fresh copy of the random 4 MiB image. */
 function image(bytes: Buffer = original): string {
-  const p = join(dir, `disk${n++}.img`);
+  const p = join(dir(), `disk${n++}.img`);
   writeFileSync(p, bytes);
   return p;
 }
@@ -215,11 +215,11 @@ describe.skipIf(!kvm)('virtio-blk with blk.elf', () => {
     expect(lines(r.stdout)).toContain(`blk read 64 crc32=${hex8(crc32(original.subarray(0, 64 * 512)))}`);
     const ro = spawnSync(process.execPath, [KINDLING, 'run', '--kernel', BLK, '--disk', `${img},ro`, '--cmdline', 'blk.capacity'], { encoding: 'utf8', timeout: 60_000 });
     expect(lines(ro.stdout)).toContain(`blk capacity ${SECTORS} ro=1`);
-    const odd = join(dir, 'odd.img');
+    const odd = join(dir(), 'odd.img');
     writeFileSync(odd, Buffer.alloc(1000));
     for (const [arg, msg] of [
-      [join(dir, 'missing.img'), 'disk image not found: '],
-      [dir, 'disk image is a directory, not a file: '],
+      [join(dir(), 'missing.img'), 'disk image not found: '],
+      [dir(), 'disk image is a directory, not a file: '],
       [odd, 'disk image size 1000 bytes is not a multiple of 512: '],
     ]) {
       const e = spawnSync(process.execPath, [KINDLING, 'run', '--kernel', BLK, '--disk', arg], { encoding: 'utf8', timeout: 30_000 });
@@ -230,7 +230,7 @@ describe.skipIf(!kvm)('virtio-blk with blk.elf', () => {
 
   it('two disks: two windows, two GSIs, both announced; the guest drives the first', async () => {
     const a = image();
-    const b = join(dir, 'copy.img');
+    const b = join(dir(), 'copy.img');
     copyFileSync(a, b);
     const r = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: a }, { path: b, readOnly: true }], cmdline: 'blk.capacity', rng: false });
     expect(r.vm.cmdline).toBe('blk.capacity virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6');

@@ -1,12 +1,12 @@
 // Boot-path integration tests: the project's freestanding test guests booted under KVM through the
 // same loaders users' kernels go through, asserting on what the guests print.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { tempDir } from '../fuzz/tmp.js';
 import { VM, detectPvm } from '../../dist/main/index.js';
 import { ROOT, guest, kvmOrSkipNotice, runGuest, waitFor } from './helpers.js';
 
@@ -26,7 +26,7 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
   });
 
   it('bootinfo.elf sees exactly the memory map, command line and initrd kindling set up (64 MiB)', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kindling-bootinfo-'));
+    const dir = tempDir('kindling-bootinfo-');
     const initrd = Buffer.alloc(300_000 + 123);
     for (let i = 0; i < initrd.length; i++) initrd[i] = (i * 7919 + (i >> 11)) & 0xff;
     writeFileSync(join(dir, 'initrd.img'), initrd);
@@ -48,7 +48,7 @@ describe.skipIf(!kvm)('boot path under KVM', () => {
     ['bootinfo64.elf', 'elf64', 'bootinfo: protocol elf64'],
   ] as const) {
     it(`${image}: the 64-bit Linux boot protocol delivers the same e820, command line and initrd through boot_params`, async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'kindling-bootinfo-'));
+      const dir = tempDir('kindling-bootinfo-');
       const initrd = Buffer.alloc(200_001);
       for (let i = 0; i < initrd.length; i++) initrd[i] = (i * 31 + 7) & 0xff;
       writeFileSync(join(dir, 'initrd.img'), initrd);
@@ -230,7 +230,7 @@ describe.skipIf(!kvm)('kindling run (CLI) under KVM', () => {
 });
 
 describe('kindling CLI input errors (one clear line, non-zero exit, no stack trace)', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'kindling-cli-'));
+  const dir = tempDir('kindling-cli-');
   const notKernel = join(dir, 'not-a-kernel');
   writeFileSync(notKernel, 'just some text, not a kernel\n'.repeat(100));
   const cases: Array<[string, string[], RegExp]> = [

@@ -3,21 +3,21 @@
 // (virtio-blk, virtio-console, virtio-rng) and kicks them. kindling must neither crash nor hang,
 // every device must still serve a well-formed request after a reset, guest-triggered log lines stay
 // rate-limited, and the VM must stop cleanly.
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { lazyTempDir } from '../fuzz/tmp.js';
 import { guest, kvmOrSkipNotice, runGuest } from './helpers.js';
 
 const kvm = kvmOrSkipNotice('fuzz-guest.test.ts');
 const SEEDS = (process.env.KINDLING_GUEST_FUZZ_SEEDS ?? '1,7,1234').split(',').map(Number);
 
 describe.skipIf(!kvm)('fuzz.elf against virtio-blk, virtio-console and virtio-rng', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'kindling-fuzz-'));
+  const dir = lazyTempDir('kindling-fuzz-');
   for (const seed of SEEDS) {
     it(`seed ${seed}: survives 3000 rounds of hostile register and ring writes`, async () => {
-      const img = join(dir, `disk-${seed}.img`);
+      const img = join(dir(), `disk-${seed}.img`);
       writeFileSync(img, randomBytes(4 << 20));
       const r = await runGuest(
         { kernel: guest('fuzz.elf'), memMiB: 128, disks: [{ path: img }], console: 'virtio', cmdline: `fuzz.seed=${seed} fuzz.rounds=3000` },

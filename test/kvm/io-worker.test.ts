@@ -3,12 +3,12 @@
 // the driver (rings in a SharedArrayBuffer "guest RAM"); the worker serves a real image file. Covers
 // what blk.elf cannot provoke: a fatal queue error → DEVICE_NEEDS_RESET + config interrupt, reset
 // and re-initialisation, FAILED, event-idx interrupt suppression, and a clean stop.
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
+import { tempDir } from '../fuzz/tmp.js';
 import {
   BLK_CONFIG_SIZE,
   BLK_QUEUE_SIZE,
@@ -72,7 +72,7 @@ function readBlockStats(stats: SharedArrayBuffer): ReturnType<typeof readDeviceB
 }
 
 function rig(readOnly = false): Rig {
-  const dir = mkdtempSync(join(tmpdir(), 'kindling-ioworker-'));
+  const dir = tempDir('kindling-ioworker-');
   const file = join(dir, 'disk.img');
   const disk = randomBytes(256 * 512);
   writeFileSync(file, disk);

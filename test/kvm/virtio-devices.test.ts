@@ -3,10 +3,10 @@
 // the transport counters, the device words on the command line, the CLI, and back-pressure of the
 // two console streams (vm.console and vm.serial) when nobody reads them.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { tempDir } from '../fuzz/tmp.js';
 import { VM } from '../../dist/main/index.js';
 import { ROOT, guest, kvmOrSkipNotice, runGuest, waitFor } from './helpers.js';
 
@@ -96,7 +96,7 @@ describe.skipIf(!kvm)('virtio-rng with rng.elf', () => {
     expect(alone.vm.cmdline.endsWith(' virtio_mmio.device=4K@0xd0000000:5')).toBe(true);
     expect(alone.vm.cmdline.match(/virtio_mmio\.device=/g)).toHaveLength(1);
 
-    const dir = mkdtempSync(join(tmpdir(), 'kindling-virtio-devices-'));
+    const dir = tempDir('kindling-virtio-devices-');
     const img = join(dir, 'disk.img');
     writeFileSync(img, Buffer.alloc(64 * 512, 0xa5));
     // rng.elf walks the device words and finds its device in the second window.
