@@ -18,8 +18,8 @@ run:
   --initrd PATH    initrd / initramfs
   --cmdline STR    kernel command line (default: "${DEFAULT_CMDLINE}")
   --disk PATH[,ro] raw disk image as a virtio-blk device (repeatable; the first is /dev/vda). Its size
-                   must be a multiple of 512. A writable image is locked (flock) while the VM runs;
-                   ,ro attaches it read-only, without a lock.
+                   must be a multiple of 512. Locked with QEMU's OFD locks while the VM runs:
+                   exclusive for read-write, shared for ,ro (read-only; refused while a writer has it).
   --console K      where the terminal is attached: serial (default; COM1) or virtio (a virtio-console,
                    hvc0 in Linux; COM1 output is still shown, for early boot)
   --no-rng         no virtio-rng device (by default the guest gets one, fed from the host CSPRNG)
@@ -48,6 +48,8 @@ export class UsageError extends Error {
 
 export type Command =
   | { kind: 'help' }
+  /** No arguments at all: the usage goes to stderr and the exit status is 2 (a usage error). */
+  | { kind: 'usage' }
   | { kind: 'version' }
   | { kind: 'guest' }
   | VhostUserParse
@@ -85,7 +87,8 @@ export function parseDiskArg(v: string): Required<DiskConfig> {
 
 export function parseCommandLine(argv: readonly string[]): Command {
   const [cmd, ...rest] = argv;
-  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') return { kind: 'help' };
+  if (cmd === undefined) return { kind: 'usage' };
+  if (cmd === '--help' || cmd === '-h' || cmd === 'help') return { kind: 'help' };
   if (cmd === '--version' || cmd === '-V' || cmd === 'version') return { kind: 'version' };
   if (cmd === 'guest') {
     if (rest.length) throw new UsageError(`unexpected argument for guest: ${shown(rest[0])}`);
@@ -100,6 +103,10 @@ function parseRun(args: string[]): Command {
   const dd = args.indexOf('--');
   const own = dd >= 0 ? args.slice(0, dd) : args;
   const guestArgs = dd >= 0 ? args.slice(dd + 1) : [];
+  // node:util would call `--mem -5` an ambiguous option; it is a number that is not allowed.
+  for (let i = 0; i + 1 < own.length; i++) {
+    if ((own[i] === '--mem' || own[i] === '--vcpus') && /^-[0-9.]/.test(own[i + 1])) parseIntArg(own[i].slice(2), own[i + 1]);
+  }
   let values;
   try {
     ({ values } = parseArgs({

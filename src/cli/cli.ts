@@ -26,6 +26,9 @@ async function dispatch(cmd: Command): Promise<void> {
     case 'help':
       process.stdout.write(USAGE + '\n');
       return;
+    case 'usage':
+      process.stderr.write(USAGE + '\n');
+      process.exit(2);
     case 'version':
       process.stdout.write(`kindling ${version()}\n`);
       return;
@@ -72,7 +75,11 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
     discardPrespawnedWorkers();
     throw e;
   }
-  vm.on('warning', (w: string) => process.stderr.write(w + '\n'));
+  // A host warning is a warn-level line: shown unless --log-level is error, fatal or silent.
+  const level = config.logLevel ?? 'warn';
+  vm.on('warning', (w: string) => {
+    if (!['error', 'fatal', 'silent'].includes(level)) process.stderr.write(w + '\n');
+  });
   const detach = attachConsole(vm);
   let exit: VMExit;
   try {

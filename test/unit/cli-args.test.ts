@@ -1,16 +1,16 @@
 // The CLI's argv parser: any argv → one Command, or one UsageError whose printed line is a single
 // line of printable text; a run command's config then resolves or fails with one ConfigError line.
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { errorLine, parseCommandLine, parseDiskArg, UsageError, type Command } from '../../src/cli/cli-args.js';
 import { ConfigError, MAX_VCPUS, resolveConfig } from '../../src/main/config.js';
 import { runs } from '../fuzz/budget.js';
+import { tempDir } from '../fuzz/tmp.js';
 import { testKernelImage } from './fixtures/test-kernel.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'kindling-cli-args-'));
+const dir = tempDir('kindling-cli-args-');
 const kernel = join(dir, 'kernel');
 writeFileSync(kernel, testKernelImage()); // resolveConfig checks the kernel image itself
 const disk = join(dir, 'disk.img');
@@ -112,7 +112,7 @@ function render(m: RunModel, order: number[], joined: boolean[]): string[] {
 
 describe('parseCommandLine', () => {
   it('examples', () => {
-    expect(parseCommandLine([])).toEqual({ kind: 'help' });
+    expect(parseCommandLine([])).toEqual({ kind: 'usage' });
     expect(parseCommandLine(['--version'])).toEqual({ kind: 'version' });
     expect(parseCommandLine(['run', '-h'])).toEqual({ kind: 'help' });
     expect(parseCommandLine(['run', '--vcpus', '2', '--mem=64', '--kernel', 'k', '--disk', 'a,b,ro', '--', 'x', '--', 'y'])).toEqual({
@@ -135,6 +135,8 @@ describe('parseCommandLine', () => {
       [['guest', 'x\ny'], /^kindling: unexpected argument for guest: "x\\ny"/],
       [['run', '--initrd', 'i'], /--initrd needs --kernel/],
       [['run', '--mem'], /--mem/],
+      [['run', '--mem', '-5'], /^kindling: --mem needs a whole number \(got "-5"\)/],
+      [['run', '--vcpus', '-1', '--mem', '64'], /^kindling: --vcpus needs a whole number \(got "-1"\)/],
     ];
     for (const [argv, re] of cases) {
       let err: unknown;
