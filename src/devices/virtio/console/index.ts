@@ -40,7 +40,11 @@ export const CONSOLE_CONFIG_SIZE = 12;
 
 export const CONSOLE_RX = 0;
 export const CONSOLE_TX = 1;
-export const CONSOLE_QUEUE_SIZE = 128;
+/**
+ * QueueNumMax of both queues. 256, as for blk and rng: a vhost-user frontend such as Linux's
+ * virtio_uml sizes every ring at 256 without asking, and a smaller maximum refuses its SET_VRING_NUM.
+ */
+export const CONSOLE_QUEUE_SIZE = 256;
 /** Host-side ring sizes: enough for a burst of output without waiting for the main thread. */
 export const CONSOLE_OUTPUT_BYTES = 64 * 1024;
 export const CONSOLE_INPUT_BYTES = 16 * 1024;
