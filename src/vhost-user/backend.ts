@@ -42,10 +42,12 @@ import {
   VHOST_USER_GET_PROTOCOL_FEATURES,
   VHOST_USER_GET_QUEUE_NUM,
   VHOST_USER_GET_VRING_BASE,
+  VHOST_USER_PROTOCOL_F_BACKEND_REQ,
   VHOST_USER_PROTOCOL_F_CONFIG,
   VHOST_USER_PROTOCOL_F_MQ,
   VHOST_USER_PROTOCOL_F_REPLY_ACK,
   VHOST_USER_RESET_OWNER,
+  VHOST_USER_SET_BACKEND_REQ_FD,
   VHOST_USER_SET_CONFIG,
   VHOST_USER_SET_FEATURES,
   VHOST_USER_SET_MEM_TABLE,
@@ -74,8 +76,13 @@ import {
 } from './protocol.js';
 
 /** Protocol features offered: exactly what this file implements. */
+// BACKEND_REQ: the channel is accepted and held (Linux 6.1's virtio_uml allocates its virtqueue IRQs
+// only when it has set one up); kindling sends no back-end requests on it.
 export const OFFERED_PROTOCOL_FEATURES =
-  (1n << BigInt(VHOST_USER_PROTOCOL_F_MQ)) | (1n << BigInt(VHOST_USER_PROTOCOL_F_REPLY_ACK)) | (1n << BigInt(VHOST_USER_PROTOCOL_F_CONFIG));
+  (1n << BigInt(VHOST_USER_PROTOCOL_F_MQ)) |
+  (1n << BigInt(VHOST_USER_PROTOCOL_F_REPLY_ACK)) |
+  (1n << BigInt(VHOST_USER_PROTOCOL_F_BACKEND_REQ)) |
+  (1n << BigInt(VHOST_USER_PROTOCOL_F_CONFIG));
 
 /** What the session needs from the host (the addon, or fakes in tests). */
 export interface SessionHost extends RegionMapper {
@@ -130,6 +137,8 @@ export class VhostUserSession {
   private featuresSet = false;
   private protocol = 0n;
   private memory: MappedMemory | undefined;
+  /** The back-end request channel (SET_BACKEND_REQ_FD), held until the connection ends. */
+  private backendReqFd: number | undefined;
   private readonly rings: Ring[];
   private active = false;
   private broken = false;
@@ -220,6 +229,8 @@ export class VhostUserSession {
     this.closed = true;
     this.deactivate();
     for (const r of this.rings) this.clearRing(r);
+    if (this.backendReqFd !== undefined) this.safeClose(this.backendReqFd);
+    this.backendReqFd = undefined;
     this.memory = undefined;
   }
 
@@ -367,6 +378,14 @@ export class VhostUserSession {
         if (!s.num) this.stopIfActive(r);
         r.enabled = s.num === 1;
         this.afterChange();
+        return undefined;
+      }
+      case VHOST_USER_SET_BACKEND_REQ_FD: {
+        if (!this.has(VHOST_USER_PROTOCOL_F_BACKEND_REQ)) throw new VhostUserError('SET_BACKEND_REQ_FD without VHOST_USER_PROTOCOL_F_BACKEND_REQ');
+        this.noPayload(m);
+        const [fd] = take(1);
+        if (this.backendReqFd !== undefined) this.safeClose(this.backendReqFd);
+        this.backendReqFd = fd;
         return undefined;
       }
       case VHOST_USER_GET_QUEUE_NUM:

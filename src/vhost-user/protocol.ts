@@ -37,6 +37,7 @@ export const VHOST_USER_GET_PROTOCOL_FEATURES = 15;
 export const VHOST_USER_SET_PROTOCOL_FEATURES = 16;
 export const VHOST_USER_GET_QUEUE_NUM = 17;
 export const VHOST_USER_SET_VRING_ENABLE = 18;
+export const VHOST_USER_SET_BACKEND_REQ_FD = 21;
 export const VHOST_USER_GET_CONFIG = 24;
 export const VHOST_USER_SET_CONFIG = 25;
 
@@ -45,6 +46,8 @@ export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 
 export const VHOST_USER_PROTOCOL_F_MQ = 0;
 export const VHOST_USER_PROTOCOL_F_REPLY_ACK = 3;
+/** The back-end → front-end request channel (SET_BACKEND_REQ_FD; the spec's former SLAVE_REQ). */
+export const VHOST_USER_PROTOCOL_F_BACKEND_REQ = 5;
 export const VHOST_USER_PROTOCOL_F_CONFIG = 9;
 
 export const VHOST_USER_VERSION = 1;
@@ -85,6 +88,7 @@ export const REQUEST_NAMES: Readonly<Record<number, string>> = {
   16: 'SET_PROTOCOL_FEATURES',
   17: 'GET_QUEUE_NUM',
   18: 'SET_VRING_ENABLE',
+  21: 'SET_BACKEND_REQ_FD',
   24: 'GET_CONFIG',
   25: 'SET_CONFIG',
 };
@@ -260,10 +264,11 @@ export function parseMemTable(m: VhostUserMessage): MemRegionMsg[] {
   const v = view(m.payload);
   const n = v.getUint32(0, true);
   if (n === 0 || n > VHOST_MEMORY_MAX_REGIONS) throw new VhostUserError(`SET_MEM_TABLE: ${n} regions (1..${VHOST_MEMORY_MAX_REGIONS})`);
-  // QEMU always sends the full 8-region array; UML sends exactly n. Both are accepted.
+  // The region array may be longer than n (QEMU sends all 8 slots, Linux's virtio_uml 2): entries
+  // past n are ignored, but the payload must hold n of them and be a whole number of entries.
   const exact = 8 + n * MEM_REGION_SIZE;
   const full = 8 + VHOST_MEMORY_MAX_REGIONS * MEM_REGION_SIZE;
-  if (m.payload.length !== exact && m.payload.length !== full) {
+  if (m.payload.length < exact || m.payload.length > full || (m.payload.length - 8) % MEM_REGION_SIZE !== 0) {
     throw new VhostUserError(`SET_MEM_TABLE: payload of ${m.payload.length} bytes for ${n} regions`);
   }
   const out: MemRegionMsg[] = [];
