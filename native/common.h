@@ -77,6 +77,7 @@ void InitVcpu(Napi::Env env, Napi::Object exports);
 void InitPoll(Napi::Env env, Napi::Object exports);
 void InitVsock(Napi::Env env, Napi::Object exports);
 void InitLock(Napi::Env env, Napi::Object exports);  // lock.cc: OFD byte-range image locks
+void InitTty(Napi::Env env, Napi::Object exports);  // tty.cc: process groups, job-control signals
 void InitVhostUser(Napi::Env env, Napi::Object exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
 
 // poll.cc: stop and close the calling env's uv_poll watchers on `fd` (close() calls this first, so a

@@ -721,6 +721,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
   InitPoll(env, exports);
   InitVsock(env, exports);
   InitLock(env, exports);
+  InitTty(env, exports);  // tty.cc: getpgrp, tcgetpgrp, SIGTTOU/SIGTTIN ignored
   InitVhostUser(env, exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));

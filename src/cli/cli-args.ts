@@ -7,7 +7,7 @@ import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, 
 
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
-               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [-- CMD ARGS...]
+               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--force] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling --help | --version
 
@@ -28,6 +28,8 @@ run:
                    hybrid vsock: clients of the Unix socket PATH (which must not exist) send
                    "CONNECT <port>\n", guest connections to host port P go to PATH_P
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
+  --force          boot the default guest even on a KVM-PVM host, where it cannot finish booting
+                   (earlyprintk=serial is added to its command line so its progress shows)
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
                    other kernels: appended to the command line after "--" (arguments for init)
 
@@ -35,7 +37,9 @@ console: the terminal is attached to the guest's serial port (COM1), or with --c
 virtio-console (output of both is shown). Ctrl-A x quits, Ctrl-A p
 pauses/resumes, Ctrl-A h shows this help, Ctrl-A Ctrl-A sends Ctrl-A.
 exit status: the guest's (debug-exit port 0xf4 or the default guest's command), 0 after poweroff,
-reboot or Ctrl-A x, 1 on a guest crash or VMM error, 2 on a usage error.
+reboot or Ctrl-A x, 1 on a guest crash or VMM error, 2 when what was given is unusable (a flag, a
+file, an image, a locked disk), 128+N after signal N (SIGTERM, SIGHUP, SIGINT stop the VM cleanly;
+a second signal exits at once).
 cache: the default guest lives in $KINDLING_HOME/guest (default ~/.cache/kindling/guest).`;
 
 /** A mistake in the command line itself (exit status 2). Its message is always one line. */
@@ -61,6 +65,8 @@ export type Command =
       defaultGuest: boolean;
       /** The words after `--`. */
       guestArgs: string[];
+      /** --force: boot the default guest even where it cannot finish booting (KVM-PVM). */
+      force: boolean;
     };
 
 function parseIntArg(name: string, v: string | undefined): number | undefined {
@@ -124,6 +130,7 @@ function parseRun(args: string[]): Command {
         'no-rng': { type: 'boolean' },
         console: { type: 'string' },
         vsock: { type: 'string' },
+        force: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -152,13 +159,45 @@ function parseRun(args: string[]): Command {
   }
   if (values.vsock !== undefined) config.vsock = parseVsockArg(values.vsock);
   if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra = ['--', ...guestArgs];
-  return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs };
+  return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs, force: values.force === true };
+}
+
+/**
+ * The default guest on a KVM-PVM host (src/kvm/system.ts detectPvm): its stock Debian kernel runs its
+ * ring-0 code through KVM's instruction emulator and does not finish booting (it fails after ~110 s).
+ * Refused at once with what to pass instead, unless --force, which boots it with earlyprintk=serial
+ * so that its (slow) progress is visible. `helloKernel` is the path of the small test kernel to advise.
+ */
+export function defaultGuestOnPvm(o: { pvm: boolean; force: boolean; helloKernel: string }): { refuse?: ConfigError; cmdlineWords: string[] } {
+  if (!o.pvm) return { cmdlineWords: [] };
+  if (o.force) return { cmdlineWords: ['earlyprintk=serial'] };
+  return {
+    refuse: new ConfigError(
+      `the default guest (a stock Debian kernel) cannot boot here: /dev/kvm is KVM-PVM (no hardware virtualization); ` +
+        `pass a kernel built for it, e.g. --kernel ${oneLine(o.helloKernel)}, or --force to try anyway`,
+      'kernel',
+    ),
+    cmdlineWords: [],
+  };
+}
+
+/**
+ * Is `e` an instance of the class named `name`, by instanceof or by the names of its constructors
+ * (the same class loaded twice — dist/ and the bundle — is two classes to instanceof)?
+ */
+function isA(e: unknown, cls: abstract new (...args: never[]) => unknown, name: string): boolean {
+  if (e instanceof cls) return true;
+  for (let p: unknown = e === null || typeof e !== 'object' ? null : Object.getPrototypeOf(e); p; p = Object.getPrototypeOf(p)) {
+    if ((p as { constructor?: { name?: unknown } }).constructor?.name === name) return true;
+  }
+  return false;
 }
 
 /** The one line (and exit status) the CLI prints for an error thrown while handling a command. */
 export function errorLine(e: unknown): { line: string; code: number } {
-  if (e instanceof UsageError) return { line: `kindling: ${oneLine(e.message)} (see kindling --help)`, code: 2 };
-  if (e instanceof ConfigError) return { line: `kindling: ${oneLine(cliConfigMessage(e))}`, code: 2 };
+  if (isA(e, UsageError, 'UsageError')) return { line: `kindling: ${oneLine((e as Error).message)} (see kindling --help)`, code: 2 };
+  // ConfigError and its subclasses (kernel format, locked disk, …): what the user gave is unusable.
+  if (isA(e, ConfigError, 'ConfigError')) return { line: `kindling: ${oneLine(cliConfigMessage(e as ConfigError))}`, code: 2 };
   // Anything else (a KVM error, a guest-image download failure…): its first line is the summary.
   const message = e instanceof Error ? e.message : String(e);
   return { line: `kindling: ${oneLine(message.split('\n')[0])}`, code: 1 };

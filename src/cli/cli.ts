@@ -1,6 +1,13 @@
-// The kindling command line: a thin layer over the VM class.
-import { readFileSync } from 'node:fs';
-import { errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
+// The kindling command line: a thin layer over the VM class. Behaves like a Unix tool: one line on
+// stderr for an error, exit 2 for what the user gave, 1 for the VMM or guest failing, 128+N after
+// signal N (./signals.ts); the terminal is put in raw mode only when this process owns it
+// (./terminal.ts), and never can a terminal access stop the process.
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { defaultGuestOnPvm, errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
+import { SignalStop } from './signals.js';
+import { consoleMode, neverStopOnTerminalAccess, probeTerminal } from './terminal.js';
+import { detectPvm } from '../kvm/system.js';
 import { DEFAULT_VCPUS, MAX_VCPUS, virtioDevicePlan } from '../main/config.js';
 import type { VM, VMExit } from '../main/vm.js';
 import { discardPrespawnedWorkers, prespawnIoWorkers, prespawnVcpuWorkers } from '../main/workers.js';
@@ -10,7 +17,14 @@ function version(): string {
   return pkg.version;
 }
 
+/** Termination signals, from the first moment: config and the default-guest build included. */
+const signals = new SignalStop({
+  write: (line) => process.stderr.write(line + '\n'),
+  exit: (code) => process.exit(code),
+});
+
 export async function main(argv: string[]): Promise<void> {
+  signals.install(process);
   try {
     await dispatch(parseCommandLine(argv));
   } catch (e) {
@@ -52,7 +66,16 @@ async function dispatch(cmd: Command): Promise<void> {
   }
 }
 
-async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind: 'run' }>): Promise<void> {
+/** The small test kernel to suggest where the default guest cannot boot (build/guests, `make -C test/guests`). */
+function helloKernel(): string {
+  const built = fileURLToPath(new URL('../../build/guests/hello.elf', import.meta.url));
+  return existsSync(built) ? built : `${built} (build it with: make -C test/guests)`;
+}
+
+async function run({ config, defaultGuest, guestArgs, force }: Extract<Command, { kind: 'run' }>): Promise<void> {
+  // The default guest on KVM-PVM: refused at once (not a boot that fails after ~110 s), unless --force.
+  const pvmPlan = defaultGuest ? defaultGuestOnPvm({ pvm: detectPvm(), force, helloKernel: helloKernel() }) : { cmdlineWords: [] };
+  if (pvmPlan.refuse) throw pvmPlan.refuse;
   // The vCPU workers boot (~35 ms each, in parallel) while this thread loads the VMM's modules.
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   if (vcpus >= 1 && vcpus <= MAX_VCPUS) {
@@ -66,7 +89,8 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
     const g = await ensureDefaultGuest({ progress: true, log: (l) => process.stderr.write(l + '\n') });
     config.kernel = g.kernel;
     config.initrd = g.initrd;
-    if (guestArgs.length) config.cmdlineExtra = [`kindling.cmd=${encodeGuestCommand(guestArgs)}`];
+    const extra = [...pvmPlan.cmdlineWords, ...(guestArgs.length ? [`kindling.cmd=${encodeGuestCommand(guestArgs)}`] : [])];
+    if (extra.length) config.cmdlineExtra = extra;
   }
   let vm: VM;
   try {
@@ -80,18 +104,24 @@ async function run({ config, defaultGuest, guestArgs }: Extract<Command, { kind:
   vm.on('warning', (w: string) => {
     if (!['error', 'fatal', 'silent'].includes(level)) process.stderr.write(w + '\n');
   });
-  const detach = attachConsole(vm);
+  const detach = attachConsole(vm, level);
+  // From here a signal stops the VM (and this function exits with 128+N once it has ended).
+  signals.setStopper(() => vm.stop());
   let exit: VMExit;
   try {
-    await vm.start();
+    try {
+      await vm.start();
+    } catch (e) {
+      if (signals.exitCode === undefined) throw e;
+    }
     exit = await vm.wait();
   } finally {
     detach();
   }
-  if (exit.detail) process.stderr.write(`kindling: ${exit.detail}\n`);
+  if (exit.detail && signals.exitCode === undefined) process.stderr.write(`kindling: ${exit.detail}\n`);
   if (process.env.KINDLING_TIMINGS) process.stderr.write(`kindling-timings ${JSON.stringify(vm.timings)}\n`);
   await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));
-  process.exit(exit.exitCode & 0xff);
+  process.exit(signals.exitCode ?? exit.exitCode & 0xff);
 }
 
 const CTRL_A = 0x01;
@@ -100,12 +130,21 @@ const CTRL_A = 0x01;
  * Wire the terminal to the guest's console (COM1, or virtio-console with --console virtio, whose
  * output is shown next to COM1's); returns a function that restores the terminal.
  */
-function attachConsole(vm: VM): () => void {
+function attachConsole(vm: VM, level: string): () => void {
   const stdin = process.stdin;
-  const tty = stdin.isTTY === true;
+  // No terminal access may stop this process (SIGTTOU/SIGTTIN ignored), and the terminal is only
+  // switched to raw mode and read when this process is in its foreground group.
+  neverStopOnTerminalAccess();
+  const mode = consoleMode(probeTerminal(stdin.isTTY === true));
+  const tty = mode === 'raw';
   const target = vm.console ?? vm.serial;
   vm.serial.on('data', (b: Buffer) => process.stdout.write(b));
   vm.console?.on('data', (b: Buffer) => process.stdout.write(b));
+  if (mode === 'background') {
+    // Another process group owns the terminal (e.g. `timeout` started kindling): output only.
+    if (['info', 'debug', 'trace'].includes(level)) process.stderr.write('kindling: stdin is a terminal owned by another process group (kindling runs in the background): console input is not read\n');
+    return () => {};
+  }
   let escape = false;
   const onData = (buf: Buffer): void => {
     if (!tty) {

@@ -277,6 +277,14 @@ export interface KvmAddon {
   /** write(fd, u64 1) to an eventfd or pipe: true when written, false on EAGAIN (a full pipe). */
   notifyFd(fd: number): boolean;
 
+  // ---- terminal job control (tty.cc) -------------------------------------------------------------
+  /** getpgrp(): this process's process group id. */
+  processGroup(): number;
+  /** tcgetpgrp(fd): the foreground process group of the terminal on fd; -1 if fd is not (this process's controlling) terminal. */
+  foregroundProcessGroup(fd: number): number;
+  /** SIGTTOU and SIGTTIN set to SIG_IGN (terminal access never stops the process); returns whether each already was. */
+  ignoreJobControlStops(): { ttou: boolean; ttin: boolean };
+
   // ---- OFD byte-range locks (lock.cc) -------------------------------------------------------------
   /**
    * fcntl(F_OFD_SETLK): a shared (F_RDLCK) or, when `exclusive`, an exclusive (F_WRLCK) lock on bytes

@@ -1,10 +1,14 @@
 // The CLI's argv parser: any argv → one Command, or one UsageError whose printed line is a single
 // line of printable text; a run command's config then resolves or fails with one ConfigError line.
-import { writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { errorLine, parseCommandLine, parseDiskArg, UsageError, type Command } from '../../src/cli/cli-args.js';
+import { defaultGuestOnPvm, errorLine, parseCommandLine, parseDiskArg, UsageError, type Command } from '../../src/cli/cli-args.js';
+import { consoleMode } from '../../src/cli/terminal.js';
+import { SignalStop, signalExitCode, STOP_SIGNALS } from '../../src/cli/signals.js';
 import { ConfigError, MAX_VCPUS, resolveConfig } from '../../src/main/config.js';
 import { runs } from '../fuzz/budget.js';
 import { tempDir } from '../fuzz/tmp.js';
@@ -18,6 +22,17 @@ writeFileSync(disk, Buffer.alloc(1024));
 const oddDisk = join(dir, 'odd.img');
 writeFileSync(oddDisk, Buffer.alloc(100));
 const HOST = 8 * 1024 * 1024 * 1024;
+// Special files the user may name: a FIFO (an open must not block), a symlink to the kernel, a
+// dangling symlink, a directory, character devices.
+const fifo = join(dir, 'fifo');
+execFileSync('mkfifo', [fifo]);
+const link = join(dir, 'kernel-link');
+symlinkSync(kernel, link);
+const dangling = join(dir, 'dangling');
+symlinkSync(join(dir, 'nowhere'), dangling);
+const SPECIAL_PATHS = [fifo, link, dangling, dir, '/dev/null', '/dev/zero', '/dev/tty', '/proc/self/mem'];
+/** Numbers as a careless or hostile user types them. */
+const NUMBERS = ['-5', '-1', '-0', '0', '+3', '1e3', '0x10', '1.5', ' 8', '8 ', 'abc', '', '99999999999999999999', '9007199254740993', 'Infinity', 'NaN'];
 
 const OPTIONS = ['vcpus', 'mem', 'kernel', 'initrd', 'cmdline', 'disk', 'log-level'] as const;
 /** What a printed error line may contain: no control character, no line separator. */
@@ -55,6 +70,7 @@ interface RunModel {
   logLevel?: string;
   disks: Array<{ path: string; readOnly: boolean; spelled: 'plain' | 'ro' | 'rw' }>;
   guestArgs?: string[];
+  force?: boolean;
 }
 
 const runModel: fc.Arbitrary<RunModel> = fc
@@ -71,6 +87,7 @@ const runModel: fc.Arbitrary<RunModel> = fc
         { maxLength: 3 },
       ),
       guestArgs: fc.array(text, { maxLength: 3 }),
+      force: fc.constant(true),
     },
     { requiredKeys: ['disks'] },
   )
@@ -88,6 +105,7 @@ function render(m: RunModel, order: number[], joined: boolean[]): string[] {
   add('initrd', m.initrd);
   add('cmdline', m.cmdline);
   add('log-level', m.logLevel);
+  if (m.force) groups.push(['force', '']);
   const scalars = groups.length;
   for (const d of m.disks) {
     // A path that itself ends in ,ro or ,rw must be spelled with its mode to keep its last comma.
@@ -102,6 +120,7 @@ function render(m: RunModel, order: number[], joined: boolean[]): string[] {
   keyed.sort((a, b) => a.key - b.key);
   const argv = ['run'];
   keyed.forEach(({ g: [name, v] }, i) => {
+    if (name === 'force') return void argv.push('--force');
     // A value that looks like an option (or is empty) has to be attached with '='.
     if (joined[i % joined.length] || v.startsWith('-') || v === '') argv.push(`--${name}=${v}`);
     else argv.push(`--${name}`, v);
@@ -118,10 +137,12 @@ describe('parseCommandLine', () => {
     expect(parseCommandLine(['run', '--vcpus', '2', '--mem=64', '--kernel', 'k', '--disk', 'a,b,ro', '--', 'x', '--', 'y'])).toEqual({
       kind: 'run',
       defaultGuest: false,
+      force: false,
       guestArgs: ['x', '--', 'y'],
       config: { kernel: 'k', vcpus: 2, memMiB: 64, disks: [{ path: 'a,b', readOnly: true }], cmdlineExtra: ['--', 'x', '--', 'y'] },
     });
-    expect(parseCommandLine(['run', '--', 'uname', '-a'])).toMatchObject({ kind: 'run', defaultGuest: true, guestArgs: ['uname', '-a'] });
+    expect(parseCommandLine(['run', '--', 'uname', '-a'])).toMatchObject({ kind: 'run', defaultGuest: true, guestArgs: ['uname', '-a'], force: false });
+    expect(parseCommandLine(['run', '--force'])).toMatchObject({ kind: 'run', defaultGuest: true, force: true });
     expect(parseDiskArg('img,rw,ro')).toEqual({ path: 'img,rw', readOnly: true });
     expect(parseDiskArg('a\n,ro')).toEqual({ path: 'a\n', readOnly: true });
     expect(() => parseDiskArg(',ro')).toThrow(UsageError);
@@ -171,6 +192,7 @@ describe('parseCommandLine', () => {
           kind: 'run',
           defaultGuest: m.kernel === undefined,
           guestArgs,
+          force: m.force === true,
           config: {
             kernel: m.kernel ?? '',
             initrd: m.initrd,
@@ -243,13 +265,17 @@ describe('parseCommandLine', () => {
   it('property: any argv → a command or one usage line; a run config → a valid config or one config line', () => {
     const token = fc.oneof(
       fc.constantFrom('run', 'guest', '--', '-h', '--help', '--version', '-x', ...OPTIONS.map((o) => `--${o}`)),
-      fc.constantFrom(kernel, disk, `${disk},ro`, oddDisk, dir, '0', '1', '64', '255', '99999999999'),
-      fc.tuple(fc.constantFrom(...OPTIONS), fc.oneof(text, fc.constantFrom(kernel, disk, '8'))).map(([o, v]) => `--${o}=${v}`),
+      fc.constantFrom(kernel, disk, `${disk},ro`, oddDisk, dir, '0', '1', '64', '255', '99999999999', '--force', '--disk'),
+      fc.constantFrom(...SPECIAL_PATHS, ...SPECIAL_PATHS.map((p) => `${p},ro`), ...NUMBERS),
+      fc.tuple(fc.constantFrom(...OPTIONS), fc.oneof(text, fc.constantFrom(kernel, disk, '8', ...NUMBERS, ...SPECIAL_PATHS))).map(([o, v]) => `--${o}=${v}`),
+      fc.tuple(fc.constantFrom('--disk', '--kernel', '--initrd'), fc.constantFrom(...SPECIAL_PATHS, disk, `${disk},ro`, `${oddDisk},rw`)),
+      fc.tuple(fc.constantFrom('--mem', '--vcpus'), fc.constantFrom(...NUMBERS)),
       text,
     );
     const seen = { usage: 0, config: 0, ok: 0 };
     fc.assert(
-      fc.property(fc.oneof(fc.array(token, { maxLength: 10 }), fc.array(token, { maxLength: 10 }).map((a) => ['run', ...a])), (argv) => {
+      fc.property(fc.oneof(fc.array(token, { maxLength: 10 }), fc.array(token, { maxLength: 10 }).map((a) => ['run', ...a])), (tokens) => {
+        const argv = tokens.flat();
         const r = parseOrUsageError(argv);
         if (r instanceof UsageError) {
           seen.usage++;
@@ -268,8 +294,9 @@ describe('parseCommandLine', () => {
           return;
         }
         seen.ok++;
-        // Only the files that exist and are non-empty can be a kernel; only disk.img has a size of n×512.
-        expect([kernel, disk, oddDisk]).toContain(c.kernel);
+        // Only the files that exist and are non-empty can be a kernel (the symlink resolves to one);
+        // only disk.img has a size of n×512.
+        expect([kernel, link, disk, oddDisk]).toContain(c.kernel);
         expect(c.kernel).toBe(config.kernel);
         expect(c.vcpus >= 1 && c.vcpus <= MAX_VCPUS).toBe(true);
         expect(c.memBytes).toBeLessThanOrEqual(HOST);
@@ -281,5 +308,110 @@ describe('parseCommandLine', () => {
     expect(seen.usage).toBeGreaterThan(0);
     expect(seen.config).toBeGreaterThan(0);
     expect(seen.ok).toBeGreaterThan(0);
+  });
+});
+
+describe('errorLine classification', () => {
+  it('ConfigError and its subclasses, also from another copy of the class (dist/ vs the bundle), exit 2', () => {
+    class KernelFormatLike extends ConfigError {}
+    expectOneLine(new KernelFormatLike('kernel is not a bzImage or ELF: "k"', 'kernel'), 2);
+    expectOneLine(ConfigError.about('memMiB', 'must be a whole number of MiB ≥ 16 (got 1)'), 2);
+    expect(errorLine(ConfigError.about('memMiB', 'must be a whole number of MiB ≥ 16 (got 1)')).line).toBe('kindling: --mem must be a whole number of MiB ≥ 16 (got 1)');
+    // Same names, not the same classes: what a second module instance would throw.
+    class ConfigErrorCopy extends Error {}
+    Object.defineProperty(ConfigErrorCopy, 'name', { value: 'ConfigError' });
+    class LockedCopy extends ConfigErrorCopy {}
+    expectOneLine(new LockedCopy('disk image "a.img" is locked by another process'), 2);
+    class UsageErrorCopy extends Error {}
+    Object.defineProperty(UsageErrorCopy, 'name', { value: 'UsageError' });
+    expect(errorLine(new UsageErrorCopy('bad')).line).toBe('kindling: bad (see kindling --help)');
+    // The VMM or the guest failing: 1.
+    expectOneLine(new Error('/dev/kvm not found: KVM is not available'), 1);
+    expectOneLine('a string', 1);
+    expectOneLine(undefined, 1);
+  });
+
+  it('the default guest on KVM-PVM: refused at once with the kernel to pass, or booted with earlyprintk under --force', () => {
+    expect(defaultGuestOnPvm({ pvm: false, force: false, helloKernel: '/k/hello.elf' })).toEqual({ cmdlineWords: [] });
+    expect(defaultGuestOnPvm({ pvm: false, force: true, helloKernel: '/k/hello.elf' })).toEqual({ cmdlineWords: [] });
+    expect(defaultGuestOnPvm({ pvm: true, force: true, helloKernel: '/k/hello.elf' })).toEqual({ cmdlineWords: ['earlyprintk=serial'] });
+    const r = defaultGuestOnPvm({ pvm: true, force: false, helloKernel: '/k/hello.elf' });
+    expect(r.refuse).toBeInstanceOf(ConfigError);
+    const { line, code } = errorLine(r.refuse);
+    expect(code).toBe(2);
+    expect(line).toMatch(PRINTABLE_LINE);
+    expect(line).toMatch(/cannot boot here: \/dev\/kvm is KVM-PVM .*--kernel \/k\/hello\.elf, or --force/);
+  });
+});
+
+describe('consoleMode (raw mode only in the terminal\'s foreground process group)', () => {
+  it('decides from isatty, getpgrp and tcgetpgrp', () => {
+    expect(consoleMode({ isTTY: true, processGroup: 100, foregroundGroup: 100 })).toBe('raw');
+    expect(consoleMode({ isTTY: true, processGroup: 100, foregroundGroup: 99 })).toBe('background');
+    expect(consoleMode({ isTTY: true, processGroup: 100, foregroundGroup: -1 })).toBe('background');
+    expect(consoleMode({ isTTY: false, processGroup: 100, foregroundGroup: 100 })).toBe('pipe');
+    fc.assert(
+      fc.property(fc.boolean(), fc.integer({ min: 1, max: 1 << 22 }), fc.integer({ min: -1, max: 1 << 22 }), (isTTY, pg, fg) => {
+        const m = consoleMode({ isTTY, processGroup: pg, foregroundGroup: fg });
+        expect(m === 'raw').toBe(isTTY && pg === fg);
+        if (!isTTY) expect(m).toBe('pipe');
+      }),
+      { numRuns: runs(200) },
+    );
+  });
+});
+
+describe('SignalStop', () => {
+  const make = (): { s: SignalStop; lines: string[]; exits: number[] } => {
+    const lines: string[] = [];
+    const exits: number[] = [];
+    return { s: new SignalStop({ write: (l) => lines.push(l), exit: (c) => exits.push(c) }), lines, exits };
+  };
+
+  it('before a VM exists: one line and 128+N at once', () => {
+    for (const [sig, code] of [['SIGTERM', 143], ['SIGHUP', 129], ['SIGINT', 130]] as const) {
+      const { s, lines, exits } = make();
+      s.handle(sig);
+      expect(lines).toEqual([`kindling: stopped by ${sig}`]);
+      expect(exits).toEqual([code]);
+      expect(signalExitCode(sig)).toBe(code);
+    }
+  });
+
+  it('with a VM: the first signal stops it (no exit yet), a second one exits at once with 128+N', async () => {
+    const { s, lines, exits } = make();
+    let stops = 0;
+    s.setStopper(() => {
+      stops++;
+      return new Promise(() => {}); // a VM that never finishes stopping
+    });
+    s.handle('SIGTERM');
+    expect(stops).toBe(1);
+    expect(exits).toEqual([]);
+    expect(s.exitCode).toBe(143);
+    s.handle('SIGINT');
+    expect(exits).toEqual([130]);
+    expect(lines).toHaveLength(2);
+    for (const l of lines) expect(l).toMatch(PRINTABLE_LINE);
+  });
+
+  it('a signal that came while the VM was being made stops it as soon as it exists', () => {
+    const { s, exits } = make();
+    s.handle('SIGHUP');
+    expect(exits).toEqual([129]); // no VM yet: exit (a real exit never returns)
+    let stops = 0;
+    s.setStopper(async () => void stops++);
+    expect(stops).toBe(1);
+  });
+
+  it('install/uninstall handlers on a process-like emitter', () => {
+    const { s, exits } = make();
+    const ee = new EventEmitter();
+    const off = s.install(ee as unknown as NodeJS.Process);
+    expect(STOP_SIGNALS.every((x) => ee.listenerCount(x) === 1)).toBe(true);
+    ee.emit('SIGTERM');
+    expect(exits).toEqual([143]);
+    off();
+    expect(STOP_SIGNALS.every((x) => ee.listenerCount(x) === 0)).toBe(true);
   });
 });
