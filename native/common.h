@@ -79,6 +79,7 @@ void InitVsock(Napi::Env env, Napi::Object exports);
 void InitLock(Napi::Env env, Napi::Object exports);  // lock.cc: OFD byte-range image locks
 void InitTty(Napi::Env env, Napi::Object exports);  // tty.cc: process groups, job-control signals
 void InitVhostUser(Napi::Env env, Napi::Object exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
+void InitSeccomp(Napi::Env env, Napi::Object exports);  // seccomp.cc: load a BPF program built in TS
 
 // poll.cc: stop and close the calling env's uv_poll watchers on `fd` (close() calls this first, so a
 // closed fd number is never left in the loop's epoll set).

@@ -723,6 +723,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
   InitLock(env, exports);
   InitTty(env, exports);  // tty.cc: getpgrp, tcgetpgrp, SIGTTOU/SIGTTIN ignored
   InitVhostUser(env, exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
+  InitSeccomp(env, exports);  // seccomp.cc: per-thread syscall filters (src/seccomp/)
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));
   struct Fn {
