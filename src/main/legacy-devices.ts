@@ -1,7 +1,8 @@
-// The platform's legacy devices, main-thread side: creates their shared state, wires COM1's
-// interrupt (an eventfd registered as KVM_IRQFD on its GSI) and moves console bytes between the UART
-// and vm.serial. The vCPU workers serve the guest's register accesses (src/vcpu-worker/buses.ts).
-import { COM1_GSI } from '../arch/x86_64/layout.js';
+// The platform's legacy devices, main-thread side: creates their shared state, wires COM1's and the
+// i8042 keyboard's interrupts (an eventfd each, registered as KVM_IRQFD on GSI 4 and GSI 1: an irqfd
+// write asserts and deasserts the line, one edge for the in-kernel PIC/IOAPIC), moves console bytes
+// between the UART and vm.serial, and injects Ctrl-Alt-Del into the keyboard controller. The vCPU workers serve the guest's register accesses (src/vcpu-worker/buses.ts).
+import { COM1_GSI, I8042_GSI } from '../arch/x86_64/layout.js';
 import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
 import { I8042 } from '../devices/legacy/i8042.js';
 import { PostCode } from '../devices/legacy/post.js';
@@ -22,6 +23,7 @@ const OUTPUT_POLL_MS = 50;
 export class LegacyDevices {
   readonly state: LegacyDeviceState;
   private readonly serial: Serial16550;
+  private readonly i8042: I8042;
   private readonly tx: ByteRing;
   private readonly input: Buffer[] = [];
   private readonly output: RingPump;
@@ -40,11 +42,19 @@ export class LegacyDevices {
     this.tx = ByteRing.create(SERIAL_TX_RING_BYTES);
     const serialIrqFd = addon.eventfd(0, 0);
     vm.registerIrqfd(serialIrqFd, COM1_GSI);
+    const kbdIrqFd = addon.eventfd(0, 0);
+    try {
+      vm.registerIrqfd(kbdIrqFd, I8042_GSI);
+    } catch (e) {
+      addon.close(kbdIrqFd);
+      throw e;
+    }
     this.state = {
       serial: Serial16550.createState(),
       serialTx: this.tx.sab,
       serialIrqFd,
       i8042: I8042.createState(),
+      kbdIrqFd,
       post: PostCode.createState(),
       acpiSleep: AcpiSleep.createState(),
     };
@@ -52,6 +62,11 @@ export class LegacyDevices {
     this.serial = new Serial16550(this.state.serial, {
       tx: (b) => void this.tx.tryPushByte(b),
       irq: () => addon.eventfdWrite(serialIrqFd, 1n),
+    });
+    // Host-side key injection; the vCPU workers' instances over the same state raise the same irqfd.
+    this.i8042 = new I8042(this.state.i8042, {
+      reset: () => {},
+      irq: () => addon.eventfdWrite(kbdIrqFd, 1n),
     });
     // A guest writes one byte per trapped THR write: a burst gathers in the ring (coalesce) so the
     // stream gets a few large chunks instead of one per byte.
@@ -87,6 +102,15 @@ export class LegacyDevices {
     }
   }
 
+  /**
+   * Put the Ctrl, Alt, Del make codes in the keyboard's output buffer and raise IRQ 1 (when the guest
+   * has keyboard interrupts enabled). False when the buffer (16 bytes) has no room for all four.
+   */
+  sendCtrlAltDel(): boolean {
+    if (this.closed) return false;
+    return this.i8042.sendCtrlAltDel();
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
@@ -97,5 +121,11 @@ export class LegacyDevices {
       // the VM fd may already be gone; closing the eventfd is what matters
     }
     this.vm.addon.close(this.state.serialIrqFd);
+    try {
+      this.vm.unregisterIrqfd(this.state.kbdIrqFd, I8042_GSI);
+    } catch {
+      // as above
+    }
+    this.vm.addon.close(this.state.kbdIrqFd);
   }
 }

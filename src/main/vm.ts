@@ -553,6 +553,17 @@ export class VM extends EventEmitter {
     this.setState('running');
   }
 
+  /**
+   * Press Ctrl-Alt-Del on the guest's PS/2 keyboard (Firecracker's SendCtrlAltDel): the i8042 gets
+   * the make codes and raises IRQ 1. Linux's atkbd turns it into ctrl_alt_del() (a reboot, or what
+   * init does on SIGINT). Returns false if the keyboard buffer had no room. Running or paused only
+   * (a paused guest sees the keys when it resumes).
+   */
+  sendCtrlAltDel(): boolean {
+    if ((this._state !== 'running' && this._state !== 'paused') || !this.devices) throw new Error(`VM.sendCtrlAltDel(): VM is ${this._state}`);
+    return this.devices.sendCtrlAltDel();
+  }
+
   /** The guest's kvmclock (KVM_GET_CLOCK), in nanoseconds. */
   clockNs(): bigint {
     if (!this.vmFd || this.vmFd.closed) throw new Error(`VM.clockNs(): VM is ${this._state}`);

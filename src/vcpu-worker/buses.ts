@@ -39,7 +39,7 @@ export function buildLegacyBus(state: LegacyDeviceState, env: LegacyBusEnv): Bus
   });
   const pio = new PioBus((kind, addr) => env.unknown('pio', addr, kind === 'write'));
   pio.register(COM1_PORT, COM1_PORT_COUNT, bytewise(serial), 'com1');
-  pio.register(I8042_DATA_PORT, I8042.LENGTH, bytewise(new I8042(state.i8042, { reset: () => env.end('reboot', 0) })), 'i8042');
+  pio.register(I8042_DATA_PORT, I8042.LENGTH, bytewise(new I8042(state.i8042, { reset: () => env.end('reboot', 0), irq: () => addon.eventfdWrite(state.kbdIrqFd, 1n) })), 'i8042');
   pio.register(DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, new DebugExit({ exit: (code) => env.end('exit', code) }), 'debug-exit');
   pio.register(POST_PORT, 1, new PostCode(state.post), 'post');
   const sleep = new AcpiSleep({ poweroff: () => env.end('poweroff', 0), reset: () => env.end('reboot', 0) }, state.acpiSleep);

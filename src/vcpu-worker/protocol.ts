@@ -26,6 +26,8 @@ export interface LegacyDeviceState {
   /** eventfd registered as KVM_IRQFD for COM1's GSI */
   serialIrqFd: number;
   i8042: SharedArrayBuffer;
+  /** eventfd registered as KVM_IRQFD for the i8042's keyboard GSI (IRQ 1); a write is one edge */
+  kbdIrqFd: number;
   post: SharedArrayBuffer;
   /** hardware-reduced ACPI sleep control/status and reset registers */
   acpiSleep: SharedArrayBuffer;
