@@ -300,6 +300,20 @@ export interface KvmAddon {
   ofdTest(fd: number, start: number, len: number, exclusive: boolean): OfdLockInfo | null;
   /** Set or clear O_NONBLOCK on an open fd (F_GETFL/F_SETFL). */
   setNonblocking(fd: number, on: boolean): void;
+
+  // ---- seccomp (seccomp.cc; policies in src/seccomp/) -----------------------------------------------
+  /**
+   * PR_SET_NO_NEW_PRIVS, then seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG [| TSYNC]) with
+   * `program` (struct sock_filter[], 8 bytes each). Applies to the calling thread and the threads it
+   * creates later; with tsync to every thread of the process. Irrevocable.
+   */
+  seccompInstall(program: Uint8Array, tsync: boolean): void;
+  /** prctl(PR_GET_SECCOMP) of the calling thread: 0 none, 2 filter. */
+  seccompMode(): number;
+  /** prctl(PR_SET_NAME): the calling thread's comm (15 bytes kept). */
+  setThreadName(name: string): void;
+  /** syscall(nr, a0, a1, a2) with numeric arguments: the result, or -errno. For tests of the filters. */
+  probeSyscall(nr: number, a0?: number, a1?: number, a2?: number): number;
 }
 
 /** A conflicting lock as F_OFD_GETLK reports it. */
