@@ -3,6 +3,7 @@
 // that the data path (kicks, interrupts, register state, guest RAM) never involves the main thread:
 // only 'stop' goes to the worker, and (rate-limited) log lines come back.
 import type { SlotDescriptor } from '../memory/guest-memory.js';
+import type { SeccompMode } from '../seccomp/roles.js';
 
 export interface IoWorkerData {
   /** Registry key (src/devices/virtio/registry.ts). */
@@ -22,6 +23,8 @@ export interface IoWorkerData {
   irqFd: number;
   /** Transport counters (src/devices/virtio/queue-service.ts readTransportStats). */
   stats: SharedArrayBuffer;
+  /** The filter the worker installs once its backend and watchers exist (role io:<kind>, src/seccomp/roles.ts). */
+  seccomp: SeccompMode;
 }
 
 export type IoWorkerCommand = { type: 'stop' };

@@ -12,6 +12,7 @@ import type { BackendEnv } from '../devices/virtio/device.js';
 import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { virtioDeviceType } from '../devices/virtio/registry.js';
 import { loadAddon } from '../kvm/addon.js';
+import { installSeccomp } from '../seccomp/install.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import type { IoWorkerCommand, IoWorkerData, IoWorkerMessage } from './protocol.js';
 
@@ -67,6 +68,9 @@ runner = new VirtioMmioDeviceRunner({
 const r = runner;
 watch(data.controlFd, true, () => r.onControl());
 data.queueFds.forEach((fd, i) => watch(fd, true, () => r.onKick(i)));
+// The backend holds every fd it opens for its lifetime and the watchers exist: from here the thread
+// serves guest-driven requests with only its role's syscalls (src/seccomp/roles.ts, io:<kind>).
+installSeccomp(addon, { kind: 'io', device: data.kind }, data.seccomp, data.name);
 
 port.on('message', (m: IoWorkerCommand) => {
   if (m.type !== 'stop' || stopped) return;

@@ -20,6 +20,8 @@ import { ConfigError } from './config-error.js';
 import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord } from './resources.js';
 import { checkUserFileSize, closeUserFile, fileKind, MAX_USER_FILE_BYTES, openUserFile, readUserFile, sizeText, type UserFile } from './user-files.js';
 
+import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
+
 export { ConfigError } from './config-error.js';
 
 export interface VMConfig {
@@ -61,6 +63,14 @@ export interface VMConfig {
    * `<udsPath>_P`. vm.vsock connects and listens in-process without socket files.
    */
   vsock?: VsockConfig;
+  /**
+   * The syscall filter on kindling's own threads (src/seccomp/roles.ts, docs/security.md): every vCPU
+   * worker and every I/O worker gets its role's allowlist before it runs guest-driven code. 'strict'
+   * (default): anything else kills the process (SIGSYS; the kernel's audit record names the thread and
+   * the syscall); 'log': allowed but logged by the kernel, for building allowlists; 'off': no filter.
+   * The threads of the application that created the VM are never filtered.
+   */
+  seccomp?: SeccompMode;
 }
 
 export interface VsockConfig {
@@ -87,6 +97,7 @@ export interface ResolvedConfig {
   rng: boolean;
   console: ConsoleKind;
   vsock?: { cid: number; udsPath?: string };
+  seccomp: SeccompMode;
 }
 
 export const DEFAULT_VCPUS = 1;
@@ -350,7 +361,10 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const logLevel = config.logLevel ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw ConfigError.about('logLevel', `must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
 
-  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind, ...(vsock ? { vsock } : {}) };
+  const seccomp = config.seccomp ?? 'strict';
+  if (!SECCOMP_MODES.includes(seccomp)) throw ConfigError.about('seccomp', `must be one of ${SECCOMP_MODES.join(', ')} (got ${shown(seccomp)})`);
+
+  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind, ...(vsock ? { vsock } : {}), seccomp };
   resolvedFiles.set(resolved, readKernelFiles(resolved));
   return resolved;
 }

@@ -13,6 +13,7 @@
 // vcpuState() (what every vCPU worker registers on its MMIO bus), workerData(i) (what device i's I/O
 // worker gets). close() deassigns and closes everything, and releases what prepare() took, after the
 // I/O workers have ended.
+import type { SeccompMode } from '../seccomp/roles.js';
 import { createTransportStats } from '../devices/virtio/queue-service.js';
 import { VIRTIO_MMIO_QUEUE_NOTIFY } from '../devices/virtio/constants.js';
 import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
@@ -126,7 +127,7 @@ export class VirtioMmioDevices {
   }
 
   /** What device `index`'s I/O worker needs. */
-  workerData(index: number, memory: SlotDescriptor[]): IoWorkerData {
+  workerData(index: number, memory: SlotDescriptor[], seccomp: SeccompMode): IoWorkerData {
     const p = this.placements[index];
     return {
       kind: p.kind,
@@ -138,6 +139,7 @@ export class VirtioMmioDevices {
       queueFds: p.queueFds,
       irqFd: p.irqFd,
       stats: p.stats,
+      seccomp,
     };
   }
 

@@ -331,6 +331,7 @@ export class VM extends EventEmitter {
         memory,
         devices: this.devices!.state,
         virtio: this.virtio?.vcpuState() ?? [],
+        seccomp: this.config.seccomp,
         benchCPioPort: this.internal.benchCPioPort,
       };
       w.postMessage(data);
@@ -362,7 +363,7 @@ export class VM extends EventEmitter {
     const memory = this.memory!.descriptors();
     const virtio = this.virtio!;
     if (virtio.placements.length !== this.ioWorkers.length) throw new Error('internal: I/O workers and virtio devices differ in number');
-    this.ioWorkers.forEach((w, i) => w.postMessage(virtio.workerData(i, memory)));
+    this.ioWorkers.forEach((w, i) => w.postMessage(virtio.workerData(i, memory, this.config.seccomp)));
   }
 
   /** Ask every I/O worker to stop (it finishes its current batch), terminate the ones that do not. */

@@ -93,7 +93,9 @@ export const DEVICE_SYSCALLS: Readonly<Record<string, readonly SyscallRule[]>> =
     when('socket', { arg: 0, in: [AF_UNIX] }),
     when('socketpair', { arg: 0, in: [AF_UNIX] }),
     ...allow('connect', 'accept4', 'shutdown', 'getsockopt', 'setsockopt', 'getsockname', 'getpeername', 'sendmsg', 'recvmsg', 'sendto', 'recvfrom'),
-    ioctls(FIONBIO, FIOCLEX),
+    // new net.Socket({ fd }) asks libuv what the fd is (uv_guess_handle: isatty → TCGETS) before
+    // making it non-blocking.
+    ioctls(FIONBIO, FIOCLEX, TCGETS),
   ],
 };
 

@@ -2,6 +2,7 @@
 // workerData at spawn; afterwards the only traffic is control words in the control block
 // (src/shared/control.ts), kicks, and these few messages back to the main thread.
 import type { SlotDescriptor } from '../memory/guest-memory.js';
+import type { SeccompMode } from '../seccomp/roles.js';
 
 export interface VcpuWorkerData {
   vcpuId: number;
@@ -14,6 +15,8 @@ export interface VcpuWorkerData {
   devices: LegacyDeviceState;
   /** virtio-mmio register windows this worker serves (shared state; the I/O workers do the rest). */
   virtio: VirtioMmioDeviceState[];
+  /** The filter the worker installs right before its first KVM_RUN (role vcpu, src/seccomp/roles.ts). */
+  seccomp: SeccompMode;
   /** benchmark only: port whose exits the addon's C loop consumes (see VMConfig.benchCPioPort) */
   benchCPioPort?: number;
 }

@@ -4,6 +4,7 @@
 // this path.
 import { parentPort } from 'node:worker_threads';
 import { loadAddon } from '../kvm/addon.js';
+import { installSeccomp } from '../seccomp/install.js';
 import { GuestMemory } from '../memory/guest-memory.js';
 import { CTRL_RUN_STATE, RUN_STATE_PAUSED, ctrlKickSlot } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from './protocol.js';
@@ -42,6 +43,8 @@ const runner = new VcpuRunner({
 });
 let outcome: VcpuRunOutcome = { exits: 0 };
 try {
+  // From here on the thread runs guest-driven code: only its role's syscalls (src/seccomp/roles.ts).
+  installSeccomp(addon, { kind: 'vcpu' }, data.seccomp, `vcpu${vcpuId}`);
   outcome = runner.run();
 } finally {
   Atomics.store(ctrl, ctrlKickSlot(vcpuId), 0);

@@ -3,7 +3,7 @@
 // the driver (rings in a SharedArrayBuffer "guest RAM"); the worker serves a real image file. Covers
 // what blk.elf cannot provoke: a fatal queue error → DEVICE_NEEDS_RESET + config interrupt, reset
 // and re-initialisation, FAILED, event-idx interrupt suppression, and a clean stop.
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -105,6 +105,9 @@ function rig(readOnly = false): Rig {
     queueFds: [queueFd],
     irqFd,
     stats: tstats,
+    // As in a VM: the worker serves under its io:blk syscall filter, so a call missing from the
+    // allowlist (src/seccomp/roles.ts) kills this process with SIGSYS and fails the file.
+    seccomp: 'strict',
   };
   worker.postMessage(data);
   const r: Rig = { mem, t, worker, irqFd, queueFd, stats, tstats, file, disk, fds: [diskFd, controlFd, queueFd, irqFd], availIdx: 0, usedSeen: 0 };
@@ -189,6 +192,23 @@ describe('virtio-blk I/O worker (no VM)', () => {
     expect([r.mem.read8(STATUS + 1), r.mem.read8(STATUS + 2)]).toEqual([0, 0]);
     expect([...new Set(readFileSync(r.file).subarray(10 * 512, 12 * 512))]).toEqual([0x77]);
     expect(readBlockStats(r.stats)).toMatchObject({ reads: 2, writes: 1, needsReset: 0 });
+  });
+
+  it('serves under its seccomp filter: the worker thread (named after its device) shows Seccomp 2 and NoNewPrivs 1, this thread nothing', async () => {
+    const r = rig();
+    init(r, VERSION_1);
+    submit(r, 0, VIRTIO_BLK_T_IN, 0, 512);
+    await until('completion', () => usedIdx(r) === 1);
+    const status = (tid: string): string =>
+      readFileSync(`/proc/self/task/${tid}/status`, 'utf8')
+        .split('\n')
+        .filter((l) => /^(Seccomp|NoNewPrivs):/.test(l))
+        .join(' ')
+        .replace(/\s+/g, ' ');
+    const tids = readdirSync('/proc/self/task').filter((t) => readFileSync(`/proc/self/task/${t}/comm`, 'utf8').trim() === 'virtio-blk0');
+    expect(tids).toHaveLength(1);
+    expect(status(tids[0])).toBe('NoNewPrivs: 1 Seccomp: 2');
+    expect(status(String(a.gettid()))).toBe('NoNewPrivs: 0 Seccomp: 0');
   });
 
   it('a fatal queue error sets DEVICE_NEEDS_RESET with a config interrupt; after a reset the device works again', async () => {

@@ -21,6 +21,10 @@ const root = transpileForWorkers(
     'devices/virtio/vsock/packet.ts',
     'devices/virtio/device.ts',
     'devices/virtio/iovec.ts',
+    'seccomp/install.ts',
+    'seccomp/roles.ts',
+    'seccomp/bpf.ts',
+    'seccomp/syscalls-x86_64.ts',
   ],
   'kindling-vsock-worker-',
 );
@@ -35,6 +39,10 @@ import { encodeHeader, parseTxPacket } from ${JSON.stringify(join(root, 'devices
 const addon = createRequire(import.meta.url)(workerData.addonPath);
 const p = workerData.params;
 const backend = createVsockHostBackend(p, { addon, guarded: (fn) => fn(), log: () => {} });
+// As the I/O worker does once its backend exists: the io:vsock syscall filter (a call missing from its
+// allowlist kills this process with SIGSYS and fails the file).
+const { installSeccomp } = await import(${JSON.stringify(join(root, 'seccomp/install.js'))});
+installSeccomp(addon, { kind: 'io', device: 'vsock' }, 'strict', 'virtio-vsock');
 const guest = (op, srcPort, dstPort, payload = new Uint8Array(0)) => {
   const h = encodeHeader({ srcCid: p.cid, dstCid: 2n, srcPort, dstPort, len: payload.length, type: 1, op, flags: 0, bufAlloc: 65536, fwdCnt: 0 });
   const b = new Uint8Array(44 + payload.length); b.set(h); b.set(payload, 44);
