@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { defaultGuestOnPvm, errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
 import { SignalStop } from './signals.js';
+import { isServeArgv, serveMain } from './serve.js';
 import { consoleMode, neverStopOnTerminalAccess, probeTerminal } from './terminal.js';
 import { detectPvm } from '../kvm/system.js';
 import { DEFAULT_VCPUS, MAX_VCPUS, virtioDevicePlan } from '../main/config.js';
@@ -25,6 +26,8 @@ const signals = new SignalStop({
 
 export async function main(argv: string[]): Promise<void> {
   signals.install(process);
+  // `kindling serve` and Firecracker's own flags (--api-sock, --config-file, …): src/cli/serve.ts.
+  if (isServeArgv(argv)) process.exit(await serveMain(argv, signals));
   try {
     await dispatch(parseCommandLine(argv));
   } catch (e) {

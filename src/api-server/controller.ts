@@ -1,0 +1,626 @@
+// The VMM behind Firecracker's management API, independent of HTTP: the pre-boot configuration
+// (machine-config, boot-source, drives, vsock, entropy, logger, metrics, serial), the state rules
+// (pre-boot only / runtime only), the actions (InstanceStart, SendCtrlAltDel, FlushMetrics) and
+// PATCH /vm, mapped onto kindling's VMConfig and VM (src/main/config.ts, src/main/vm.ts).
+//
+// Every request is answered with an ApiResponse: 200 with a JSON body, 204, or 400 with
+// `{ "fault_message": "…" }` naming what was wrong; nothing a client sends makes a method throw
+// anything else. Mutating requests run one at a time in arrival order (Firecracker's API thread is
+// one thread too): a PUT that arrives while InstanceStart is building the VM waits for it and is
+// then judged against the new state.
+//
+// Mapping (see docs/api.md): vcpu_count → vcpus, mem_size_mib → memMiB (Firecracker's default 128
+// MiB), boot_args → cmdline (kindling's DEFAULT_CMDLINE when absent), the root drive → /dev/vda with
+// `root=/dev/vda` (or `root=PARTUUID=…`) and `ro`/`rw` appended, other drives in PUT order; a vsock
+// → vsock { cid, udsPath }; PUT /entropy → a virtio-rng device (without it the VM has none, as in
+// Firecracker). The VM's output on COM1 goes to stdout unless PUT /serial names a file.
+import { statSync } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody } from './schemas.js';
+import { ApiLog, LineSink, parseLogLevel, PINO_LEVEL, type ApiLogLevel } from './sinks.js';
+import { MetricsRecorder, type MetricsSource } from './metrics.js';
+import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, shown, type VMConfig } from '../main/config.js';
+import type { VMExit, VMState } from '../main/vm.js';
+import type { BlockStats } from '../devices/virtio/block/device.js';
+
+/** Firecracker's default guest RAM when machine-config is not given. */
+export const FC_DEFAULT_MEM_MIB = 128;
+/** Firecracker's default instance id. */
+export const DEFAULT_INSTANCE_ID = 'anonymous-instance';
+
+export interface ApiResponse {
+  status: number;
+  body?: unknown;
+}
+
+/** What the controller needs of a VM (src/main/vm.ts's VM; tests may give a stand-in). */
+export interface ControlledVm {
+  readonly state: VMState;
+  readonly serial: NodeJS.ReadableStream & NodeJS.WritableStream;
+  start(): Promise<void>;
+  wait(): Promise<VMExit>;
+  stop(): Promise<VMExit>;
+  pause(): Promise<void>;
+  resume(): void;
+  sendCtrlAltDel(): boolean;
+  blockStats(): BlockStats[];
+}
+
+export type VmFactory = (config: VMConfig) => Promise<ControlledVm>;
+
+/** The real VM, loaded only when a VM is started (the API answers before the VMM is loaded). */
+export const realVmFactory: VmFactory = async (config) => {
+  const { VM } = await import('../main/vm.js');
+  return new VM(config);
+};
+
+export interface ControllerOptions {
+  id?: string;
+  vmmVersion: string;
+  createVm?: VmFactory;
+  /** Where COM1's output goes unless PUT /serial names a file (default: process.stdout). */
+  serialOut?: Writable;
+  /** Guest input for COM1 (Firecracker reads its stdin); none by default. */
+  serialIn?: NodeJS.ReadableStream;
+  /** Called once the started VM has ended (serve exits with the VM's status). */
+  onExit?: (exit: VMExit) => void;
+  /** Process start, for the metrics' api_server.process_startup_time_us (µs since the epoch). */
+  startTimeUs?: number;
+  startCpuUs?: number;
+  /** Metrics flush period (Firecracker: 60 s). */
+  metricsPeriodMs?: number;
+  /** Log lines before PUT /logger (default: stderr). */
+  logFallback?: (line: string) => void;
+}
+
+interface DriveEntry {
+  body: DriveBody;
+}
+
+/** A rate limiter that limits nothing: absent, or buckets absent / of size 0 / refill 0 (Firecracker disables those). */
+function limits(rl: RateLimiterBody | TokenBucketBody | undefined): boolean {
+  if (!rl) return false;
+  const bucket = (b: TokenBucketBody | undefined): boolean => !!b && b.size > 0 && b.refill_time > 0;
+  if ('size' in rl) return bucket(rl);
+  return bucket(rl.bandwidth) || bucket(rl.ops);
+}
+
+const NOT_AFTER_START = 'The requested operation is not supported after starting the microVM.';
+const NOT_BEFORE_START = 'The requested operation is not supported before starting the microVM.';
+
+/** Firecracker's API state names. */
+type InstanceState = 'Not started' | 'Running' | 'Paused';
+
+export class ApiController {
+  readonly id: string;
+  readonly log: ApiLog;
+  readonly metrics: MetricsRecorder;
+  private readonly opts: ControllerOptions;
+  private readonly createVm: VmFactory;
+  private machine: Required<Pick<MachineConfigurationBody, 'vcpu_count' | 'mem_size_mib'>> & { smt: boolean; track_dirty_pages: boolean; huge_pages: string };
+  private bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args?: string };
+  private readonly drives = new Map<string, DriveEntry>();
+  private vsock?: VsockBody;
+  private entropy?: EntropyBody;
+  private loggerBody?: LoggerBody;
+  private metricsPath?: string;
+  private serialPath?: string;
+  private serialSink?: LineSink;
+  private vm?: ControlledVm;
+  private starting = false;
+  private queue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+  /** Whether the last 400 was about what the client gave (false: the host or VMM failed). */
+  lastFaultIsUser = true;
+
+  constructor(opts: ControllerOptions) {
+    this.opts = opts;
+    this.id = opts.id ?? DEFAULT_INSTANCE_ID;
+    this.createVm = opts.createVm ?? realVmFactory;
+    this.machine = { vcpu_count: 1, mem_size_mib: FC_DEFAULT_MEM_MIB, smt: false, track_dirty_pages: false, huge_pages: 'None' };
+    this.log = new ApiLog(() => this.id, opts.logFallback);
+    const source: MetricsSource = { blockStats: () => this.blockStatsById() };
+    this.metrics = new MetricsRecorder(source, { startTimeUs: opts.startTimeUs, startCpuUs: opts.startCpuUs, periodMs: opts.metricsPeriodMs, missedLogs: () => this.log.missed });
+  }
+
+  /** Firecracker's state name for GET /. */
+  get instanceState(): InstanceState {
+    if (!this.vm) return 'Not started';
+    return this.vm.state === 'paused' ? 'Paused' : 'Running';
+  }
+
+  private get started(): boolean {
+    return this.vm !== undefined || this.starting;
+  }
+
+  /** Serve one request. `path` is the URL path without the query; `body` the parsed JSON (or undefined). */
+  handle(method: string, path: string, body: unknown): Promise<ApiResponse> {
+    if (method === 'GET') return Promise.resolve(this.wrap(() => this.get(path)));
+    // Mutations one at a time, in arrival order.
+    const run = this.queue.then(() => this.mutate(method, path, body));
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  private wrap(f: () => ApiResponse): ApiResponse {
+    try {
+      return f();
+    } catch (e) {
+      return this.fault(e);
+    }
+  }
+
+  private fault(e: unknown): ApiResponse {
+    const msg = e instanceof ApiError ? e.message : `internal error: ${shown((e as Error)?.message ?? e)}`;
+    const status = e instanceof ApiError ? e.status : 400;
+    this.lastFaultIsUser = e instanceof ApiError ? e.user : false;
+    this.log.log('Error', 'api_server', `Received Error. Status code: ${status}. Message: ${msg}`);
+    return { status, body: { fault_message: msg } };
+  }
+
+  private get(path: string): ApiResponse {
+    switch (path) {
+      case '/':
+        this.metrics.count('get_api_requests', 'instance_info_count');
+        return { status: 200, body: { id: this.id, state: this.instanceState, vmm_version: this.opts.vmmVersion, app_name: 'kindling' } };
+      case '/version':
+        this.metrics.count('get_api_requests', 'vmm_version_count');
+        return { status: 200, body: { firecracker_version: this.opts.vmmVersion } };
+      case '/machine-config':
+        this.metrics.count('get_api_requests', 'machine_cfg_count');
+        return { status: 200, body: this.machineConfig() };
+      case '/vm/config':
+        return { status: 200, body: this.fullConfig() };
+      default:
+        if (/^\/(snapshot|balloon|mmds|cpu-config|memory-hotplug|hotplug)(\/|$)/.test(path)) throw new ApiError(`GET ${shown(path)}: not supported yet`);
+        throw new ApiError(`Invalid request method and/or path: GET ${shown(path)}.`);
+    }
+  }
+
+  private async mutate(method: string, path: string, body: unknown): Promise<ApiResponse> {
+    const [, resource, id, extra] = /^\/([^/]*)(?:\/([^/]*))?(\/.*)?$/.exec(path) ?? [];
+    const key = `${method} /${resource ?? ''}${id !== undefined ? '/{id}' : ''}`;
+    const group = method === 'PUT' ? 'put_api_requests' : 'patch_api_requests';
+    const counter = METRIC_OF[resource ?? ''];
+    if (counter && (method === 'PUT' || method === 'PATCH')) this.metrics.count(group, `${counter}_count`);
+    try {
+      if (extra !== undefined) throw new ApiError(`Invalid request method and/or path: ${method} ${shown(path)}.`);
+      const r = await this.route(key, id === undefined ? undefined : decodeId(id), body, path);
+      this.log.log('Info', 'api_server', `The API server received a ${method} request on ${shown(path)}.`);
+      return r;
+    } catch (e) {
+      if (counter && (method === 'PUT' || method === 'PATCH')) this.metrics.count(group, `${counter}_fails`);
+      return this.fault(e);
+    }
+  }
+
+  private async route(key: string, id: string | undefined, body: unknown, path: string): Promise<ApiResponse> {
+    switch (key) {
+      case 'PUT /machine-config':
+        return this.putMachine(parseBody('machine-config', body), false);
+      case 'PATCH /machine-config':
+        return this.putMachine(parseBody('machine-config (PATCH)', body), true);
+      case 'PUT /boot-source':
+        return this.putBootSource(body);
+      case 'PUT /drives/{id}':
+        return this.putDrive(id!, body);
+      case 'PATCH /drives/{id}':
+        return this.patchDrive(id!, body);
+      case 'PUT /network-interfaces/{id}':
+        parseBody('network-interface', body, `network-interfaces/${id}`);
+        throw new ApiError(`network-interfaces/${id}: virtio-net is not built yet (kindling has no network device)`);
+      case 'PATCH /network-interfaces/{id}':
+        parseBody('network-interface (PATCH)', body, `network-interfaces/${id}`);
+        throw new ApiError(`network-interfaces/${id}: virtio-net is not built yet (kindling has no network device)`);
+      case 'PUT /vsock':
+        return this.putVsock(body);
+      case 'PUT /entropy':
+        return this.putEntropy(body);
+      case 'PUT /logger':
+        return this.putLogger(parseBody('logger', body));
+      case 'PUT /metrics':
+        return this.putMetrics(body);
+      case 'PUT /serial':
+        return this.putSerial(body);
+      case 'PUT /actions':
+        return this.action(parseBody('actions', body).action_type);
+      case 'PATCH /vm':
+        return this.patchVm(parseBody('vm', body).state);
+      default: {
+        const m = /^(\w+) \/(snapshot|balloon|mmds|cpu-config|memory-hotplug|hotplug|pmem)/.exec(key);
+        if (m) throw new ApiError(`${m[1]} ${shown(path)}: ${m[2] === 'snapshot' ? 'snapshots are' : `/${m[2]} is`} not supported yet`);
+        throw new ApiError(`Invalid request method and/or path: ${key.split(' ')[0]} ${shown(path)}.`);
+      }
+    }
+  }
+
+  private preBoot(what: string): void {
+    if (this.started) throw new ApiError(`${what}: ${NOT_AFTER_START}`);
+  }
+
+  private runtime(what: string): ControlledVm {
+    if (!this.vm) throw new ApiError(`${what}: ${NOT_BEFORE_START}`);
+    return this.vm;
+  }
+
+  private putMachine(b: Partial<MachineConfigurationBody>, patch: boolean): ApiResponse {
+    this.preBoot('machine-config');
+    const base = patch ? this.machine : { vcpu_count: 1, mem_size_mib: FC_DEFAULT_MEM_MIB, smt: false, track_dirty_pages: false, huge_pages: 'None' };
+    const next = {
+      vcpu_count: b.vcpu_count ?? base.vcpu_count,
+      mem_size_mib: b.mem_size_mib ?? base.mem_size_mib,
+      smt: b.smt ?? base.smt,
+      track_dirty_pages: b.track_dirty_pages ?? base.track_dirty_pages,
+      huge_pages: b.huge_pages ?? base.huge_pages,
+    };
+    if (next.vcpu_count > MAX_VCPUS) throw new ApiError(`machine-config: vcpu_count: must be at most ${MAX_VCPUS}, got ${next.vcpu_count}`);
+    if (next.mem_size_mib < MIN_MEM_MIB) throw new ApiError(`machine-config: mem_size_mib: kindling needs at least ${MIN_MEM_MIB} MiB, got ${next.mem_size_mib}`);
+    if (next.smt) throw new ApiError('machine-config: smt: true is not supported (kindling presents no SMT siblings); only false is accepted');
+    if (b.cpu_template !== undefined && b.cpu_template !== 'None') throw new ApiError(`machine-config: cpu_template: CPU templates are not supported yet (got ${b.cpu_template}); only "None" is accepted`);
+    if (next.huge_pages !== 'None') throw new ApiError(`machine-config: huge_pages: ${next.huge_pages} is not supported yet; only "None" is accepted`);
+    this.machine = next;
+    return { status: 204 };
+  }
+
+  private putBootSource(body: unknown): ApiResponse {
+    const b = parseBody('boot-source', body);
+    this.preBoot('boot-source');
+    checkHostFile(b.kernel_image_path, 'boot-source: kernel_image_path', 'file');
+    if (b.initrd_path !== undefined) checkHostFile(b.initrd_path, 'boot-source: initrd_path', 'file');
+    if (b.boot_args !== undefined && /[\0\n\r]/.test(b.boot_args)) throw new ApiError('boot-source: boot_args: must not contain NUL or newline characters');
+    this.bootSource = { kernel_image_path: b.kernel_image_path, initrd_path: b.initrd_path, boot_args: b.boot_args };
+    return { status: 204 };
+  }
+
+  private putDrive(id: string, body: unknown): ApiResponse {
+    const where = `drives/${shown(id)}`;
+    const b = parseBody('drive', body, where);
+    this.preBoot(where);
+    if (b.drive_id !== id) throw new ApiError(`${where}: drive_id ${shown(b.drive_id)} in the body does not match the id in the path`);
+    checkId(id, where);
+    if (b.socket !== undefined) throw new ApiError(`${where}: socket: vhost-user-blk drives are not supported yet (kindling serves vhost-user, it does not attach to one)`);
+    if (b.path_on_host === undefined) throw new ApiError(`${where}: missing field path_on_host`);
+    if (limits(b.rate_limiter)) throw new ApiError(`${where}: rate_limiter: rate limiting is not supported yet`);
+    if (b.partuuid !== undefined && !/^[0-9A-Za-z-]{1,36}$/.test(b.partuuid)) throw new ApiError(`${where}: partuuid: must be a partition UUID (hex digits and dashes), got ${shown(b.partuuid)}`);
+    checkHostFile(b.path_on_host, `${where}: path_on_host`, 'disk');
+    if (b.is_root_device) {
+      for (const [other, d] of this.drives) {
+        if (other !== id && d.body.is_root_device) throw new ApiError(`${where}: is_root_device: a root block device already exists (${shown(other)})`);
+      }
+    }
+    this.drives.set(id, { body: b });
+    return { status: 204 };
+  }
+
+  private patchDrive(id: string, body: unknown): ApiResponse {
+    const where = `drives/${shown(id)}`;
+    const b = parseBody('drive (PATCH)', body, where);
+    if (b.drive_id !== id) throw new ApiError(`${where}: drive_id ${shown(b.drive_id)} in the body does not match the id in the path`);
+    this.runtime(where);
+    if (!this.drives.has(id)) throw new ApiError(`${where}: no drive with this id`);
+    if (b.path_on_host !== undefined) throw new ApiError(`${where}: path_on_host: swapping a drive's backing file on a running VM is not supported yet (the VM API has no block hot-swap)`);
+    if (limits(b.rate_limiter)) throw new ApiError(`${where}: rate_limiter: rate limiting is not supported yet`);
+    return { status: 204 };
+  }
+
+  private putVsock(body: unknown): ApiResponse {
+    const b = parseBody('vsock', body);
+    this.preBoot('vsock');
+    if (b.guest_cid > 0xfffffffe) throw new ApiError(`vsock: guest_cid: must be at most 4294967294, got ${b.guest_cid}`);
+    if (b.uds_path.length === 0 || b.uds_path.includes('\0')) throw new ApiError('vsock: uds_path: must be a non-empty path');
+    this.vsock = b;
+    return { status: 204 };
+  }
+
+  private putEntropy(body: unknown): ApiResponse {
+    const b = parseBody('entropy', body);
+    this.preBoot('entropy');
+    if (limits(b.rate_limiter)) throw new ApiError('entropy: rate_limiter: rate limiting is not supported yet');
+    this.entropy = b;
+    return { status: 204 };
+  }
+
+  /** PUT /logger, also for --log-path/--level at start-up. Allowed once, pre-boot (as Firecracker). */
+  putLogger(b: LoggerBody): ApiResponse {
+    this.preBoot('logger');
+    if (this.log.configured) throw new ApiError('logger: the logger is already configured');
+    let level: ApiLogLevel = 'Info';
+    if (b.level !== undefined) {
+      const l = parseLogLevel(b.level);
+      if (!l) throw new ApiError(`logger: level: expected one of Error, Warning, Info, Debug, Trace, Off, got ${shown(b.level)}`);
+      level = l;
+    }
+    const sink = b.log_path !== undefined ? LineSink.open(b.log_path, 'logger: log_path') : undefined;
+    this.log.configure(sink, { level, showLevel: b.show_level ?? false, showOrigin: b.show_log_origin ?? false, module: b.module });
+    this.loggerBody = b;
+    this.log.log('Info', 'api_server', `kindling ${this.opts.vmmVersion}: logger configured`);
+    return { status: 204 };
+  }
+
+  /** PUT /metrics, also for --metrics-path. Allowed once (as Firecracker). */
+  private putMetrics(body: unknown): ApiResponse {
+    const b = parseBody('metrics', body);
+    this.preBoot('metrics');
+    return this.setMetricsPath(b.metrics_path);
+  }
+
+  setMetricsPath(path: string): ApiResponse {
+    if (this.metrics.configured) throw new ApiError('metrics: the metrics system is already configured');
+    this.metrics.configure(LineSink.open(path, 'metrics: metrics_path'));
+    this.metricsPath = path;
+    return { status: 204 };
+  }
+
+  private putSerial(body: unknown): ApiResponse {
+    const b = parseBody('serial', body);
+    this.preBoot('serial');
+    if (limits(b.rate_limiter)) throw new ApiError('serial: rate_limiter: rate limiting is not supported yet');
+    const sink = b.serial_out_path !== undefined ? LineSink.open(b.serial_out_path, 'serial: serial_out_path') : undefined;
+    this.serialSink?.close();
+    this.serialSink = sink;
+    this.serialPath = b.serial_out_path;
+    return { status: 204 };
+  }
+
+  private async action(type: 'FlushMetrics' | 'InstanceStart' | 'SendCtrlAltDel'): Promise<ApiResponse> {
+    this.metrics.count('put_api_requests', 'actions_count');
+    switch (type) {
+      case 'InstanceStart':
+        await this.instanceStart();
+        return { status: 204 };
+      case 'SendCtrlAltDel': {
+        const vm = this.runtime('SendCtrlAltDel');
+        if (!vm.sendCtrlAltDel()) throw new ApiError('SendCtrlAltDel: the guest keyboard buffer is full (the guest has not read the previous keys)');
+        return { status: 204 };
+      }
+      case 'FlushMetrics':
+        if (!this.metrics.configured) throw new ApiError('FlushMetrics: the metrics system is not configured (PUT /metrics first)');
+        this.metrics.flush();
+        return { status: 204 };
+    }
+  }
+
+  /** The VMConfig this configuration boots (throws ApiError naming the missing piece). */
+  vmConfig(): VMConfig {
+    const bs = this.bootSource;
+    if (!bs) throw new ApiError('InstanceStart: cannot start the microVM without a kernel: PUT /boot-source first');
+    const ordered = [...this.drives.values()].sort((a, b) => Number(b.body.is_root_device) - Number(a.body.is_root_device));
+    const extra: string[] = [];
+    const root = ordered[0]?.body.is_root_device ? ordered[0].body : undefined;
+    if (root) extra.push(root.partuuid !== undefined ? `root=PARTUUID=${root.partuuid}` : 'root=/dev/vda', root.is_read_only ? 'ro' : 'rw');
+    return {
+      kernel: bs.kernel_image_path,
+      ...(bs.initrd_path !== undefined ? { initrd: bs.initrd_path } : {}),
+      cmdline: bs.boot_args ?? DEFAULT_CMDLINE,
+      ...(extra.length ? { cmdlineExtra: extra } : {}),
+      vcpus: this.machine.vcpu_count,
+      memMiB: this.machine.mem_size_mib,
+      // The VMM's own pino lines (stderr) follow the logger's level once PUT /logger set one.
+      logLevel: this.log.configured ? PINO_LEVEL[this.log.opts.level] : 'warn',
+      disks: ordered.map((d) => ({ path: d.body.path_on_host!, readOnly: d.body.is_read_only ?? false })),
+      rng: this.entropy !== undefined,
+      console: 'serial',
+      ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),
+    };
+  }
+
+  /** ConfigError option (VMConfig key path) → the API field it came from. */
+  private apiField(option: string | undefined): string {
+    if (!option) return 'InstanceStart';
+    const disk = /^disks\[(\d+)\](?:\.(\w+))?/.exec(option);
+    if (disk) {
+      const ordered = [...this.drives.keys()].sort((a, b) => Number(this.drives.get(b)!.body.is_root_device) - Number(this.drives.get(a)!.body.is_root_device));
+      const id = ordered[Number(disk[1])];
+      return `drives/${shown(id ?? disk[1])}${disk[2] === 'path' || !disk[2] ? ': path_on_host' : disk[2] === 'readOnly' ? ': is_read_only' : ''}`;
+    }
+    const map: Record<string, string> = {
+      kernel: 'boot-source: kernel_image_path',
+      initrd: 'boot-source: initrd_path',
+      cmdline: 'boot-source: boot_args',
+      cmdlineExtra: 'boot-source: boot_args',
+      vcpus: 'machine-config: vcpu_count',
+      memMiB: 'machine-config: mem_size_mib',
+      vsock: 'vsock',
+      'vsock.cid': 'vsock: guest_cid',
+      'vsock.udsPath': 'vsock: uds_path',
+      disks: 'drives',
+      logLevel: 'logger: level',
+    };
+    return map[option] ?? option;
+  }
+
+  private async instanceStart(): Promise<void> {
+    if (this.started) throw new ApiError(`InstanceStart: ${NOT_AFTER_START}`);
+    if (this.closed) throw new ApiError('InstanceStart: the API server is shutting down');
+    const config = this.vmConfig();
+    this.starting = true;
+    let vm: ControlledVm;
+    try {
+      vm = await this.createVm(config);
+    } catch (e) {
+      this.starting = false;
+      if (e instanceof ConfigError) throw new ApiError(`InstanceStart: ${this.apiField(e.option)}: ${e.message}`);
+      throw new ApiError(`InstanceStart: ${shown((e as Error).message)}`, 400, false);
+    }
+    const out = this.serialSink;
+    const onData = (b: Buffer): void => {
+      if (out) out.write(b);
+      else (this.opts.serialOut ?? process.stdout).write(b);
+    };
+    vm.serial.on('data', onData);
+    if (this.opts.serialIn) this.opts.serialIn.pipe(vm.serial, { end: false });
+    try {
+      await vm.start();
+    } catch (e) {
+      this.starting = false;
+      vm.serial.off('data', onData);
+      if (this.opts.serialIn) this.opts.serialIn.unpipe(vm.serial);
+      const msg = (e as Error).message ?? String(e);
+      this.log.log('Error', 'vmm', `InstanceStart failed: ${msg}`);
+      if (e instanceof ConfigError) throw new ApiError(`InstanceStart: ${this.apiField(e.option)}: ${msg}`);
+      // Not the client's mistake (no /dev/kvm, a VMM failure): still a 400 for the API, exit 1 for --config-file.
+      throw new ApiError(`InstanceStart: cannot start the microVM: ${shown(msg)}`, 400, false);
+    }
+    this.vm = vm;
+    this.starting = false;
+    this.metrics.startPeriodic();
+    this.log.log('Info', 'vmm', 'Successfully started microvm that was configured from one single json');
+    void vm.wait().then((exit) => {
+      this.log.log(exit.reason === 'error' || exit.reason === 'triple-fault' ? 'Error' : 'Info', 'vmm', `Vmm is stopping: ${exit.reason} (exit code ${exit.exitCode})${exit.detail ? `: ${exit.detail}` : ''}`);
+      this.metrics.flush();
+      this.opts.onExit?.(exit);
+    });
+  }
+
+  private async patchVm(state: 'Paused' | 'Resumed'): Promise<ApiResponse> {
+    const vm = this.runtime('vm');
+    if (state === 'Paused') {
+      if (vm.state === 'paused') return { status: 204 };
+      if (vm.state !== 'running') throw new ApiError(`vm: cannot pause a microVM that is ${vm.state}`);
+      await vm.pause();
+      this.log.log('Info', 'vmm', 'Paused the microVM');
+    } else {
+      if (vm.state === 'running') return { status: 204 };
+      if (vm.state !== 'paused') throw new ApiError(`vm: cannot resume a microVM that is ${vm.state}`);
+      vm.resume();
+      this.log.log('Info', 'vmm', 'Resumed the microVM');
+    }
+    return { status: 204 };
+  }
+
+  private machineConfig(): object {
+    return { vcpu_count: this.machine.vcpu_count, mem_size_mib: this.machine.mem_size_mib, smt: this.machine.smt, track_dirty_pages: this.machine.track_dirty_pages, huge_pages: this.machine.huge_pages };
+  }
+
+  /** GET /vm/config: Firecracker's FullVmConfiguration. */
+  fullConfig(): object {
+    const drives = [...this.drives.values()].map((d) => ({
+      drive_id: d.body.drive_id,
+      partuuid: d.body.partuuid ?? null,
+      is_root_device: d.body.is_root_device,
+      cache_type: d.body.cache_type ?? 'Unsafe',
+      is_read_only: d.body.is_read_only ?? false,
+      path_on_host: d.body.path_on_host ?? null,
+      rate_limiter: d.body.rate_limiter ?? null,
+      io_engine: d.body.io_engine ?? 'Sync',
+      socket: null,
+    }));
+    return {
+      balloon: null,
+      drives,
+      'boot-source': this.bootSource ? { kernel_image_path: this.bootSource.kernel_image_path, initrd_path: this.bootSource.initrd_path ?? null, boot_args: this.bootSource.boot_args ?? null } : null,
+      'cpu-config': null,
+      logger: this.loggerBody ?? null,
+      'machine-config': this.machineConfig(),
+      metrics: this.metricsPath !== undefined ? { metrics_path: this.metricsPath } : null,
+      'mmds-config': null,
+      'network-interfaces': [],
+      vsock: this.vsock ? { guest_cid: this.vsock.guest_cid, uds_path: this.vsock.uds_path } : null,
+      entropy: this.entropy ? { rate_limiter: this.entropy.rate_limiter ?? null } : null,
+      serial: this.serialPath !== undefined ? { serial_out_path: this.serialPath } : null,
+    };
+  }
+
+  private blockStatsById(): Array<{ id: string; stats: BlockStats }> {
+    if (!this.vm) return [];
+    const ordered = [...this.drives.keys()].sort((a, b) => Number(this.drives.get(b)!.body.is_root_device) - Number(this.drives.get(a)!.body.is_root_device));
+    const stats = this.vm.blockStats();
+    return stats.map((s, i) => ({ id: ordered[i] ?? String(i), stats: s }));
+  }
+
+  /**
+   * Apply a Firecracker --config-file document (the same parser as the API bodies), section by
+   * section; throws ApiError naming the section and field. Does not start the VM.
+   */
+  async applyConfigFile(doc: unknown): Promise<void> {
+    if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new ApiError('config file: expected a JSON object');
+    const known = ['boot-source', 'machine-config', 'drives', 'network-interfaces', 'vsock', 'logger', 'metrics', 'entropy', 'serial', 'balloon', 'mmds-config', 'cpu-config'];
+    const d = doc as Record<string, unknown>;
+    for (const k of Object.keys(d)) {
+      if (!known.includes(k)) throw new ApiError(`config file: unknown section ${shown(k)}`);
+      if (d[k] !== null && ['balloon', 'mmds-config', 'cpu-config'].includes(k)) throw new ApiError(`config file: ${k}: not supported yet`);
+    }
+    const ok = (r: ApiResponse): void => {
+      if (r.status >= 300) throw new ApiError(`config file: ${(r.body as { fault_message: string }).fault_message}`, 400, this.lastFaultIsUser);
+    };
+    const put = async (path: string, body: unknown): Promise<void> => ok(await this.handle('PUT', path, body));
+    if (d.logger != null) await put('/logger', d.logger);
+    if (d.metrics != null) await put('/metrics', d.metrics);
+    if (d['machine-config'] != null) await put('/machine-config', d['machine-config']);
+    if (d['boot-source'] != null) await put('/boot-source', d['boot-source']);
+    for (const [section, route, idField] of [
+      ['drives', '/drives/', 'drive_id'],
+      ['network-interfaces', '/network-interfaces/', 'iface_id'],
+    ] as const) {
+      const list = d[section];
+      if (list == null) continue;
+      if (!Array.isArray(list)) throw new ApiError(`config file: ${section}: expected an array`);
+      for (const [i, item] of list.entries()) {
+        const idv = item !== null && typeof item === 'object' ? (item as Record<string, unknown>)[idField] : undefined;
+        if (typeof idv !== 'string') throw new ApiError(`config file: ${section}[${i}]: missing field ${idField}`);
+        await put(route + encodeURIComponent(idv), item);
+      }
+    }
+    if (d.vsock != null) await put('/vsock', d.vsock);
+    if (d.entropy != null) await put('/entropy', d.entropy);
+    if (d.serial != null) await put('/serial', d.serial);
+  }
+
+  /** PUT /actions InstanceStart as --config-file does it: throws the ApiError (user or not). */
+  async startFromConfig(): Promise<void> {
+    const r = await this.handle('PUT', '/actions', { action_type: 'InstanceStart' });
+    if (r.status >= 300) throw new ApiError((r.body as { fault_message: string }).fault_message, 400, this.lastFaultIsUser);
+  }
+
+  /** Stop the VM (if any), flush metrics, close the files. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.queue.catch(() => undefined);
+    const vm = this.vm;
+    if (vm && vm.state !== 'stopped') await vm.stop().catch(() => undefined);
+    this.metrics.close();
+    this.serialSink?.close();
+    this.log.close();
+  }
+}
+
+const METRIC_OF: Record<string, string> = {
+  actions: 'actions',
+  'boot-source': 'boot_source',
+  drives: 'drive',
+  logger: 'logger',
+  'machine-config': 'machine_cfg',
+  metrics: 'metrics',
+  'network-interfaces': 'network',
+  vsock: 'vsock',
+  entropy: 'entropy',
+  serial: 'serial',
+  vm: 'vm',
+};
+
+function decodeId(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new ApiError(`Invalid request path: ${shown(raw)} is not valid percent-encoding`);
+  }
+}
+
+/** Firecracker's id rule: 1..64 characters, alphanumeric or underscore (drive ids). */
+function checkId(id: string, where: string): void {
+  if (!/^[A-Za-z0-9_]{1,64}$/.test(id)) throw new ApiError(`${where}: drive_id: must be 1 to 64 letters, digits or underscores`);
+}
+
+/** The path names an existing file of the right kind (regular file; a disk may be a block device too). */
+function checkHostFile(path: string, field: string, kind: 'file' | 'disk'): void {
+  if (path.length === 0) throw new ApiError(`${field}: must not be empty`);
+  if (path.includes('\0')) throw new ApiError(`${field}: must not contain NUL`);
+  let st;
+  try {
+    st = statSync(path);
+  } catch (e) {
+    throw new ApiError(`${field}: cannot open ${shown(path)}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  if (!(st.isFile() || (kind === 'disk' && st.isBlockDevice()))) throw new ApiError(`${field}: ${shown(path)} is not a ${kind === 'disk' ? 'regular file or block device' : 'regular file'}`);
+}
