@@ -17,6 +17,10 @@
 //   seccompMode()                   prctl(PR_GET_SECCOMP) for the calling thread: 0 none, 2 filter.
 //   setThreadName(name)             prctl(PR_SET_NAME) (15 bytes + NUL): what /proc/<pid>/task/<tid>/comm,
 //                                   ps -L and the kernel's seccomp audit record show for this thread.
+//   unlinkAt(dirfd, name)           unlinkat(dirfd, name, 0): the one file-system change a filtered
+//                                   process makes (`kindling vhost-user` removing its socket on exit;
+//                                   its filter allows unlinkat only on the directory fd it opened
+//                                   before installing it). name must be a single path component.
 //   probeSyscall(nr, a0, a1, a2)    syscall(nr, a0, a1, a2) with numeric arguments and the result as
 //                                   -errno or the return value. Tests call it from a filtered thread to
 //                                   show that a forbidden syscall is refused (ptrace, a non-KVM ioctl);
@@ -30,6 +34,7 @@
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -99,6 +104,22 @@ Value SetThreadName(const CallbackInfo& info) {
   return env.Undefined();
 }
 
+Value UnlinkAt(const CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString()) {
+    Napi::TypeError::New(env, "unlinkAt(dirfd: number, name: string)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  int dirfd = info[0].As<Napi::Number>().Int32Value();
+  std::string name = info[1].As<Napi::String>().Utf8Value();
+  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == ".." || name.find('\0') != std::string::npos) {
+    Napi::TypeError::New(env, "unlinkAt: name must be one path component").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (unlinkat(dirfd, name.c_str(), 0) != 0) return ThrowErrno(env, "unlinkat", errno);
+  return env.Undefined();
+}
+
 Value ProbeSyscall(const CallbackInfo& info) {
   Napi::Env env = info.Env();
   long a[4] = {0, 0, 0, 0};
@@ -119,6 +140,7 @@ void InitSeccomp(Napi::Env env, Napi::Object exports) {
   exports.Set("seccompInstall", Napi::Function::New(env, SeccompInstall, "seccompInstall"));
   exports.Set("seccompMode", Napi::Function::New(env, SeccompMode, "seccompMode"));
   exports.Set("setThreadName", Napi::Function::New(env, SetThreadName, "setThreadName"));
+  exports.Set("unlinkAt", Napi::Function::New(env, UnlinkAt, "unlinkAt"));
   exports.Set("probeSyscall", Napi::Function::New(env, ProbeSyscall, "probeSyscall"));
 }
 

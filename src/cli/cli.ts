@@ -64,7 +64,9 @@ async function dispatch(cmd: Command): Promise<void> {
     }
     case 'vhost-user': {
       const { runVhostUser } = await import('./vhost-user.js');
-      process.exit(await runVhostUser(cmd));
+      // A stop signal ends the serving loop (socket removed, image released), then exits 128+N.
+      const code = await runVhostUser(cmd, (stop) => signals.setStopper(stop && (async () => stop())));
+      process.exit(signals.exitCode ?? code);
     }
   }
 }

@@ -7,20 +7,26 @@
 //                             (an existing live socket is refused, a stale one replaced, any other
 //                             file refused), serve one frontend until it disconnects (or, with
 //                             --keep-serving, every next one), then remove the socket and exit 0.
-//                             SIGINT/SIGTERM end it the same way. console: the guest's hvc0 output
+//                             SIGINT/SIGTERM/SIGHUP end it the same way (the CLI then exits
+//                             128+N after one line). console: the guest's hvc0 output
 //                             goes to stdout, stdin to the guest.
-import { lstatSync, unlinkSync } from 'node:fs';
+import { closeSync, lstatSync, openSync, unlinkSync } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { UsageError } from './cli-args.js';
 import { ConfigError } from '../main/config-error.js';
 import { quoted } from '../main/config.js';
+import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
 
-export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --device DEVICE [--keep-serving]
+export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --device DEVICE [--keep-serving] [--seccomp MODE]
   --socket PATH     the Unix socket to listen on (created; removed on exit)
   --device DEVICE   blk=IMAGE[,ro]  a raw image as virtio-blk (locked like --disk)
                     console         virtio-console: guest output on stdout, stdin to the guest
                     rng             virtio-rng from the host CSPRNG
-  --keep-serving    after a frontend disconnects, wait for the next one (default: exit 0)`;
+  --keep-serving    after a frontend disconnects, wait for the next one (default: exit 0)
+  --seccomp MODE    strict (default): once listening, every thread may make only the syscalls
+                    serving needs, anything else kills the process; log: allowed but logged by
+                    the kernel; off: no filter`;
 
 export type VhostUserDeviceArg = { kind: 'blk'; path: string; readOnly: boolean } | { kind: 'console' } | { kind: 'rng' };
 
@@ -29,6 +35,7 @@ export interface VhostUserCommand {
   socket: string;
   device: VhostUserDeviceArg;
   keepServing: boolean;
+  seccomp: SeccompMode;
 }
 
 export type VhostUserParse = VhostUserCommand | { kind: 'vhost-user-help' };
@@ -56,6 +63,7 @@ export function parseVhostUserArgs(args: readonly string[]): VhostUserParse {
         socket: { type: 'string' },
         device: { type: 'string' },
         'keep-serving': { type: 'boolean' },
+        seccomp: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -66,11 +74,13 @@ export function parseVhostUserArgs(args: readonly string[]): VhostUserParse {
   if (values.socket === undefined || values.socket === '') throw new UsageError('vhost-user needs --socket PATH');
   if (Buffer.byteLength(values.socket) > 107) throw new UsageError(`--socket path is longer than a Unix socket address allows (107 bytes): ${quoted(values.socket)}`);
   if (values.device === undefined) throw new UsageError('vhost-user needs --device blk=IMAGE[,ro], console or rng');
-  return { kind: 'vhost-user', socket: values.socket, device: parseDeviceArg(values.device), keepServing: values['keep-serving'] === true };
+  const seccomp = values.seccomp ?? 'strict';
+  if (!(SECCOMP_MODES as readonly string[]).includes(seccomp)) throw new UsageError(`--seccomp must be strict, log or off (got ${quoted(seccomp)})`);
+  return { kind: 'vhost-user', socket: values.socket, device: parseDeviceArg(values.device), keepServing: values['keep-serving'] === true, seccomp: seccomp as SeccompMode };
 }
 
 /** Serve the device; resolves with the exit status. */
-export async function runVhostUser(cmd: VhostUserCommand): Promise<number> {
+export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (() => void) | undefined) => void): Promise<number> {
   const { loadAddon } = await import('../kvm/addon.js');
   const { virtioDeviceType } = await import('../devices/virtio/registry.js');
   const { VhostUserDevice, acceptLoop } = await import('../vhost-user/server.js');
@@ -80,6 +90,9 @@ export async function runVhostUser(cmd: VhostUserCommand): Promise<number> {
   };
 
   claimSocketPath(addon, cmd.socket);
+  // The socket's directory, held open so that the filtered process can remove the socket on exit
+  // (unlinkat on this fd is the only file-system change its filter allows).
+  const socketDir = openSync(dirname(resolve(cmd.socket)), 'r');
   const type = virtioDeviceType(cmd.device.kind);
   const options = cmd.device.kind === 'blk' ? { path: cmd.device.path, readOnly: cmd.device.readOnly } : {};
   const prepared = type.prepare(options, { addon });
@@ -103,22 +116,33 @@ export async function runVhostUser(cmd: VhostUserCommand): Promise<number> {
       process.stdin.unref?.();
     }
     const loop = acceptLoop(addon, listenFd, device, { keepServing: cmd.keepServing, log });
+    // The CLI's SignalStop (./signals.ts) owns SIGTERM/SIGHUP/SIGINT when it runs us; alone, the signals end the loop here.
     const onSignal = (): void => loop.stop();
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    if (onStopper) onStopper(onSignal);
+    else {
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
+    }
     process.stderr.write(`kindling: vhost-user ${cmd.device.kind} listening on ${cmd.socket}\n`);
+    // Everything the process opens is open: from here every thread makes only serving's syscalls.
+    const { installSeccomp } = await import('../seccomp/install.js');
+    installSeccomp(addon, { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: socketDir }, cmd.seccomp);
     await loop.done;
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    if (onStopper) onStopper(undefined);
+    else {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
     consoleHost?.close();
     device.close();
   } finally {
     if (listenFd >= 0) addon.close(listenFd);
     try {
-      unlinkSync(cmd.socket);
+      addon.unlinkAt(socketDir, basename(cmd.socket));
     } catch {
       // already gone
     }
+    closeSync(socketDir);
     prepared.release();
   }
   await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));

@@ -312,6 +312,8 @@ export interface KvmAddon {
   seccompMode(): number;
   /** prctl(PR_SET_NAME): the calling thread's comm (15 bytes kept). */
   setThreadName(name: string): void;
+  /** unlinkat(dirfd, name, 0); name is one path component. */
+  unlinkAt(dirfd: number, name: string): void;
   /** syscall(nr, a0, a1, a2) with numeric arguments: the result, or -errno. For tests of the filters. */
   probeSyscall(nr: number, a0?: number, a1?: number, a2?: number): number;
 }

@@ -34,13 +34,18 @@ import type { SyscallName } from './syscalls-x86_64.js';
 export type SeccompMode = 'strict' | 'log' | 'off';
 export const SECCOMP_MODES: readonly SeccompMode[] = ['strict', 'log', 'off'];
 
-export type ThreadRole = { kind: 'vcpu' } | { kind: 'io'; device: string } | { kind: 'process'; devices: readonly string[] };
+export type ThreadRole =
+  | { kind: 'vcpu' }
+  | { kind: 'io'; device: string }
+  /** unlinkDirFd: the directory fd (opened before the filter) in which unlinkat is allowed, for removing the socket on exit. */
+  | { kind: 'process'; devices: readonly string[]; unlinkDirFd?: number };
 
 // errno values (asm-generic/errno-base.h, errno.h).
 const EACCES = 13;
 const ENOSYS = 38;
 // <asm-generic/ioctls.h>
 export const TCGETS = 0x5401;
+export const TCSETS = 0x5402;
 export const TIOCGWINSZ = 0x5413;
 export const FIONBIO = 0x5421;
 export const FIOCLEX = 0x5451;
@@ -117,13 +122,18 @@ export function roleRules(role: ThreadRole, pid: number): SyscallRule[] {
       const devices = role.devices.flatMap((d) => deviceRules(d));
       return [
         ...runtime,
-        ioctls(FIONBIO, FIOCLEX, TCGETS, TIOCGWINSZ),
+        // Node's stdio: uv_guess_handle/isatty (TCGETS), the window size of a TTY stream, and at exit
+        // ResetStdio's tcsetattr (TCSETS) restoring a terminal's modes.
+        ioctls(FIONBIO, FIOCLEX, TCGETS, TCSETS, TIOCGWINSZ),
+        ...(role.unlinkDirFd !== undefined ? [when('unlinkat', { arg: 0, in: [role.unlinkDirFd] })] : []),
         // Threads for libuv's pool or V8's platform, never a new process.
         when('clone', { arg: 0, bitsSet: CLONE_THREAD }),
         refuse('clone3', ENOSYS),
         ...allow('set_robust_list', 'rseq', 'prctl', 'sched_setaffinity', 'rt_sigaction', 'pipe2', 'eventfd2', 'epoll_create1'),
         // The frontend connection: accepted on the listening socket, messages with SCM_RIGHTS fds.
         ...allow('accept4', 'recvmsg', 'sendmsg', 'shutdown', 'getsockopt'),
+        // uv_guess_handle on a stdio socket (process.stdout/stderr created lazily): SO_TYPE, the family.
+        ...allow('getsockname', 'getpeername'),
         ...devices,
       ];
     }
