@@ -73,6 +73,11 @@ muts = [
  ("src/devices/virtio/vsock/backend.ts", "scatterPieces(c.writable, [this.hdr, ...pkt.payload]);", "scatterPieces([...c.readable, ...c.writable], [this.hdr, ...pkt.payload]);", "test/unit/virtio-vsock-rings.test.ts", "virtio-vsock: rx packets written into device-readable buffers"),
  ("src/devices/virtio/vsock/backend.ts", "if (!q.push(c.head, VSOCK_HDR_SIZE + pkt.hdr.len)) return;", "if (!q.push(c.head, c.writableBytes)) return;", "test/unit/virtio-vsock-rings.test.ts", "virtio-vsock: rx used length is the buffer size, not the packet's"),
  ("guest/agent/agent.c", "if (f->len > o->in_credit) { protocol_error(c, \"STDIN beyond the granted window\"); return; }", "", "test/unit/agent-exec.test.ts", "agent: STDIN beyond the granted window accepted"),
+ ("src/seccomp/bpf.ts", "a.jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 0, 1);", "a.jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 1, 1);", "test/unit/seccomp.test.ts", "seccomp: x32 syscall numbers not refused"),
+ ("src/seccomp/bpf.ts", "export const argOffset = (i: number): number => 16 + 8 * i;", "export const argOffset = (i: number): number => 20 + 8 * i;", "test/unit/seccomp.test.ts", "seccomp: argument conditions read the high word"),
+ ("src/seccomp/bpf.ts", "c.in.forEach((v, i) => a.jump(BPF_JMP_JEQ_K, v, pass, i === c.in.length - 1 ? fail : 0));", "c.in.forEach((v, i) => a.jump(BPF_JMP_JEQ_K, v, pass, i === c.in.length - 1 ? pass : 0));", "test/unit/seccomp.test.ts", "seccomp: a value set accepts any value"),
+ ("src/seccomp/bpf.ts", "if (((c.bitsSet >>> 0) & bit) !== 0) a.jump(BPF_JMP_JSET_K, bit, 0, fail);", "if (((c.bitsSet >>> 0) & bit) !== 0) { a.jump(BPF_JMP_JSET_K, bit, 0, fail); break; }", "test/unit/seccomp.test.ts", "seccomp: bitsSet checks only its lowest bit"),
+ ("src/seccomp/roles.ts", "when('tgkill', { arg: 0, in: [pid] }),", "...allow('tgkill'),", "test/unit/seccomp.test.ts", "seccomp: tgkill to any process allowed"),
 ]
 import sys
 sel = sys.argv[1:]
