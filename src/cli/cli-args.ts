@@ -7,7 +7,7 @@ import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, 
 
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
-               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--force] [-- CMD ARGS...]
+               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--seccomp MODE] [--force] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling --help | --version
 
@@ -28,6 +28,9 @@ run:
                    hybrid vsock: clients of the Unix socket PATH (which must not exist) send
                    "CONNECT <port>\n", guest connections to host port P go to PATH_P
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
+  --seccomp MODE   syscall filter on every vCPU and I/O worker thread (docs/security.md): strict
+                   (default; a syscall outside the thread's allowlist kills the process with SIGSYS
+                   and the kernel log names the thread and the syscall), log (allowed, logged), off
   --force          boot the default guest even on a KVM-PVM host, where it cannot finish booting
                    (earlyprintk=serial is added to its command line so its progress shows)
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
@@ -131,6 +134,7 @@ function parseRun(args: string[]): Command {
         console: { type: 'string' },
         vsock: { type: 'string' },
         force: { type: 'boolean' },
+        seccomp: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -158,6 +162,7 @@ function parseRun(args: string[]): Command {
     config.console = values.console;
   }
   if (values.vsock !== undefined) config.vsock = parseVsockArg(values.vsock);
+  if (values.seccomp !== undefined) config.seccomp = values.seccomp as VMConfig['seccomp']; // checked by resolveConfig (exit 2)
   if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra = ['--', ...guestArgs];
   return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs, force: values.force === true };
 }

@@ -17,6 +17,7 @@ export const FLAG_NAMES: Readonly<Record<string, string>> = {
   rng: '--no-rng',
   console: '--console',
   vsock: '--vsock',
+  seccomp: '--seccomp',
   'vsock.cid': '--vsock CID',
   'vsock.udsPath': '--vsock socket',
 };

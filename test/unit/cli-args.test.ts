@@ -143,6 +143,8 @@ describe('parseCommandLine', () => {
     });
     expect(parseCommandLine(['run', '--', 'uname', '-a'])).toMatchObject({ kind: 'run', defaultGuest: true, guestArgs: ['uname', '-a'], force: false });
     expect(parseCommandLine(['run', '--force'])).toMatchObject({ kind: 'run', defaultGuest: true, force: true });
+    expect(parseCommandLine(['run', '--kernel', 'k', '--seccomp', 'log'])).toMatchObject({ kind: 'run', config: { seccomp: 'log' } });
+    expect(parseCommandLine(['run', '--kernel', 'k'])).not.toHaveProperty('config.seccomp');
     expect(parseDiskArg('img,rw,ro')).toEqual({ path: 'img,rw', readOnly: true });
     expect(parseDiskArg('a\n,ro')).toEqual({ path: 'a\n', readOnly: true });
     expect(() => parseDiskArg(',ro')).toThrow(UsageError);

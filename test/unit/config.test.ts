@@ -94,7 +94,7 @@ function rss(): number {
 describe('resolveConfig', () => {
   it('fills defaults and hands over the kernel bytes it read, once', () => {
     const c = resolveConfig({ kernel, initrd }, { hostMemBytes: HOST });
-    expect(c).toMatchObject({ kernel, initrd, vcpus: 1, memBytes: 256 * MiB, cmdline: DEFAULT_CMDLINE, logLevel: 'warn' });
+    expect(c).toMatchObject({ kernel, initrd, vcpus: 1, memBytes: 256 * MiB, cmdline: DEFAULT_CMDLINE, logLevel: 'warn', seccomp: 'strict' });
     const files = takeConfigFiles(c);
     expect(files.kernelKind).toBe('pvh-elf');
     expect(Buffer.from(files.kernel).equals(readFileSync(kernel))).toBe(true);
@@ -110,6 +110,7 @@ describe('resolveConfig', () => {
       [{ kernel, vcpus: MAX_VCPUS + 1 }, 'vcpus', /^vcpus 255 is more than kindling supports/, /^--vcpus 255 is more than kindling supports/],
       [{ kernel, cmdline: 'a\nb' }, 'cmdline', /^cmdline must not contain NUL or newline/, /^--cmdline must not contain/],
       [{ kernel, logLevel: 'loud' }, 'logLevel', /^logLevel must be one of/, /^--log-level must be one of/],
+      [{ kernel, seccomp: 'lax' as never }, 'seccomp', /^seccomp must be one of strict, log, off \(got lax\)$/, /^--seccomp must be one of strict, log, off/],
       [{ kernel, console: 'tty' as never }, 'console', /^console must be serial or virtio/, /^--console must be/],
       [{ kernel, rng: 'no' as never }, 'rng', /^rng must be true or false/, /^--no-rng must be/],
       [{ kernel: '' }, 'kernel', /^kernel is required/, /^--kernel is required/],
