@@ -363,7 +363,6 @@ export class ApiController {
   }
 
   private async action(type: 'FlushMetrics' | 'InstanceStart' | 'SendCtrlAltDel'): Promise<ApiResponse> {
-    this.metrics.count('put_api_requests', 'actions_count');
     switch (type) {
       case 'InstanceStart':
         await this.instanceStart();

@@ -16,6 +16,7 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler';
 import { ValueErrorType, type ValueError } from '@sinclair/typebox/errors';
+import { Value } from '@sinclair/typebox/value';
 import { shown } from '../main/config.js';
 
 /** An API request that cannot be served: HTTP status (400 unless said) and Firecracker's fault_message. */
@@ -220,7 +221,22 @@ export function parseBody<N extends SchemaName>(name: N, body: unknown, where: s
   const c = checker(name);
   if (c.Check(body)) return dropNulls(body) as BodyOf<N>;
   const first = c.Errors(body).First();
-  throw new ApiError(`${where}: ${first ? describeError(first) : 'invalid body'}`);
+  throw new ApiError(`${where}: ${first ? describeError(innermost(first)) : 'invalid body'}`);
+}
+
+/**
+ * An optional field's union (T | null) reports only "expected union value" at the field: look inside
+ * the one non-null member for the first error there (its path under the field's), repeatedly.
+ */
+function innermost(e: ValueError): ValueError {
+  for (let depth = 0; depth < 8 && e.type === ValueErrorType.Union; depth++) {
+    const members = ((e.schema as TSchema & { anyOf?: TSchema[] }).anyOf ?? []).filter((m) => (m as { type?: string }).type !== 'null');
+    if (members.length !== 1 || e.value === null) break;
+    const inner = Value.Errors(members[0], e.value).First();
+    if (!inner) break;
+    e = { ...inner, path: e.path + inner.path };
+  }
+  return e;
 }
 
 /** A copy of a checked JSON value without null-valued object fields (own keys only). */

@@ -1,0 +1,428 @@
+// The Firecracker-compatible API on a real Unix socket, driven with Node's HTTP client the way
+// Firecracker's getting-started guide drives Firecracker with curl: pre-boot configuration, every
+// validation failure a 400 naming the field, the state rules, the logger and metrics files line by
+// line, the socket's mode and lifetime, and hostile clients (slow, half-open, many at once).
+//
+// InstanceStart uses the real VM here; without /dev/kvm it must fail with a 400 that says so, and
+// the server must keep serving. The runtime rules (PATCH /vm, SendCtrlAltDel, FlushMetrics deltas)
+// are checked against a stand-in VM in the "runtime" block; test/kvm/api.test.ts boots real guests.
+import { execFileSync } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { createServer, connect, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { Duplex } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ApiController, type ControlledVm } from '../../src/api-server/controller.js';
+import { ApiSocketError, MAX_BODY_BYTES, serveApi, type ApiServer } from '../../src/api-server/server.js';
+import type { BlockStats } from '../../src/devices/virtio/block/device.js';
+import type { VMConfig } from '../../src/main/config.js';
+import type { VMExit, VMState } from '../../src/main/vm.js';
+import { tempDir } from '../fuzz/tmp.js';
+import { api, fault } from './api-http.js';
+import { testKernelImage } from './fixtures/test-kernel.js';
+
+const dir = tempDir('kindling-api-');
+const kernel = join(dir, 'vmlinux');
+writeFileSync(kernel, testKernelImage());
+const rootfs = join(dir, 'rootfs.ext4');
+writeFileSync(rootfs, Buffer.alloc(64 * 1024));
+const data = join(dir, 'data.img');
+writeFileSync(data, Buffer.alloc(8192));
+const HAS_KVM = existsSync('/dev/kvm');
+
+let n = 0;
+const sockPath = (): string => join(dir, `api-${++n}.sock`);
+
+async function withServer(opts: Partial<ConstructorParameters<typeof ApiController>[0]>, f: (sock: string, c: ApiController, s: ApiServer) => Promise<void>): Promise<void> {
+  const c = new ApiController({ vmmVersion: '0.1.0-test', logFallback: () => {}, serialOut: new (await import('node:stream')).PassThrough(), ...opts });
+  const sock = sockPath();
+  const s = await serveApi(c, sock);
+  try {
+    await f(sock, c, s);
+  } finally {
+    await c.close();
+    await s.close();
+  }
+}
+
+describe('getting started (curl sequence)', () => {
+  it('configures boot-source, rootfs, machine-config; InstanceStart answers 400 naming /dev/kvm here and the server keeps serving', async () => {
+    await withServer({}, async (sock) => {
+      expect((await api(sock, 'GET', '/')).json).toEqual({ id: 'anonymous-instance', state: 'Not started', vmm_version: '0.1.0-test', app_name: 'kindling' });
+      expect((await api(sock, 'GET', '/version')).json).toEqual({ firecracker_version: '0.1.0-test' });
+      // Firecracker's defaults before any PUT.
+      expect((await api(sock, 'GET', '/machine-config')).json).toMatchObject({ vcpu_count: 1, mem_size_mib: 128, smt: false });
+      const boot = await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel, boot_args: 'console=ttyS0 reboot=k panic=1 pci=off' });
+      expect(boot.status).toBe(204);
+      expect(boot.text).toBe('');
+      expect((await api(sock, 'PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, is_read_only: false })).status).toBe(204);
+      expect((await api(sock, 'PUT', '/drives/data', { drive_id: 'data', path_on_host: data, is_root_device: false, is_read_only: true })).status).toBe(204);
+      expect((await api(sock, 'PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 64 })).status).toBe(204);
+      expect((await api(sock, 'PATCH', '/machine-config', { mem_size_mib: 96 })).status).toBe(204);
+      expect((await api(sock, 'GET', '/machine-config')).json).toEqual({ vcpu_count: 2, mem_size_mib: 96, smt: false, track_dirty_pages: false, huge_pages: 'None' });
+      expect((await api(sock, 'PUT', '/entropy', {})).status).toBe(204);
+      const cfg = (await api(sock, 'GET', '/vm/config')).json as Record<string, unknown>;
+      expect(cfg['boot-source']).toEqual({ kernel_image_path: kernel, initrd_path: null, boot_args: 'console=ttyS0 reboot=k panic=1 pci=off' });
+      expect((cfg.drives as Array<{ drive_id: string }>).map((d) => d.drive_id)).toEqual(['rootfs', 'data']);
+      expect(cfg['machine-config']).toMatchObject({ vcpu_count: 2, mem_size_mib: 96 });
+      expect(cfg.entropy).toEqual({ rate_limiter: null });
+      if (HAS_KVM) {
+        console.warn('api-server: /dev/kvm exists; the no-KVM InstanceStart answer is not checked here (test/kvm/api.test.ts boots guests)');
+        return;
+      }
+      const start = await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
+      expect(fault(start)).toMatch(/^InstanceStart: cannot start the microVM: \/dev\/kvm not found: KVM is not available/);
+      // Still serving, still configurable, and a second InstanceStart gets the same clear answer.
+      expect((await api(sock, 'GET', '/')).json).toMatchObject({ state: 'Not started' });
+      expect((await api(sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 64 })).status).toBe(204);
+      expect(fault(await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' }))).toMatch(/\/dev\/kvm/);
+    });
+  });
+
+  it('maps the configuration onto VMConfig: root drive first with root= and ro/rw, Firecracker defaults, entropy → rng', () => {
+    const c = new ApiController({ vmmVersion: 'x', logFallback: () => {} });
+    const put = (path: string, body: unknown) => c.handle('PUT', path, body);
+    return (async () => {
+      expect((await put('/boot-source', { kernel_image_path: kernel })).status).toBe(204);
+      expect((await put('/drives/data', { drive_id: 'data', path_on_host: data, is_root_device: false })).status).toBe(204);
+      expect((await put('/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, is_read_only: true, partuuid: '1234-abcd' })).status).toBe(204);
+      expect((await put('/vsock', { guest_cid: 3, uds_path: join(dir, 'v.sock') })).status).toBe(204);
+      const cfg: VMConfig = c.vmConfig();
+      expect(cfg).toMatchObject({
+        kernel,
+        vcpus: 1,
+        memMiB: 128,
+        rng: false,
+        cmdlineExtra: ['root=PARTUUID=1234-abcd', 'ro'],
+        disks: [
+          { path: rootfs, readOnly: true },
+          { path: data, readOnly: false },
+        ],
+        vsock: { cid: 3, udsPath: join(dir, 'v.sock') },
+      });
+      expect(cfg.cmdline).toMatch(/^console=ttyS0 /);
+      await c.close();
+    })();
+  });
+});
+
+describe('validation: every failure is a 400 naming the field', () => {
+  const cases: Array<[string, string, unknown, RegExp]> = [
+    ['PUT', '/machine-config', { vcpu_count: '2', mem_size_mib: 64 }, /^machine-config: vcpu_count: expected an integer, got "2"$/],
+    ['PUT', '/machine-config', { mem_size_mib: 64 }, /^machine-config: missing field vcpu_count$/],
+    ['PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 64, vcpus: 2 }, /^machine-config: unknown field vcpus$/],
+    ['PUT', '/machine-config', { vcpu_count: 0, mem_size_mib: 64 }, /vcpu_count: must be at least 1/],
+    ['PUT', '/machine-config', { vcpu_count: 255, mem_size_mib: 64 }, /vcpu_count: must be at most 254/],
+    ['PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 8 }, /mem_size_mib: kindling needs at least 16 MiB/],
+    ['PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 64, smt: true }, /smt: true is not supported/],
+    ['PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 64, cpu_template: 'T2' }, /cpu_template: CPU templates are not supported yet/],
+    ['PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 64, cpu_template: 'Z9' }, /cpu_template: expected one of "C3", "T2"/],
+    ['PUT', '/machine-config', { vcpu_count: 2, mem_size_mib: 64, huge_pages: '2M' }, /huge_pages: 2M is not supported yet/],
+    ['PUT', '/machine-config', [1, 2], /^machine-config: body: expected an object/],
+    ['PUT', '/boot-source', { kernel_image_path: join(dir, 'missing') }, /^boot-source: kernel_image_path: cannot open .*missing: ENOENT$/],
+    ['PUT', '/boot-source', { kernel_image_path: dir }, /kernel_image_path: .* is not a regular file/],
+    ['PUT', '/boot-source', { kernel_image_path: kernel, boot_args: 'a\nb' }, /boot_args: must not contain NUL or newline/],
+    ['PUT', '/drives/rootfs', { drive_id: 'other', path_on_host: rootfs, is_root_device: true }, /drives\/rootfs: drive_id other in the body does not match/],
+    ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs }, /drives\/rootfs: missing field is_root_device/],
+    ['PUT', '/drives/rootfs', { drive_id: 'rootfs', is_root_device: true }, /drives\/rootfs: missing field path_on_host/],
+    ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, rate_limiter: { bandwidth: { size: 1000, refill_time: 100 } } }, /rate_limiter: rate limiting is not supported yet/],
+    ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, rate_limiter: { bandwidth: { size: -1, refill_time: 100 } } }, /rate_limiter\.bandwidth\.size: must be at least 0/],
+    ['PUT', '/drives/rootfs', { drive_id: 'rootfs', socket: '/x', is_root_device: true }, /socket: vhost-user-blk drives are not supported yet/],
+    ['PUT', '/drives/r%20s', { drive_id: 'r s', path_on_host: rootfs, is_root_device: false }, /drive_id: must be 1 to 64 letters/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0' }, /^network-interfaces\/eth0: virtio-net is not built yet/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0' }, /missing field host_dev_name/],
+    ['PUT', '/vsock', { guest_cid: 2, uds_path: '/tmp/v' }, /^vsock: guest_cid: must be at least 3, got 2$/],
+    ['PUT', '/vsock', { guest_cid: 2 ** 32, uds_path: '/tmp/v' }, /guest_cid: must be at most 4294967294/],
+    ['PUT', '/logger', { level: 'Loud' }, /^logger: level: expected one of Error, Warning, Info, Debug, Trace, Off, got Loud$/],
+    ['PUT', '/logger', { log_path: '/dev/null' }, /log_path: \/dev\/null is not a regular file or a named pipe/],
+    ['PUT', '/metrics', {}, /^metrics: missing field metrics_path$/],
+    ['PUT', '/actions', { action_type: 'Reboot' }, /^actions: action_type: expected one of "FlushMetrics", "InstanceStart", "SendCtrlAltDel", got "Reboot"$/],
+    ['PUT', '/actions', { action_type: 'SendCtrlAltDel' }, /^SendCtrlAltDel: The requested operation is not supported before starting the microVM\.$/],
+    ['PUT', '/actions', { action_type: 'FlushMetrics' }, /^FlushMetrics: the metrics system is not configured/],
+    ['PUT', '/actions', { action_type: 'InstanceStart' }, /^InstanceStart: cannot start the microVM without a kernel: PUT \/boot-source first$/],
+    ['PATCH', '/vm', { state: 'Paused' }, /^vm: The requested operation is not supported before starting the microVM\.$/],
+    ['PATCH', '/vm', { state: 'Stopped' }, /^vm: state: expected one of "Paused", "Resumed"/],
+    ['PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs }, /not supported before starting the microVM/],
+    ['PUT', '/snapshot/create', { snapshot_path: 'a', mem_file_path: 'b' }, /^PUT \/snapshot\/create: snapshots are not supported yet$/],
+    ['PUT', '/snapshot/load', { snapshot_path: 'a' }, /snapshots are not supported yet/],
+    ['PUT', '/balloon', { amount_mib: 1 }, /\/balloon is not supported yet/],
+    ['PUT', '/nonsense', {}, /^Invalid request method and\/or path: PUT \/nonsense\.$/],
+    ['DELETE', '/machine-config', undefined, /^Invalid request method and\/or path: DELETE \/machine-config\.$/],
+    ['POST', '/actions', { action_type: 'InstanceStart' }, /Invalid request method and\/or path: POST \/actions/],
+    ['GET', '/drives/rootfs/extra', undefined, /Invalid request method and\/or path: GET/],
+    ['PUT', '/machine-config', '{"vcpu_count": 1,', /^malformed JSON body: /],
+    ['PUT', '/machine-config', '', /^machine-config: body: expected an object, got nothing$/],
+    ['PUT', '/machine-config', '{"vcpu_count":1,"mem_size_mib":64,"__proto__":{"smt":true}}', /^machine-config: unknown field __proto__$/],
+    ['PUT', '/machine-config', '{"vcpu_count":1,"mem_size_mib":64,"\\u001b[31m":1}', /^machine-config: unknown field "\\u001b\[31m"$/],
+    ['PUT', '/machine-config', 'x'.repeat(MAX_BODY_BYTES + 1), new RegExp(`^request body is larger than ${MAX_BODY_BYTES} bytes$`)],
+  ];
+  it('each bad request gets its one-line fault_message and changes nothing', async () => {
+    await withServer({}, async (sock) => {
+      const before = (await api(sock, 'GET', '/vm/config')).text;
+      for (const [method, path, body, re] of cases) {
+        const r = await api(sock, method, path, body);
+        const m = fault(r);
+        expect(m, `${method} ${path} ${JSON.stringify(body)?.slice(0, 80)}`).toMatch(re);
+        expect(m).not.toMatch(/[\n\r]/);
+        expect(r.headers['content-type']).toMatch(/^application\/json/);
+      }
+      expect((await api(sock, 'GET', '/vm/config')).text).toBe(before);
+    });
+  });
+
+  it('a second root device is refused; the same id may be replaced; null optional fields mean absent', async () => {
+    await withServer({}, async (sock) => {
+      expect((await api(sock, 'PUT', '/drives/a', { drive_id: 'a', path_on_host: rootfs, is_root_device: true })).status).toBe(204);
+      expect(fault(await api(sock, 'PUT', '/drives/b', { drive_id: 'b', path_on_host: data, is_root_device: true }))).toMatch(/^drives\/b: is_root_device: a root block device already exists \(a\)$/);
+      expect((await api(sock, 'PUT', '/drives/a', { drive_id: 'a', path_on_host: data, is_root_device: true, partuuid: null, rate_limiter: null })).status).toBe(204);
+      const drives = ((await api(sock, 'GET', '/vm/config')).json as { drives: Array<{ path_on_host: string }> }).drives;
+      expect(drives).toHaveLength(1);
+      expect(drives[0].path_on_host).toBe(data);
+      // A rate limiter that limits nothing (size 0) is accepted, as Firecracker disables such buckets.
+      expect((await api(sock, 'PUT', '/drives/b', { drive_id: 'b', path_on_host: rootfs, is_root_device: false, rate_limiter: { bandwidth: { size: 0, refill_time: 0 } } })).status).toBe(204);
+    });
+  });
+});
+
+describe('logger and metrics files', () => {
+  it('PUT /logger writes Firecracker-format lines (level shown), PUT /metrics JSON lines with per-flush deltas', async () => {
+    const log = join(dir, 'fc.log');
+    const metrics = join(dir, 'fc.metrics');
+    await withServer({ id: 'vm-7' }, async (sock) => {
+      expect((await api(sock, 'PUT', '/logger', { log_path: log, level: 'info', show_level: true, show_log_origin: true })).status).toBe(204);
+      expect(fault(await api(sock, 'PUT', '/logger', { log_path: log }))).toBe('logger: the logger is already configured');
+      expect((await api(sock, 'PUT', '/metrics', { metrics_path: metrics })).status).toBe(204);
+      expect(statSync(metrics).mode & 0o777).toBe(0o600);
+      await api(sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 64 });
+      await api(sock, 'PUT', '/machine-config', { vcpu_count: 'x', mem_size_mib: 64 });
+      await api(sock, 'GET', '/');
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
+    });
+    const lines = readFileSync(log, 'utf8').trimEnd().split('\n');
+    expect(lines.length).toBeGreaterThanOrEqual(3);
+    for (const l of lines) expect(l).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9} \[vm-7:main:(INFO|WARN|ERROR):[a-z_]+\] \S/);
+    expect(lines.some((l) => /\[vm-7:main:ERROR:api_server\] Received Error\. Status code: 400\. Message: machine-config: vcpu_count: expected an integer, got "x"$/.test(l))).toBe(true);
+    const m = readFileSync(metrics, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, Record<string, number>>);
+    expect(m).toHaveLength(2);
+    expect(typeof m[0].utc_timestamp_ms).toBe('number');
+    expect(m[0].put_api_requests).toMatchObject({ machine_cfg_count: 2, machine_cfg_fails: 1, metrics_count: 1, logger_count: 2, logger_fails: 1, actions_count: 1 });
+    expect(m[0].get_api_requests.instance_info_count).toBe(1);
+    // Deltas: the second line counts only what came after the first.
+    expect(m[1].put_api_requests).toMatchObject({ machine_cfg_count: 0, actions_count: 1 });
+    expect(m[1].get_api_requests.instance_info_count).toBe(0);
+    expect(m[1].block).toMatchObject({ read_count: 0, write_count: 0 });
+  });
+
+  it('a named pipe nobody reads never blocks the API (lines are dropped and counted)', async () => {
+    const fifo = join(dir, 'log.fifo');
+    execFileSync('mkfifo', [fifo]);
+    await withServer({}, async (sock) => {
+      expect((await api(sock, 'PUT', '/logger', { log_path: fifo, level: 'Trace' })).status).toBe(204);
+      // Far more than a pipe buffer (64 KiB) of log lines: each request logs one.
+      const big = { kernel_image_path: join(dir, 'x'.repeat(200)) };
+      for (let i = 0; i < 600; i++) await api(sock, 'PUT', '/boot-source', big);
+      expect((await api(sock, 'GET', '/')).status).toBe(200);
+    });
+  });
+});
+
+describe('the socket', () => {
+  it('is mode 0600, removed on close; a live socket is refused, a stale one replaced, a non-socket never touched', async () => {
+    const c = new ApiController({ vmmVersion: 'x', logFallback: () => {} });
+    const sock = sockPath();
+    const s = await serveApi(c, sock);
+    expect(statSync(sock).mode & 0o777).toBe(0o600);
+    // Live: our own server is accepting.
+    await expect(serveApi(new ApiController({ vmmVersion: 'x' }), sock)).rejects.toThrow(ApiSocketError);
+    await expect(serveApi(new ApiController({ vmmVersion: 'x' }), sock)).rejects.toThrow(/another process is serving on this socket/);
+    expect((await api(sock, 'GET', '/')).status).toBe(200);
+    await s.close();
+    await c.close();
+    expect(existsSync(sock)).toBe(false);
+    // Stale: a socket file whose process is gone.
+    const stale = sockPath();
+    execFileSync('python3', ['-c', 'import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])', stale]);
+    expect(statSync(stale).isSocket()).toBe(true);
+    const c2 = new ApiController({ vmmVersion: 'x' });
+    const s2 = await serveApi(c2, stale);
+    expect((await api(stale, 'GET', '/version')).json).toEqual({ firecracker_version: 'x' });
+    await s2.close();
+    await c2.close();
+    // Not a socket: refused, left as it was.
+    const file = join(dir, 'not-a-socket');
+    writeFileSync(file, 'keep me');
+    await expect(serveApi(new ApiController({ vmmVersion: 'x' }), file)).rejects.toThrow(/exists and is not a socket \(not removed\)/);
+    expect(readFileSync(file, 'utf8')).toBe('keep me');
+    // A live socket of another server.
+    const other = sockPath();
+    const srv = createServer((conn) => conn.end());
+    await new Promise<void>((r) => srv.listen(other, r));
+    await expect(serveApi(new ApiController({ vmmVersion: 'x' }), other)).rejects.toThrow(/another process is serving/);
+    await new Promise<void>((r) => srv.close(() => r()));
+  });
+});
+
+describe('hostile clients', () => {
+  it('200 half-open and slow connections and 100 concurrent requests: every well-formed request is answered promptly', async () => {
+    await withServer({}, async (sock) => {
+      const held: Socket[] = [];
+      const opened = (s: Socket) => new Promise<void>((r, j) => s.once('connect', () => r()).once('error', j));
+      for (let i = 0; i < 200; i++) {
+        const s = connect(sock);
+        s.on('error', () => {});
+        held.push(s);
+        await opened(s);
+        if (i % 3 === 0) s.write('PUT /machine-config HTTP/1.1\r\nHost: x\r\n'); // headers never finished
+        else if (i % 3 === 1) s.write('PUT /machine-config HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"vcpu'); // body never finished
+        // else: connected, silent
+      }
+      const t0 = performance.now();
+      const replies = await Promise.all(Array.from({ length: 100 }, (_, i) => (i % 2 ? api(sock, 'GET', '/') : api(sock, 'PUT', '/machine-config', { vcpu_count: 1 + (i % 4), mem_size_mib: 64 }))));
+      const ms = performance.now() - t0;
+      for (const r of replies) expect([200, 204]).toContain(r.status);
+      expect(ms).toBeLessThan(5000);
+      for (const s of held) s.destroy();
+    });
+  });
+
+  it('a client that sends a request byte by byte is served; one that disconnects mid-body changes nothing', async () => {
+    await withServer({}, async (sock) => {
+      const body = JSON.stringify({ vcpu_count: 3, mem_size_mib: 64 });
+      const req = `PUT /machine-config HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`;
+      const s = connect(sock);
+      await new Promise<void>((r) => s.once('connect', () => r()));
+      let reply = '';
+      s.on('data', (b: Buffer) => (reply += b.toString()));
+      for (const ch of req) {
+        s.write(ch);
+        await new Promise((r) => setTimeout(r, 1));
+      }
+      // The whole reply (a 204 has no body: the head ends the reply).
+      for (let i = 0; i < 500 && !reply.includes('\r\n\r\n'); i++) await new Promise((r) => setTimeout(r, 10));
+      s.destroy();
+      expect(reply).toMatch(/^HTTP\/1\.1 204 /);
+      const cut = connect(sock);
+      await new Promise<void>((r) => cut.once('connect', () => r()));
+      cut.end(`PUT /machine-config HTTP/1.1\r\nHost: x\r\nContent-Length: ${body.length}\r\n\r\n{"vcpu_count": 9`);
+      await new Promise((r) => setTimeout(r, 50));
+      expect((await api(sock, 'GET', '/machine-config')).json).toMatchObject({ vcpu_count: 3 });
+    });
+  });
+});
+
+/** A stand-in VM for the runtime rules (pause/resume, Ctrl-Alt-Del, metrics), recording what it was asked. */
+class FakeVm extends EventEmitter implements ControlledVm {
+  state: VMState = 'created';
+  readonly serial = new Duplex({ read() {}, write(_c, _e, cb) { cb(); } });
+  keys = 0;
+  keyRoom = true;
+  stats: BlockStats[] = [];
+  private resolveExit!: (e: VMExit) => void;
+  private readonly exited = new Promise<VMExit>((r) => (this.resolveExit = r));
+  constructor(readonly config: VMConfig) {
+    super();
+  }
+  async start() {
+    this.state = 'running';
+  }
+  wait() {
+    return this.exited;
+  }
+  async stop() {
+    this.end({ reason: 'stopped', exitCode: 0 });
+    return this.exited;
+  }
+  end(e: VMExit) {
+    this.state = 'stopped';
+    this.resolveExit(e);
+  }
+  async pause() {
+    this.state = 'paused';
+  }
+  resume() {
+    this.state = 'running';
+  }
+  sendCtrlAltDel() {
+    if (!this.keyRoom) return false;
+    this.keys++;
+    return true;
+  }
+  blockStats() {
+    return this.stats;
+  }
+}
+
+const zeroStats = (): BlockStats => ({ requests: 0, reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, errors: 0, unsupported: 0, badChains: 0, wakeups: 0, interrupts: 0, batches: 0, needsReset: 0, bytesRead: 0, bytesWritten: 0 });
+
+describe('runtime rules (stand-in VM)', () => {
+  let vm: FakeVm | undefined;
+  let exits: VMExit[] = [];
+  const metrics = join(dir, 'runtime.metrics');
+  let serialOut = '';
+  beforeAll(() => {
+    exits = [];
+  });
+  afterAll(() => {
+    vm = undefined;
+  });
+  it('after InstanceStart: pre-boot resources refused, PATCH /vm pauses and resumes, SendCtrlAltDel reaches the VM, FlushMetrics has block deltas, the VM exit is reported', async () => {
+    const { PassThrough } = await import('node:stream');
+    const out = new PassThrough();
+    out.on('data', (b: Buffer) => (serialOut += b.toString()));
+    await withServer(
+      {
+        createVm: async (cfg) => (vm = new FakeVm(cfg)),
+        serialOut: out,
+        onExit: (e) => exits.push(e),
+      },
+      async (sock) => {
+        await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel, boot_args: 'console=ttyS0' });
+        await api(sock, 'PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true });
+        await api(sock, 'PUT', '/metrics', { metrics_path: metrics });
+        expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+        expect(vm!.config).toMatchObject({ cmdline: 'console=ttyS0', cmdlineExtra: ['root=/dev/vda', 'rw'], disks: [{ path: rootfs, readOnly: false }] });
+        expect((await api(sock, 'GET', '/')).json).toMatchObject({ state: 'Running' });
+        vm!.serial.push(Buffer.from('hello from guest\n'));
+        for (const [path, body] of [
+          ['/boot-source', { kernel_image_path: kernel }],
+          ['/machine-config', { vcpu_count: 1, mem_size_mib: 64 }],
+          ['/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true }],
+          ['/vsock', { guest_cid: 3, uds_path: '/tmp/x' }],
+          ['/entropy', {}],
+          ['/logger', {}],
+          ['/serial', {}],
+          ['/actions', { action_type: 'InstanceStart' }],
+        ] as const) {
+          expect(fault(await api(sock, 'PUT', path, body))).toMatch(/The requested operation is not supported after starting the microVM\.$/);
+        }
+        expect((await api(sock, 'PATCH', '/vm', { state: 'Paused' })).status).toBe(204);
+        expect((await api(sock, 'GET', '/')).json).toMatchObject({ state: 'Paused' });
+        expect((await api(sock, 'PATCH', '/vm', { state: 'Paused' })).status).toBe(204);
+        expect((await api(sock, 'PATCH', '/vm', { state: 'Resumed' })).status).toBe(204);
+        expect(vm!.state).toBe('running');
+        expect((await api(sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' })).status).toBe(204);
+        expect(vm!.keys).toBe(1);
+        vm!.keyRoom = false;
+        expect(fault(await api(sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }))).toMatch(/keyboard buffer is full/);
+        expect(fault(await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: data }))).toMatch(/swapping a drive's backing file on a running VM is not supported yet/);
+        expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs' })).status).toBe(204);
+        expect(fault(await api(sock, 'PATCH', '/drives/nope', { drive_id: 'nope' }))).toMatch(/no drive with this id/);
+        vm!.stats = [{ ...zeroStats(), reads: 5, bytesRead: 2560, writes: 1, bytesWritten: 512 }];
+        expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
+        vm!.stats = [{ ...zeroStats(), reads: 7, bytesRead: 3584, writes: 1, bytesWritten: 512, flushes: 1 }];
+        expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
+        vm!.end({ reason: 'reboot', exitCode: 0 });
+        await new Promise((r) => setTimeout(r, 20));
+        expect(exits).toEqual([{ reason: 'reboot', exitCode: 0 }]);
+      },
+    );
+    expect(serialOut).toBe('hello from guest\n');
+    const m = readFileSync(metrics, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, Record<string, number>>);
+    expect(m.length).toBe(3); // two FlushMetrics and the one written when the VM ended
+    expect(m[0].block_rootfs).toMatchObject({ read_count: 5, read_bytes: 2560, write_count: 1, write_bytes: 512 });
+    expect(m[1].block_rootfs).toMatchObject({ read_count: 2, read_bytes: 1024, write_count: 0, flush_count: 1 });
+    expect(m[1].block).toMatchObject({ read_count: 2, flush_count: 1 });
+  });
+});
