@@ -78,6 +78,10 @@ muts = [
  ("src/seccomp/bpf.ts", "c.in.forEach((v, i) => a.jump(BPF_JMP_JEQ_K, v, pass, i === c.in.length - 1 ? fail : 0));", "c.in.forEach((v, i) => a.jump(BPF_JMP_JEQ_K, v, pass, i === c.in.length - 1 ? pass : 0));", "test/unit/seccomp.test.ts", "seccomp: a value set accepts any value"),
  ("src/seccomp/bpf.ts", "if (((c.bitsSet >>> 0) & bit) !== 0) a.jump(BPF_JMP_JSET_K, bit, 0, fail);", "if (((c.bitsSet >>> 0) & bit) !== 0) { a.jump(BPF_JMP_JSET_K, bit, 0, fail); break; }", "test/unit/seccomp.test.ts", "seccomp: bitsSet checks only its lowest bit"),
  ("src/seccomp/roles.ts", "when('tgkill', { arg: 0, in: [pid] }),", "...allow('tgkill'),", "test/unit/seccomp.test.ts", "seccomp: tgkill to any process allowed"),
+ ("src/api-server/schemas.ts", "    huge_pages: opt(Type.Union([Type.Literal('None'), Type.Literal('Transparent'), Type.Literal('2M')])),\n  },\n  strict,\n);", "    huge_pages: opt(Type.Union([Type.Literal('None'), Type.Literal('Transparent'), Type.Literal('2M')])),\n  },\n  {},\n);", "test/unit/api-props.test.ts", "api: machine-config accepts unknown fields"),
+ ("src/api-server/controller.ts", "if (next.vcpu_count > MAX_VCPUS) throw", "if (false) throw", "test/unit/api-props.test.ts", "api: vcpu_count above kindling's maximum accepted"),
+ ("src/api-server/controller.ts", "if (other !== id && d.body.is_root_device) throw", "if (other !== id && d.body.is_root_device && false) throw", "test/unit/api-props.test.ts", "api: a second root drive accepted"),
+ ("src/api-server/schemas.ts", "const field = shown(fieldOf(e.path));", "const field = fieldOf(e.path);", "test/unit/api-props.test.ts", "api: a hostile field name printed raw in the fault_message"),
 ]
 import sys
 sel = sys.argv[1:]
