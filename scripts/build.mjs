@@ -93,6 +93,9 @@ const BUNDLES = [
   ['dist/cli/cli.js', 'dist/cli/cli.bundle.js'],
   ['dist/vcpu-worker/worker.js', 'dist/vcpu-worker/worker.bundle.js'],
   ['dist/io-worker/worker.js', 'dist/io-worker/worker.bundle.js'],
+  // `kindling serve`'s API server with fastify and TypeBox inlined (CommonJS packages: their require()
+  // calls need a real require in the ES module).
+  ['dist/api-server/index.js', 'dist/api-server/index.bundle.js', { banner: { js: "import { createRequire as __kindlingRequire } from 'node:module'; const require = __kindlingRequire(import.meta.url);" } }],
 ];
 
 async function buildBundles() {
@@ -104,8 +107,9 @@ async function buildBundles() {
     for (const [, out] of BUNDLES) rmSync(join(root, out), { force: true });
     return;
   }
-  for (const [entry, out] of BUNDLES) {
+  for (const [entry, out, extra] of BUNDLES) {
     await esbuild.build({
+      ...extra,
       entryPoints: [join(root, entry)],
       outfile: join(root, out),
       bundle: true,

@@ -179,15 +179,11 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     return 0;
   }
   const startTimeUs = Math.round(performance.timeOrigin * 1000);
-  // Loaded through a computed URL so the CLI's start-up bundle does not pull fastify in.
-  const controllerUrl = new URL('../api-server/controller.js', import.meta.url).href;
-  const serverUrl = new URL('../api-server/server.js', import.meta.url).href;
-  const schemasUrl = new URL('../api-server/schemas.js', import.meta.url).href;
-  const [{ ApiController }, server, { ApiError }] = (await Promise.all([import(controllerUrl), import(serverUrl), import(schemasUrl)])) as [
-    typeof import('../api-server/controller.js'),
-    typeof import('../api-server/server.js'),
-    typeof import('../api-server/schemas.js'),
-  ];
+  // Loaded through a computed URL so the CLI's start-up bundle does not pull fastify in; its own
+  // start-up bundle when the build wrote one (src/main/bundle.ts).
+  const { freshBundle } = await import('../main/bundle.js');
+  const entry = freshBundle(new URL('../api-server/index.js', import.meta.url)).href;
+  const { ApiController, ApiError, ApiSocketError, serveApi } = (await import(entry)) as typeof import('../api-server/index.js');
   let exitWith: (code: number) => void = () => {};
   const done = new Promise<number>((r) => (exitWith = r));
   const controller = new ApiController({
@@ -198,7 +194,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     serialIn: process.stdin.isTTY ? undefined : process.stdin,
     onExit: (exit) => exitWith(exit.exitCode & 0xff),
   });
-  let api: Awaited<ReturnType<typeof server.serveApi>> | undefined;
+  let api: Awaited<ReturnType<typeof serveApi>> | undefined;
   const shutdown = async (): Promise<void> => {
     await controller.close();
     await api?.close();
@@ -212,7 +208,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
       controller.putLogger({ log_path: opts.logPath, level: opts.level, show_level: opts.showLevel, show_log_origin: opts.showLogOrigin, module: opts.module });
     }
     if (opts.metricsPath !== undefined) controller.setMetricsPath(opts.metricsPath);
-    if (opts.apiSock !== undefined) api = await server.serveApi(controller, opts.apiSock);
+    if (opts.apiSock !== undefined) api = await serveApi(controller, opts.apiSock);
     controller.log.log('Info', 'main', `Running kindling v${kindlingVersion()} (Firecracker-compatible API${opts.apiSock ? ` on ${opts.apiSock}` : ''})`);
     if (opts.configFile !== undefined) {
       await controller.applyConfigFile(readConfigFile(opts.configFile));
@@ -220,7 +216,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     }
   } catch (e) {
     await shutdown().catch(() => undefined);
-    if (e instanceof ServeUsageError || e instanceof server.ApiSocketError) return fail(e.message, 2);
+    if (e instanceof ServeUsageError || e instanceof ApiSocketError) return fail(e.message, 2);
     if (e instanceof ApiError) return fail(opts.configFile !== undefined && !e.message.startsWith('config file') ? `config file: ${e.message}` : e.message, e.user ? 2 : 1);
     return fail((e as Error).message ?? String(e), 1);
   }
