@@ -93,8 +93,8 @@ const BUNDLES = [
   ['dist/cli/cli.js', 'dist/cli/cli.bundle.js'],
   ['dist/vcpu-worker/worker.js', 'dist/vcpu-worker/worker.bundle.js'],
   ['dist/io-worker/worker.js', 'dist/io-worker/worker.bundle.js'],
-  // `kindling serve`'s API server with fastify and TypeBox inlined (CommonJS packages: their require()
-  // calls need a real require in the ES module).
+  // `kindling serve`'s API server with TypeBox inlined (a real require() in the module, for any
+  // CommonJS dependency it bundles).
   ['dist/api-server/index.js', 'dist/api-server/index.bundle.js', { banner: { js: "import { createRequire as __kindlingRequire } from 'node:module'; const require = __kindlingRequire(import.meta.url);" } }],
 ];
 
