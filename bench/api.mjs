@@ -5,7 +5,9 @@
 // Variants, strictly interleaved per round, each a fresh process spawned directly (node …):
 //   node      `node -e` that binds a Unix socket with node:net and nothing else (Node's own floor)
 //   node:http the same with an empty node:http server (what a framework-free API server would cost)
-//   kindling  `node bin/kindling.js --api-sock PATH` (fastify + the API's schemas and controller)
+//   fastify   the same with an empty fastify app (only when fastify is installed: it is not a
+//             dependency; `npm install --no-save fastify` to compare — kindling chose node:http)
+//   kindling  `node bin/kindling.js --api-sock PATH` (node:http + the API's schemas and controller)
 // Wall: from spawn() to the first successful connect() on the socket (the bench retries connect
 // every 0.2 ms). CPU: the process's on-CPU time at that moment, summed over all its threads from
 // /proc/PID/task/*/schedstat (nanoseconds), read right after the connect succeeded (the process is
@@ -19,7 +21,8 @@ import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { GUESTS, KINDLING, fmt, median } from './lib.mjs';
+import { createRequire } from 'node:module';
+import { GUESTS, KINDLING, ROOT, fmt, median } from './lib.mjs';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 15);
@@ -28,9 +31,17 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 const NODE_NET = `require('node:net').createServer().listen(process.argv[1])`;
 const NODE_HTTP = `require('node:http').createServer((q, s) => s.end()).listen(process.argv[1])`;
+const NODE_FASTIFY = `require('fastify')().listen({ path: process.argv[1] })`;
+let hasFastify = true;
+try {
+  createRequire(join(ROOT, 'package.json')).resolve('fastify');
+} catch {
+  hasFastify = false;
+}
 const variants = {
   node: (sock) => [process.execPath, ['-e', NODE_NET, sock]],
   'node:http': (sock) => [process.execPath, ['-e', NODE_HTTP, sock]],
+  ...(hasFastify ? { fastify: (sock) => [process.execPath, ['-e', NODE_FASTIFY, sock], { cwd: ROOT }] } : {}),
   kindling: (sock) => [process.execPath, [KINDLING, '--api-sock', sock]],
 };
 
@@ -60,9 +71,9 @@ function tryConnect(sock) {
 let n = 0;
 async function once(name) {
   const sock = join(dir, `b${++n}.sock`);
-  const [cmd, args] = variants[name](sock);
+  const [cmd, args, opts] = variants[name](sock);
   const t0 = performance.now();
-  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'inherit'], ...opts });
   const exited = new Promise((r) => child.once('exit', r));
   for (;;) {
     if (existsSync(sock) && (await tryConnect(sock))) break;
@@ -123,7 +134,8 @@ for (const [name, { wall, cpu }] of Object.entries(results)) {
 }
 const k = results.kindling;
 const h = results['node:http'];
-console.log(`kindling − node:http: ${fmt(median(k.wall) - median(h.wall))} wall ms, ${fmt(median(k.cpu) - median(h.cpu))} CPU ms (fastify, schemas, controller)`);
+console.log(`kindling − node:http: ${fmt(median(k.wall) - median(h.wall))} wall ms, ${fmt(median(k.cpu) - median(h.cpu))} CPU ms (the CLI, schemas, controller)`);
+if (!hasFastify) console.log('fastify: not installed (not a dependency); `npm install --no-save fastify` adds its row');
 if (existsSync('/dev/kvm') && existsSync(join(GUESTS, 'hello.elf'))) {
   const boots = [];
   for (let r = 0; r < ROUNDS; r++) boots.push(await bootOnce());
