@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // Build steps run by `npm install` (addon, then ts + guests) and by `npm test` (ts + guests).
+// guests also builds the tools that ship with them (the exec agent, kindling-jail-exec).
 // Usage: node scripts/build.mjs [addon] [ts] [guests] [test-tools]
 //   test-tools: installs the Debian packages the tests need when missing (user-mode-linux, qemu-utils,
 //   qemu-system-common, e2fsprogs; as root with apt: scripts/test-tools.mjs), and puts iasl (Debian's
@@ -126,6 +127,18 @@ async function buildBundles() {
 function buildGuests() {
   run('make', ['-s', '-C', join(root, 'test', 'guests'), `OUT=${join(root, 'build', 'guests')}`]);
   buildAgent();
+  buildJailExec();
+}
+
+// `kindling jail`'s namespace/pivot_root/credential step (native/jail/kindling-jail-exec.c →
+// build/tools/kindling-jail-exec): a separate program because a multi-threaded Node process cannot
+// unshare its mount namespace or change every thread's credentials.
+function buildJailExec() {
+  const src = join(root, 'native', 'jail', 'kindling-jail-exec.c');
+  const out = join(root, 'build', 'tools', 'kindling-jail-exec');
+  if (existsSync(out) && statSync(out).mtimeMs >= statSync(src).mtimeMs) return;
+  mkdirSync(dirname(out), { recursive: true });
+  run('gcc', ['-O2', '-Wall', '-Wextra', '-o', out, src]);
 }
 
 // The exec agent for the default guest's initramfs (guest/agent/agent.c → build/guests/kindling-agent),

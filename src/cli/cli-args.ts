@@ -3,12 +3,15 @@
 import { parseArgs } from 'node:util';
 import { cliConfigMessage } from './flag-names.js';
 import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
+import { JailUsageError, parseJailArgs, type JailCommand } from '../jail/jail.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from '../main/config.js';
 
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
                [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--seccomp MODE] [--force] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
+  kindling jail --id ID --uid UID --gid GID [options] -- run|vhost-user ARGS...
+                            run kindling confined (see kindling jail --help, docs/security.md)
   kindling --help | --version
 
 run:
@@ -60,6 +63,8 @@ export type Command =
   | { kind: 'version' }
   | { kind: 'guest' }
   | VhostUserParse
+  | JailCommand
+  | { kind: 'jail-help' }
   | {
       kind: 'run';
       /** The VM config; `kernel` is '' when the default guest is to be used. */
@@ -105,6 +110,14 @@ export function parseCommandLine(argv: readonly string[]): Command {
   }
   if (cmd === 'run') return parseRun(rest);
   if (cmd === 'vhost-user') return parseVhostUserArgs(rest);
+  if (cmd === 'jail') {
+    try {
+      return parseJailArgs(rest);
+    } catch (e) {
+      if (e instanceof JailUsageError) throw new UsageError(e.message);
+      throw e;
+    }
+  }
   throw new UsageError(`unknown command ${quoted(cmd)}`);
 }
 

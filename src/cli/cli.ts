@@ -62,6 +62,17 @@ async function dispatch(cmd: Command): Promise<void> {
       process.stdout.write(VHOST_USER_USAGE + '\n');
       return;
     }
+    case 'jail-help': {
+      const { JAIL_USAGE } = await import('../jail/jail.js');
+      process.stdout.write(JAIL_USAGE + '\n');
+      return;
+    }
+    case 'jail': {
+      const { runJail } = await import('../jail/jail.js');
+      // A stop signal is passed on to the jailed kindling (which stops its VM); the jail is then removed.
+      const code = await runJail(cmd, (forward) => signals.setStopper(forward && (async () => forward('SIGTERM'))));
+      process.exit(signals.exitCode ?? code);
+    }
     case 'vhost-user': {
       const { runVhostUser } = await import('./vhost-user.js');
       // A stop signal ends the serving loop (socket removed, image released), then exits 128+N.
