@@ -192,7 +192,8 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     startTimeUs,
     startCpuUs: process.cpuUsage().user + process.cpuUsage().system,
     serialIn: process.stdin.isTTY ? undefined : process.stdin,
-    onExit: (exit) => exitWith(exit.exitCode & 0xff),
+    // After a signal the VM's end is the signal's doing: 128+N, as `kindling run`.
+    onExit: (exit) => exitWith(signals?.exitCode ?? exit.exitCode & 0xff),
   });
   let api: Awaited<ReturnType<typeof serveApi>> | undefined;
   const shutdown = async (): Promise<void> => {
