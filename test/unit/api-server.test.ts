@@ -425,4 +425,22 @@ describe('runtime rules (stand-in VM)', () => {
     expect(m[1].block_rootfs).toMatchObject({ read_count: 2, read_bytes: 1024, write_count: 0, flush_count: 1 });
     expect(m[1].block).toMatchObject({ read_count: 2, flush_count: 1 });
   });
+
+  it('metrics are flushed periodically while the VM runs (period shortened from 60 s), each line a JSON object', async () => {
+    const periodic = join(dir, 'periodic.metrics');
+    let fake: FakeVm | undefined;
+    await withServer({ createVm: async (cfg) => (fake = new FakeVm(cfg)), metricsPeriodMs: 40 }, async (sock) => {
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      await api(sock, 'PUT', '/metrics', { metrics_path: periodic });
+      await new Promise((r) => setTimeout(r, 150));
+      expect(existsSync(periodic) ? readFileSync(periodic, 'utf8') : '').toBe(''); // nothing before InstanceStart
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+      await new Promise((r) => setTimeout(r, 300));
+      fake!.end({ reason: 'poweroff', exitCode: 0 });
+      await new Promise((r) => setTimeout(r, 20));
+    });
+    const lines = readFileSync(periodic, 'utf8').trimEnd().split('\n');
+    expect(lines.length).toBeGreaterThanOrEqual(3);
+    for (const l of lines) expect(Object.keys(JSON.parse(l) as object)).toEqual(expect.arrayContaining(['utc_timestamp_ms', 'api_server', 'block', 'logger', 'put_api_requests']));
+  });
 });
