@@ -64,11 +64,13 @@ export interface ControllerOptions {
   serialIn?: NodeJS.ReadableStream;
   /** Called once the started VM has ended (serve exits with the VM's status). */
   onExit?: (exit: VMExit) => void;
-  /** Process start, for the metrics' api_server.process_startup_time_us (µs since the epoch). */
+  /** The metrics' api_server.process_startup_time_us / _cpu_us until serve sets them (metrics.setStartup). */
   startTimeUs?: number;
   startCpuUs?: number;
   /** Metrics flush period (Firecracker: 60 s). */
   metricsPeriodMs?: number;
+  /** VMConfig.seccomp for the VM's threads (--no-seccomp: 'off'; default kindling's 'strict'). */
+  seccomp?: VMConfig['seccomp'];
   /** Log lines before PUT /logger (default: stderr). */
   logFallback?: (line: string) => void;
 }
@@ -399,6 +401,7 @@ export class ApiController {
       disks: ordered.map((d) => ({ path: d.body.path_on_host!, readOnly: d.body.is_read_only ?? false })),
       rng: this.entropy !== undefined,
       console: 'serial',
+      ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),
       ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),
     };
   }

@@ -63,6 +63,12 @@ export class MetricsRecorder {
     this.sink = sink;
   }
 
+  /** api_server.process_startup_time_us / _cpu_us: process start → API ready (wall, CPU), set once ready. */
+  setStartup(wallUs: number, cpuUs: number): void {
+    this.opts.startTimeUs = Math.max(0, Math.round(wallUs));
+    this.opts.startCpuUs = Math.max(0, Math.round(cpuUs));
+  }
+
   count(group: 'get_api_requests' | 'put_api_requests' | 'patch_api_requests', name: string): void {
     const g = this.groups[group];
     g[name] = (g[name] ?? 0) + 1;

@@ -28,10 +28,13 @@ export const SERVE_USAGE = `usage:
   --log-path PATH     log file or named pipe (as PUT /logger)
   --show-level, --show-log-origin   add the level / origin to each log line
   --metrics-path PATH metrics file or named pipe (as PUT /metrics)
+  --no-seccomp        the VM's worker threads run without kindling's syscall filter
+  --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N   (from Firecracker's jailer) the
+                      process start for the metrics' api_server.process_startup_time_us
 the guest's serial console goes to stdout unless PUT /serial names a file.`;
 
 /** Flags only Firecracker's command line has: an argv starting with one of them is `serve`. */
-const FIRECRACKER_FLAGS = ['--api-sock', '--config-file', '--no-api', '--id', '--level', '--boot-timer', '--log-path', '--metrics-path', '--show-level', '--show-log-origin', '--module', '--no-seccomp'];
+const FIRECRACKER_FLAGS = ['--api-sock', '--config-file', '--no-api', '--id', '--level', '--boot-timer', '--log-path', '--metrics-path', '--show-level', '--show-log-origin', '--module', '--no-seccomp', '--start-time-us', '--start-time-cpu-us', '--parent-cpu-time-us'];
 
 export function isServeArgv(argv: readonly string[]): boolean {
   const first = argv[0];
@@ -58,6 +61,11 @@ export interface ServeOptions {
   showLogOrigin: boolean;
   module?: string;
   metricsPath?: string;
+  /** --no-seccomp: the VM's worker threads run unfiltered (VMConfig.seccomp 'off'). */
+  noSeccomp: boolean;
+  /** From Firecracker's jailer: when it started this process (µs since the epoch) and its own CPU µs. */
+  startTimeUs?: number;
+  startCpuUs?: number;
 }
 
 export const DEFAULT_FC_SOCKET = '/run/firecracker.socket';
@@ -84,6 +92,10 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions | 'help' {
         module: { type: 'string' },
         'metrics-path': { type: 'string' },
         'boot-timer': { type: 'boolean' },
+        'no-seccomp': { type: 'boolean' },
+        'start-time-us': { type: 'string' },
+        'start-time-cpu-us': { type: 'string' },
+        'parent-cpu-time-us': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -101,6 +113,15 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions | 'help' {
     const p = v[k];
     if (p !== undefined && (p === '' || p.includes('\0'))) throw new ServeUsageError(`--${k}: must be a non-empty path`);
   }
+  const micros = (k: 'start-time-us' | 'start-time-cpu-us' | 'parent-cpu-time-us'): number | undefined => {
+    const t = v[k];
+    if (t === undefined) return undefined;
+    if (!/^\d{1,16}$/.test(t)) throw new ServeUsageError(`--${k}: must be a whole number of microseconds`);
+    return Number(t);
+  };
+  const startTimeUs = micros('start-time-us');
+  micros('start-time-cpu-us'); // checked; see startCpuUs below
+  const parentCpuUs = micros('parent-cpu-time-us');
   let apiSock = v['api-sock'];
   if (apiSock === undefined && !v['no-api']) {
     if (sub) throw new ServeUsageError('serve: --api-sock PATH is required');
@@ -117,6 +138,11 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions | 'help' {
     showLogOrigin: v['show-log-origin'] ?? false,
     module: v.module,
     metricsPath: v['metrics-path'],
+    noSeccomp: v['no-seccomp'] ?? false,
+    startTimeUs,
+    // This process's CPU time already counts what it spent before exec (getrusage is per process,
+    // across exec), so --start-time-cpu-us is only checked; the jailer's own time is added.
+    startCpuUs: parentCpuUs,
   };
 }
 
@@ -178,7 +204,8 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     process.stdout.write(SERVE_USAGE + '\n');
     return 0;
   }
-  const startTimeUs = Math.round(performance.timeOrigin * 1000);
+  // Process start (the jailer's --start-time-us when given, else this process's time origin).
+  const startTimeUs = opts.startTimeUs ?? Math.round(performance.timeOrigin * 1000);
   // Loaded through a computed URL so the CLI's start-up bundle does not pull fastify in; its own
   // start-up bundle when the build wrote one (src/main/bundle.ts).
   const { freshBundle } = await import('../main/bundle.js');
@@ -189,8 +216,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
   const controller = new ApiController({
     id: opts.id,
     vmmVersion: kindlingVersion(),
-    startTimeUs,
-    startCpuUs: process.cpuUsage().user + process.cpuUsage().system,
+    ...(opts.noSeccomp ? { seccomp: 'off' as const } : {}),
     serialIn: process.stdin.isTTY ? undefined : process.stdin,
     // After a signal the VM's end is the signal's doing: 128+N, as `kindling run`.
     onExit: (exit) => exitWith(signals?.exitCode ?? exit.exitCode & 0xff),
@@ -210,6 +236,9 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     }
     if (opts.metricsPath !== undefined) controller.setMetricsPath(opts.metricsPath);
     if (opts.apiSock !== undefined) api = await serveApi(controller, opts.apiSock);
+    // Firecracker's api_server metrics: process start → API ready, wall and CPU (µs).
+    const cpu = process.cpuUsage();
+    controller.metrics.setStartup(performance.timeOrigin * 1000 + performance.now() * 1000 - startTimeUs, cpu.user + cpu.system + (opts.startCpuUs ?? 0));
     controller.log.log('Info', 'main', `Running kindling v${kindlingVersion()} (Firecracker-compatible API${opts.apiSock ? ` on ${opts.apiSock}` : ''})`);
     if (opts.configFile !== undefined) {
       await controller.applyConfigFile(readConfigFile(opts.configFile));
