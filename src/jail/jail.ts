@@ -156,6 +156,10 @@ export function parseJailArgs(args: readonly string[]): JailCommand | { kind: 'j
   if (o.id === undefined) throw new JailUsageError('jail needs --id ID');
   if (o.uid === undefined || o.gid === undefined) throw new JailUsageError('jail needs --uid UID and --gid GID (not 0)');
   if (inner[0] !== 'run' && inner[0] !== 'vhost-user') throw new JailUsageError('jail needs the command to run after --: run ARGS... or vhost-user ARGS...');
+  const innerOwn = inner.indexOf('--') >= 0 ? inner.slice(0, inner.indexOf('--')) : inner;
+  if (inner[0] === 'run' && !innerOwn.some((w) => w === '--kernel' || w.startsWith('--kernel='))) {
+    throw new JailUsageError('jail -- run needs --kernel (the default guest is not built inside a jail: build it with `kindling guest` and pass its kernel and initrd)');
+  }
   return {
     kind: 'jail',
     id: o.id,

@@ -38,6 +38,7 @@ describe('jail arguments', () => {
     [['--id', 'a', '--gid', '1', '--', 'run'], /needs --uid UID and --gid GID/],
     [['--id', 'a', '--uid', '1', '--gid', '1'], /needs the command to run after --/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--', 'guest'], /run ARGS\.\.\. or vhost-user/],
+    [['--id', 'a', '--uid', '1', '--gid', '1', '--', 'run', '--mem', '64'], /jail -- run needs --kernel/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--cgroup', 'memory', '--', 'run'], /--cgroup must be FILE=VALUE/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--cgroup', '../x=1', '--', 'run'], /--cgroup must be FILE=VALUE/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--resource-limit', 'cpu=1', '--', 'run'], /--resource-limit must be/],
