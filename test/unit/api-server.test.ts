@@ -80,6 +80,27 @@ describe('getting started (curl sequence)', () => {
     });
   });
 
+  it('a config the VM refuses at InstanceStart is a 400 naming the API field (disk size, vsock socket that exists)', async () => {
+    const odd = join(dir, 'odd.img');
+    writeFileSync(odd, Buffer.alloc(1000));
+    const taken = join(dir, 'taken.sock');
+    writeFileSync(taken, '');
+    const c = new ApiController({ vmmVersion: 'x', logFallback: () => {} });
+    const put = (path: string, body: unknown) => c.handle('PUT', path, body);
+    expect((await put('/boot-source', { kernel_image_path: kernel })).status).toBe(204);
+    expect((await put('/drives/data', { drive_id: 'data', path_on_host: data, is_root_device: false })).status).toBe(204);
+    expect((await put('/drives/odd', { drive_id: 'odd', path_on_host: odd, is_root_device: true })).status).toBe(204);
+    const r = await put('/actions', { action_type: 'InstanceStart' });
+    expect(r.status).toBe(400);
+    expect((r.body as { fault_message: string }).fault_message).toMatch(/^InstanceStart: drives\/odd: path_on_host: disk image size 1000 bytes is not a multiple of 512: /);
+    expect((await put('/drives/odd', { drive_id: 'odd', path_on_host: rootfs, is_root_device: true })).status).toBe(204);
+    expect((await put('/vsock', { guest_cid: 3, uds_path: taken })).status).toBe(204);
+    const v = await put('/actions', { action_type: 'InstanceStart' });
+    expect((v.body as { fault_message: string }).fault_message).toMatch(/^InstanceStart: vsock: uds_path: /);
+    expect((await c.handle('GET', '/', undefined)).body).toMatchObject({ state: 'Not started' });
+    await c.close();
+  });
+
   it('maps the configuration onto VMConfig: root drive first with root= and ro/rw, Firecracker defaults, entropy → rng', () => {
     const c = new ApiController({ vmmVersion: 'x', logFallback: () => {} });
     const put = (path: string, body: unknown) => c.handle('PUT', path, body);
