@@ -81,6 +81,7 @@ muts = [
  ("src/api-server/schemas.ts", "    huge_pages: opt(Type.Union([Type.Literal('None'), Type.Literal('Transparent'), Type.Literal('2M')])),\n  },\n  strict,\n);", "    huge_pages: opt(Type.Union([Type.Literal('None'), Type.Literal('Transparent'), Type.Literal('2M')])),\n  },\n  {},\n);", "test/unit/api-props.test.ts", "api: machine-config accepts unknown fields"),
  ("src/api-server/controller.ts", "if (next.vcpu_count > MAX_VCPUS) throw", "if (false) throw", "test/unit/api-props.test.ts", "api: vcpu_count above kindling's maximum accepted"),
  ("src/api-server/controller.ts", "if (other !== id && d.body.is_root_device) throw", "if (other !== id && d.body.is_root_device && false) throw", "test/unit/api-props.test.ts", "api: a second root drive accepted"),
+ ("src/vcpu-worker/buses.ts", "{ reset: () => env.end('reboot', 0), irq: () => addon.eventfdWrite(state.kbdIrqFd, 1n) }", "{ reset: () => env.end('reboot', 0) }", "test/unit/api-i8042-irq.test.ts", "i8042: the vCPU side's keyboard IRQ not wired"),
  ("src/api-server/schemas.ts", "const field = shown(fieldOf(e.path));", "const field = fieldOf(e.path);", "test/unit/api-props.test.ts", "api: a hostile field name printed raw in the fault_message"),
 ]
 import sys
