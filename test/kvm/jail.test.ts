@@ -5,7 +5,7 @@
 // and root.
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { chownSync, existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { lazyTempDir } from '../fuzz/tmp.js';
@@ -27,6 +27,17 @@ describe.skipIf(!kvm || !isRoot)('kindling jail -- run (KVM)', () => {
     expect(r.stdout, r.stderr).toContain('hello from guest');
     expect(r.status).toBe(7);
     expect(existsSync(join(base, 'kindling', 'hello'))).toBe(false);
+  });
+
+  it('without root: kindling run as an unprivileged user whose only access is /dev/kvm\'s group (no capabilities)', () => {
+    const kvmGid = statSync('/dev/kvm').gid;
+    const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', `--groups`, String(kvmGid), '--inh-caps=-all', process.execPath, KINDLING, 'run', '--kernel', guest('hello.elf'), '--cmdline', 'exit=5'], { encoding: 'utf8', timeout: 60_000 });
+    if ((statSync('/dev/kvm').mode & 0o060) !== 0o060) {
+      expect(r.status).not.toBe(5); // /dev/kvm is not group read-write here: the kvm-group path cannot work
+      return;
+    }
+    expect(r.stdout, r.stderr).toContain('hello from guest');
+    expect(r.status).toBe(5);
   });
 
   it('blk.elf writes the bind-mounted image; a ,ro image is unchanged; the VM threads are confined', async () => {
