@@ -444,18 +444,20 @@ export class ApiController {
       if (e instanceof ConfigError) throw new ApiError(`InstanceStart: ${this.apiField(e.option)}: ${e.message}`);
       throw new ApiError(`InstanceStart: ${shown((e as Error).message)}`, 400, false);
     }
+    // COM1 → the serial file (written whole or dropped, never blocking) or stdout through a pipe,
+    // whose back-pressure reaches the guest (vm.serial stops draining, the guest's writes block).
     const out = this.serialSink;
-    const onData = (b: Buffer): void => {
-      if (out) out.write(b);
-      else (this.opts.serialOut ?? process.stdout).write(b);
-    };
-    vm.serial.on('data', onData);
+    const stdout = this.opts.serialOut ?? process.stdout;
+    const onData = (b: Buffer): void => void out!.write(b);
+    if (out) vm.serial.on('data', onData);
+    else vm.serial.pipe(stdout, { end: false });
     if (this.opts.serialIn) this.opts.serialIn.pipe(vm.serial, { end: false });
     try {
       await vm.start();
     } catch (e) {
       this.starting = false;
-      vm.serial.off('data', onData);
+      if (out) vm.serial.off('data', onData);
+      else vm.serial.unpipe(stdout);
       if (this.opts.serialIn) this.opts.serialIn.unpipe(vm.serial);
       const msg = (e as Error).message ?? String(e);
       this.log.log('Error', 'vmm', `InstanceStart failed: ${msg}`);

@@ -464,4 +464,23 @@ describe('runtime rules (stand-in VM)', () => {
     expect(lines.length).toBeGreaterThanOrEqual(3);
     for (const l of lines) expect(Object.keys(JSON.parse(l) as object)).toEqual(expect.arrayContaining(['utc_timestamp_ms', 'api_server', 'block', 'logger', 'put_api_requests']));
   });
+
+  it('PUT /serial: COM1 output goes to the named file instead of stdout', async () => {
+    const serialFile = join(dir, 'serial.out');
+    const stdout = new (await import('node:stream')).PassThrough();
+    let onStdout = '';
+    stdout.on('data', (b: Buffer) => (onStdout += b.toString()));
+    let fake: FakeVm | undefined;
+    await withServer({ createVm: async (cfg) => (fake = new FakeVm(cfg)), serialOut: stdout }, async (sock) => {
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      expect(fault(await api(sock, 'PUT', '/serial', { serial_out_path: dir }))).toMatch(/serial: serial_out_path: .* is not a regular file or a named pipe/);
+      expect((await api(sock, 'PUT', '/serial', { serial_out_path: serialFile })).status).toBe(204);
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+      fake!.serial.push(Buffer.from('boot line 1\nboot line 2\n'));
+      await new Promise((r) => setTimeout(r, 20));
+      expect(((await api(sock, 'GET', '/vm/config')).json as { serial: unknown }).serial).toEqual({ serial_out_path: serialFile });
+    });
+    expect(readFileSync(serialFile, 'utf8')).toBe('boot line 1\nboot line 2\n');
+    expect(onStdout).toBe('');
+  });
 });
