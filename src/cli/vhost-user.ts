@@ -84,6 +84,7 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
   const { loadAddon } = await import('../kvm/addon.js');
   const { virtioDeviceType } = await import('../devices/virtio/registry.js');
   const { VhostUserDevice, acceptLoop } = await import('../vhost-user/server.js');
+  const { installSeccomp } = await import('../seccomp/install.js');
   const addon = loadAddon();
   const log = (level: 'info' | 'warn' | 'error', msg: string): void => {
     if (level !== 'info' || process.env.KINDLING_VHOST_USER_VERBOSE) process.stderr.write(`kindling: ${msg}\n`);
@@ -125,7 +126,8 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
     }
     process.stderr.write(`kindling: vhost-user ${cmd.device.kind} listening on ${cmd.socket}\n`);
     // Everything the process opens is open: from here every thread makes only serving's syscalls.
-    const { installSeccomp } = await import('../seccomp/install.js');
+    // Installed in the same synchronous stretch that set up the accept watcher, so no frontend
+    // message is handled before the filter is on.
     installSeccomp(addon, { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: socketDir }, cmd.seccomp);
     await loop.done;
     if (onStopper) onStopper(undefined);

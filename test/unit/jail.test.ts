@@ -150,6 +150,8 @@ async function jailRng(base: string, id: string, jailFlags: string[]): Promise<J
   });
   live.push(p);
   expect(pid, 'the jailed process').toBeDefined();
+  // The socket exists from listen(); the filter is installed a moment later, once serving is set up.
+  for (let i = 0; i < 200 && !/^Seccomp:\s+2$/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')); i++) await new Promise((r) => setTimeout(r, 25));
   return { jailPid: p.pid!, pid: pid!, root, stderr: () => err, exited };
 }
 
