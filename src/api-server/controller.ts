@@ -44,6 +44,8 @@ export interface ControlledVm {
   resume(): void;
   sendCtrlAltDel(): boolean;
   blockStats(): BlockStats[];
+  on(event: 'warning', listener: (line: string) => void): unknown;
+  on(event: 'device-error', listener: (e: { device: string; error: unknown }) => void): unknown;
 }
 
 export type VmFactory = (config: VMConfig) => Promise<ControlledVm>;
@@ -452,6 +454,9 @@ export class ApiController {
     if (out) vm.serial.on('data', onData);
     else vm.serial.pipe(stdout, { end: false });
     if (this.opts.serialIn) this.opts.serialIn.pipe(vm.serial, { end: false });
+    // The VM's host warnings (KVM-PVM) and device failures become log lines (else stderr, as before PUT /logger).
+    vm.on('warning', (line) => this.log.log('Warning', 'vmm', line));
+    vm.on('device-error', ({ device, error }) => this.log.log('Error', 'vmm', `device ${device} failed: ${(error as Error)?.message ?? String(error)}`));
     try {
       await vm.start();
     } catch (e) {

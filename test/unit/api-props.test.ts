@@ -204,4 +204,35 @@ describe('API properties', () => {
     await s.close();
     await c.close();
   });
+
+  it('raw bytes on the socket (garbage, broken request lines, huge headers, truncated requests): the server answers or closes, and keeps serving', async () => {
+    const c = new ApiController({ vmmVersion: 'p', logFallback: () => {} });
+    const sock = join(dir, 'raw.sock');
+    const s = await serveApi(c, sock);
+    const { connect } = await import('node:net');
+    const line = fc.oneof(
+      fc.uint8Array({ maxLength: 300 }).map((b) => Buffer.from(b)),
+      fc.constantFrom('GET / HTTP/1.1\r\n\r\n', 'PUT /actions HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n', 'PUT /vm HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n', 'GET / HTTP/9.9\r\n\r\n', 'PATCH /machine-config HTTP/1.1\r\nContent-Length: 5\r\n\r\n{"a"', '\r\n\r\n\r\n').map((t) => Buffer.from(t)),
+      fc.nat(20000).map((n) => Buffer.from(`GET / HTTP/1.1\r\nX-Big: ${'a'.repeat(n)}\r\n\r\n`)),
+    );
+    await fc.assert(
+      fc.asyncProperty(fc.array(line, { minLength: 1, maxLength: 4 }), async (parts) => {
+        const conn = connect(sock);
+        conn.on('error', () => {});
+        await new Promise<void>((r) => conn.once('connect', () => r()));
+        let reply = '';
+        conn.on('data', (b: Buffer) => (reply += b.toString('latin1')));
+        for (const p of parts) conn.write(p);
+        await new Promise((r) => setTimeout(r, 5));
+        conn.destroy();
+        // Whatever came back is HTTP/1.1 status lines only (no crash text, no 5xx).
+        for (const m of reply.matchAll(/HTTP\/1\.1 (\d{3})/g)) expect(Number(m[1])).toBeLessThan(500);
+        const ok = await api(sock, 'GET', '/');
+        expect(ok.status).toBe(200);
+      }),
+      { numRuns: runs(60) },
+    );
+    await s.close();
+    await c.close();
+  });
 });

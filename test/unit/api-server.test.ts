@@ -483,4 +483,20 @@ describe('runtime rules (stand-in VM)', () => {
     expect(readFileSync(serialFile, 'utf8')).toBe('boot line 1\nboot line 2\n');
     expect(onStdout).toBe('');
   });
+
+  it("the VM's host warnings and device failures become log lines", async () => {
+    const logFile = join(dir, 'vm-events.log');
+    let fake: FakeVm | undefined;
+    await withServer({ createVm: async (cfg) => (fake = new FakeVm(cfg)) }, async (sock) => {
+      await api(sock, 'PUT', '/logger', { log_path: logFile, level: 'Warning', show_level: true, show_log_origin: true });
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+      fake!.emit('warning', 'kindling: warning: /dev/kvm is KVM-PVM');
+      fake!.emit('device-error', { device: 'blk0', error: new Error('worker exited') });
+    });
+    const lines = readFileSync(logFile, 'utf8').trimEnd().split('\n');
+    expect(lines.some((l) => l.endsWith('[anonymous-instance:main:WARN:vmm] kindling: warning: /dev/kvm is KVM-PVM'))).toBe(true);
+    expect(lines.some((l) => l.endsWith('[anonymous-instance:main:ERROR:vmm] device blk0 failed: worker exited'))).toBe(true);
+    expect(lines.some((l) => l.includes(':INFO:'))).toBe(false); // level Warning: no Info lines
+  });
 });
