@@ -127,14 +127,20 @@ export class AddressBus {
   }
 
   /**
-   * Guest read of `size` bytes at `address` (unsigned result). Size 8 (MMIO only) is split into two
-   * 4-byte accesses and combined into a number, exact below 2^53; use readInto for exact 64-bit data.
+   * Guest read of `size` bytes at `address` (unsigned, never wider than `size` bytes whatever the
+   * device returned). Size 8 (MMIO only) is split into two 4-byte accesses and combined into a
+   * number, exact below 2^53; use readInto for exact 64-bit data.
    */
   read(address: number, size: BusAccessSize): number {
     if (size === 8) return this.read(address, 4) + this.read(address + 4, 4) * 2 ** 32;
     const e = this.find(address);
     if (e !== undefined) {
-      if (address + size <= e.end) return e.device.read(address - e.base, size) >>> 0;
+      if (address + size <= e.end) {
+        // Only `size` bytes of what the device returns reach the guest: bits above them would
+        // otherwise land in the neighbouring bytes when this read is one byte of a split access.
+        const v = e.device.read(address - e.base, size);
+        return size === 4 ? v >>> 0 : v & (size === 2 ? 0xffff : 0xff);
+      }
     } else if (this.noneInside(address, size)) {
       this.unknown('read', address);
       return allOnes(size);

@@ -1,10 +1,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MmioBus, PioBus, allOnes, type AccessSize, type ByteDevice, type PioDevice } from '../../src/devices/bus.js';
+import { MmioBus, PioBus, allOnes, type AccessSize, type BusAccessSize, type ByteDevice, type PioDevice } from '../../src/devices/bus.js';
 import { DebugExit, DEBUG_EXIT_PORT } from '../../src/devices/legacy/debug-exit.js';
 import { PostCode, POST_PORT } from '../../src/devices/legacy/post.js';
 import { Serial16550 } from '../../src/devices/legacy/serial.js';
 import { runs } from '../fuzz/budget.js';
+import { expectSameBytes } from '../fuzz/bytes.js';
 
 /** A byte-wide register file that records accesses. */
 class Regs implements ByteDevice {
@@ -208,5 +209,261 @@ describe('debug-exit and POST ports', () => {
     expect(other.read(0, 4)).toBe(0xcafef00d);
     expect(other.read(0, 2)).toBe(0xf00d);
     expect(seen).toEqual([0xab]);
+  });
+});
+
+// ---- the buses against a model -----------------------------------------------------------------
+//
+// The model is a list of ranges searched linearly, each backed by a byte array, and a statement of
+// how the bus splits an access (src/devices/bus.ts): 8 bytes → two 4-byte accesses, low half first;
+// an access wholly inside one range → one device access; an access wholly outside every range
+// (starting in no range, and no range starting inside it) → unknown (all-ones on read, dropped on
+// write, reported once per start address); anything else → one byte access per byte. readInto and
+// writeFrom split a `len`-byte access the same way for len 1/2/4/8 and into bytes for other lengths.
+
+/** A wide device over a byte array that logs every access and checks it stays inside its range. */
+class MemDevice implements PioDevice {
+  constructor(
+    readonly name: string,
+    readonly mem: Uint8Array,
+    readonly log: string[],
+    /** Garbage the device leaves above the access size in what it returns (the bus must mask it). */
+    readonly junk: number,
+  ) {}
+  private check(offset: number, size: AccessSize): void {
+    if (!(size === 1 || size === 2 || size === 4) || !Number.isInteger(offset) || offset < 0 || offset + size > this.mem.length) {
+      throw new Error(`${this.name}: access ${offset}/${size} outside its ${this.mem.length} bytes`);
+    }
+  }
+  read(offset: number, size: AccessSize): number {
+    this.check(offset, size);
+    this.log.push(`${this.name} r${offset}/${size}`);
+    let v = 0;
+    for (let i = 0; i < size; i++) v += this.mem[offset + i] * 2 ** (8 * i);
+    return size === 4 ? v : v + this.junk * 2 ** (8 * size);
+  }
+  write(offset: number, size: AccessSize, value: number): void {
+    this.check(offset, size);
+    if (!Number.isInteger(value) || value < 0 || value >= 2 ** (8 * size)) throw new Error(`${this.name}: value ${value} wider than ${size} bytes`);
+    this.log.push(`${this.name} w${offset}/${size}=${value}`);
+    for (let i = 0; i < size; i++) this.mem[offset + i] = Math.floor(value / 2 ** (8 * i)) & 0xff;
+  }
+}
+
+interface ModelRange {
+  base: number;
+  len: number;
+  name: string;
+  mem: Uint8Array;
+}
+
+type Piece = { r: ModelRange; addr: number; size: AccessSize } | { r: undefined; addr: number; size: AccessSize };
+
+class BusModel {
+  readonly ranges: ModelRange[] = [];
+  readonly log: string[] = [];
+  readonly reported: Array<[string, number]> = [];
+  private readonly seen = new Set<number>();
+  constructor(readonly limit: number) {}
+
+  /** Whether the bus must accept [base, base+len). */
+  accepts(base: number, len: number): 'ok' | 'range' | 'overlap' {
+    if (len <= 0 || base < 0 || base + len > this.limit) return 'range';
+    return this.ranges.some((r) => base < r.base + r.len && r.base < base + len) ? 'overlap' : 'ok';
+  }
+  owner(a: number): ModelRange | undefined {
+    return this.ranges.find((r) => a >= r.base && a < r.base + r.len);
+  }
+  split(addr: number, size: BusAccessSize): Piece[] {
+    if (size === 8) return [...this.split(addr, 4), ...this.split(addr + 4, 4)];
+    const r = this.owner(addr);
+    if (r !== undefined && addr + size <= r.base + r.len) return [{ r, addr, size }];
+    if (r === undefined && !this.ranges.some((x) => x.base > addr && x.base < addr + size)) return [{ r: undefined, addr, size }];
+    const out: Piece[] = [];
+    for (let i = 0; i < size; i++) out.push(...this.split(addr + i, 1));
+    return out;
+  }
+  splitLen(addr: number, len: number): Piece[] {
+    if (len === 1 || len === 2 || len === 4 || len === 8) return this.split(addr, len);
+    const out: Piece[] = [];
+    for (let i = 0; i < len; i++) out.push(...this.split(addr + i, 1));
+    return out;
+  }
+  private unknown(kind: string, addr: number): void {
+    if (this.seen.has(addr) || this.seen.size >= 4096) return;
+    this.seen.add(addr);
+    this.reported.push([kind, addr]);
+  }
+  /** The bytes a read of the pieces returns, little-endian, logging the device accesses. */
+  readPieces(pieces: Piece[]): number[] {
+    const bytes: number[] = [];
+    for (const p of pieces) {
+      if (p.r === undefined) {
+        this.unknown('read', p.addr);
+        for (let i = 0; i < p.size; i++) bytes.push(0xff);
+      } else {
+        this.log.push(`${p.r.name} r${p.addr - p.r.base}/${p.size}`);
+        for (let i = 0; i < p.size; i++) bytes.push(p.r.mem[p.addr - p.r.base + i]);
+      }
+    }
+    return bytes;
+  }
+  /** Write `bytes` (little-endian) through the pieces. */
+  writePieces(pieces: Piece[], bytes: number[]): void {
+    let k = 0;
+    for (const p of pieces) {
+      const chunk = bytes.slice(k, k + p.size);
+      k += p.size;
+      if (p.r === undefined) {
+        this.unknown('write', p.addr);
+        continue;
+      }
+      let v = 0;
+      chunk.forEach((b, i) => (v += b * 2 ** (8 * i)));
+      this.log.push(`${p.r.name} w${p.addr - p.r.base}/${p.size}=${v}`);
+      p.r.mem.set(chunk, p.addr - p.r.base);
+    }
+  }
+}
+
+const leBytes = (v: number, n: number): number[] => Array.from({ length: n }, (_, i) => Math.floor(v / 2 ** (8 * i)) % 256);
+const leValue = (bytes: number[]): number => bytes.reduce((acc, b, i) => acc + b * 2 ** (8 * i), 0);
+
+type Op =
+  | { op: 'read'; at: number; size: BusAccessSize }
+  | { op: 'write'; at: number; size: BusAccessSize; value: number }
+  | { op: 'readInto'; at: number; len: number }
+  | { op: 'writeFrom'; at: number; len: number; bytes: number[] };
+
+function opArb(sizes: BusAccessSize[], span: number): fc.Arbitrary<Op> {
+  const at = fc.integer({ min: -8, max: span + 8 });
+  const size = fc.constantFrom(...sizes);
+  const maxLen = sizes.includes(8) ? 8 : 4;
+  return fc.oneof(
+    fc.record({ op: fc.constant('read' as const), at, size }),
+    size.chain((s) =>
+      fc.record({
+        op: fc.constant('write' as const),
+        at,
+        size: fc.constant(s),
+        // an 8-byte value through write() is exact below 2^53; wider values are truncated, as the device sees them
+        value: s === 8 ? fc.maxSafeNat() : fc.oneof(fc.nat({ max: 2 ** (8 * s) - 1 }), fc.constant(2 ** (8 * s) - 1)),
+      }),
+    ),
+    fc.record({ op: fc.constant('readInto' as const), at, len: fc.integer({ min: 1, max: maxLen }) }),
+    fc.integer({ min: 1, max: maxLen }).chain((len) =>
+      fc.record({ op: fc.constant('writeFrom' as const), at, len: fc.constant(len), bytes: fc.array(fc.nat(255), { minLength: len, maxLength: len }) }),
+    ),
+  );
+}
+
+/** Run registrations and accesses on `bus` and on the model; every outcome must agree. */
+/** Outcome kinds the properties must reach (counted over all runs). */
+type Reached = Record<'overlap' | 'range' | 'split' | 'unknown' | 'wide' | 'junk', number>;
+const reachedNone = (): Reached => ({ overlap: 0, range: 0, split: 0, unknown: 0, wide: 0, junk: 0 });
+
+function checkAgainstModel(
+  reached: Reached,
+  bus: PioBus | MmioBus,
+  limit: number,
+  origin: number,
+  regs: Array<{ off: number; len: number; junk: number }>,
+  ops: Op[],
+): void {
+  const model = new BusModel(limit);
+  const log: string[] = [];
+  const reported: Array<[string, number]> = [];
+  bus.onUnknown = (kind, address) => reported.push([kind, address]);
+  regs.forEach((g, i) => {
+    const base = origin + g.off;
+    const name = `d${i}`;
+    const verdict = model.accepts(base, g.len);
+    if (verdict !== 'ok') reached[verdict]++;
+    else if (g.junk) reached.junk++;
+    const mem = new Uint8Array(verdict === 'ok' ? g.len : 0).map((_, k) => (i * 37 + k * 11) & 0xff);
+    const reg = (): void => bus.register(base, g.len, new MemDevice(name, mem, log, g.junk), name);
+    if (verdict === 'ok') {
+      reg();
+      model.ranges.push({ base, len: g.len, name, mem: Uint8Array.from(mem) });
+    } else if (verdict === 'range') expect(reg).toThrow(RangeError);
+    else expect(reg).toThrow(/overlaps d\d+/);
+  });
+  expect(bus.ranges().map((r) => [r.base, r.length, r.name])).toEqual(
+    [...model.ranges].sort((a, b) => a.base - b.base).map((r) => [r.base, r.len, r.name]),
+  );
+  const run = new DataView(new ArrayBuffer(16));
+  for (const o of ops) {
+    const at = origin + o.at;
+    if (at < 0) continue;
+    const pieces = o.op === 'read' || o.op === 'write' ? model.split(at, o.size) : model.splitLen(at, o.len);
+    if (pieces.some((p) => p.r === undefined)) reached.unknown++;
+    if (pieces.length > 1 && pieces.some((p) => p.size === 1) && pieces.some((p) => p.r !== undefined)) reached.split++;
+    if ((o.op === 'read' || o.op === 'write') && o.size === 8 && pieces.some((p) => p.r !== undefined)) reached.wide++;
+    if (o.op === 'read') {
+      const bytes = model.readPieces(model.split(at, o.size));
+      const want = o.size === 8 ? leValue(bytes.slice(0, 4)) + leValue(bytes.slice(4)) * 2 ** 32 : leValue(bytes);
+      expect(bus.read(at, o.size), `read ${at}/${o.size}`).toBe(want);
+    } else if (o.op === 'write') {
+      const bytes = o.size === 8 ? [...leBytes(o.value % 2 ** 32, 4), ...leBytes(Math.floor(o.value / 2 ** 32), 4)] : leBytes(o.value, o.size);
+      model.writePieces(model.split(at, o.size), bytes);
+      bus.write(at, o.size, o.value);
+    } else if (o.op === 'readInto') {
+      run.setBigUint64(4, 0x5555555555555555n, true);
+      run.setUint32(12, 0x55555555, true);
+      const bytes = model.readPieces(model.splitLen(at, o.len));
+      bus.readInto(at, o.len, run, 4);
+      expect(Array.from({ length: 12 }, (_, i) => run.getUint8(4 + i)), `readInto ${at}/${o.len}`).toEqual([...bytes, ...new Array<number>(12 - o.len).fill(0x55)]);
+    } else {
+      o.bytes.forEach((b, i) => run.setUint8(4 + i, b));
+      model.writePieces(model.splitLen(at, o.len), o.bytes);
+      bus.writeFrom(at, o.len, run, 4);
+    }
+    expect(log, `device accesses after ${o.op} at ${at}`).toEqual(model.log);
+  }
+  expect(reported).toEqual(model.reported);
+  // Writes landed exactly where the model put them, and nowhere else.
+  const byName = new Map(model.ranges.map((r) => [r.name, r]));
+  for (const r of bus.ranges()) expect(bus.lookup(r.base)?.name).toBe(r.name);
+  for (const r of byName.values()) {
+    const bytes = new Uint8Array(r.len);
+    bus.readBytes(r.base, bytes);
+    expectSameBytes(bytes, r.mem, `${r.name} contents`);
+  }
+}
+
+const regArb = (maxLen: number): fc.Arbitrary<{ off: number; len: number; junk: number }> =>
+  fc.record({
+    off: fc.integer({ min: -4, max: 0x100 }),
+    len: fc.oneof({ weight: 8, arbitrary: fc.integer({ min: 1, max: 0x30 }) }, { weight: 1, arbitrary: fc.constantFrom(0, -1, maxLen) }),
+    junk: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 0xffff })),
+  });
+
+describe('buses against a model (property)', () => {
+  it('PioBus: registration refusals, reads and writes of 1/2/4 bytes, straddles, unknown ports', () => {
+    const reached = reachedNone();
+    fc.assert(
+      fc.property(
+        fc.constantFrom(0, 0x3f0, 0x10000 - 0x100),
+        fc.array(regArb(0x10000), { maxLength: 10 }),
+        fc.array(opArb([1, 2, 4], 0x100), { maxLength: 40 }),
+        (origin, regs, ops) => checkAgainstModel(reached, new PioBus(), 0x10000, origin, regs, ops),
+      ),
+      { numRuns: runs(300) },
+    );
+    expect(Object.entries(reached).filter(([k, n]) => n === 0 && k !== 'wide')).toEqual([]);
+  });
+
+  it('MmioBus: the same with 8-byte accesses (split 4+4) and addresses above 4 GiB up to 2^53', () => {
+    const reached = reachedNone();
+    fc.assert(
+      fc.property(
+        fc.constantFrom(0, 0xd000_0000, 2 ** 32 - 0x80, 2 ** 40 + 0x1000, Number.MAX_SAFE_INTEGER - 0x100),
+        fc.array(regArb(Number.MAX_SAFE_INTEGER), { maxLength: 10 }),
+        fc.array(opArb([1, 2, 4, 8], 0x100), { maxLength: 40 }),
+        (origin, regs, ops) => checkAgainstModel(reached, new MmioBus(), Number.MAX_SAFE_INTEGER, origin, regs, ops),
+      ),
+      { numRuns: runs(300) },
+    );
+    expect(Object.entries(reached).filter(([, n]) => n === 0)).toEqual([]);
   });
 });
