@@ -137,7 +137,8 @@ function onRequest(controller: ApiController, req: IncomingMessage, res: ServerR
 
 /** The HTTP server for `controller` (not listening). */
 export function buildServer(controller: ApiController): Server {
-  const server = createServer({ requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_MS, maxHeaderSize: 16 * 1024 }, (req, res) => {
+  // connectionsCheckingInterval: how often Node enforces the two timeouts (its default is 30 s).
+  const server = createServer({ requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: REQUEST_TIMEOUT_MS, keepAliveTimeout: KEEP_ALIVE_MS, connectionsCheckingInterval: 1000, maxHeaderSize: 16 * 1024 }, (req, res) => {
     try {
       onRequest(controller, req, res);
     } catch (e) {

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { Duplex } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiController, type ControlledVm } from '../../src/api-server/controller.js';
-import { ApiSocketError, MAX_BODY_BYTES, serveApi, type ApiServer } from '../../src/api-server/server.js';
+import { ApiSocketError, MAX_BODY_BYTES, REQUEST_TIMEOUT_MS, serveApi, type ApiServer } from '../../src/api-server/server.js';
 import type { BlockStats } from '../../src/devices/virtio/block/device.js';
 import type { VMConfig } from '../../src/main/config.js';
 import type { VMExit, VMState } from '../../src/main/vm.js';
@@ -305,6 +305,23 @@ describe('hostile clients', () => {
       for (const r of replies) expect([200, 204]).toContain(r.status);
       expect(ms).toBeLessThan(5000);
       for (const s of held) s.destroy();
+    });
+  });
+
+  it(`a request that never completes is answered 408 and closed within REQUEST_TIMEOUT_MS (${REQUEST_TIMEOUT_MS} ms) + 2 s`, async () => {
+    await withServer({}, async (sock) => {
+      const s = connect(sock);
+      s.on('error', () => {});
+      await new Promise<void>((r) => s.once('connect', () => r()));
+      let reply = '';
+      s.on('data', (b: Buffer) => (reply += b.toString()));
+      const t0 = performance.now();
+      s.write('PUT /machine-config HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{"vcpu_count"');
+      await new Promise<void>((r) => s.once('close', () => r()));
+      const ms = performance.now() - t0;
+      expect(ms).toBeGreaterThan(REQUEST_TIMEOUT_MS - 100);
+      expect(ms).toBeLessThan(REQUEST_TIMEOUT_MS + 2000);
+      expect(reply).toMatch(/^HTTP\/1\.1 408 /);
     });
   });
 
