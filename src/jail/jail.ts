@@ -11,7 +11,10 @@
 //      blk=) appear at /images/<name> inside the jail through bind mounts: read-only for the kernel,
 //      the initrd and ,ro disks, read-write for the other disks (a guest's writes land in the user's
 //      image; the jail never writes, chowns or copies it). The inner command's arguments are rewritten
-//      to those paths. Socket paths (--vsock uds=, vhost-user --socket) are paths inside the jail.
+//      to those paths. Socket paths (--vsock uds=, vhost-user --socket, serve --api-sock) are paths
+//      inside the jail. With `serve` (or Firecracker's `--api-sock …` spelling) the --config-file is
+//      bound read-only likewise; the paths in it and in API requests are paths inside the jail, as with
+//      Firecracker's jailer: an orchestrator links the files into <jail>/root, which is the jail's /.
 //   3. Inside: /dev with null, zero, random, urandom and (when the host has it) kvm as fresh device
 //      nodes owned by UID:GID; the Node runtime (/usr, the host's /bin, /lib, /lib64 links or
 //      read-only binds, /etc/ld.so.cache) and the installed kindling (its package directory, at the
@@ -59,7 +62,7 @@ export interface JailCommand {
   inner: string[];
 }
 
-export const JAIL_USAGE = `usage: kindling jail --id ID --uid UID --gid GID [options] -- run|vhost-user ARGS...
+export const JAIL_USAGE = `usage: kindling jail --id ID --uid UID --gid GID [options] -- run|vhost-user|serve ARGS...
   --id ID                 the jail's name: 1..64 of [A-Za-z0-9-] (jail root <base>/kindling/ID/root)
   --uid UID, --gid GID    the unprivileged user and group kindling runs as (not 0)
   --chroot-base-dir DIR   where jails are made (default /srv/jailer)
@@ -155,7 +158,10 @@ export function parseJailArgs(args: readonly string[]): JailCommand | { kind: 'j
   }
   if (o.id === undefined) throw new JailUsageError('jail needs --id ID');
   if (o.uid === undefined || o.gid === undefined) throw new JailUsageError('jail needs --uid UID and --gid GID (not 0)');
-  if (inner[0] !== 'run' && inner[0] !== 'vhost-user') throw new JailUsageError('jail needs the command to run after --: run ARGS... or vhost-user ARGS...');
+  const firecrackerSpelling = inner[0] !== undefined && ['--api-sock', '--config-file', '--no-api'].some((f) => inner[0] === f || inner[0].startsWith(`${f}=`));
+  if (inner[0] !== 'run' && inner[0] !== 'vhost-user' && inner[0] !== 'serve' && !firecrackerSpelling) {
+    throw new JailUsageError('jail needs the command to run after --: run ARGS..., vhost-user ARGS..., serve ARGS... or Firecracker\'s --api-sock PATH ...');
+  }
   const innerOwn = inner.indexOf('--') >= 0 ? inner.slice(0, inner.indexOf('--')) : inner;
   if (inner[0] === 'run' && !innerOwn.some((w) => w === '--kernel' || w.startsWith('--kernel='))) {
     throw new JailUsageError('jail -- run needs --kernel (the default guest is not built inside a jail: build it with `kindling guest` and pass its kernel and initrd)');
@@ -207,7 +213,7 @@ export function rewriteInner(inner: readonly string[], cwd: string): { argv: str
     return jailPath;
   };
   const pathOf = (flag: string, v: string): string => {
-    if (flag === '--kernel' || flag === '--initrd') return place(v, true);
+    if (flag === '--kernel' || flag === '--initrd' || flag === '--config-file') return place(v, true);
     if (flag === '--disk') {
       const m = /^([^]*),(ro|rw)$/.exec(v);
       return m ? `${place(m[1], m[2] === 'ro')},${m[2]}` : place(v, false);
@@ -219,9 +225,11 @@ export function rewriteInner(inner: readonly string[], cwd: string): { argv: str
     }
     return v;
   };
-  const FLAGS = ['--kernel', '--initrd', '--disk', '--device'];
-  const out: string[] = [inner[0]];
-  for (let i = 1; i < inner.length; i++) {
+  const FLAGS = ['--kernel', '--initrd', '--disk', '--device', '--config-file'];
+  // `serve`/`run`/`vhost-user` first, or Firecracker's spelling where the first word is already a flag.
+  const start = inner[0]?.startsWith('--') ? 0 : 1;
+  const out: string[] = inner.slice(0, start);
+  for (let i = start; i < inner.length; i++) {
     const a = inner[i];
     if (a === '--') {
       out.push(...inner.slice(i));

@@ -7,6 +7,7 @@
 // hello.elf and blk.elf is test/kvm/jail.test.ts.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -37,7 +38,7 @@ describe('jail arguments', () => {
     [['--id', 'a', '--uid', '0', '--gid', '1', '--', 'run'], /--uid must be a whole number ≥ 1/],
     [['--id', 'a', '--gid', '1', '--', 'run'], /needs --uid UID and --gid GID/],
     [['--id', 'a', '--uid', '1', '--gid', '1'], /needs the command to run after --/],
-    [['--id', 'a', '--uid', '1', '--gid', '1', '--', 'guest'], /run ARGS\.\.\. or vhost-user/],
+    [['--id', 'a', '--uid', '1', '--gid', '1', '--', 'guest'], /run ARGS\.\.\., vhost-user ARGS\.\.\., serve/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--', 'run', '--mem', '64'], /jail -- run needs --kernel/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--cgroup', 'memory', '--', 'run'], /--cgroup must be FILE=VALUE/],
     [['--id', 'a', '--uid', '1', '--gid', '1', '--cgroup', '../x=1', '--', 'run'], /--cgroup must be FILE=VALUE/],
@@ -67,6 +68,12 @@ describe('jail arguments', () => {
       { host: '/d/a.img', jailPath: '/images/a.img', readOnly: true },
       { host: '/e/a.img', jailPath: '/images/2-a.img', readOnly: false },
     ]);
+    expect(rewriteInner(['serve', '--api-sock', '/run/api.sock', '--config-file', 'vm.json'], '/w')).toEqual({
+      argv: ['serve', '--api-sock', '/run/api.sock', '--config-file', '/images/vm.json'],
+      files: [{ host: '/w/vm.json', jailPath: '/images/vm.json', readOnly: true }],
+    });
+    expect(rewriteInner(['--api-sock', '/run/api.sock', '--config-file=/c/vm.json'], '/w').argv).toEqual(['--api-sock', '/run/api.sock', '--config-file=/images/vm.json']);
+    expect((parseJailArgs(['--id', 'a', '--uid', '1', '--gid', '1', '--', '--api-sock', '/run/x']) as JailCommand).inner).toEqual(['--api-sock', '/run/x']);
     expect(rewriteInner(['vhost-user', '--socket', '/run/s', '--device', 'blk=img,ro'], '/w')).toEqual({
       argv: ['vhost-user', '--socket', '/run/s', '--device', 'blk=/images/img,ro'],
       files: [{ host: '/w/img', jailPath: '/images/img', readOnly: true }],
@@ -225,6 +232,29 @@ describe.skipIf(!isRoot || !haveExec)('kindling jail around vhost-user (root)', 
     } finally {
       spawnSync('ip', ['netns', 'delete', ns]);
     }
+  }, 60_000);
+
+  it('serve in a jail: the Firecracker API answers on the socket inside the jail, from uid 65534', async () => {
+    const base = tmp();
+    const p = spawn(process.execPath, [KINDLING, 'jail', '--id', 'api-1', '--uid', '65534', '--gid', '65534', '--chroot-base-dir', base, '--', 'serve', '--api-sock', '/run/api.sock'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    live.push(p);
+    const exited = new Promise<number | null>((res) => p.on('exit', (code) => res(code)));
+    const sock = join(base, 'kindling', 'api-1', 'root', 'run', 'api.sock');
+    for (let i = 0; i < 600 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 25));
+    const body = await new Promise<string>((res, rej) => {
+      const req = request({ socketPath: sock, path: '/', method: 'GET' }, (r) => {
+        let b = '';
+        r.on('data', (c: Buffer) => (b += c.toString()));
+        r.on('end', () => res(`${r.statusCode} ${b}`));
+      });
+      req.on('error', rej);
+      req.end();
+    });
+    expect(body).toMatch(/^200 \{.*"state":"Not started"/);
+    expect(statSync(sock).uid).toBe(65534);
+    p.kill('SIGTERM');
+    expect(await exited).toBe(143);
+    expect(existsSync(join(base, 'kindling', 'api-1'))).toBe(false);
   }, 60_000);
 
   it('refuses an existing jail, a missing image, and runs only as root (one line, exit 2)', () => {
