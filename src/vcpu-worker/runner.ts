@@ -16,7 +16,7 @@ import type { Buses } from './buses.js';
 import type { FatalExit } from './diagnose.js';
 import type { VcpuMessage } from './protocol.js';
 
-/** kvm_run.mmio.data is 8 bytes; KVM never reports a longer MMIO access. */
+/** kvm_run.mmio.data is 8 bytes; KVM never reports a longer (or an empty) MMIO access. */
 const MMIO_DATA_MAX = 8;
 
 export interface VcpuRunnerOptions {
@@ -150,7 +150,12 @@ export class VcpuRunner {
     }
   }
 
-  /** KVM_EXIT_IO: `count` items (rep ins/outs) of `size` bytes at the data offset, one bus access each. */
+  /**
+   * KVM_EXIT_IO: `count` items (rep ins/outs) of `size` bytes at the data offset, one bus access each.
+   * kvm_run is trusted no further than its mapping: a size other than 1/2/4, a count of 0, or data
+   * that does not lie wholly inside the mapping is refused before any access (the error ends the VM
+   * with this one line as its detail), so nothing outside the run buffer is ever read or written.
+   */
   private handleIo(): void {
     const k = this.kvmRun;
     const pio = this.pio;
@@ -159,16 +164,25 @@ export class VcpuRunner {
     const port = k.ioPort;
     const count = k.ioCount;
     let off = k.ioDataOffset;
+    if ((size !== 1 && size !== 2 && size !== 4) || count === 0 || off > view.byteLength || count * size > view.byteLength - off) {
+      throw new Error(`refused KVM_EXIT_IO on port 0x${port.toString(16)}: size ${size}, count ${count}, data offset ${off} (kvm_run mapping is ${view.byteLength} bytes)`);
+    }
     if (k.ioIsOut) for (let i = 0; i < count; i++, off += size) pio.writeFrom(port, size, view, off);
     else for (let i = 0; i < count; i++, off += size) pio.readInto(port, size, view, off);
   }
 
-  /** KVM_EXIT_MMIO: one access of mmio.len bytes (the bus splits 8 and odd lengths). */
+  /**
+   * KVM_EXIT_MMIO: one access of mmio.len bytes (the bus splits 8 and odd lengths) through
+   * kvm_run.mmio.data. A length of 0 or above 8 (the size of mmio.data) is refused like a bad
+   * KVM_EXIT_IO.
+   */
   private handleMmio(): void {
     const k = this.kvmRun;
     const len = k.mmioLen;
-    const n = len < MMIO_DATA_MAX ? len : MMIO_DATA_MAX;
-    if (k.mmioIsWrite) this.mmio.writeFrom(k.mmioAddr, n, this.view, k.mmioDataOffset);
-    else this.mmio.readInto(k.mmioAddr, n, this.view, k.mmioDataOffset);
+    if (len === 0 || len > MMIO_DATA_MAX) {
+      throw new Error(`refused KVM_EXIT_MMIO at 0x${k.mmioAddr.toString(16)}: length ${len} (mmio.data holds ${MMIO_DATA_MAX} bytes)`);
+    }
+    if (k.mmioIsWrite) this.mmio.writeFrom(k.mmioAddr, len, this.view, k.mmioDataOffset);
+    else this.mmio.readInto(k.mmioAddr, len, this.view, k.mmioDataOffset);
   }
 }

@@ -82,11 +82,17 @@ muts = [
  ("src/devices/bus.ts", "return len === 1 || len === 2 || len === 4 ? len : len === 8 ? 4 : 1;", "return len === 1 || len === 2 || len === 4 ? len : len === 8 ? 4 : 2;", "test/unit/bus.test.ts", "bus: odd-length MMIO accesses split into 2-byte pieces"),
  ("src/devices/bus.ts", "return e === undefined || e.base >= address + size;", "return e === undefined || e.base > address + size;", "test/unit/bus.test.ts", "bus: an unknown access ending right at a device start reported byte by byte"),
  ("src/devices/bus.ts", "return size === 4 ? v >>> 0 : v & (size === 2 ? 0xffff : 0xff);", "return v >>> 0;", "test/unit/bus.test.ts", "bus: device read bits above the access size reach the guest"),
+ ("src/vcpu-worker/runner.ts", "count === 0 || off > view.byteLength || count * size > view.byteLength - off)", "count === 0 || off > view.byteLength)", "test/unit/vcpu-runner.test.ts", "runner: rep ins/outs data running past the kvm_run mapping not refused"),
+ ("src/vcpu-worker/runner.ts", "else for (let i = 0; i < count; i++, off += size) pio.readInto(port, size, view, off);", "else for (let i = 0; i < count; i++) pio.readInto(port, size, view, off);", "test/unit/vcpu-runner.test.ts", "runner: rep ins items all land on the first item"),
+ ("src/vcpu-worker/runner.ts", "if (len === 0 || len > MMIO_DATA_MAX) {", "if (len === 0 || len > 2 * MMIO_DATA_MAX) {", "test/unit/vcpu-runner.test.ts", "runner: MMIO lengths 9..16 accepted (past mmio.data)"),
  ("src/api-server/schemas.ts", "    huge_pages: opt(Type.Union([Type.Literal('None'), Type.Literal('Transparent'), Type.Literal('2M')])),\n  },\n  strict,\n);", "    huge_pages: opt(Type.Union([Type.Literal('None'), Type.Literal('Transparent'), Type.Literal('2M')])),\n  },\n  {},\n);", "test/unit/api-props.test.ts", "api: machine-config accepts unknown fields"),
  ("src/api-server/controller.ts", "if (next.vcpu_count > MAX_VCPUS) throw", "if (false) throw", "test/unit/api-props.test.ts", "api: vcpu_count above kindling's maximum accepted"),
  ("src/api-server/controller.ts", "if (other !== id && d.body.is_root_device) throw", "if (other !== id && d.body.is_root_device && false) throw", "test/unit/api-props.test.ts", "api: a second root drive accepted"),
  ("src/vcpu-worker/buses.ts", "{ reset: () => env.end('reboot', 0), irq: () => addon.eventfdWrite(state.kbdIrqFd, 1n) }", "{ reset: () => env.end('reboot', 0) }", "test/unit/api-i8042-irq.test.ts", "i8042: the vCPU side's keyboard IRQ not wired"),
  ("src/api-server/schemas.ts", "const field = shown(fieldOf(e.path));", "const field = fieldOf(e.path);", "test/unit/api-props.test.ts", "api: a hostile field name printed raw in the fault_message"),
+ ("src/cli/terminal.ts", "return t.foregroundGroup > 0 && t.foregroundGroup === t.processGroup ? 'raw' : 'background';", "return 'raw';", "test/unit/cli-args.test.ts", "cli: raw mode without being the terminal's foreground process group"),
+ ("src/cli/cli-args.ts", "if (isA(e, ConfigError, 'ConfigError')) return { line: `kindling: ${oneLine(cliConfigMessage(e as ConfigError))}`, code: 2 };", "if (isA(e, ConfigError, 'ConfigError')) return { line: `kindling: ${oneLine(cliConfigMessage(e as ConfigError))}`, code: 1 };", "test/unit/cli-args.test.ts", "cli: a ConfigError exits 1 instead of 2"),
+ ("src/cli/signals.ts", "      this.io.exit(signalExitCode(sig));\n      return;", "      return;", "test/unit/cli-args.test.ts", "cli: a second signal does not force the exit"),
 ]
 import sys
 sel = sys.argv[1:]

@@ -41,6 +41,7 @@ import type { FatalExit } from '../../src/vcpu-worker/diagnose.js';
 import type { VcpuMessage } from '../../src/vcpu-worker/protocol.js';
 import { VcpuRunner, vmEnder, type VcpuRunnerOptions } from '../../src/vcpu-worker/runner.js';
 import { runs } from '../fuzz/budget.js';
+import { expectSameBytes } from '../fuzz/bytes.js';
 
 /** kvm_run as mmap'ed: the struct, then the PIO data page at 4096 (KVM_PIO_PAGE_OFFSET). */
 const RUN_BYTES = 8192;
@@ -122,8 +123,7 @@ interface Harness {
  * A runner whose KVM_RUN plays `steps` in order; after the last one it stops the VM from the host
  * (as vm.stop() does) and returns -EINTR, as a kicked KVM_RUN would.
  */
-function harness(steps: Step[], over: Partial<VcpuRunnerOptions> = {}): Harness {
-  const view = new DataView(new ArrayBuffer(RUN_BYTES));
+function harness(steps: Step[], over: Partial<VcpuRunnerOptions> = {}, view = new DataView(new ArrayBuffer(RUN_BYTES))): Harness {
   const ctrl = createControlBlock(2);
   const pio = new PioBus();
   const mmio = new MmioBus();
@@ -242,10 +242,9 @@ describe('VcpuRunner: MMIO', () => {
       (v) => mmioExit(v, true, BASE + 0x70, 4, [0xdd, 0xcc, 0xbb, 0xaa]),
       (v) => mmioExit(v, true, BASE + 0x70, 8, [1, 0, 0, 0, 2, 0, 0, 0]),
       (v) => mmioExit(v, true, BASE + 0x70, 3, [5, 6, 7]),
-      (v) => mmioExit(v, true, BASE + 0x70, 0),
     ]);
     h.mmio.register(BASE, 0x1000, dev, 'virtio0');
-    expect(h.runner.run()).toEqual({ exits: 6 });
+    expect(h.runner.run()).toEqual({ exits: 5 });
     expect(dev.log).toEqual(['w112/1=aa', 'w112/2=aabb', 'w112/4=aabbccdd', 'w112/4=1', 'w116/4=2', 'w112/1=5', 'w113/1=6', 'w114/1=7']);
   });
 
@@ -343,9 +342,9 @@ describe('VcpuRunner: MMIO', () => {
     return { log };
   }
 
-  it('matches the former hand-written MMIO splitter for every length 0..8, reads and writes, across window edges', () => {
+  it('matches the former hand-written MMIO splitter for every length 1..8, reads and writes, across window edges', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 0x30 }), fc.integer({ min: 0, max: 8 }), fc.boolean(), fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 8, maxLength: 8 }), (off, len, write, data) => {
+      fc.property(fc.integer({ min: 0, max: 0x30 }), fc.integer({ min: 1, max: 8 }), fc.boolean(), fc.array(fc.integer({ min: 0, max: 255 }), { minLength: 8, maxLength: 8 }), (off, len, write, data) => {
         const ref = new MmioBus();
         const refLog = layout(ref, BASE);
         const refView = new DataView(new ArrayBuffer(RUN_BYTES));
@@ -386,6 +385,188 @@ describe('VcpuRunner: MMIO', () => {
       ),
       { numRuns: runs(300) },
     );
+  });
+});
+
+// ---- hostile exits: a property against a model ----------------------------------------------------
+//
+// The kvm_run area is a DataView inside a larger buffer with guard bytes on both sides; a sequence of
+// KVM_EXIT_IO and KVM_EXIT_MMIO exits with arbitrary (also impossible) fields runs through the loop.
+// The model: an exit with size 1/2/4, count >= 1 and count*size bytes at data_offset inside the
+// mapping (MMIO: len 1..8) makes exactly the device accesses of its items, in order, and changes
+// only the data bytes of an IN/read; any other exit is refused before a single access — the VM ends
+// with reason 'error' and a one-line detail naming the exit — and the bytes of the run area are
+// unchanged. The guard bytes never change.
+
+type IoSpec = { kind: 'io'; out: boolean; size: number; port: number; count: number; offset: bigint; data: number[] };
+type MmioSpec = { kind: 'mmio'; write: boolean; addr: bigint; len: number; data: number[] };
+
+const GUARD = 64;
+
+function writeIo(v: DataView, e: IoSpec): number {
+  v.setUint32(O.exitReason, KVM_EXIT_IO, true);
+  v.setUint8(O.ioDirection, e.out ? KVM_EXIT_IO_OUT : KVM_EXIT_IO_IN);
+  v.setUint8(O.ioSize, e.size);
+  v.setUint16(O.ioPort, e.port, true);
+  v.setUint32(O.ioCount, e.count, true);
+  v.setBigUint64(O.ioDataOffset, e.offset, true);
+  // the items' bytes, where they fit inside the mapping and leave the struct itself alone
+  const start = Number(e.offset);
+  e.data.forEach((b, i) => {
+    if (start + i >= PIO_DATA && start + i < v.byteLength) v.setUint8(start + i, b);
+  });
+  return 0;
+}
+
+function writeMmio(v: DataView, e: MmioSpec): number {
+  v.setUint32(O.exitReason, KVM_EXIT_MMIO, true);
+  v.setBigUint64(O.mmioPhysAddr, e.addr, true);
+  v.setUint32(O.mmioLen, e.len, true);
+  v.setUint8(O.mmioIsWrite, e.write ? 1 : 0);
+  e.data.forEach((b, i) => v.setUint8(O.mmioData + i, b));
+  return 0;
+}
+
+/** Wide's read value for (offset, size), as bytes. */
+function wideBytes(offset: number, size: 1 | 2 | 4): number[] {
+  const v = size === 4 ? (0xa0b0c0d0 + offset) >>> 0 : size === 2 ? 0xb0c0 + offset : 0xc0 + offset;
+  return Array.from({ length: size }, (_, i) => Math.floor(v / 2 ** (8 * i)) & 0xff);
+}
+const le = (bytes: number[]): number => bytes.reduce((a, b, i) => a + b * 2 ** (8 * i), 0);
+
+const MMIO_BASES = [0xd000_0000, 2 ** 32 + 0x1000, 2 ** 45] as const;
+const MMIO_WINDOW = 0x1000;
+
+describe('VcpuRunner: hostile KVM_EXIT_IO / KVM_EXIT_MMIO fields (property)', () => {
+  const runLen = fc.constantFrom(4096 + 512, 8192, 12288);
+  const ioArb = (len: number): fc.Arbitrary<IoSpec> =>
+    fc
+      .record({
+        out: fc.boolean(),
+        size: fc.oneof({ weight: 6, arbitrary: fc.constantFrom(1, 2, 4) }, { weight: 1, arbitrary: fc.constantFrom(0, 3, 5, 8, 255) }),
+        port: fc.oneof(fc.integer({ min: 0, max: 0xfffc }), fc.constantFrom(0x3f8, 0xfffc)),
+        count: fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 1, max: 8 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 1024, 1025, 2048, 0xffffffff) }),
+        offset: fc.oneof(
+          { weight: 4, arbitrary: fc.constant(4096n) },
+          { weight: 3, arbitrary: fc.integer({ min: 0, max: len + 8 }).map(BigInt) },
+          { weight: 1, arbitrary: fc.constantFrom(BigInt(len), BigInt(len - 1), 2n ** 53n + 4096n, 2n ** 64n - 1n, 2n ** 32n + 4096n) },
+        ),
+        data: fc.array(fc.nat(255), { minLength: 32, maxLength: 32 }),
+      })
+      .map((r) => ({ kind: 'io' as const, ...r }));
+  const mmioArb: fc.Arbitrary<MmioSpec> = fc.record({
+    kind: fc.constant('mmio' as const),
+    write: fc.boolean(),
+    addr: fc.oneof(
+      { weight: 4, arbitrary: fc.tuple(fc.constantFrom(...MMIO_BASES), fc.integer({ min: 0, max: MMIO_WINDOW - 8 })).map(([b, o]) => BigInt(b + o)) },
+      { weight: 1, arbitrary: fc.constantFrom(0xfee0_0000n, 2n ** 40n, 2n ** 52n - 8n) },
+    ),
+    len: fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 1, max: 8 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 9, 16, 4096, 0xffffffff) }),
+    data: fc.array(fc.nat(255), { minLength: 8, maxLength: 8 }),
+  });
+
+  it('valid exits make exactly their items’ device accesses; invalid ones are refused, nothing outside kvm_run touched', () => {
+    const reached = { ioOk: 0, ioRefused: 0, mmioOk: 0, mmioRefused: 0, rep: 0 };
+    fc.assert(
+      fc.property(
+        runLen.chain((len) => fc.tuple(fc.constant(len), fc.array(fc.oneof(ioArb(len), mmioArb), { minLength: 1, maxLength: 5 }))),
+        ([len, exits]) => {
+          const buf = new ArrayBuffer(GUARD + len + GUARD);
+          new Uint8Array(buf).fill(0xa5);
+          const view = new DataView(buf, GUARD, len);
+          const h = harness(
+            exits.map((e) => (v: DataView) => (e.kind === 'io' ? writeIo(v, e) : writeMmio(v, e))),
+            {},
+            view,
+          );
+          const log: string[] = [];
+          const pioDev = new Wide();
+          pioDev.log.push = (...x: string[]) => log.push(...x.map((y) => 'pio ' + y));
+          h.pio.register(0, 0x10000, pioDev, 'all-ports');
+          MMIO_BASES.forEach((b, i) => {
+            const d = new Wide();
+            d.log.push = (...x: string[]) => log.push(...x.map((y) => `mmio${i} ${y}`));
+            h.mmio.register(b, MMIO_WINDOW, d, `window${i}`);
+          });
+          const unknown: number[] = [];
+          h.mmio.onUnknown = (_k, a) => unknown.push(a);
+
+          // The model, exit by exit, on a copy of the run area.
+          const area = new DataView(new Uint8Array(len).fill(0xa5).buffer);
+          const want: string[] = [];
+          const wantUnknown: number[] = [];
+          let refused: RegExp | undefined;
+          let done = 0;
+          for (const e of exits) {
+            done++;
+            if (e.kind === 'io') {
+              writeIo(area, e);
+              const off = Number(e.offset);
+              const ok = (e.size === 1 || e.size === 2 || e.size === 4) && e.count >= 1 && e.offset + BigInt(e.count * e.size) <= BigInt(len);
+              if (!ok) {
+                reached.ioRefused++;
+                refused = /^vCPU 0: refused KVM_EXIT_IO on port 0x[0-9a-f]+: size \d+, count \d+, data offset \d+ \(kvm_run mapping is \d+ bytes\)$/;
+                break;
+              }
+              reached.ioOk++;
+              if (e.count > 1) reached.rep++;
+              const size = e.size as 1 | 2 | 4;
+              for (let i = 0; i < e.count; i++) {
+                const at = off + i * size;
+                if (e.out) {
+                  const bytes = Array.from({ length: size }, (_, k) => area.getUint8(at + k));
+                  want.push(`pio w${e.port}/${size}=${le(bytes).toString(16)}`);
+                } else {
+                  want.push(`pio r${e.port}/${size}`);
+                  wideBytes(e.port, size).forEach((b, k) => area.setUint8(at + k, b));
+                }
+              }
+            } else {
+              writeMmio(area, e);
+              if (e.len === 0 || e.len > 8) {
+                reached.mmioRefused++;
+                refused = /^vCPU 0: refused KVM_EXIT_MMIO at 0x[0-9a-f]+: length \d+ \(mmio\.data holds 8 bytes\)$/;
+                break;
+              }
+              reached.mmioOk++;
+              const addr = Number(e.addr);
+              const w = MMIO_BASES.findIndex((b) => addr >= b && addr < b + MMIO_WINDOW);
+              const step = e.len === 1 || e.len === 2 || e.len === 4 ? e.len : e.len === 8 ? 4 : 1;
+              for (let i = 0; i < e.len; i += step) {
+                const size = step as 1 | 2 | 4;
+                if (w < 0) {
+                  if (!wantUnknown.includes(addr + i)) wantUnknown.push(addr + i); // reported once per address
+                  if (!e.write) for (let k = 0; k < size; k++) area.setUint8(O.mmioData + i + k, 0xff);
+                } else if (e.write) {
+                  const bytes = Array.from({ length: size }, (_, k) => area.getUint8(O.mmioData + i + k));
+                  want.push(`mmio${w} w${addr + i - MMIO_BASES[w]}/${size}=${le(bytes).toString(16)}`);
+                } else {
+                  want.push(`mmio${w} r${addr + i - MMIO_BASES[w]}/${size}`);
+                  wideBytes(addr + i - MMIO_BASES[w], size).forEach((b, k) => area.setUint8(O.mmioData + i + k, b));
+                }
+              }
+            }
+          }
+          const outcome = h.runner.run();
+          expect(log).toEqual(want);
+          expect(unknown).toEqual(wantUnknown);
+          expect(h.calls()).toBe(done);
+          if (refused) {
+            expect(outcome.exits).toBe(done);
+            expect(outcome.detail).toMatch(refused);
+            expect(h.ended).toEqual([['error', 1]]);
+          } else {
+            expect(outcome).toEqual({ exits: done });
+            expect(h.ended).toEqual([]);
+          }
+          const all = new Uint8Array(buf);
+          expectSameBytes(all.subarray(GUARD, GUARD + len), new Uint8Array(area.buffer), 'kvm_run area');
+          expect(all.subarray(0, GUARD).every((b) => b === 0xa5) && all.subarray(GUARD + len).every((b) => b === 0xa5)).toBe(true);
+        },
+      ),
+      { numRuns: runs(300) },
+    );
+    expect(Object.entries(reached).filter(([, n]) => n === 0)).toEqual([]);
   });
 });
 
