@@ -64,6 +64,11 @@ export interface ControllerOptions {
   serialOut?: Writable;
   /** Guest input for COM1 (Firecracker reads its stdin); none by default. */
   serialIn?: NodeJS.ReadableStream;
+  /**
+   * Called when a VM is about to start, before serialIn is piped (serve puts the terminal in raw
+   * mode); what it returns is called if the start fails.
+   */
+  onVmStarting?: () => (() => void) | void;
   /** Called once the started VM has ended (serve exits with the VM's status). */
   onExit?: (exit: VMExit) => void;
   /** The metrics' api_server.process_startup_time_us / _cpu_us until serve sets them (metrics.setStartup). */
@@ -453,6 +458,7 @@ export class ApiController {
     const onData = (b: Buffer): void => void out!.write(b);
     if (out) vm.serial.on('data', onData);
     else vm.serial.pipe(stdout, { end: false });
+    const undoStarting = this.opts.onVmStarting?.();
     if (this.opts.serialIn) this.opts.serialIn.pipe(vm.serial, { end: false });
     // The VM's host warnings (KVM-PVM) and device failures become log lines (else stderr, as before PUT /logger).
     vm.on('warning', (line) => this.log.log('Warning', 'vmm', line));
@@ -464,6 +470,7 @@ export class ApiController {
       if (out) vm.serial.off('data', onData);
       else vm.serial.unpipe(stdout);
       if (this.opts.serialIn) this.opts.serialIn.unpipe(vm.serial);
+      undoStarting?.();
       const msg = (e as Error).message ?? String(e);
       this.log.log('Error', 'vmm', `InstanceStart failed: ${msg}`);
       if (e instanceof ConfigError) throw new ApiError(`InstanceStart: ${this.apiField(e.option)}: ${msg}`);

@@ -11,6 +11,7 @@
 import { closeSync, fstatSync, openSync, readSync, constants } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { SignalStop } from './signals.js';
+import { consoleMode, neverStopOnTerminalAccess, probeTerminal } from './terminal.js';
 
 export const SERVE_USAGE = `usage:
   kindling serve --api-sock PATH [--config-file FILE] [--id ID] [--level L] [--log-path PATH]
@@ -31,7 +32,8 @@ export const SERVE_USAGE = `usage:
   --no-seccomp        the VM's worker threads run without kindling's syscall filter
   --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N   (from Firecracker's jailer) the
                       process start for the metrics' api_server.process_startup_time_us
-the guest's serial console goes to stdout unless PUT /serial names a file.`;
+the guest's serial console goes to stdout unless PUT /serial names a file; stdin goes to it (a
+terminal in raw mode once the VM starts, when kindling is in the foreground).`;
 
 /** Flags only Firecracker's command line has: an argv starting with one of them is `serve`. */
 const FIRECRACKER_FLAGS = ['--api-sock', '--config-file', '--no-api', '--id', '--level', '--boot-timer', '--log-path', '--metrics-path', '--show-level', '--show-log-origin', '--module', '--no-seccomp', '--start-time-us', '--start-time-cpu-us', '--parent-cpu-time-us'];
@@ -188,6 +190,31 @@ function kindlingVersion(): string {
   }
 }
 
+/**
+ * Console input for COM1, as Firecracker: stdin's bytes go to the guest. A pipe or file as it is; a
+ * terminal only when this process is in its foreground group (./terminal.ts), switched to raw mode
+ * once the VM starts (so Ctrl-C reaches the guest, as in Firecracker; signals from elsewhere still
+ * stop kindling) and restored on exit. In the background the terminal is neither changed nor read.
+ */
+function guestInput(): { serialIn?: NodeJS.ReadableStream; onVmStarting?: () => (() => void) | void } {
+  const stdin = process.stdin;
+  if (!stdin.isTTY) return { serialIn: stdin };
+  neverStopOnTerminalAccess();
+  if (consoleMode(probeTerminal(true)) !== 'raw') return {};
+  return {
+    serialIn: stdin,
+    onVmStarting: () => {
+      const cooked = (): void => {
+        process.off('exit', cooked);
+        stdin.setRawMode(false);
+      };
+      stdin.setRawMode(true);
+      process.on('exit', cooked);
+      return cooked;
+    },
+  };
+}
+
 /** Run `kindling serve` / Firecracker's command line; resolves with the exit status. */
 export async function serveMain(argv: readonly string[], signals?: SignalStop): Promise<number> {
   const fail = (line: string, code: number): number => {
@@ -217,7 +244,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     id: opts.id,
     vmmVersion: kindlingVersion(),
     ...(opts.noSeccomp ? { seccomp: 'off' as const } : {}),
-    serialIn: process.stdin.isTTY ? undefined : process.stdin,
+    ...guestInput(),
     // After a signal the VM's end is the signal's doing: 128+N, as `kindling run`.
     onExit: (exit) => exitWith(signals?.exitCode ?? exit.exitCode & 0xff),
   });

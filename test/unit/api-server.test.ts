@@ -516,4 +516,23 @@ describe('runtime rules (stand-in VM)', () => {
     expect(lines.some((l) => l.endsWith('[anonymous-instance:main:ERROR:vmm] device blk0 failed: worker exited'))).toBe(true);
     expect(lines.some((l) => l.includes(':INFO:'))).toBe(false); // level Warning: no Info lines
   });
+
+  it.skipIf(HAS_KVM)('a failed InstanceStart undoes onVmStarting (serve: the terminal back to cooked mode) and unpipes the input', async () => {
+    const calls: string[] = [];
+    const input = new (await import('node:stream')).PassThrough();
+    const c = new ApiController({
+      vmmVersion: 'x',
+      logFallback: () => {},
+      serialIn: input,
+      onVmStarting: () => {
+        calls.push('raw');
+        return () => calls.push('cooked');
+      },
+    });
+    expect((await c.handle('PUT', '/boot-source', { kernel_image_path: kernel })).status).toBe(204);
+    expect((await c.handle('PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(400);
+    expect(calls).toEqual(['raw', 'cooked']);
+    expect(input.listenerCount('data')).toBe(0);
+    await c.close();
+  });
 });
