@@ -5,7 +5,7 @@
 // with the VM's status (0 after a reboot or poweroff) and removes the socket.
 //
 // This module is loaded on every CLI start (cli.ts asks isServeArgv), so it imports nothing heavy:
-// the API server (fastify) is imported only when serving. Exit status 2 for what the user gave (a
+// the API server (src/api-server/, TypeBox) is imported only when serving. Exit status 2 for what the user gave (a
 // flag, the config file, the socket path), 1 when the VMM or host fails (no /dev/kvm), 128+N after
 // signal N.
 import { closeSync, fstatSync, openSync, readSync, constants } from 'node:fs';
@@ -233,7 +233,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
   }
   // Process start (the jailer's --start-time-us when given, else this process's time origin).
   const startTimeUs = opts.startTimeUs ?? Math.round(performance.timeOrigin * 1000);
-  // Loaded through a computed URL so the CLI's start-up bundle does not pull fastify in; its own
+  // Loaded through a computed URL so the CLI's start-up bundle does not pull the API server in; its own
   // start-up bundle when the build wrote one (src/main/bundle.ts).
   const { freshBundle } = await import('../main/bundle.js');
   const entry = freshBundle(new URL('../api-server/index.js', import.meta.url)).href;
