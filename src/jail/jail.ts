@@ -31,7 +31,8 @@
 //   6. When it exits, the jail directory (empty mount points only: the mounts lived in the jail's own
 //      mount namespace) and the cgroups are removed unless --keep-jail or --daemonize; a removal never
 //      deletes a non-empty regular file. The exit status is the jailed kindling's.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { syscallName } from '../seccomp/syscalls-x86_64.js';
 import { existsSync, lstatSync, mkdirSync, readdirSync, readlinkSync, rmdirSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { constants } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
@@ -430,10 +431,30 @@ export async function runJail(cmd: JailCommand, onSignalForward?: (forward: ((si
       child.once('exit', (code, signal) => res(code ?? 128 + (signal ? signalNumber(signal) : 0)));
     });
     onSignalForward?.(undefined);
+    if (status === 128 + 31) process.stderr.write(`kindling: jail ${cmd.id}: ${explainSeccompKill(child.pid, cmd.newPidNs)}\n`);
     return status;
   } finally {
     cleanup();
   }
+}
+
+/**
+ * The kernel's audit record (type 1326) of the seccomp kill that ended the jailed kindling, as one
+ * line naming the thread and the syscall; or where to look when the kernel log is not readable. With a
+ * new PID namespace the record carries the host pid of the helper's child, so the latest record is used.
+ */
+export function explainSeccompKill(pid: number | undefined, anyPid: boolean, dmesg: () => string | undefined = readKernelLog): string {
+  const log = dmesg();
+  const records = (log ?? '').split('\n').filter((l) => l.includes('type=1326') && / sig=31 /.test(l));
+  const rec = anyPid ? records.at(-1) : records.reverse().find((l) => l.includes(`pid=${pid} `));
+  const m = rec ? /comm="([^"]*)".* syscall=(\d+) /.exec(rec) : null;
+  if (!m) return 'killed by its seccomp filter (SIGSYS); the kernel log (dmesg, audit type=1326) names the thread and the syscall';
+  return `killed by its seccomp filter: thread ${m[1]} made syscall ${m[2]} (${syscallName(Number(m[2]))}), which its role does not allow`;
+}
+
+function readKernelLog(): string | undefined {
+  const r = spawnSync('dmesg', [], { encoding: 'utf8', timeout: 5000 });
+  return r.status === 0 ? r.stdout : undefined;
 }
 
 function signalNumber(sig: NodeJS.Signals): number {

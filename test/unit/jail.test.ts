@@ -11,7 +11,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { JAIL_EXEC, JailUsageError, parseJailArgs, removeJailTree, rewriteInner, type JailCommand } from '../../src/jail/jail.js';
+import { JAIL_EXEC, JailUsageError, explainSeccompKill, parseJailArgs, removeJailTree, rewriteInner, type JailCommand } from '../../src/jail/jail.js';
 import { runs } from '../fuzz/budget.js';
 import { lazyTempDir } from '../fuzz/tmp.js';
 
@@ -98,6 +98,17 @@ describe('jail arguments', () => {
       }),
       { numRuns: runs(200) },
     );
+  });
+
+  it('a seccomp kill is explained from the kernel\'s audit record: thread and syscall by name', () => {
+    const log = [
+      '[1.0] audit: type=1326 audit(1:1): auid=4294967295 uid=65534 gid=65534 ses=4294967295 pid=41 comm="vcpu0" exe="/usr/bin/node" sig=31 arch=c000003e syscall=59 compat=0 ip=0x1 code=0x80000000',
+      '[2.0] audit: type=1326 audit(1:2): auid=4294967295 uid=65534 gid=65534 ses=4294967295 pid=42 comm="virtio-blk0" exe="/usr/bin/node" sig=31 arch=c000003e syscall=41 compat=0 ip=0x1 code=0x80000000',
+    ].join('\n');
+    expect(explainSeccompKill(41, false, () => log)).toBe('killed by its seccomp filter: thread vcpu0 made syscall 59 (execve), which its role does not allow');
+    expect(explainSeccompKill(7, true, () => log)).toMatch(/thread virtio-blk0 made syscall 41 \(socket\)/);
+    expect(explainSeccompKill(7, false, () => log)).toMatch(/the kernel log \(dmesg, audit type=1326\) names the thread/);
+    expect(explainSeccompKill(41, false, () => undefined)).toMatch(/^killed by its seccomp filter \(SIGSYS\)/);
   });
 
   const tmp = lazyTempDir('kindling-jail-rm-');
