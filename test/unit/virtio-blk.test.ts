@@ -6,7 +6,10 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import {
   BLK_CONFIG_SIZE,
+  BLK_MAX_DISCARD_SECTORS,
   BLK_MAX_DISCARD_SEG,
+  BLK_MAX_WRITE_ZEROES_SECTORS,
+  BLK_MAX_WRITE_ZEROES_SEG,
   BLK_SEG_MAX,
   BlockDevice,
   type BlockBackend,
@@ -35,7 +38,7 @@ import { ActiveQueue, createTransportStats, type QueueGuard } from '../../src/de
 import { FileBackend, type FileBackendAddon } from '../../src/devices/virtio/block/file-backend.js';
 import { GuestMemory, type MemorySegment } from '../../src/memory/guest-memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_AVAIL_F_NO_INTERRUPT, featureBit } from '../../src/devices/virtio/constants.js';
-import { SplitQueue, VirtqueueError } from '../../src/devices/virtio/queue.js';
+import { SplitQueue, VirtqueueError, type DescriptorChain } from '../../src/devices/virtio/queue.js';
 import { runs } from '../fuzz/budget.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 import { expectSameBytes } from '../fuzz/bytes.js';
@@ -525,7 +528,7 @@ describe('virtio-blk requests', () => {
 
   it('property: well-formed chains with arbitrary type, sector and length → the status and disk contents a model of the disk predicts', () => {
     const reqArb = fc.record({
-      type: fc.oneof(fc.constantFrom(VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID), fc.nat(0xff)),
+      type: fc.oneof(fc.constantFrom(VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES), fc.nat(0xff)),
       sector: fc.oneof(fc.nat(SECTORS + 2), fc.constantFrom(SECTORS - 1, SECTORS, 2 ** 32, 2 ** 53 - 1)),
       // data lengths: whole sectors mostly, sometimes not a multiple of 512
       len: fc.oneof(fc.integer({ min: 0, max: 8 }).map((n) => n * 512), fc.integer({ min: 1, max: 4096 })),
@@ -556,31 +559,198 @@ describe('virtio-blk requests', () => {
             } else expected.push({ status: VIRTIO_BLK_S_IOERR, used: 1 });
           } else if (r.type === VIRTIO_BLK_T_FLUSH) expected.push({ status: VIRTIO_BLK_S_OK, used: 1 });
           else if (r.type === VIRTIO_BLK_T_GET_ID) {
-            if (r.len >= 20) expected.push({ status: VIRTIO_BLK_S_OK, used: 21, read: t.serial });
-            else expected.push({ status: -1, used: -1 }); // short id buffers: any error status, checked below
-          } else if ([VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES].includes(r.type)) expected.push({ status: -1, used: -1 });
-          else expected.push({ status: VIRTIO_BLK_S_UNSUPP, used: 1 });
+            // a short id buffer gets the serial's first bytes (the device fills what there is)
+            const n = Math.min(20, r.len);
+            expected.push({ status: VIRTIO_BLK_S_OK, used: n + 1, read: t.serial.subarray(0, n) });
+          } else if ([VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES].includes(r.type)) {
+            // here their data is device-writable, so there is no segment to read: IOERR, disk untouched
+            // (read-only: IOERR too). Real segment payloads: the DISCARD/WRITE_ZEROES properties below.
+            expected.push({ status: VIRTIO_BLK_S_IOERR, used: 1 });
+          } else expected.push({ status: VIRTIO_BLK_S_UNSUPP, used: 1 });
         });
         t.drv.publish(...heads);
         t.service();
         expect(t.drv.usedIdx()).toBe(reqs.length);
         reqs.forEach((r, s) => {
           const e = expected[s];
-          const st = status(t, s);
-          if (e.status === -1) {
-            expect([VIRTIO_BLK_S_OK, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP]).toContain(st);
-            return;
-          }
-          expect(st).toBe(e.status);
+          expect(status(t, s)).toBe(e.status);
           expect(t.drv.used(s)).toEqual({ id: heads[s], len: e.used });
           if (e.read && e.status === VIRTIO_BLK_S_OK) expectSameBytes(t.mem.readBytes(DATA + s * 0x2000, e.read.length), e.read, `request ${s} data`);
         });
-        // DISCARD/WRITE_ZEROES with arbitrary payloads are checked elsewhere; here they must not touch data
-        // unless they succeeded, so compare only when none were sent.
-        if (!reqs.some((r) => [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES].includes(r.type))) expectSameBytes(t.backend.disk, model, 'disk');
+        expectSameBytes(t.backend.disk, model, 'disk');
       }),
       { numRuns: runs(300) },
     );
+  });
+});
+
+// ---- DISCARD / WRITE_ZEROES against a modelled disk ------------------------------------------------
+//
+// The rules (virtio 1.2 §5.2.6, and this device's documented choices):
+//  - on a read-only disk (DISCARD/WRITE_ZEROES not offered) both are IOERR;
+//  - the device-readable bytes after the header are struct virtio_blk_discard_write_zeroes
+//    { le64 sector; le32 num_sectors; le32 flags }: none, a partial segment, or more than
+//    max_discard_seg / max_write_zeroes_seg (16) segments → IOERR;
+//  - segments are checked in order before anything is done, the first bad one decides:
+//    flags other than VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, or the unmap flag on a DISCARD → UNSUPP
+//    (the spec's MUSTs); num_sectors above max_discard_sectors / max_write_zeroes_sectors, or a range
+//    running past the capacity → IOERR; a refused request changes no byte of the disk;
+//  - otherwise every range reads back as zeroes afterwards (WRITE_ZEROES: whatever the unmap flag;
+//    DISCARD: the backend punches holes, documented to read back as zeroes), num_sectors 0 is a
+//    no-op, status OK, used length 1 (device-writable bytes before the status byte are ignored).
+
+interface DwzOutcome {
+  status: number;
+  /** backend calls of an OK request, in order */
+  calls: string[];
+}
+
+/** The model's answer for a DISCARD (zero = false) or WRITE_ZEROES payload, decoded with BigInts. */
+function dwzModel(payload: Uint8Array, zero: boolean, readOnly: boolean, sectors: number, maxSectors: number, maxSeg: number): DwzOutcome {
+  const IOERR = { status: VIRTIO_BLK_S_IOERR, calls: [] };
+  if (readOnly) return IOERR;
+  if (payload.length === 0 || payload.length % 16 !== 0 || payload.length / 16 > maxSeg) return IOERR;
+  const calls: string[] = [];
+  for (let off = 0; off < payload.length; off += 16) {
+    let sector = 0n;
+    for (let i = 7; i >= 0; i--) sector = (sector << 8n) | BigInt(payload[off + i]);
+    const num = payload[off + 8] + payload[off + 9] * 2 ** 8 + payload[off + 10] * 2 ** 16 + payload[off + 11] * 2 ** 24;
+    const flags = payload[off + 12] + payload[off + 13] * 2 ** 8 + payload[off + 14] * 2 ** 16 + payload[off + 15] * 2 ** 24;
+    if (flags > 1 || (!zero && flags !== 0)) return { status: VIRTIO_BLK_S_UNSUPP, calls: [] };
+    if (num > maxSectors || sector + BigInt(num) > BigInt(sectors)) return IOERR;
+    if (num > 0) calls.push(zero ? `zero ${Number(sector) * 512} ${num * 512} ${flags === 1}` : `discard ${Number(sector) * 512} ${num * 512}`);
+  }
+  return { status: VIRTIO_BLK_S_OK, calls };
+}
+
+function encodeSegments(segs: Array<{ sector: bigint; num: number; flags: number }>): Uint8Array {
+  const b = new Uint8Array(16 * segs.length);
+  const v = new DataView(b.buffer);
+  segs.forEach((g, i) => {
+    v.setBigUint64(16 * i, g.sector, true);
+    v.setUint32(16 * i + 8, g.num, true);
+    v.setUint32(16 * i + 12, g.flags, true);
+  });
+  return b;
+}
+
+describe('virtio-blk DISCARD / WRITE_ZEROES (property)', () => {
+  const segArb = fc.record({
+    sector: fc.oneof(
+      { weight: 6, arbitrary: fc.nat(SECTORS + 4).map(BigInt) },
+      { weight: 1, arbitrary: fc.constantFrom(BigInt(SECTORS - 1), BigInt(SECTORS), 2n ** 32n, 2n ** 53n - 1n, 2n ** 53n, 2n ** 64n - 1n) },
+    ),
+    num: fc.oneof({ weight: 6, arbitrary: fc.nat(12) }, { weight: 1, arbitrary: fc.constantFrom(0, SECTORS, 0x200000, 0x200001, 0xffffffff) }),
+    flags: fc.oneof({ weight: 6, arbitrary: fc.constantFrom(0, 1) }, { weight: 1, arbitrary: fc.oneof(fc.constantFrom(2, 3, 0x80000000, 0xffffffff), fc.nat({ max: 0xffffffff })) }),
+  });
+  /** Structured segments (mostly), sometimes with a partial segment after them, or raw bytes. */
+  const payloadArb = fc.oneof(
+    { weight: 6, arbitrary: fc.array(segArb, { minLength: 1, maxLength: 4 }).map(encodeSegments) },
+    { weight: 1, arbitrary: fc.array(segArb, { minLength: 15, maxLength: 18 }).map(encodeSegments) },
+    {
+      weight: 1,
+      arbitrary: fc
+        .tuple(fc.array(segArb, { maxLength: 3 }), fc.uint8Array({ minLength: 1, maxLength: 15 }))
+        .map(([segs, tail]) => Uint8Array.from([...encodeSegments(segs), ...tail])),
+    },
+    { weight: 1, arbitrary: fc.uint8Array({ maxLength: 18 * 16 + 15 }) },
+  );
+
+  it('status, backend calls, stats and disk contents are what the model predicts; refused requests change nothing', () => {
+    const reached = new Map<string, number>();
+    fc.assert(
+      fc.property(
+        fc.boolean(),
+        payloadArb,
+        fc.array(fc.nat(18 * 16 + 15), { maxLength: 4 }),
+        fc.nat(600),
+        fc.constantFrom(false, false, false, true),
+        (zero, payload, cuts, extraWritable, readOnly) => {
+          const t = setup({ size: 16, readOnly });
+          const model = Uint8Array.from(t.backend.disk);
+          // The payload in pieces at arbitrary cut points, each piece in its own buffer.
+          const points = [...new Set(cuts.filter((c) => c > 0 && c < payload.length))].sort((a, b) => a - b);
+          const bounds = [0, ...points, payload.length];
+          const data: Seg[] = [];
+          for (let k = 0; k + 1 < bounds.length; k++) {
+            const piece = payload.subarray(bounds[k], bounds[k + 1]);
+            if (piece.length === 0) continue;
+            const gpa = DATA + k * 0x400;
+            t.mem.writeBytes(gpa, piece);
+            data.push({ addr: gpa, len: piece.length });
+          }
+          if (extraWritable > 0) data.push({ addr: DATA + 0x4000, len: extraWritable, write: true });
+          const type = zero ? VIRTIO_BLK_T_WRITE_ZEROES : VIRTIO_BLK_T_DISCARD;
+          t.drv.publish(request(t, 0, type, 0, data));
+          t.service();
+
+          const want = dwzModel(payload, zero, readOnly, SECTORS, zero ? BLK_MAX_WRITE_ZEROES_SECTORS : BLK_MAX_DISCARD_SECTORS, zero ? BLK_MAX_WRITE_ZEROES_SEG : BLK_MAX_DISCARD_SEG);
+          const key = `${zero ? 'wz' : 'discard'} ${want.status}${want.calls.length ? ' with ranges' : ''}`;
+          reached.set(key, (reached.get(key) ?? 0) + 1);
+          expect(status(t, 0)).toBe(want.status);
+          expect(t.drv.used(0)).toEqual({ id: 0, len: 1 });
+          expect(t.backend.log).toEqual(want.calls);
+          for (const c of want.calls) {
+            const [, pos, len] = c.split(' ').map(Number);
+            model.fill(0, pos, pos + len);
+          }
+          expectSameBytes(t.backend.disk, model, 'disk');
+          expect(readBlockStats(t.stats)).toMatchObject({
+            requests: 1,
+            discards: !zero && want.status === VIRTIO_BLK_S_OK ? 1 : 0,
+            writeZeroes: zero && want.status === VIRTIO_BLK_S_OK ? 1 : 0,
+            errors: want.status === VIRTIO_BLK_S_IOERR ? 1 : 0,
+            unsupported: want.status === VIRTIO_BLK_S_UNSUPP ? 1 : 0,
+          });
+        },
+      ),
+      { numRuns: runs(400) },
+    );
+    // Every outcome of both commands was reached.
+    for (const k of ['wz 0 with ranges', 'wz 1', 'wz 2', 'discard 0 with ranges', 'discard 1', 'discard 2']) expect([k, reached.get(k) ?? 0]).not.toEqual([k, 0]);
+  });
+
+  it('the sector limits: max_discard_sectors / max_write_zeroes_sectors accepted, one more refused (on a 3 GiB disk)', () => {
+    const sectors = 3 * 0x200000;
+    const calls: string[] = [];
+    const backend: BlockBackend = {
+      readv: () => 0,
+      writev: () => 0,
+      flush: () => undefined,
+      discard: (pos, len) => void calls.push(`discard ${pos} ${len}`),
+      writeZeroes: (pos, len, unmap) => void calls.push(`zero ${pos} ${len} ${unmap}`),
+    };
+    const stats = createBlockStats();
+    const dev = new BlockDevice({ sectors, readOnly: false, serial: blockSerial('/x', 1) }, backend, stats);
+    const mem = new GuestMemory([{ slot: 0, gpa: 0, size: 0x10000, buffer: new SharedArrayBuffer(0x10000) }]);
+    const run = (type: number, segs: Array<{ sector: bigint; num: number; flags: number }>): number => {
+      const payload = encodeSegments(segs);
+      mem.write32(0, type);
+      mem.write32(4, 0);
+      mem.write64(8, 0n);
+      mem.writeBytes(0x100, payload);
+      const chain: DescriptorChain = {
+        head: 0,
+        readable: [...mem.segments(0, 16), ...mem.segments(0x100, payload.length)],
+        writable: mem.segments(0x1000, 1),
+        readableBytes: 16 + payload.length,
+        writableBytes: 1,
+      };
+      const req = parseRequest(chain);
+      return dev.execute(req).status;
+    };
+    for (const [type, max] of [
+      [VIRTIO_BLK_T_DISCARD, BLK_MAX_DISCARD_SECTORS],
+      [VIRTIO_BLK_T_WRITE_ZEROES, BLK_MAX_WRITE_ZEROES_SECTORS],
+    ] as const) {
+      calls.length = 0;
+      expect(run(type, [{ sector: 8n, num: max, flags: 0 }])).toBe(VIRTIO_BLK_S_OK);
+      expect(calls).toHaveLength(1);
+      expect(run(type, [{ sector: 8n, num: max + 1, flags: 0 }])).toBe(VIRTIO_BLK_S_IOERR);
+      // a later segment over the limit refuses the whole request: the first range is not done either
+      expect(run(type, [{ sector: 0n, num: 8, flags: 0 }, { sector: 8n, num: max + 1, flags: 0 }])).toBe(VIRTIO_BLK_S_IOERR);
+      expect(calls).toHaveLength(1);
+    }
   });
 });
 
