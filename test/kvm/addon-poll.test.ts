@@ -285,7 +285,9 @@ describe('uv_poll watchers (watchEventfd / watchFd)', () => {
       workers.push(w);
       let exited = false;
       const exit = new Promise<number>((r) => w.once('exit', (c) => ((exited = true), r(c))));
-      await sleep(150);
+      // A worker that nothing holds exits as soon as its script ends; under load starting one can take
+      // several hundred ms, so wait long enough for that before judging (a held one waits for the kick).
+      await Promise.race([exit, sleep(1500)]);
       const aliveBefore = !exited;
       if (kick) k.eventfdWrite(fd, 1n);
       const code = await Promise.race([exit, sleep(3000).then(() => -1)]);
