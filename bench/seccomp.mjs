@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // What kindling's seccomp filters cost. Two measurements, each strictly interleaved (off, strict, off,
 // strict, …) in fresh worker threads, reporting min/median/max and the per-round ratio strict/off, with
-// CPU time (the worker's own, from process.cpuUsage deltas in the worker: thread-local) beside wall time:
+// CPU time (the worker thread's own, /proc/thread-self/schedstat) beside wall time:
 //
 //   1. syscall round trip: N × (eventfdWrite + eventfdRead) on one eventfd in a worker whose filter is
 //      the io:blk role (the allowlist walk a data-path syscall takes; write and read are early in it);
@@ -35,16 +35,19 @@ const addon = require(workerData.addon);
   const efd = addon.eventfd(0, 0);
   const fd = fs.openSync(workerData.file, 'r');
   const sab = new SharedArrayBuffer(4096);
+  // This thread's CPU time in ns (schedstat's first field), opened before the filter forbids opens.
+  const sched = fs.openSync('/proc/thread-self/schedstat', 'r');
+  const cpuNs = () => { const b = Buffer.alloc(128); const n = fs.readSync(sched, b, 0, 128, 0); return Number(b.toString('latin1', 0, n).split(' ')[0]); };
   installSeccomp(addon, { kind: 'io', device: 'blk' }, workerData.mode);
-  const c0 = process.cpuUsage(); const t0 = performance.now();
+  const c0 = cpuNs(); const t0 = performance.now();
   if (workerData.kind === 'eventfd') {
     for (let i = 0; i < workerData.n; i++) { addon.eventfdWrite(efd, 1n); addon.eventfdRead(efd); }
   } else {
     const iov = [[sab, 0, 4096]];
     for (let i = 0; i < workerData.n; i++) addon.preadv(fd, iov, BigInt((i & 255) * 4096));
   }
-  const t1 = performance.now(); const c1 = process.cpuUsage(c0);
-  parentPort.postMessage({ wallMs: t1 - t0, cpuMs: (c1.user + c1.system) / 1000 });
+  const t1 = performance.now(); const c1 = cpuNs();
+  parentPort.postMessage({ wallMs: t1 - t0, cpuMs: (c1 - c0) / 1e6 });
 })();
 `;
 
