@@ -51,6 +51,9 @@ import { resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type
 import { LegacyDevices } from './legacy-devices.js';
 import { VirtioMmioDevices } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
+import { type AgentWaitOptions, VmAgent, type VmExecOptions, type VmExecProcess } from './exec.js';
+import type { AgentClient, FileInfo } from '../agent/client.js';
+import type { Readable } from 'node:stream';
 
 export type VMState = 'created' | 'starting' | 'running' | 'paused' | 'stopping' | 'stopped';
 
@@ -132,6 +135,8 @@ export class VM extends EventEmitter {
   private virtio?: VirtioMmioDevices;
   private consoleHost?: ConsoleHost;
   private vsockHandle?: DeferredVsock;
+  /** The guest's exec agent over vm.vsock (./exec.ts), made on the first exec/writeFile/readFile. */
+  private agentHandle?: VmAgent;
   /** vm.console writes before the device exists (before start()). */
   private consoleInput: Array<{ chunk: Buffer; cb: (e?: Error | null) => void }> = [];
   private readonly internal: VMInternalOptions;
@@ -466,6 +471,9 @@ export class VM extends EventEmitter {
     this.devices?.drain();
     const reason = exitReasonName(Atomics.load(this.ctrl, CTRL_EXIT_REASON)) ?? 'stopped';
     const exitCode = Atomics.load(this.ctrl, CTRL_EXIT_CODE);
+    // vm.vsock makes no new connections from here (its control fds are handed over in order: bridge.ts).
+    this.agentHandle?.close();
+    this.vsockHandle?.close();
     await this.stopIoWorkers();
     this.teardown();
     this.timings.end = performance.timeOrigin + performance.now();
@@ -483,12 +491,48 @@ export class VM extends EventEmitter {
     if (!this.kvm) return;
     this.devices?.close();
     this.consoleHost?.close();
-    this.vsockHandle?.close();
+    this.vsockHandle?.dispose();
     this.virtio?.close();
     for (const vcpu of this.vcpuFds) vcpu.close();
     this.vmFd?.close();
     this.kvm.close();
     this.kvm = undefined;
+  }
+
+  private agent(): VmAgent {
+    this.agentHandle ??= new VmAgent(this.vsock, () => (this.ended ? 'the VM has stopped' : undefined));
+    return this.agentHandle;
+  }
+
+  /**
+   * Run `cmd` (a program name or an argv array; `opts.args` are appended) in the guest through its
+   * exec agent on vsock port 10789 (the default guest runs one; the VM needs config.vsock). Returns
+   * at once: stdout/stderr Readables, a stdin Writable (end() is the command's EOF), `pid`, `exited`
+   * (`{ code, signal }`), kill(signal). Waits up to `opts.agentTimeoutMs` (default 30 s) for the agent
+   * to answer (retrying while the guest's driver or agent is not up yet). See src/main/exec.ts.
+   */
+  exec(cmd: string | string[], opts: VmExecOptions = {}): VmExecProcess {
+    return this.agent().exec(cmd, opts);
+  }
+
+  /** Create or truncate `path` in the guest (mode default 0644) with `data`, through the exec agent. */
+  writeFile(path: string, data: string | Uint8Array | AsyncIterable<Uint8Array>, opts: { mode?: number } & AgentWaitOptions = {}): Promise<void> {
+    return this.agent().writeFile(path, data, opts);
+  }
+
+  /** A guest file's bytes, through the exec agent. */
+  readFile(path: string, opts: AgentWaitOptions = {}): Promise<Buffer> {
+    return this.agent().readFile(path, opts);
+  }
+
+  /** A guest file as a stream (with its mode and size), through the exec agent. */
+  readFileStream(path: string, opts: AgentWaitOptions = {}): Promise<{ stream: Readable; info: Promise<FileInfo> }> {
+    return this.agent().readFileStream(path, opts);
+  }
+
+  /** The exec agent's client itself (one shared connection), once the agent answers. */
+  agentClient(opts: AgentWaitOptions = {}): Promise<AgentClient> {
+    return this.agent().client(opts);
   }
 
   /** Resolves when the VM has ended: the guest exited, powered off, rebooted, failed, or stop() was called. */
@@ -499,6 +543,7 @@ export class VM extends EventEmitter {
   /** Stop the VM (if running) and release everything it holds. Resolves with how it ended. */
   async stop(): Promise<VMExit> {
     if (this._state === 'created') {
+      this.agentHandle?.close();
       this.vsockHandle?.close();
       this.ended = true;
       this.setState('stopped');

@@ -10,9 +10,19 @@
 //                            whose close() stops listening (connections already made stay)
 // The sockets are ordinary Node Duplexes with back-pressure: an unread socket stalls the guest's writer
 // (credit flow control in muxer.ts), a guest that does not read makes write() return false.
+//
+// Fd ownership across the control socketpair (fd numbers, not SCM_RIGHTS: both threads share one fd
+// table): an fd named in a `C`/`A` line belongs to the reader from the moment it is written, so a
+// line that is never read would leak its fd. Teardown is therefore ordered: close() (the VM is
+// stopping, before its I/O workers are told to stop) writes no more `C` lines and closes every `A`
+// fd that still arrives; the worker's VsockHost.close() reads out the `C` lines it has not seen and
+// closes their fds; dispose() (after the workers exited) reads out the `A` lines this thread has not
+// seen and closes their fds, and does the worker's part too if no worker ever took its end.
+import { closeSync } from 'node:fs';
 import net from 'node:net';
 import type { KvmAddon } from '../../../kvm/addon.js';
-import { CTL_HOST_CTL_TAKEN, CTL_WORDS, type VsockParams } from './backend.js';
+import { CTL_DEV_CTL_TAKEN, CTL_HOST_CTL_TAKEN, CTL_WORDS, type VsockParams } from './backend.js';
+import { drainLines } from './host.js';
 
 export interface VsockListener {
   close(): void;
@@ -56,9 +66,12 @@ export class VsockBridge implements VsockApi {
       }
       if (line.length > 256) line = '';
     });
+    this.ctlPending = () => line;
     this.ctl = ctl;
     return ctl;
   }
+
+  private ctlPending: () => string = () => '';
 
   private incoming(port: number, fd: number): void {
     const s = new net.Socket(socketOpts(fd));
@@ -138,13 +151,45 @@ export class VsockBridge implements VsockApi {
     };
   }
 
-  /** The VM stopped: pending connects fail; established sockets end when the device closes them. */
+  /**
+   * The VM is stopping: pending connects fail, no new ones are made, guest connections still
+   * announced are closed; established sockets end when the device closes them. The control socket
+   * stays open (for those announcements) until dispose().
+   */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.listeners.clear();
     for (const s of [...this.pending]) s.destroy();
-    this.ctl?.destroy();
+  }
+
+  /** The device's I/O worker has exited: close every fd still named in an unread control line. */
+  dispose(): void {
+    this.close();
+    if (this.ctl) {
+      for (const l of drainLines(this.params.hostCtlFd, this.ctlPending())) {
+        const m = /^A \d+ (\d+)$/.exec(l);
+        if (m) closeFd(Number(m[1]));
+      }
+      this.ctl.destroy();
+      // No worker ever served the device (a start that failed): its `C` lines are ours to close.
+      if (Atomics.exchange(new Int32Array(this.params.control, 0, CTL_WORDS), CTL_DEV_CTL_TAKEN, 1) === 0) {
+        for (const l of drainLines(this.params.devCtlFd)) {
+          const m = /^C (\d+)$/.exec(l);
+          if (m) closeFd(Number(m[1]));
+        }
+        closeFd(this.params.devCtlFd);
+      }
+    }
+  }
+}
+
+function closeFd(fd: number): void {
+  if (!Number.isSafeInteger(fd) || fd < 0 || fd > 0x7fffffff) return;
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
   }
 }
 
@@ -188,12 +233,18 @@ export class DeferredVsock implements VsockApi {
     };
   }
 
-  /** The VM stopped. */
+  /** The VM is stopping (or stopped): nothing new is connected or accepted. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
     for (const w of this.waiting.splice(0)) w.reject(new Error('vsock: the VM has stopped'));
     this.early.clear();
     this.bridge?.close();
+  }
+
+  /** The device's I/O worker has exited (see VsockBridge.dispose()). */
+  dispose(): void {
+    this.close();
+    this.bridge?.dispose();
   }
 }

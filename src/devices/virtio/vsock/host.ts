@@ -25,7 +25,7 @@
 // fwd_cnt, so an unread host socket stalls the guest writer after buf_alloc bytes; host → guest, the
 // socket is paused while its connection's queue is full. Everything the worker holds is bounded per
 // connection; pre-handshake clients are limited to the connection limit and HANDSHAKE_TIMEOUT_MS.
-import { lstatSync, unlinkSync } from 'node:fs';
+import { closeSync, lstatSync, readSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import type { BackendEnv } from '../device.js';
 import { CTL_DEV_CTL_TAKEN, CTL_LISTEN_TAKEN, CTL_WORDS, VsockBackend, vsockCounters, type VsockParams } from './backend.js';
@@ -148,6 +148,37 @@ class SocketStream implements HostStream {
 
 const socketOpts = (fd: number): net.SocketConstructorOpts => ({ fd, readable: true, writable: true, allowHalfOpen: true });
 
+function closeFd(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // already closed
+  }
+}
+
+/**
+ * The complete lines still unread on the control socket `fd` (non-blocking: libuv set O_NONBLOCK
+ * when net.Socket adopted it), after `partial`, the part of a line already read. Read
+ * synchronously, once, while tearing down: bounded by the socket's buffer.
+ */
+export function drainLines(fd: number, partial = ''): string[] {
+  let text = partial;
+  const buf = Buffer.alloc(4096);
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(fd, buf, 0, buf.length, null);
+    } catch {
+      break; // EAGAIN: nothing more; EBADF: gone
+    }
+    if (n <= 0) break;
+    text += buf.toString('latin1', 0, n);
+  }
+  const lines = text.split('\n');
+  lines.pop(); // an incomplete last line carries no complete fd number
+  return lines;
+}
+
 export class VsockHost {
   readonly backend: VsockBackend;
   private readonly o: HostOptions;
@@ -161,6 +192,8 @@ export class VsockHost {
   private kickScheduled = false;
   private readonly timer: ReturnType<typeof setInterval>;
   private closed = false;
+  /** The control socket's partial line. */
+  private ctlPending: () => string = () => '';
 
   constructor(params: VsockParams, o: HostOptions) {
     this.params = params;
@@ -192,10 +225,11 @@ export class VsockHost {
           line = line.slice(i + 1);
           // Not fenced: the listen set and adopting a client touch no queue, and must not be lost
           // while the driver is not up yet.
-          if (!this.closed) this.control(cmd);
+          this.control(cmd);
         }
         if (line.length > 256) line = '';
       });
+      this.ctlPending = () => line;
     }
     this.timer = setInterval(() => this.run(() => this.backend.mux.expire()), 250);
     this.timer.unref();
@@ -233,6 +267,8 @@ export class VsockHost {
     const n = Number(m[2]);
     if (m[1] === 'C') {
       if (!Number.isSafeInteger(n) || n > 0x7fffffff) return;
+      // The fd is this thread's from here on: a closed host closes it (the bridge's end then ends).
+      if (this.closed) return closeFd(n);
       this.client(new net.Socket(socketOpts(n)));
     } else if (n <= 0xffffffff) {
       if (m[1] === 'L') this.listened.add(n);
@@ -338,7 +374,13 @@ export class VsockHost {
     this.closed = true;
     clearInterval(this.timer);
     this.server?.close();
-    this.ctl?.destroy();
+    if (this.ctl) {
+      // `C <fd>` lines the main thread wrote that this thread has not read yet: each names an fd
+      // that is now ours alone (the bridge handed it over), so read them out and close those fds
+      // rather than leak them. The main thread writes no more once the VM is stopping (bridge.ts).
+      for (const cmd of drainLines(this.params.devCtlFd, this.ctlPending())) this.control(cmd);
+      this.ctl.destroy();
+    }
     for (const s of [...this.sockets]) s.destroy();
     this.sockets.clear();
   }
