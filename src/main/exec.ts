@@ -196,6 +196,9 @@ export class VmAgent {
       over = true;
       pidRej(e);
       exitRej(e);
+      // Unpiped first: pipe()'s own 'error' listener on a destination is not someone listening.
+      proc?.stdout.unpipe(stdout);
+      proc?.stderr.unpipe(stderr);
       destroyWith(stdout, e);
       destroyWith(stderr, e);
       stdin.destroy();
