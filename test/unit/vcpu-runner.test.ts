@@ -459,7 +459,7 @@ describe('VcpuRunner: hostile KVM_EXIT_IO / KVM_EXIT_MMIO fields (property)', ()
     write: fc.boolean(),
     addr: fc.oneof(
       { weight: 4, arbitrary: fc.tuple(fc.constantFrom(...MMIO_BASES), fc.integer({ min: 0, max: MMIO_WINDOW - 8 })).map(([b, o]) => BigInt(b + o)) },
-      { weight: 1, arbitrary: fc.constantFrom(0xfee0_0000n, 2n ** 40n, 2n ** 52n - 8n) },
+      { weight: 1, arbitrary: fc.constantFrom(0xfee0_0000n, 2n ** 40n, 2n ** 52n - 8n, 2n ** 53n - 3n, 2n ** 53n + 1n, 2n ** 64n - 1n) },
     ),
     len: fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 1, max: 8 }) }, { weight: 1, arbitrary: fc.constantFrom(0, 9, 16, 4096, 0xffffffff) }),
     data: fc.array(fc.nat(255), { minLength: 8, maxLength: 8 }),

@@ -591,10 +591,11 @@ describe('virtio-blk requests', () => {
 //  - the device-readable bytes after the header are struct virtio_blk_discard_write_zeroes
 //    { le64 sector; le32 num_sectors; le32 flags }: none, a partial segment, or more than
 //    max_discard_seg / max_write_zeroes_seg (16) segments → IOERR;
-//  - segments are checked in order before anything is done, the first bad one decides:
-//    flags other than VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP, or the unmap flag on a DISCARD → UNSUPP
-//    (the spec's MUSTs); num_sectors above max_discard_sectors / max_write_zeroes_sectors, or a range
-//    running past the capacity → IOERR; a refused request changes no byte of the disk;
+//  - every segment is checked before anything is done: a flag other than
+//    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP in any segment, or the unmap flag on a DISCARD → UNSUPP (the
+//    spec's MUSTs, "if any unknown flag is set": they win over a range error in another segment);
+//    else num_sectors above max_discard_sectors / max_write_zeroes_sectors, or a range running past
+//    the capacity → IOERR; a refused request changes no byte of the disk;
 //  - otherwise every range reads back as zeroes afterwards (WRITE_ZEROES: whatever the unmap flag;
 //    DISCARD: the backend punches holes, documented to read back as zeroes), num_sectors 0 is a
 //    no-op, status OK, used length 1 (device-writable bytes before the status byte are ignored).
@@ -610,16 +611,19 @@ function dwzModel(payload: Uint8Array, zero: boolean, readOnly: boolean, sectors
   const IOERR = { status: VIRTIO_BLK_S_IOERR, calls: [] };
   if (readOnly) return IOERR;
   if (payload.length === 0 || payload.length % 16 !== 0 || payload.length / 16 > maxSeg) return IOERR;
-  const calls: string[] = [];
+  const segs: Array<{ sector: bigint; num: number; flags: number }> = [];
   for (let off = 0; off < payload.length; off += 16) {
     let sector = 0n;
     for (let i = 7; i >= 0; i--) sector = (sector << 8n) | BigInt(payload[off + i]);
     const num = payload[off + 8] + payload[off + 9] * 2 ** 8 + payload[off + 10] * 2 ** 16 + payload[off + 11] * 2 ** 24;
     const flags = payload[off + 12] + payload[off + 13] * 2 ** 8 + payload[off + 14] * 2 ** 16 + payload[off + 15] * 2 ** 24;
-    if (flags > 1 || (!zero && flags !== 0)) return { status: VIRTIO_BLK_S_UNSUPP, calls: [] };
-    if (num > maxSectors || sector + BigInt(num) > BigInt(sectors)) return IOERR;
-    if (num > 0) calls.push(zero ? `zero ${Number(sector) * 512} ${num * 512} ${flags === 1}` : `discard ${Number(sector) * 512} ${num * 512}`);
+    segs.push({ sector, num, flags });
   }
+  if (segs.some((g) => g.flags > 1 || (!zero && g.flags !== 0))) return { status: VIRTIO_BLK_S_UNSUPP, calls: [] };
+  if (segs.some((g) => g.num > maxSectors || g.sector + BigInt(g.num) > BigInt(sectors))) return IOERR;
+  const calls = segs
+    .filter((g) => g.num > 0)
+    .map((g) => (zero ? `zero ${Number(g.sector) * 512} ${g.num * 512} ${g.flags === 1}` : `discard ${Number(g.sector) * 512} ${g.num * 512}`));
   return { status: VIRTIO_BLK_S_OK, calls };
 }
 

@@ -384,18 +384,22 @@ export class BlockDevice {
     if (len === 0 || len % BLK_DWZ_SEGMENT_SIZE !== 0 || len / BLK_DWZ_SEGMENT_SIZE > maxSeg) return IOERR;
     const raw = gatherBytes(req.dataOut, len);
     const v = new DataView(raw.buffer);
+    // Every segment is checked before any is carried out. Reserved flag bits, and the unmap flag on a
+    // discard, are unsupported (§5.2.6.2: UNSUPP "if any unknown flag is set", so this wins over a
+    // range error in another segment); then a segment over the sector limit or past the end → IOERR.
     const ranges: Array<{ pos: number; len: number; unmap: boolean }> = [];
+    let rangeError = false;
     for (let off = 0; off < len; off += BLK_DWZ_SEGMENT_SIZE) {
       const lo = v.getUint32(off, true);
       const hi = v.getUint32(off + 4, true);
       const num = v.getUint32(off + 8, true);
       const flags = v.getUint32(off + 12, true);
-      // Reserved flag bits, and the unmap flag on a discard, are unsupported (§5.2.6.2).
       if ((flags & ~VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 || (!zero && flags !== 0)) return { status: VIRTIO_BLK_S_UNSUPP, usedLen: 1 };
       const sector = hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * 2 ** 32 + lo;
-      if (num > maxSectors || !this.inRange(sector, num * SECTOR_SIZE)) return IOERR;
-      ranges.push({ pos: sector * SECTOR_SIZE, len: num * SECTOR_SIZE, unmap: (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 });
+      if (num > maxSectors || !this.inRange(sector, num * SECTOR_SIZE)) rangeError = true;
+      else ranges.push({ pos: sector * SECTOR_SIZE, len: num * SECTOR_SIZE, unmap: (flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP) !== 0 });
     }
+    if (rangeError) return IOERR;
     for (const r of ranges) {
       if (r.len === 0) continue;
       if (zero) this.backend.writeZeroes(r.pos, r.len, r.unmap);
