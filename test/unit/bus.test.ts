@@ -457,6 +457,20 @@ const regArb = (maxLen: number): fc.Arbitrary<{ off: number; len: number; junk: 
     junk: fc.oneof(fc.constant(0), fc.integer({ min: 1, max: 0xffff })),
   });
 
+describe('unknown-access reports', () => {
+  it('are made once per address and stop after 4096 distinct addresses (a guest can touch any number)', () => {
+    const seen: number[] = [];
+    const bus = new MmioBus((_k, a) => seen.push(a));
+    bus.register(2 ** 33, 0x1000, new Wide(), 'dev');
+    for (let i = 0; i < 5000; i++) expect(bus.read(2 ** 32 + 8 * i, 8)).toBe(2 ** 64 - 1);
+    for (let i = 0; i < 10; i++) bus.write(2 ** 32, 4, i);
+    expect(seen).toHaveLength(4096);
+    expect(new Set(seen).size).toBe(4096);
+    expect(seen.slice(0, 4)).toEqual([2 ** 32, 2 ** 32 + 4, 2 ** 32 + 8, 2 ** 32 + 12]);
+    expect(bus.read(2 ** 33, 4)).toBe(0xdeadbeef);
+  });
+});
+
 describe('buses against a model (property)', () => {
   it('PioBus: registration refusals, reads and writes of 1/2/4 bytes, straddles, unknown ports', () => {
     const reached = reachedNone();
