@@ -77,6 +77,8 @@ export function vmEnder(control: Int32Array, vcpuId: number, vcpuCount: number, 
 export class VcpuRunner {
   private readonly kvmRun: KvmRunView;
   private readonly view: DataView;
+  /** view.byteLength, read once (the mapping never changes size). */
+  private readonly runBytes: number;
   private readonly pio: PioBus;
   private readonly mmio: MmioBus;
   private readonly ctrl: Int32Array;
@@ -86,6 +88,7 @@ export class VcpuRunner {
   constructor(opts: VcpuRunnerOptions) {
     this.opts = opts;
     this.view = opts.runView;
+    this.runBytes = opts.runView.byteLength;
     this.kvmRun = new KvmRunView(opts.runView);
     this.pio = opts.buses.pio;
     this.mmio = opts.buses.mmio;
@@ -164,8 +167,9 @@ export class VcpuRunner {
     const port = k.ioPort;
     const count = k.ioCount;
     let off = k.ioDataOffset;
-    if ((size !== 1 && size !== 2 && size !== 4) || count === 0 || off > view.byteLength || count * size > view.byteLength - off) {
-      throw new Error(`refused KVM_EXIT_IO on port 0x${port.toString(16)}: size ${size}, count ${count}, data offset ${off} (kvm_run mapping is ${view.byteLength} bytes)`);
+    const runBytes = this.runBytes;
+    if ((size !== 1 && size !== 2 && size !== 4) || count === 0 || off > runBytes || count * size > runBytes - off) {
+      throw new Error(`refused KVM_EXIT_IO on port 0x${port.toString(16)}: size ${size}, count ${count}, data offset ${off} (kvm_run mapping is ${runBytes} bytes)`);
     }
     if (k.ioIsOut) for (let i = 0; i < count; i++, off += size) pio.writeFrom(port, size, view, off);
     else for (let i = 0; i < count; i++, off += size) pio.readInto(port, size, view, off);
