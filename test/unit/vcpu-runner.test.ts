@@ -19,7 +19,7 @@ import {
   KVM_RUN_OFFSETS as O,
   KVM_SYSTEM_EVENT_SHUTDOWN,
 } from '../../src/kvm/structs.js';
-import type { VcpuExit } from '../../src/kvm/exits.js';
+import { decodeExit, type VcpuExit } from '../../src/kvm/exits.js';
 import {
   CTRL_EXIT_CODE,
   CTRL_EXIT_REASON,
@@ -567,6 +567,35 @@ describe('VcpuRunner: hostile KVM_EXIT_IO / KVM_EXIT_MMIO fields (property)', ()
       { numRuns: runs(300) },
     );
     expect(Object.entries(reached).filter(([, n]) => n === 0)).toEqual([]);
+  });
+});
+
+describe('decodeExit on arbitrary kvm_run bytes (property)', () => {
+  it('never throws, reads each field where structs.ts puts it, and caps ndata at 16', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ minLength: 256, maxLength: 256 }),
+        fc.oneof(fc.constantFrom(KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTR, KVM_EXIT_SYSTEM_EVENT, 9, 17), fc.nat({ max: 0xffffffff })),
+        (bytes, reason) => {
+          const v = new DataView(Uint8Array.from(bytes).buffer);
+          v.setUint32(O.exitReason, reason, true);
+          const e = decodeExit(v);
+          const u64 = (off: number): number => Number(v.getBigUint64(off, true));
+          if (reason === KVM_EXIT_IO) {
+            expect(e).toEqual({ kind: 'io', direction: bytes[O.ioDirection] === KVM_EXIT_IO_OUT ? 'out' : 'in', port: v.getUint16(O.ioPort, true), size: bytes[O.ioSize], count: v.getUint32(O.ioCount, true), dataOffset: u64(O.ioDataOffset) });
+          } else if (reason === KVM_EXIT_MMIO) {
+            expect(e).toEqual({ kind: 'mmio', isWrite: bytes[O.mmioIsWrite] !== 0, addr: u64(O.mmioPhysAddr), len: v.getUint32(O.mmioLen, true) });
+          } else if (reason === 17 /* INTERNAL_ERROR */ || reason === KVM_EXIT_SYSTEM_EVENT) {
+            const n = Math.min(v.getUint32(36, true), 16);
+            expect(e.kind === 'internal-error' || e.kind === 'system-event').toBe(true);
+            if (e.kind === 'internal-error' || e.kind === 'system-event') expect(e.data).toEqual(Array.from({ length: n }, (_, i) => v.getBigUint64(40 + 8 * i, true)));
+          } else if (reason === 9 /* FAIL_ENTRY */) expect(e.kind).toBe('fail-entry');
+          else if ([KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTR].includes(reason)) expect(['hlt', 'shutdown', 'intr']).toContain(e.kind);
+          else expect(e.kind === 'other' ? e.reason : reason).toBe(reason);
+        },
+      ),
+      { numRuns: runs(300) },
+    );
   });
 });
 
