@@ -6,9 +6,15 @@ import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
 import { JailUsageError, parseJailArgs, type JailCommand } from '../jail/jail.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from '../main/config.js';
 
+/** --agent-timeout's default, in seconds. */
+export const DEFAULT_AGENT_TIMEOUT_S = 30;
+/** The longest --agent-timeout (what a Node timer can wait), in seconds. */
+export const MAX_AGENT_TIMEOUT_S = 2147483;
+
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
-               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--seccomp MODE] [--force] [-- CMD ARGS...]
+               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--seccomp MODE] [--force]
+               [--agent] [--agent-timeout SECONDS] [--console-log FILE] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling jail --id ID --uid UID --gid GID [options] -- run|vhost-user ARGS...
                             run kindling confined (see kindling jail --help, docs/security.md)
@@ -38,6 +44,18 @@ run:
                    (earlyprintk=serial is added to its command line so its progress shows)
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
                    other kernels: appended to the command line after "--" (arguments for init)
+  --agent          run CMD through the guest's exec agent (vsock port 10789) also with --kernel (the
+                   guest must start kindling-agent); the default guest always does when it has one.
+                   Through the agent, CMD's stdout and stderr are kindling's, kindling's stdin is
+                   CMD's (EOF included), the exit status is CMD's (128+N if killed by signal N), and
+                   the console (kernel log) is kept off stdout. Adds --vsock 3 if no --vsock is given.
+  --agent-timeout SECONDS
+                   how long to wait for the guest's agent to answer (default ${DEFAULT_AGENT_TIMEOUT_S} s);
+                   then one line and exit 1
+  --console-log FILE
+                   with a command run through the agent: write the console (kernel log, COM1 and
+                   virtio-console) to FILE (created or truncated); without it the console goes to
+                   stderr at --log-level info/debug/trace and is discarded otherwise
 
 console: the terminal is attached to the guest's serial port (COM1), or with --console virtio to its
 virtio-console (output of both is shown). Ctrl-A x quits, Ctrl-A p
@@ -75,12 +93,28 @@ export type Command =
       guestArgs: string[];
       /** --force: boot the default guest even where it cannot finish booting (KVM-PVM). */
       force: boolean;
+      /** --agent: run `guestArgs` through the guest's exec agent even with --kernel. */
+      agent?: true;
+      /** --agent-timeout, in ms. */
+      agentTimeoutMs?: number;
+      /** --console-log FILE. */
+      consoleLog?: string;
     };
 
 function parseIntArg(name: string, v: string | undefined): number | undefined {
   if (v === undefined) return undefined;
   if (!/^[0-9]+$/.test(v)) throw new UsageError(`--${name} needs a whole number (got ${quoted(v)})`);
   return Number(v);
+}
+
+/** --agent-timeout SECONDS (decimal, > 0, up to MAX_AGENT_TIMEOUT_S) → ms. */
+export function parseAgentTimeout(v: string): number {
+  const m = /^([0-9]{1,7})(\.[0-9]{1,3})?$/.exec(v);
+  const s = m ? Number(v) : NaN;
+  if (!m || !(s > 0) || s > MAX_AGENT_TIMEOUT_S) {
+    throw new UsageError(`--agent-timeout needs a number of seconds above 0 and at most ${MAX_AGENT_TIMEOUT_S} (got ${quoted(v)})`);
+  }
+  return Math.max(1, Math.round(s * 1000));
 }
 
 /** `CID[,uds=PATH]` (everything after `uds=` is the path, commas included). */
@@ -148,6 +182,9 @@ function parseRun(args: string[]): Command {
         vsock: { type: 'string' },
         force: { type: 'boolean' },
         seccomp: { type: 'string' },
+        agent: { type: 'boolean' },
+        'agent-timeout': { type: 'string' },
+        'console-log': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     }));
@@ -176,8 +213,25 @@ function parseRun(args: string[]): Command {
   }
   if (values.vsock !== undefined) config.vsock = parseVsockArg(values.vsock);
   if (values.seccomp !== undefined) config.seccomp = values.seccomp as VMConfig['seccomp']; // checked by resolveConfig (exit 2)
-  if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra = ['--', ...guestArgs];
-  return { kind: 'run', config, defaultGuest: values.kernel === undefined, guestArgs, force: values.force === true };
+  const agent = values.agent === true;
+  for (const f of ['agent', 'agent-timeout', 'console-log'] as const) {
+    if (values[f] !== undefined && guestArgs.length === 0) throw new UsageError(`--${f} is for a command run through the guest agent: give it after --`);
+  }
+  const agentTimeoutMs = values['agent-timeout'] === undefined ? undefined : parseAgentTimeout(values['agent-timeout']);
+  const consoleLog = values['console-log'];
+  if (consoleLog === '') throw new UsageError('--console-log needs a file path');
+  // Through the agent the words are the agent's command, not init's arguments.
+  if (values.kernel !== undefined && guestArgs.length && !agent) config.cmdlineExtra = ['--', ...guestArgs];
+  return {
+    kind: 'run',
+    config,
+    defaultGuest: values.kernel === undefined,
+    guestArgs,
+    force: values.force === true,
+    ...(agent ? { agent: true as const } : {}),
+    ...(agentTimeoutMs !== undefined ? { agentTimeoutMs } : {}),
+    ...(consoleLog !== undefined ? { consoleLog } : {}),
+  };
 }
 
 /**

@@ -2,9 +2,10 @@
 // stderr for an error, exit 2 for what the user gave, 1 for the VMM or guest failing, 128+N after
 // signal N (./signals.ts); the terminal is put in raw mode only when this process owns it
 // (./terminal.ts), and never can a terminal access stop the process.
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, constants as fsConstants, createWriteStream, existsSync, fstatSync, openSync, readFileSync, type WriteStream } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { defaultGuestOnPvm, errorLine, parseCommandLine, USAGE, type Command } from './cli-args.js';
+import { defaultGuestOnPvm, errorLine, parseCommandLine, USAGE, UsageError, type Command } from './cli-args.js';
+import { oneLine, quoted } from '../main/config.js';
 import { SignalStop } from './signals.js';
 import { isServeArgv, serveMain } from './serve.js';
 import { consoleMode, neverStopOnTerminalAccess, probeTerminal } from './terminal.js';
@@ -88,10 +89,21 @@ function helloKernel(): string {
   return existsSync(built) ? built : `${built} (build it with: make -C test/guests)`;
 }
 
-async function run({ config, defaultGuest, guestArgs, force }: Extract<Command, { kind: 'run' }>): Promise<void> {
+/** The vsock CID `kindling run -- CMD` gives the guest for its agent when --vsock is not given. */
+const AGENT_DEFAULT_CID = 3;
+/** What the default guest's init runs when the command goes through the agent: nothing, until stopped. */
+const IDLE_GUEST_COMMAND = ['sh', '-c', 'while :; do sleep 3600; done'];
+
+async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<void> {
+  const { config, defaultGuest, guestArgs, force } = cmd;
   // The default guest on KVM-PVM: refused at once (not a boot that fails after ~110 s), unless --force.
   const pvmPlan = defaultGuest ? defaultGuestOnPvm({ pvm: detectPvm(), force, helloKernel: helloKernel() }) : { cmdlineWords: [] };
   if (pvmPlan.refuse) throw pvmPlan.refuse;
+  // A command may go through the exec agent (--agent, or the default guest if it has one): it needs vsock.
+  const agentPossible = guestArgs.length > 0 && (cmd.agent === true || defaultGuest);
+  if (agentPossible && !config.vsock) config.vsock = { cid: AGENT_DEFAULT_CID };
+  let agentMode = agentPossible && cmd.agent === true;
+  const consoleLog = cmd.consoleLog === undefined ? undefined : openConsoleLog(cmd.consoleLog);
   // The vCPU workers boot (~35 ms each, in parallel) while this thread loads the VMM's modules.
   const vcpus = config.vcpus ?? DEFAULT_VCPUS;
   if (vcpus >= 1 && vcpus <= MAX_VCPUS) {
@@ -101,11 +113,14 @@ async function run({ config, defaultGuest, guestArgs, force }: Extract<Command, 
   const { VM } = await import('../main/vm.js');
   if (defaultGuest) {
     // Loaded only when needed: the builder is not on the path of `run --kernel`.
-    const { ensureDefaultGuest, encodeGuestCommand } = await import('../guest-image/index.js');
+    const { ensureDefaultGuest, encodeGuestCommand, readGuestManifest } = await import('../guest-image/index.js');
     const g = await ensureDefaultGuest({ progress: true, log: (l) => process.stderr.write(l + '\n') });
     config.kernel = g.kernel;
     config.initrd = g.initrd;
-    const extra = [...pvmPlan.cmdlineWords, ...(guestArgs.length ? [`kindling.cmd=${encodeGuestCommand(guestArgs)}`] : [])];
+    // A default guest built before the agent existed runs the command from its command line, as before.
+    if (agentPossible && readGuestManifest(g.dir)?.agent !== undefined) agentMode = true;
+    const initCommand = agentMode ? IDLE_GUEST_COMMAND : guestArgs;
+    const extra = [...pvmPlan.cmdlineWords, ...(initCommand.length ? [`kindling.cmd=${encodeGuestCommand(initCommand)}`] : [])];
     if (extra.length) config.cmdlineExtra = extra;
   }
   let vm: VM;
@@ -120,6 +135,8 @@ async function run({ config, defaultGuest, guestArgs, force }: Extract<Command, 
   vm.on('warning', (w: string) => {
     if (!['error', 'fatal', 'silent'].includes(level)) process.stderr.write(w + '\n');
   });
+  if (agentMode) return runAgentCommand(vm, guestArgs, { level, consoleLog, agentTimeoutMs: cmd.agentTimeoutMs });
+  consoleLog?.end();
   const detach = attachConsole(vm, level);
   // From here a signal stops the VM (and this function exits with 128+N once it has ended).
   signals.setStopper(() => vm.stop());
@@ -138,6 +155,72 @@ async function run({ config, defaultGuest, guestArgs, force }: Extract<Command, 
   if (process.env.KINDLING_TIMINGS) process.stderr.write(`kindling-timings ${JSON.stringify(vm.timings)}\n`);
   await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));
   process.exit(signals.exitCode ?? exit.exitCode & 0xff);
+}
+
+/** --console-log FILE, opened (created or truncated, 0644) before anything boots: a bad path is exit 2. */
+function openConsoleLog(path: string): WriteStream {
+  let fd: number;
+  try {
+    // Non-blocking: a FIFO nobody reads is refused (ENXIO) instead of hanging the start.
+    fd = openSync(path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NONBLOCK, 0o644);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === 'ENOENT' ? 'its directory does not exist' : code === 'ENXIO' ? 'a FIFO that nobody has open for reading' : (e as Error).message;
+    throw new UsageError(`--console-log ${quoted(path)}: ${why}`);
+  }
+  const st = fstatSync(fd);
+  if (!st.isFile() && !st.isFIFO() && !st.isCharacterDevice()) {
+    closeSync(fd);
+    throw new UsageError(`--console-log ${quoted(path)} is not a file`);
+  }
+  const w = createWriteStream('', { fd });
+  w.on('error', (e) => process.stderr.write(`kindling: --console-log: ${e.message}\n`));
+  return w;
+}
+
+/**
+ * `kindling run -- CMD` through the guest's exec agent: the console goes to --console-log, or to
+ * stderr at a verbose log level, else nowhere (it never reaches stdout); stdout/stderr/stdin are the
+ * command's (stdin not read while another process group owns the terminal: the command gets EOF);
+ * the exit status is the command's. The agent that never answers, or a VM that ends first: one line, 1.
+ */
+async function runAgentCommand(vm: VM, argv: string[], o: { level: string; consoleLog?: WriteStream; agentTimeoutMs?: number }): Promise<void> {
+  const { runCommand } = await import('../main/exec.js');
+  const verbose = ['info', 'debug', 'trace'].includes(o.level);
+  const sink = (b: Buffer): void => {
+    if (o.consoleLog) o.consoleLog.write(b);
+    else if (verbose) process.stderr.write(b);
+  };
+  vm.serial.on('data', sink);
+  vm.console?.on('data', sink);
+  neverStopOnTerminalAccess();
+  const stdinMode = consoleMode(probeTerminal(process.stdin.isTTY === true));
+  // A reader that went away (`| head`): the command is stopped with the VM, exit as a shell would (SIGPIPE).
+  let brokenPipe = false;
+  process.stdout.on('error', () => {
+    brokenPipe = true;
+    void vm.stop();
+  });
+  signals.setStopper(() => vm.stop());
+  let outcome: { status: number } | { error: string } = { error: 'the VM did not start' };
+  try {
+    await vm.start();
+    outcome = await runCommand(vm, argv, { stdin: stdinMode === 'background' ? undefined : process.stdin, stdout: process.stdout, stderr: process.stderr }, { timeoutMs: o.agentTimeoutMs });
+  } catch (e) {
+    if (signals.exitCode === undefined) throw e;
+  }
+  await vm.stop();
+  process.stdin.pause();
+  if (o.consoleLog) await new Promise<void>((r) => o.consoleLog!.end(r));
+  if (process.env.KINDLING_TIMINGS) process.stderr.write(`kindling-timings ${JSON.stringify(vm.timings)}\n`);
+  if (signals.exitCode !== undefined) process.exit(signals.exitCode);
+  if (brokenPipe) process.exit(141);
+  if ('error' in outcome) {
+    process.stderr.write(`kindling: ${oneLine(outcome.error)}\n`);
+    process.exit(1);
+  }
+  await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));
+  process.exit(outcome.status & 0xff);
 }
 
 const CTRL_A = 0x01;

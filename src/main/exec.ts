@@ -21,7 +21,7 @@
 // unread stdout stops the guest process (the agent's output credit is returned only as data is read).
 import type net from 'node:net';
 import { PassThrough, Readable, type Writable } from 'node:stream';
-import { AgentClient, type ExecOptions, type ExitStatus, type FileInfo } from '../agent/client.js';
+import { AgentClient, type AttachedStreams, type ExecOptions, type ExitStatus, type FileInfo, runAttached } from '../agent/client.js';
 import { AGENT_VSOCK_PORT } from '../agent/protocol.js';
 import type { VsockApi } from '../devices/virtio/vsock/bridge.js';
 
@@ -284,4 +284,47 @@ export class VmAgent {
     this.conn = undefined;
     conn?.then(({ socket }) => socket.destroy(), () => {});
   }
+}
+
+/** What runCommand needs of a VM (VM itself; a fake in the unit tests). */
+export interface AgentVm {
+  agentClient(o: AgentWaitOptions): Promise<AgentClient>;
+  wait(): Promise<{ reason: string; exitCode: number; detail?: string }>;
+}
+
+function vmEnd(e: { reason: string; detail?: string }): string {
+  return e.detail ? `${e.reason}: ${e.detail}` : e.reason;
+}
+
+/**
+ * `kindling run -- CMD` through the agent: wait for it (`agentTimeoutMs`), run `argv` attached to
+ * `io` (runAttached: stdout, stderr, stdin with its EOF), and give the shell's status for it
+ * (128+N when killed by signal N), or one line saying why the command could not be run to its end
+ * (the agent never answered, the VM ended first, the connection was lost).
+ */
+export async function runCommand(
+  vm: AgentVm,
+  argv: string[],
+  io: AttachedStreams,
+  o: AgentWaitOptions = {},
+): Promise<{ status: number } | { error: string }> {
+  const ended = vm.wait().then((exit) => ({ exit }));
+  const c = await Promise.race([
+    vm.agentClient(o).then(
+      (client) => ({ client }),
+      (e: Error) => ({ error: e.message }),
+    ),
+    ended,
+  ]);
+  if ('exit' in c) return { error: `the guest ended (${vmEnd(c.exit)}) before its agent answered` };
+  if ('error' in c) return c;
+  const r = await Promise.race([
+    runAttached(c.client, argv, io).then(
+      (status) => ({ status }),
+      (e: Error) => ({ error: `the guest agent's connection was lost while the command ran (${e.message})` }),
+    ),
+    ended,
+  ]);
+  if ('exit' in r) return { error: `the guest ended (${vmEnd(r.exit)}) while the command ran` };
+  return r;
 }
