@@ -289,6 +289,33 @@ describe('addon without KVM', () => {
       k.close(fd);
     });
 
+    it('preadvPacked/pwritevPacked: the same transfers with the iovec as (buffer index, offset, length) triples', () => {
+      const path = join(dir, 'packed.img');
+      writeFileSync(path, Buffer.alloc(16384));
+      const fd = k.openFile(path, C.O_RDWR, 0);
+      const a = k.allocGuestMemory(8192);
+      const b = k.allocGuestMemory(8192);
+      new Uint8Array(a).fill(0xaa);
+      new Uint8Array(b).fill(0xbb);
+      expect(k.pwritevPacked(fd, [a, b], new Float64Array([1, 100, 512, 0, 0, 512]), 2, 1024n)).toBe(1024);
+      const disk = readFileSync(path);
+      expect([disk[1023], disk[1024], disk[1535], disk[1536], disk[2047], disk[2048]]).toEqual([0, 0xbb, 0xbb, 0xaa, 0xaa, 0]);
+      const c = k.allocGuestMemory(4096);
+      // only `count` triples are used, whatever follows in the array
+      expect(k.preadvPacked(fd, [c], new Float64Array([0, 10, 1024, 0, 5000, 1]), 1, 1024n)).toBe(1024);
+      expect([...new Uint8Array(c, 10, 1024).subarray(510, 514)]).toEqual([0xbb, 0xbb, 0xaa, 0xaa]);
+      expect(k.preadvPacked(fd, [], new Float64Array(0), 0, 0n)).toBe(0);
+      expect(() => k.preadvPacked(fd, [c], new Float64Array([0, 4000, 97]), 1, 0n)).toThrow(/outside buffer 0/);
+      expect(() => k.preadvPacked(fd, [c], new Float64Array([1, 0, 1]), 1, 0n)).toThrow(/no such buffer/);
+      expect(() => k.preadvPacked(fd, [c], new Float64Array([0.5, 0, 1]), 1, 0n)).toThrow(RangeError);
+      expect(() => k.preadvPacked(fd, [c], new Float64Array([0, -1, 1]), 1, 0n)).toThrow(RangeError);
+      expect(() => k.preadvPacked(fd, [c], new Float64Array([0, 0, 1]), 2, 0n)).toThrow(/fewer than count/);
+      expect(() => k.preadvPacked(fd, [new ArrayBuffer(8) as unknown as SharedArrayBuffer], new Float64Array([0, 0, 1]), 1, 0n)).toThrow(TypeError);
+      expect(() => k.preadvPacked(fd, [c], [0, 0, 1] as unknown as Float64Array, 1, 0n)).toThrow(TypeError);
+      expect(() => k.preadvPacked(fd, [c], new Float64Array(3 * (C.IOV_MAX + 1)), C.IOV_MAX + 1, 0n)).toThrow(RangeError);
+      k.close(fd);
+    });
+
     it('tryLockExclusive: flock is exclusive across open file descriptions', () => {
       const path = join(dir, 'lock.img');
       writeFileSync(path, '');

@@ -43,6 +43,12 @@ import { runs } from '../fuzz/budget.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 import { expectSameBytes } from '../fuzz/bytes.js';
 
+/** The addon's packed iovec ((buffer index, offset, length) triples) as [buffer, offset, length] entries. */
+function unpackIov(bufs: readonly SharedArrayBuffer[], packed: Float64Array, count: number): Array<[SharedArrayBuffer, number, number]> {
+  return Array.from({ length: count }, (_, i) => [bufs[packed[3 * i]], packed[3 * i + 1], packed[3 * i + 2]]);
+}
+
+
 const NEXT = 1;
 const WRITE = 2;
 const INDIRECT = 4;
@@ -763,7 +769,8 @@ describe('FileBackend', () => {
     const calls: string[] = [];
     const addon: FileBackendAddon = {
       constants: { IOV_MAX: opts.iovMax ?? 1024, FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
-      preadv(_fd, iov, position) {
+      preadvPacked(_fd, bufs, packed, count, position) {
+      const iov = unpackIov(bufs, packed, count);
         calls.push(`preadv ${iov.length}@${position}`);
         let p = Number(position);
         let n = 0;
@@ -776,7 +783,8 @@ describe('FileBackend', () => {
         }
         return n;
       },
-      pwritev(_fd, iov, position) {
+      pwritevPacked(_fd, bufs, packed, count, position) {
+      const iov = unpackIov(bufs, packed, count);
         calls.push(`pwritev ${iov.length}@${position}`);
         let p = Number(position);
         let n = 0;

@@ -12,6 +12,12 @@ import { createRngStats, readRngStats, rngDeviceType } from '../../src/devices/v
 import { ByteRing } from '../../src/shared/byte-ring.js';
 import { DATA, ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
 
+/** The addon's packed iovec ((buffer index, offset, length) triples) as [buffer, offset, length] entries. */
+function unpackIov(bufs: readonly SharedArrayBuffer[], packed: Float64Array, count: number): Array<[SharedArrayBuffer, number, number]> {
+  return Array.from({ length: count }, (_, i) => [bufs[packed[3 * i]], packed[3 * i + 1], packed[3 * i + 2]]);
+}
+
+
 const L0: QueueLayout = { size: 8, desc: 0x1000, avail: 0x2000, used: 0x3000 };
 const L1: QueueLayout = { size: 8, desc: 0x5000, avail: 0x6000, used: 0x7000 };
 
@@ -21,7 +27,8 @@ const disk = Uint8Array.from({ length: SECTORS * 512 }, (_, i) => (i * 7 + 3) & 
 /** An addon with just what FileBackend uses, over an in-memory image. */
 const fileAddon: FileBackendAddon = {
   constants: { IOV_MAX: 1024, FALLOC_FL_KEEP_SIZE: 1, FALLOC_FL_PUNCH_HOLE: 2, FALLOC_FL_ZERO_RANGE: 16 },
-  preadv(_fd, iov, position) {
+  preadvPacked(_fd, bufs, packed, count, position) {
+      const iov = unpackIov(bufs, packed, count);
     let p = Number(position);
     for (const [buf, off, len] of iov) {
       new Uint8Array(buf, off, len).set(disk.subarray(p, p + len));
@@ -29,7 +36,7 @@ const fileAddon: FileBackendAddon = {
     }
     return p - Number(position);
   },
-  pwritev: () => expect.unreachable(),
+  pwritevPacked: () => expect.unreachable(),
   fdatasync: () => undefined,
   fallocate: () => expect.unreachable(),
 };
