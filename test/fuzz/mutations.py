@@ -108,6 +108,9 @@ muts = [
  ("src/devices/virtio/vsock/bridge.ts", "CTL_DEV_CTL_TAKEN, 1) === 0) {", "CTL_DEV_CTL_TAKEN, 1) === 2) {", "test/unit/exec-vsock-fds.test.ts", "vsock fds: C lines of a device no worker took are never closed"),
  ("src/main/exec.ts", "      last = (e as Error).message;", "      throw e;", "test/unit/exec-vm-agent.test.ts", "vm.exec: a refused agent connect is not retried"),
  ("src/main/exec.ts", "    if (why) throw new AgentUnavailableError(`the guest agent cannot be reached: ${why}`);", "", "test/unit/exec-vm-agent.test.ts", "vm.exec: the agent wait ignores a stopped VM"),
+ ("src/cli/cli-args.ts", "if (values.kernel !== undefined && guestArgs.length && !agent) config.cmdlineExtra", "if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra", "test/unit/exec-cli.test.ts", "cli: an --agent command also appended to the kernel command line"),
+ ("src/cli/cli-args.ts", "if (!m || !(s > 0) || s > MAX_AGENT_TIMEOUT_S) {", "if (!m || s > MAX_AGENT_TIMEOUT_S) {", "test/unit/exec-cli.test.ts", "cli: --agent-timeout 0 accepted"),
+ ("src/main/exec.ts", "  if ('exit' in c) return { error: `the guest ended (${vmEnd(c.exit)}) before its agent answered` };", "", "test/unit/exec-cli.test.ts", "kindling run -- CMD: a VM that ends before the agent answers is waited out"),
 ]
 import sys
 sel = sys.argv[1:]
