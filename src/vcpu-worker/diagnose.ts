@@ -80,7 +80,7 @@ export function describeFatalExit(exit: VcpuExit, ctx: DiagnoseContext, run: Dat
         const flags = ndata >= 1 ? run.getBigUint64(40, true) : 0n;
         if (flags & EMULATION_FLAG_INSTRUCTION_BYTES) {
           const n = Math.min(run.getUint8(48), 15);
-          insn = new Uint8Array(run.buffer.slice(49, 49 + n));
+          insn = new Uint8Array(run.buffer.slice(run.byteOffset + 49, run.byteOffset + 49 + n));
         }
       } else if (exit.suberror === KVM_INTERNAL_ERROR_SIMUL_EX) what = 'exception while delivering an exception';
       else if (exit.suberror === KVM_INTERNAL_ERROR_DELIVERY_EV) what = 'event delivery failure';
