@@ -1,4 +1,4 @@
-// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro] | console | rng [--keep-serving]`: one
+// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro] | console | rng | vsock=CID[,uds=PATH] [--keep-serving]`: one
 // kindling virtio device served as a vhost-user back-end on a Unix socket, for user-mode Linux
 // (virtio_uml.device=PATH:ID), Cloud Hypervisor or QEMU (see docs/vhost-user.md).
 //
@@ -9,7 +9,13 @@
 //                             --keep-serving, every next one), then remove the socket and exit 0.
 //                             SIGINT/SIGTERM/SIGHUP end it the same way (the CLI then exits
 //                             128+N after one line). console: the guest's hvc0 output
-//                             goes to stdout, stdin to the guest.
+//                             goes to stdout, stdin to the guest. vsock: the very device type and
+//                             host side the I/O worker runs (vsock/index.ts prepare binds the UDS,
+//                             createBackend wires host.ts: Firecracker's hybrid vsock, host-initiated
+//                             `CONNECT <port>\n` → `OK <host port>\n` on the UDS, guest-initiated
+//                             connections to CID 2 port P → `<uds>_<P>`); GET_CONFIG gives guest_cid.
+//                             The UDS is removed on exit like the vhost-user socket (unlinkat on its
+//                             directory, held open from before the filter).
 import { closeSync, lstatSync, openSync, unlinkSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -17,18 +23,45 @@ import { UsageError } from './cli-args.js';
 import { ConfigError } from '../main/config-error.js';
 import { quoted } from '../main/config.js';
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
+import { validGuestCid } from '../devices/virtio/vsock/backend.js';
 
 export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --device DEVICE [--keep-serving] [--seccomp MODE]
   --socket PATH     the Unix socket to listen on (created; removed on exit)
   --device DEVICE   blk=IMAGE[,ro]  a raw image as virtio-blk (locked like --disk)
                     console         virtio-console: guest output on stdout, stdin to the guest
                     rng             virtio-rng from the host CSPRNG
+                    vsock=CID[,uds=PATH]  virtio-vsock, guest CID 3..4294967294; with uds, Firecracker's
+                                    hybrid vsock on PATH (CONNECT <port>; guest → CID 2 port P is PATH_P)
   --keep-serving    after a frontend disconnects, wait for the next one (default: exit 0)
   --seccomp MODE    strict (default): once listening, every thread may make only the syscalls
                     serving needs, anything else kills the process; log: allowed but logged by
                     the kernel; off: no filter`;
 
-export type VhostUserDeviceArg = { kind: 'blk'; path: string; readOnly: boolean } | { kind: 'console' } | { kind: 'rng' };
+export type VhostUserDeviceArg =
+  | { kind: 'blk'; path: string; readOnly: boolean }
+  | { kind: 'console' }
+  | { kind: 'rng' }
+  | { kind: 'vsock'; cid: number; udsPath?: string };
+
+const DEVICE_FORMS = 'blk=IMAGE[,ro], console, rng or vsock=CID[,uds=PATH]';
+
+/** `vsock=CID[,uds=PATH]` after the `vsock=`: a decimal CID in 3..4294967294, PATH any non-empty bytes (commas too) that fit a Unix socket address. */
+export function parseVsockDeviceArg(v: string, rest: string): VhostUserDeviceArg {
+  const comma = rest.indexOf(',');
+  const cidText = comma < 0 ? rest : rest.slice(0, comma);
+  if (!/^[0-9]{1,10}$/.test(cidText)) throw new UsageError(`--device vsock=CID needs a decimal CID in 3..4294967294 (got ${quoted(v)})`);
+  const cid = Number(cidText);
+  if (!validGuestCid(cid)) throw new UsageError(`--device vsock= CID must be in 3..4294967294 (got ${quoted(v)})`);
+  if (comma < 0) return { kind: 'vsock', cid };
+  const opt = rest.slice(comma + 1);
+  if (!opt.startsWith('uds=')) throw new UsageError(`--device vsock=CID takes only ,uds=PATH after the CID (got ${quoted(v)})`);
+  const udsPath = opt.slice(4);
+  if (udsPath === '') throw new UsageError(`--device vsock=CID,uds= needs a socket path (got ${quoted(v)})`);
+  // Guest-initiated connections go to `<uds>_<port>`: leave room for the longest suffix (_4294967295).
+  if (Buffer.byteLength(udsPath) > 107 - 11) throw new UsageError(`--device vsock uds path is too long for a Unix socket address with its _<port> suffix (96 bytes at most): ${quoted(udsPath)}`);
+  return { kind: 'vsock', cid, udsPath };
+}
+
 
 export interface VhostUserCommand {
   kind: 'vhost-user';
@@ -42,6 +75,7 @@ export type VhostUserParse = VhostUserCommand | { kind: 'vhost-user-help' };
 
 export function parseDeviceArg(v: string): VhostUserDeviceArg {
   if (v === 'console' || v === 'rng') return { kind: v };
+  if (v.startsWith('vsock=')) return parseVsockDeviceArg(v, v.slice(6));
   if (v.startsWith('blk=')) {
     const rest = v.slice(4);
     const m = /^([^]*),(ro|rw)$/.exec(rest);
@@ -49,7 +83,7 @@ export function parseDeviceArg(v: string): VhostUserDeviceArg {
     if (path === '') throw new UsageError(`--device blk= needs an image path (got ${quoted(v)})`);
     return { kind: 'blk', path, readOnly: m?.[2] === 'ro' };
   }
-  throw new UsageError(`--device must be blk=IMAGE[,ro], console or rng (got ${quoted(v)})`);
+  throw new UsageError(`--device must be ${DEVICE_FORMS} (got ${quoted(v)})`);
 }
 
 export function parseVhostUserArgs(args: readonly string[]): VhostUserParse {
@@ -73,7 +107,7 @@ export function parseVhostUserArgs(args: readonly string[]): VhostUserParse {
   if (values.help) return { kind: 'vhost-user-help' };
   if (values.socket === undefined || values.socket === '') throw new UsageError('vhost-user needs --socket PATH');
   if (Buffer.byteLength(values.socket) > 107) throw new UsageError(`--socket path is longer than a Unix socket address allows (107 bytes): ${quoted(values.socket)}`);
-  if (values.device === undefined) throw new UsageError('vhost-user needs --device blk=IMAGE[,ro], console or rng');
+  if (values.device === undefined) throw new UsageError(`vhost-user needs --device ${DEVICE_FORMS}`);
   const seccomp = values.seccomp ?? 'strict';
   if (!(SECCOMP_MODES as readonly string[]).includes(seccomp)) throw new UsageError(`--seccomp must be strict, log or off (got ${quoted(seccomp)})`);
   return { kind: 'vhost-user', socket: values.socket, device: parseDeviceArg(values.device), keepServing: values['keep-serving'] === true, seccomp: seccomp as SeccompMode };
@@ -95,8 +129,26 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
   // (unlinkat on this fd is the only file-system change its filter allows).
   const socketDir = openSync(dirname(resolve(cmd.socket)), 'r');
   const type = virtioDeviceType(cmd.device.kind);
-  const options = cmd.device.kind === 'blk' ? { path: cmd.device.path, readOnly: cmd.device.readOnly } : {};
-  const prepared = type.prepare(options, { addon });
+  const d = cmd.device;
+  const options = d.kind === 'blk' ? { path: d.path, readOnly: d.readOnly } : d.kind === 'vsock' ? { cid: d.cid, udsPath: d.udsPath } : {};
+  // The hybrid-vsock UDS's directory, for the same reason as socketDir.
+  let udsDir = -1;
+  if (d.kind === 'vsock' && d.udsPath !== undefined) {
+    try {
+      udsDir = openSync(dirname(resolve(d.udsPath)), 'r');
+    } catch (e) {
+      closeSync(socketDir);
+      throw new ConfigError(`--device vsock uds ${d.udsPath}: its directory cannot be opened (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
+  }
+  let prepared;
+  try {
+    prepared = type.prepare(options, { addon });
+  } catch (e) {
+    if (udsDir >= 0) closeSync(udsDir);
+    closeSync(socketDir);
+    throw e;
+  }
   let listenFd = -1;
   try {
     try {
@@ -128,7 +180,7 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
     // Everything the process opens is open: from here every thread makes only serving's syscalls.
     // Installed in the same synchronous stretch that set up the accept watcher, so no frontend
     // message is handled before the filter is on.
-    installSeccomp(addon, { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: socketDir }, cmd.seccomp);
+    installSeccomp(addon, { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: udsDir >= 0 ? [socketDir, udsDir] : socketDir }, cmd.seccomp);
     await loop.done;
     if (onStopper) onStopper(undefined);
     else {
@@ -145,6 +197,17 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
       // already gone
     }
     closeSync(socketDir);
+    if (udsDir >= 0) {
+      // Before release(): its own removal (unlink by path) is not allowed once filtered; it then finds nothing.
+      if (d.kind === 'vsock' && d.udsPath !== undefined) {
+        try {
+          if (lstatSync(d.udsPath).isSocket()) addon.unlinkAt(udsDir, basename(d.udsPath));
+        } catch {
+          // already gone
+        }
+      }
+      closeSync(udsDir);
+    }
     prepared.release();
   }
   await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));

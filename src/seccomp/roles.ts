@@ -37,8 +37,8 @@ export const SECCOMP_MODES: readonly SeccompMode[] = ['strict', 'log', 'off'];
 export type ThreadRole =
   | { kind: 'vcpu' }
   | { kind: 'io'; device: string }
-  /** unlinkDirFd: the directory fd (opened before the filter) in which unlinkat is allowed, for removing the socket on exit. */
-  | { kind: 'process'; devices: readonly string[]; unlinkDirFd?: number };
+  /** unlinkDirFd: the directory fd(s) (opened before the filter) in which unlinkat is allowed, for removing the sockets on exit. */
+  | { kind: 'process'; devices: readonly string[]; unlinkDirFd?: number | readonly number[] };
 
 // errno values (asm-generic/errno-base.h, errno.h).
 const EACCES = 13;
@@ -125,7 +125,7 @@ export function roleRules(role: ThreadRole, pid: number): SyscallRule[] {
         // Node's stdio: uv_guess_handle/isatty (TCGETS), the window size of a TTY stream, and at exit
         // ResetStdio's tcsetattr (TCSETS) restoring a terminal's modes.
         ioctls(FIONBIO, FIOCLEX, TCGETS, TCSETS, TIOCGWINSZ),
-        ...(role.unlinkDirFd !== undefined ? [when('unlinkat', { arg: 0, in: [role.unlinkDirFd] })] : []),
+        ...(role.unlinkDirFd !== undefined ? [when('unlinkat', { arg: 0, in: ([] as number[]).concat(role.unlinkDirFd) })] : []),
         // Threads for libuv's pool or V8's platform, never a new process.
         when('clone', { arg: 0, bitsSet: CLONE_THREAD }),
         refuse('clone3', ENOSYS),
