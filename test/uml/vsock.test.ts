@@ -5,10 +5,14 @@
 //   AF_VSOCK port 10789; the host connects to the UDS, `CONNECT 10789\n` → `OK <port>\n`, and drives
 //   it with src/agent/client.ts: a command's stdout, stderr and exit status, stdin, a file written and
 //   read back (64 MiB, compared byte for byte), a signal;
+// - guest-initiated: Python's AF_VSOCK socket in UML (the host's /usr/bin/python3 over hostfs)
+//   connects to (CID 2, port 5678), which kindling turns into a connection to `<uds>_5678`: the
+//   host's listener gets 4 MiB and their SHA-256 and its answer reaches the guest; a connect to port
+//   5679, where nothing listens on `<uds>_5679`, is refused in the guest;
 // - refusal: CONNECT to a guest port nobody listens on closes the host's connection without OK (as
 //   Firecracker does).
 import { createHash } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -23,6 +27,9 @@ const CID = 3;
 const canRun = umlOrSkipNotice('uml/vsock.test.ts', () =>
   !kindlingHasVhostUser() ? '`kindling vhost-user` is not in this build (dist/)' : !umlHasModule('vmw_vsock_virtio_transport') ? "Debian's UML has no vmw_vsock_virtio_transport module" : undefined,
 );
+
+const HAS_PYTHON = existsSync('/usr/bin/python3');
+if (canRun && !HAS_PYTHON) console.warn('\n!!! UML TEST SKIPPED (uml/vsock.test.ts guest-initiated): /usr/bin/python3 is absent (it is the guest-side AF_VSOCK client) !!!\n');
 
 let dirs: string[] = [];
 let backends: Backend[] = [];
@@ -135,5 +142,62 @@ describe.skipIf(!canRun)('Linux vsock in user-mode Linux against kindling vhost-
     expect(results.fileSame).toBe(true);
     expect(results.refused).toHaveProperty('refused');
     expect(results.killed).toEqual({ code: null, signal: "SIGTERM" });
+  }, 200_000);
+  it.skipIf(!HAS_PYTHON)('guest-initiated: a connection to CID 2 port 5678 in UML reaches the host listener on <uds>_5678; port 5679 with no listener is refused', async () => {
+    const dir = testDir('uml-vsock-g2h');
+    dirs.push(dir);
+    const socket = join(dir, 'vu.sock');
+    const uds = join(dir, 'v.sock');
+    const N = 4 << 20;
+    const got: { bytes?: Buffer } = {};
+    const srv = net.createServer((c) => {
+      const parts: Buffer[] = [];
+      c.on('data', (d: Buffer) => parts.push(d));
+      c.on('end', () => {
+        got.bytes = Buffer.concat(parts);
+        const data = got.bytes.subarray(0, N);
+        const sha = got.bytes.subarray(N).toString();
+        c.end(`thanks ${data.length} ${createHash('sha256').update(data).digest('hex') === sha ? 'sha-ok' : 'sha-bad'}\n`);
+      });
+    });
+    await new Promise<void>((r) => srv.listen(`${uds}_5678`, r));
+    try {
+      const b = await startBackend(kindlingArgv(socket, `vsock=${CID},uds=${uds}`), socket);
+      backends.push(b);
+      const py = [
+        'import socket, hashlib',
+        `data = bytes((i * 7 + (i >> 10)) & 255 for i in range(${N}))`,
+        's = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)',
+        's.connect((2, 5678))',
+        's.sendall(data + hashlib.sha256(data).hexdigest().encode())',
+        's.shutdown(socket.SHUT_WR)',
+        "r = b''",
+        'while True:',
+        '    d = s.recv(4096)',
+        '    if not d: break',
+        '    r += d',
+        "print('reply:', r.decode().strip())",
+        't = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)',
+        'try:',
+        '    t.connect((2, 5679))',
+        "    print('5679 connected')",
+        'except OSError as e:',
+        "    print('5679 refused', e.errno)",
+      ].join('\n');
+      writeFileSync(join(dir, 'g.py'), py);
+      const r = await runUml({
+        devices: [{ socket, virtioId: VIRTIO_ID_VSOCK }],
+        modules: ['vmw_vsock_virtio_transport'],
+        memMiB: 256,
+        timeoutMs: 150_000,
+        script: `/usr/bin/python3 ${join(dir, 'g.py')}`,
+      });
+      expect(r.status, describeRun(r) + `\nbackend: ${b.stderr()}`).toBe(0);
+      expect(r.output).toContain(`reply: thanks ${N} sha-ok`);
+      expect(r.output).toMatch(/5679 refused (104|111)/);
+      expect(got.bytes?.length).toBe(N + 64);
+    } finally {
+      srv.close();
+    }
   }, 200_000);
 });
