@@ -105,6 +105,9 @@ function hybridConnect(uds, port) {
       s.off('data', onData);
       if (!got.startsWith('OK ')) return rej(new Error(`refused: ${got}`));
       const rest = Buffer.from(got.slice(nl + 1), 'latin1');
+      // Paused before the unshift: in flowing mode with no data listener yet, unshift would emit the
+      // bytes after OK (the agent's HELLO, when they share a chunk) to nobody. The caller resumes.
+      s.pause();
       if (rest.length) s.unshift(rest);
       res(s);
     };

@@ -55,6 +55,9 @@ function hybridConnect(uds: string, port: number): Promise<{ sock: net.Socket; o
       const rest = Buffer.from(got.slice(nl + 1), 'latin1');
       if (!line.startsWith('OK ')) return res({ refused: line });
 
+      // Paused before the unshift: in flowing mode with no data listener yet, unshift would emit the
+      // bytes after OK (the agent's HELLO, when they share a chunk) to nobody. The caller resumes.
+      s.pause();
       if (rest.length) s.unshift(rest);
       res({ sock: s, ok: line });
     };
