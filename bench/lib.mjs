@@ -1,7 +1,8 @@
 // Shared benchmark helpers: run a command with timestamps on its output lines and its peak RSS.
 import { spawn, spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { rmSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const GUESTS = join(ROOT, 'build', 'guests');
@@ -56,4 +57,19 @@ export const QEMU_MICROVM = [
 
 export function fmt(x, digits = 1) {
   return Number.isFinite(x) ? x.toFixed(digits) : 'n/a';
+}
+
+/**
+ * The user-mode-Linux harness (test/uml/helpers.ts, TypeScript), bundled with esbuild (a dev
+ * dependency) into build/tools/ at the same depth below the root as test/uml/, so its
+ * import.meta.url paths resolve; the bundle is removed once imported.
+ */
+export async function loadUmlHarness() {
+  const esbuild = await import('esbuild');
+  const out = join(ROOT, 'build', 'tools', `uml-helpers.${process.pid}.mjs`);
+  process.on('exit', () => rmSync(out, { force: true }));
+  await esbuild.build({ entryPoints: [join(ROOT, 'test', 'uml', 'helpers.ts')], outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning' });
+  const m = await import(pathToFileURL(out).href);
+  rmSync(out);
+  return m;
 }

@@ -21,9 +21,8 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ROOT, fmt, median } from './lib.mjs';
+import { ROOT, fmt, loadUmlHarness, median } from './lib.mjs';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, ops: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 5);
@@ -40,18 +39,7 @@ const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-vhost-user-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
 
-// The UML harness is TypeScript (test/uml/helpers.ts): bundle it with esbuild (a dev dependency) into
-// build/tools/, at the same depth below the root as test/uml/, so its import.meta.url paths resolve.
-async function loadHarness() {
-  const esbuild = await import('esbuild');
-  const out = join(ROOT, 'build', 'tools', `uml-helpers.${process.pid}.mjs`);
-  process.on('exit', () => rmSync(out, { force: true }));
-  await esbuild.build({ entryPoints: [join(ROOT, 'test', 'uml', 'helpers.ts')], outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning' });
-  const m = await import(pathToFileURL(out).href);
-  rmSync(out);
-  return m;
-}
-const H = await loadHarness();
+const H = await loadUmlHarness();
 
 const missing = H.umlMissing();
 if (missing) {

@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ROOT, fmt, median } from './lib.mjs';
+import { ROOT, fmt, loadUmlHarness, median } from './lib.mjs';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, execs: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 5);
@@ -41,16 +41,7 @@ const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-vsock-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => process.exit(130));
 
-async function loadHarness() {
-  const esbuild = await import('esbuild');
-  const out = join(ROOT, 'build', 'tools', `uml-helpers.${process.pid}.mjs`);
-  process.on('exit', () => rmSync(out, { force: true }));
-  await esbuild.build({ entryPoints: [join(ROOT, 'test', 'uml', 'helpers.ts')], outfile: out, bundle: true, platform: 'node', format: 'esm', target: 'node20', logLevel: 'warning' });
-  const m = await import(pathToFileURL(out).href);
-  rmSync(out);
-  return m;
-}
-const H = await loadHarness();
+const H = await loadUmlHarness();
 const missing = H.umlMissing() ?? (H.umlHasModule('vmw_vsock_virtio_transport') ? undefined : 'no vmw_vsock_virtio_transport module in UML');
 if (missing) {
   console.error(`bench:vsock: cannot run: ${missing}`);
