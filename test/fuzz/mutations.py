@@ -111,6 +111,9 @@ muts = [
  ("src/cli/cli-args.ts", "if (values.kernel !== undefined && guestArgs.length && !agent) config.cmdlineExtra", "if (values.kernel !== undefined && guestArgs.length) config.cmdlineExtra", "test/unit/exec-cli.test.ts", "cli: an --agent command also appended to the kernel command line"),
  ("src/cli/cli-args.ts", "if (!m || !(s > 0) || s > MAX_AGENT_TIMEOUT_S) {", "if (!m || s > MAX_AGENT_TIMEOUT_S) {", "test/unit/exec-cli.test.ts", "cli: --agent-timeout 0 accepted"),
  ("src/main/exec.ts", "  if ('exit' in c) return { error: `the guest ended (${vmEnd(c.exit)}) before its agent answered` };", "", "test/unit/exec-cli.test.ts", "kindling run -- CMD: a VM that ends before the agent answers is waited out"),
+ ("src/devices/virtio/net/header.ts", "if (h.csumStart + h.csumOffset + 2 > frameLen) return", "if (h.csumStart + h.csumOffset > frameLen) return", "test/unit/virtio-net-header.test.ts", "virtio-net: NEEDS_CSUM checksum field may end past the frame"),
+ ("src/devices/virtio/net/header.ts", "if (h.gsoSize === 0 || h.hdrLen > frameLen) return", "if (h.hdrLen > frameLen) return", "test/unit/virtio-net-header.test.ts", "virtio-net: GSO with gso_size 0 accepted"),
+ ("src/devices/virtio/net/header.ts", "if (frameLen > maxFrame) return { ok: false, reason: 'too-long' };", "", "test/unit/virtio-net-header.test.ts", "virtio-net: frame longer than MTU+header accepted"),
 ]
 import sys
 sel = sys.argv[1:]

@@ -80,4 +80,15 @@ describe('virtio_net_hdr', () => {
     expect(validateTxHeader(base, 13, 1514, NO_OFFLOADS)).toEqual({ ok: false, reason: 'too-short' });
     expect(Array.from(rxHeader(3))).toEqual([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0]);
   });
+  it('checksum and GSO boundaries: the checksum field must end inside the frame, gso_size must be non-zero', () => {
+    const all = { csum: true, tso4: true, tso6: true, ecn: true };
+    fc.assert(
+      fc.property(fc.integer({ min: 14, max: 1514 }), fc.integer({ min: -3, max: 2 }), fc.integer({ min: 0, max: 1 }), (len, d, gso) => {
+        const at = Math.max(0, len - 2 + d);
+        const h = { flags: 1, gsoType: gso, hdrLen: 14, gsoSize: 0, csumStart: at, csumOffset: 0, numBuffers: 0 };
+        expect(validateTxHeader(h, len, 1514, all).ok).toBe(at + 2 <= len && gso === 0);
+        expect(validateTxHeader({ ...h, gsoSize: 1 }, len, 1514, all).ok).toBe(at + 2 <= len);
+      }),
+    );
+  });
 });
