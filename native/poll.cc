@@ -39,6 +39,7 @@ struct Watcher {
   int id;
   int fd;
   bool drain;    // watchEventfd: read the counter natively, pass it as a bigint
+  bool report;   // watchFdEvents: pass the ready events (UV_READABLE 1 | UV_WRITABLE 2) as a number
   bool closing = false;
   napi_ref cb = nullptr;
   napi_async_context async = nullptr;
@@ -154,6 +155,9 @@ void OnPoll(uv_poll_t* handle, int status, int events) {
   if (ok && w->drain) {
     ok = napi_create_bigint_uint64(env, count, &argv[1]) == napi_ok;
     argc = 2;
+  } else if (ok && w->report) {
+    ok = napi_create_int32(env, status < 0 ? 0 : events, &argv[1]) == napi_ok;
+    argc = 2;
   }
   if (ok && status < 0) {
     if (argc == 1) {
@@ -173,12 +177,17 @@ void OnPoll(uv_poll_t* handle, int status, int events) {
   napi_close_handle_scope(env, scope);
 }
 
-Napi::Value Watch(const Napi::CallbackInfo& info, const char* fn, bool drain) {
+// watchEventfd(fd, cb) / watchFd(fd, cb): readable only. watchFdEvents(fd, events, cb): the events
+// given (UV_READABLE | UV_WRITABLE; 0 = registered but not polled), changed later with setWatchEvents.
+Napi::Value Watch(const Napi::CallbackInfo& info, const char* fn, bool drain, bool report = false) {
   Args a(info, fn);
   int fd = a.Fd(0, "fd");
+  uint32_t events = report ? a.U32(1, "events") : static_cast<uint32_t>(UV_READABLE);
   if (!a.ok()) return a.env().Undefined();
   Napi::Env env = a.env();
-  if (info.Length() < 2 || !info[1].IsFunction()) return ThrowType(env, std::string(fn) + ": callback must be a function");
+  const size_t cbArg = report ? 2 : 1;
+  if (events & ~static_cast<uint32_t>(UV_READABLE | UV_WRITABLE)) return ThrowRange(env, std::string(fn) + ": events must be a mask of 1 (readable) and 2 (writable)");
+  if (info.Length() <= cbArg || !info[cbArg].IsFunction()) return ThrowType(env, std::string(fn) + ": callback must be a function");
   if (fd < 0) return ThrowErrno(env, "uv_poll_init", EBADF);
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr)
@@ -190,6 +199,7 @@ Napi::Value Watch(const Napi::CallbackInfo& info, const char* fn, bool drain) {
   w->state = s;
   w->fd = fd;
   w->drain = drain;
+  w->report = report;
   int r = uv_poll_init(loop, &w->poll, fd);  // also sets O_NONBLOCK on the fd
   if (r < 0) {
     delete w;  // uv_poll_init failed before registering the handle
@@ -197,12 +207,12 @@ Napi::Value Watch(const Napi::CallbackInfo& info, const char* fn, bool drain) {
   }
   napi_value name;
   napi_create_string_utf8(env, drain ? "kindling.watchEventfd" : "kindling.watchFd", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_reference(env, info[1], 1, &w->cb) != napi_ok ||
+  if (napi_create_reference(env, info[cbArg], 1, &w->cb) != napi_ok ||
       napi_async_init(env, nullptr, name, &w->async) != napi_ok) {
     CloseWatcher(w, true);
     return env.Undefined();  // the failed call left an exception pending
   }
-  r = uv_poll_start(&w->poll, UV_READABLE, OnPoll);
+  r = events != 0 ? uv_poll_start(&w->poll, static_cast<int>(events), OnPoll) : 0;
   if (r < 0) {
     CloseWatcher(w, true);
     return ThrowErrno(env, "uv_poll_start", -r);
@@ -217,6 +227,7 @@ Napi::Value Watch(const Napi::CallbackInfo& info, const char* fn, bool drain) {
 
 Napi::Value WatchEventfd(const Napi::CallbackInfo& info) { return Watch(info, "watchEventfd", true); }
 Napi::Value WatchFd(const Napi::CallbackInfo& info) { return Watch(info, "watchFd", false); }
+Napi::Value WatchFdEvents(const Napi::CallbackInfo& info) { return Watch(info, "watchFdEvents", false, true); }
 
 Watcher* FindWatcher(napi_env env, int id) {
   EnvState* s = FindState(env);
@@ -233,6 +244,21 @@ Napi::Value Unwatch(const Napi::CallbackInfo& info) {
   if (!w) return Napi::Boolean::New(a.env(), false);
   w->state->watchers.erase(id);
   CloseWatcher(w, true);
+  return Napi::Boolean::New(a.env(), true);
+}
+
+// setWatchEvents(id, events): poll a watchFdEvents watcher for other events (0 stops polling; the
+// handle stays). False for an unknown id.
+Napi::Value SetWatchEvents(const Napi::CallbackInfo& info) {
+  Args a(info, "setWatchEvents");
+  int id = a.I32(0, "id");
+  uint32_t events = a.U32(1, "events");
+  if (!a.ok()) return a.env().Undefined();
+  if (events & ~static_cast<uint32_t>(UV_READABLE | UV_WRITABLE)) return ThrowRange(a.env(), "setWatchEvents: events must be a mask of 1 (readable) and 2 (writable)");
+  Watcher* w = FindWatcher(a.env(), id);
+  if (!w || w->closing) return Napi::Boolean::New(a.env(), false);
+  int r = events == 0 ? uv_poll_stop(&w->poll) : uv_poll_start(&w->poll, static_cast<int>(events), OnPoll);
+  if (r < 0) return ThrowErrno(a.env(), "uv_poll_start", -r);
   return Napi::Boolean::New(a.env(), true);
 }
 
@@ -396,6 +422,8 @@ void ForgetWatchedFd(napi_env env, int fd) {
 void InitPoll(Napi::Env env, Napi::Object exports) {
   exports.Set("watchEventfd", Napi::Function::New(env, WatchEventfd, "watchEventfd"));
   exports.Set("watchFd", Napi::Function::New(env, WatchFd, "watchFd"));
+  exports.Set("watchFdEvents", Napi::Function::New(env, WatchFdEvents, "watchFdEvents"));
+  exports.Set("setWatchEvents", Napi::Function::New(env, SetWatchEvents, "setWatchEvents"));
   exports.Set("unwatch", Napi::Function::New(env, Unwatch, "unwatch"));
   exports.Set("refWatch", Napi::Function::New(env, RefWatch, "refWatch"));
   exports.Set("epollCreate", Napi::Function::New(env, EpollCreate, "epollCreate"));

@@ -176,6 +176,16 @@ export interface KvmAddon {
    */
   watchFd(fd: number, callback: (fd: number, count?: undefined, error?: string) => void): number;
   /**
+   * Like watchFd for the events in `events` (1 readable, 2 writable; 0 registers the fd without
+   * polling it), level-triggered: `callback(fd, ready)` gets the ready mask (0 with an error code on a
+   * poll error). setWatchEvents changes the mask cheaply (a device stops polling its host fd for
+   * readability while the driver has no receive buffers, and polls for writability only while output is
+   * pending). Same rules as watchFd (one watcher per fd per thread).
+   */
+  watchFdEvents(fd: number, events: number, callback: (fd: number, ready: number, error?: string) => void): number;
+  /** Change a watchFdEvents watcher's events (0 stops polling). False for an unknown id. */
+  setWatchEvents(id: number, events: number): boolean;
+  /**
    * Stop a watcher and release it (uv_close; memory freed in the close callback). No callback runs
    * after unwatch() returns, and the watcher no longer keeps the loop alive. Safe from inside its own
    * callback. Returns false for an unknown id (already unwatched, or another thread's watcher).
@@ -239,6 +249,13 @@ export interface KvmAddon {
   preadvPacked(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, count: number, position: bigint): number;
   /** pwritev with the iovec packed as for preadvPacked. Returns bytes written. */
   pwritevPacked(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, count: number, position: bigint): number;
+  /**
+   * readv with the iovec packed as for preadvPacked, on a non-positioned fd (a tap, a socket): bytes
+   * read (0 at EOF), or -1 when a non-blocking fd has nothing (EAGAIN). EINTR is retried.
+   */
+  readvPacked(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, count: number): number;
+  /** writev likewise: bytes written (maybe short on a stream), or -1 when the fd is full (EAGAIN). */
+  writevPacked(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, count: number): number;
   fdatasync(fd: number): void;
   /** flock(fd, LOCK_EX|LOCK_NB) → false when another holder has it. */
   tryLockExclusive(fd: number): boolean;
@@ -306,6 +323,17 @@ export interface KvmAddon {
    * by another open file description (pid is -1 for an OFD lock, the owner for a classic POSIX lock).
    */
   ofdTest(fd: number, start: number, len: number, exclusive: boolean): OfdLockInfo | null;
+  // ---- tap (tap.cc) ---------------------------------------------------------------------------------
+  /**
+   * open /dev/net/tun (non-blocking, close-on-exec) and TUNSETIFF `name` as IFF_TAP|IFF_NO_PI|IFF_VNET_HDR
+   * (created when missing and permitted), TUNSETVNETHDRSZ 12, TUNSETOFFLOAD 0; the link brought up when
+   * down and permitted. Throws with syscall 'open /dev/net/tun' or 'TUNSETIFF' (EPERM, EBUSY, EINVAL).
+   */
+  tapOpen(name: string): { fd: number; name: string; up: boolean };
+  /** TUNSETOFFLOAD with TUN_F_* flags (tapConstants). */
+  tapSetOffload(fd: number, flags: number): void;
+  readonly tapConstants: { TUNSETOFFLOAD: number; TUN_F_CSUM: number; TUN_F_TSO4: number; TUN_F_TSO6: number; TUN_F_TSO_ECN: number; TUN_F_UFO: number };
+
   /** Set or clear O_NONBLOCK on an open fd (F_GETFL/F_SETFL). */
   setNonblocking(fd: number, on: boolean): void;
 

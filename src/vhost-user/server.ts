@@ -10,14 +10,14 @@
 // GET_* and unsupported requests close the connection; the session then releases its fds and
 // mappings and the backend is reset, ready for the next frontend.
 import type { KvmAddon } from '../kvm/addon.js';
-import type { AnyVirtioDeviceType, BackendEnv, VirtioDeviceBackend } from '../devices/virtio/device.js';
+import { addonFdPoll, type AnyVirtioDeviceType, type BackendEnv, type VirtioDeviceBackend } from '../devices/virtio/device.js';
 import { createTransportStats } from '../devices/virtio/queue-service.js';
 import { CloseConnection, VhostUserSession, type SessionHost } from './backend.js';
 import { MAX_FDS, MessageReader, VhostUserError } from './protocol.js';
 
 type Addon = Pick<
   KvmAddon,
-  'vhostRecv' | 'vhostSend' | 'mapFdShared' | 'notifyFd' | 'close' | 'watchFd' | 'watchEventfd' | 'unwatch' | 'unixAccept'
+  'vhostRecv' | 'vhostSend' | 'mapFdShared' | 'notifyFd' | 'close' | 'watchFd' | 'watchEventfd' | 'unwatch' | 'unixAccept' | 'watchFdEvents' | 'setWatchEvents'
 >;
 
 export interface DeviceServerOptions {
@@ -52,6 +52,8 @@ export class VhostUserDevice {
       addon: a as KvmAddon,
       watchFd: (fd, onReady) => watch(fd, false, onReady),
       watchEventfd: (fd, onReady) => watch(fd, true, onReady),
+      pollFd: (fd, events, onReady) =>
+        addonFdPoll(a, fd, events, onReady, (fn) => this.guarded(fn), (error) => opts.log('error', `${opts.name}: fd watch failed (${error})`)),
       log: (level, msg) => opts.log(level, `${opts.name}: ${msg}`),
       guarded: (fn) => this.guarded(fn),
     };

@@ -76,6 +76,12 @@ export interface BackendEnv {
   watchFd(fd: number, onReady: () => void): () => void;
   /** Watch an eventfd (drained natively) on the I/O worker's loop. */
   watchEventfd(fd: number, onReady: () => void): () => void;
+  /**
+   * Poll a host fd for the events in `events` (POLL_READABLE | POLL_WRITABLE; 0 = not polled), level-
+   * triggered, changed with set(): a device polls for readability only while it can take data and for
+   * writability only while output is pending. onReady(ready) runs fenced like watchFd's callback.
+   */
+  pollFd(fd: number, events: number, onReady: (ready: number) => void): FdPoll;
   /** A rate-limited log line (guest-triggered events must not flood the host log). */
   log(level: 'info' | 'warn' | 'error', msg: string): void;
   /**
@@ -83,6 +89,15 @@ export interface BackendEnv {
    * the exception escaping (use for work started from a host fd, outside processQueue).
    */
   guarded(fn: () => void): void;
+}
+
+export const POLL_READABLE = 1;
+export const POLL_WRITABLE = 2;
+
+/** A host fd polled for a changeable set of events (BackendEnv.pollFd). */
+export interface FdPoll {
+  set(events: number): void;
+  close(): void;
 }
 
 /** The device side once the driver set DRIVER_OK. */
@@ -166,3 +181,35 @@ export interface VirtioDeviceType<O, P> {
  * a thread receives were produced by the same type's prepare().
  */
 export type AnyVirtioDeviceType = VirtioDeviceType<unknown, unknown>;
+
+/**
+ * BackendEnv.pollFd over the addon's watchFdEvents (what the I/O worker and the vhost-user server
+ * give their backends): `fenced` runs the callback in the device's guarded context.
+ */
+export function addonFdPoll(
+  addon: Pick<import('../../kvm/addon.js').KvmAddon, 'watchFdEvents' | 'setWatchEvents' | 'unwatch'>,
+  fd: number,
+  events: number,
+  onReady: (ready: number) => void,
+  fenced: (fn: () => void) => void,
+  onError: (error: string) => void,
+): FdPoll {
+  let current = events;
+  const id = addon.watchFdEvents(fd, events, (_fd: number, ready: number, error?: string) => {
+    if (error) onError(error);
+    else fenced(() => onReady(ready));
+  });
+  let closed = false;
+  return {
+    set(e: number): void {
+      if (closed || e === current) return;
+      current = e;
+      addon.setWatchEvents(id, e);
+    },
+    close(): void {
+      if (closed) return;
+      closed = true;
+      addon.unwatch(id);
+    },
+  };
+}
