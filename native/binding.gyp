@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "kindling",
-      "sources": ["kindling.cc", "common.cc", "memory.cc", "vcpu.cc", "poll.cc", "vsock.cc", "lock.cc", "tty.cc", "vhost-user.cc", "seccomp.cc"],
+      "sources": ["kindling.cc", "common.cc", "memory.cc", "vcpu.cc", "poll.cc", "vsock.cc", "lock.cc", "tty.cc", "vhost-user.cc", "seccomp.cc", "tap.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
         "NAPI_VERSION=9",

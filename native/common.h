@@ -78,6 +78,7 @@ void InitPoll(Napi::Env env, Napi::Object exports);
 void InitVsock(Napi::Env env, Napi::Object exports);
 void InitLock(Napi::Env env, Napi::Object exports);  // lock.cc: OFD byte-range image locks
 void InitTty(Napi::Env env, Napi::Object exports);  // tty.cc: process groups, job-control signals
+void InitTap(Napi::Env env, Napi::Object exports);  // tap.cc: TUNSETIFF, TUNSETOFFLOAD, link up
 void InitVhostUser(Napi::Env env, Napi::Object exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
 void InitSeccomp(Napi::Env env, Napi::Object exports);  // seccomp.cc: load a BPF program built in TS
 

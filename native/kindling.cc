@@ -513,12 +513,16 @@ Value VectorIo(const CallbackInfo& info, bool write) {
 // `count` triples (buffer index, offset, length). For a 254-segment block request this is what
 // separates the call from the copy it does: building and reading a [buffer, offset, length] array per
 // segment cost more than the kernel's work. Same checks as preadv: every segment inside its buffer.
-Value PackedVectorIo(const CallbackInfo& info, bool write) {
-  const char* fn = write ? "pwritevPacked" : "preadvPacked";
+//
+// readvPacked / writevPacked(fd, buffers, iov, count): the same without a position (readv/writev on a
+// tap, a socket or a pipe, for virtio-net's frames), and a non-blocking fd that is not ready returns -1
+// (EAGAIN) instead of throwing.
+Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
+  const char* fn = positioned ? (write ? "pwritevPacked" : "preadvPacked") : (write ? "writevPacked" : "readvPacked");
   Args a(info, fn);
   int fd = a.Fd(0, "fd");
   uint32_t count = a.U32(3, "count");
-  uint64_t pos = a.U64(4, "position");
+  uint64_t pos = positioned ? a.U64(4, "position") : 0;
   if (!a.ok()) return a.env().Undefined();
   Env env = a.env();
   if (pos > static_cast<uint64_t>(INT64_MAX)) return ThrowRange(env, std::string(fn) + ": position is too large");
@@ -562,15 +566,23 @@ Value PackedVectorIo(const CallbackInfo& info, bool write) {
     vec[i].iov_len = ul;
   }
   ssize_t r;
-  do r = write ? pwritev(fd, vec.data(), static_cast<int>(count), static_cast<off_t>(pos))
-               : preadv(fd, vec.data(), static_cast<int>(count), static_cast<off_t>(pos));
-  while (r < 0 && errno == EINTR);
+  if (positioned) {
+    do r = write ? pwritev(fd, vec.data(), static_cast<int>(count), static_cast<off_t>(pos))
+                 : preadv(fd, vec.data(), static_cast<int>(count), static_cast<off_t>(pos));
+    while (r < 0 && errno == EINTR);
+  } else {
+    do r = write ? writev(fd, vec.data(), static_cast<int>(count)) : readv(fd, vec.data(), static_cast<int>(count));
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Num(env, -1);
+  }
   if (r < 0) return ThrowErrno(env, fn, errno);
   return Num(env, static_cast<double>(r));
 }
 
-Value PreadvPacked(const CallbackInfo& info) { return PackedVectorIo(info, false); }
-Value PwritevPacked(const CallbackInfo& info) { return PackedVectorIo(info, true); }
+Value PreadvPacked(const CallbackInfo& info) { return PackedVectorIo(info, false, true); }
+Value PwritevPacked(const CallbackInfo& info) { return PackedVectorIo(info, true, true); }
+Value ReadvPacked(const CallbackInfo& info) { return PackedVectorIo(info, false, false); }
+Value WritevPacked(const CallbackInfo& info) { return PackedVectorIo(info, true, false); }
 
 Value Preadv(const CallbackInfo& info) { return VectorIo(info, false); }
 Value Pwritev(const CallbackInfo& info) { return VectorIo(info, true); }
@@ -790,6 +802,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
   InitTty(env, exports);  // tty.cc: getpgrp, tcgetpgrp, SIGTTOU/SIGTTIN ignored
   InitVhostUser(env, exports);  // vhost-user.cc: SCM_RIGHTS sockets, fd-region mmap
   InitSeccomp(env, exports);  // seccomp.cc: per-thread syscall filters (src/seccomp/)
+  InitTap(env, exports);  // tap.cc: /dev/net/tun for virtio-net's tap backend
   exports.Set("structSizes", StructSizes(env));
   exports.Set("constants", Constants(env));
   struct Fn {
@@ -834,6 +847,8 @@ Napi::Object Init(Env env, Napi::Object exports) {
       {"preadv", Preadv},
       {"preadvPacked", PreadvPacked},
       {"pwritevPacked", PwritevPacked},
+      {"readvPacked", ReadvPacked},
+      {"writevPacked", WritevPacked},
       {"pwritev", Pwritev},
       {"fdatasync", Fdatasync},
       {"tryLockExclusive", TryLockExclusive},

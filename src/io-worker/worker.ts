@@ -8,7 +8,7 @@
 // paths. The device kind comes from the registry; this file knows no device.
 import { parentPort } from 'node:worker_threads';
 import { VirtioMmioDeviceRunner } from '../devices/virtio/activation.js';
-import type { BackendEnv } from '../devices/virtio/device.js';
+import { addonFdPoll, type BackendEnv, type FdPoll } from '../devices/virtio/device.js';
 import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { virtioDeviceType } from '../devices/virtio/registry.js';
 import { loadAddon } from '../kvm/addon.js';
@@ -26,6 +26,7 @@ function post(m: IoWorkerMessage): void {
 }
 
 const watchers: number[] = [];
+const polls = new Set<FdPoll>();
 let stopped = false;
 let runner: VirtioMmioDeviceRunner | undefined;
 
@@ -52,6 +53,13 @@ const env: BackendEnv = {
   addon,
   watchFd: (fd, onReady) => watch(fd, false, () => runner!.guarded(onReady)),
   watchEventfd: (fd, onReady) => watch(fd, true, () => runner!.guarded(onReady)),
+  pollFd: (fd, events, onReady) => {
+    const p = addonFdPoll(addon, fd, events, (ready) => !stopped && onReady(ready), (fn) => runner!.guarded(fn), (error) =>
+      post({ type: 'log', name: data.name, level: 'error', msg: `${data.name}: fd watch failed (${error})` }),
+    );
+    polls.add(p);
+    return { set: (e) => p.set(e), close: () => (polls.delete(p), p.close()) };
+  },
   log: (level, msg) => runner!.logLimited(level, `${data.name}: ${msg}`),
   guarded: (fn) => runner!.guarded(fn),
 };
@@ -76,6 +84,7 @@ port.on('message', (m: IoWorkerCommand) => {
   if (m.type !== 'stop' || stopped) return;
   stopped = true;
   for (const id of [...watchers]) addon.unwatch(id);
+  for (const p of [...polls]) p.close();
   try {
     backend.close?.();
   } finally {

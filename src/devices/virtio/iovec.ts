@@ -51,3 +51,71 @@ export function scatterBytes(segs: readonly MemorySegment[], bytes: Uint8Array):
 export function segmentViews(segs: readonly MemorySegment[]): Uint8Array[] {
   return segs.map((s) => new Uint8Array(s.buffer, s.offset, s.length));
 }
+
+/** The addon's limit on distinct buffers in one packed vectored call. */
+export const PACKED_MAX_BUFFERS = 64;
+
+/**
+ * An iovec for the addon's packed vectored calls (readvPacked, writevPacked, preadvPacked…): triples
+ * (buffer index, offset, length) in one reused Float64Array and the distinct SharedArrayBuffers they
+ * index. add() appends segments until IOV_MAX entries or 64 buffers; what did not fit is reported, so
+ * a caller never hands the kernel more than it packed.
+ */
+export class PackedIov {
+  readonly iov: Float64Array;
+  readonly buffers: SharedArrayBuffer[] = [];
+  count = 0;
+  /** Bytes described by the packed entries. */
+  bytes = 0;
+
+  constructor(readonly max: number) {
+    this.iov = new Float64Array(3 * max);
+  }
+
+  clear(): this {
+    this.buffers.length = 0;
+    this.count = 0;
+    this.bytes = 0;
+    return this;
+  }
+
+  /** Append one range; false (nothing added) when the iovec or the buffer list is full. */
+  addRange(buffer: SharedArrayBuffer, offset: number, length: number): boolean {
+    if (length <= 0) return true;
+    if (this.count === this.max) return false;
+    let b = this.buffers.indexOf(buffer);
+    if (b < 0) {
+      if (this.buffers.length === PACKED_MAX_BUFFERS) return false;
+      b = this.buffers.push(buffer) - 1;
+    }
+    const i = 3 * this.count++;
+    this.iov[i] = b;
+    this.iov[i + 1] = offset;
+    this.iov[i + 2] = length;
+    this.bytes += length;
+    return true;
+  }
+
+  /** Append segments in order; false when not all of them fit (those that fit stay added). */
+  add(segs: readonly MemorySegment[]): boolean {
+    for (const s of segs) if (!this.addRange(s.buffer, s.offset, s.length)) return false;
+    return true;
+  }
+}
+
+/** dst := the entries of src from byte `skip` on, at most `max` bytes (src is not changed). */
+export function slicePacked(src: PackedIov, skip: number, max: number, dst: PackedIov): PackedIov {
+  dst.clear();
+  let pos = 0;
+  for (let i = 0; i < src.count && dst.bytes < max; i++) {
+    const b = src.iov[3 * i];
+    const off = src.iov[3 * i + 1];
+    const len = src.iov[3 * i + 2];
+    const from = Math.max(skip - pos, 0);
+    pos += len;
+    if (from >= len) continue;
+    const take = Math.min(len - from, max - dst.bytes);
+    if (!dst.addRange(src.buffers[b], off + from, take)) break;
+  }
+  return dst;
+}

@@ -249,6 +249,22 @@ export class ActiveQueue {
     return this.guard.rings(() => this.queue.hasAvailable()) === true;
   }
 
+  /**
+   * Publish several used chains in order (heads[i] with lens[i]) as one batch: one ring critical
+   * section and at most one interrupt. False if the device was reset.
+   */
+  pushMany(heads: readonly number[], lens: readonly number[]): boolean {
+    if (heads.length === 0) return true;
+    const irq = this.guard.rings(() => {
+      for (let i = 0; i < heads.length; i++) this.queue.pushUsed(heads[i], lens[i]);
+      return this.queue.needsInterrupt();
+    });
+    if (irq === undefined) return false;
+    Atomics.add(this.stats, TSTAT_BATCHES, 1);
+    if (irq) this.guard.notifyUsed();
+    return true;
+  }
+
   /** Publish one used chain and interrupt if the driver wants it. False if the device was reset. */
   push(head: number, len: number): boolean {
     const irq = this.guard.rings(() => {
