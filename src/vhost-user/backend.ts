@@ -126,6 +126,8 @@ interface Ring {
   enabled: boolean;
   /** The SplitQueue while the backend is active with this ring. */
   queue: SplitQueue | undefined;
+  /** Whether addr/num lay inside `memory` when last checked (ready()). */
+  checked?: { memory: MappedMemory; addr: NonNullable<Ring['addr']>; num: number; ok: boolean };
 }
 
 export class VhostUserSession {
@@ -209,18 +211,35 @@ export class VhostUserSession {
   /** A kick on ring `index` (its kick fd fired). */
   kick(index: number): void {
     countTransport(this.o.stats, TSTAT_WAKEUPS);
-    this.fenced(() => {
-      this.reconcile(index);
-      if (this.active && this.rings[index].queue) this.o.backend.processQueue(index);
-    });
+    this.outsideMessage(() =>
+      this.fenced(() => {
+        this.reconcile(index);
+        if (this.active && this.rings[index].queue) this.o.backend.processQueue(index);
+      }),
+    );
   }
 
   /** Backend work started by a host fd (BackendEnv.guarded): runs only while active, fenced. */
   guarded(fn: () => void): void {
     countTransport(this.o.stats, TSTAT_WAKEUPS);
-    this.fenced(() => {
-      if (this.active) fn();
-    });
+    this.outsideMessage(() =>
+      this.fenced(() => {
+        if (this.active) fn();
+      }),
+    );
+  }
+
+  /**
+   * Work run from an fd watcher rather than for a message: nothing may be thrown out of it (it would
+   * escape the event loop's callback). A protocol error found there (none is expected: rings are
+   * checked before they count as ready) stops the device like a broken ring.
+   */
+  private outsideMessage(fn: () => void): void {
+    try {
+      fn();
+    } catch (e) {
+      this.stopBroken(e);
+    }
   }
 
   /** The connection ended: stop the backend, release every fd and mapping. */
@@ -455,13 +474,30 @@ export class VhostUserSession {
       const g = translateUser(regions, ua, len);
       if (g === undefined) throw new VhostUserError(`ring ${name} at user address 0x${ua.toString(16)}+0x${len.toString(16)} is not inside one memory region`);
       if (g % align !== 0) throw new VhostUserError(`ring ${name} at 0x${g.toString(16)} is not ${align}-byte aligned`);
+      // A region larger than MAX_REGION_SLOT is several slots: a ring part must not straddle two.
+      if (this.memory && !this.memory.mem.isRam(g, len)) throw new VhostUserError(`ring ${name} at 0x${g.toString(16)}+0x${len.toString(16)} is not mapped`);
       return g;
     };
     return { desc: t('descriptor table', addr.desc, 16 * num, VIRTQ_DESC_ALIGN), avail: t('avail', addr.avail, 6 + 2 * num, VIRTQ_AVAIL_ALIGN), used: t('used', addr.used, 6 + 8 * num, VIRTQ_USED_ALIGN) };
   }
 
+  /**
+   * Started, enabled, and its three parts inside the current memory table: a ring whose addresses the
+   * table no longer holds (a later SET_MEM_TABLE) waits, stopped, for a new SET_VRING_ADDR.
+   */
   private ready(r: Ring): boolean {
-    return this.memory !== undefined && r.num !== undefined && r.addr !== undefined && r.kickFd !== undefined && r.enabled;
+    if (this.memory === undefined || r.num === undefined || r.addr === undefined || r.kickFd === undefined || !r.enabled) return false;
+    // Checked once per (table, addresses, size): reconcile() runs on every kick.
+    const c = r.checked;
+    if (c && c.memory === this.memory && c.addr === r.addr && c.num === r.num) return c.ok;
+    let ok = true;
+    try {
+      this.translateRing(r.addr, r.num);
+    } catch {
+      ok = false;
+    }
+    r.checked = { memory: this.memory, addr: r.addr, num: r.num, ok };
+    return ok;
   }
 
   /** A ring's configuration changes: an active backend must let go of it first. */
@@ -488,8 +524,10 @@ export class VhostUserSession {
     const gen = ++this.gen;
     const features = this.acked & ~(1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
     const queues: Array<ActiveQueue | undefined> = this.rings.map(() => undefined);
-    for (const r of readyRings) {
-      const a = this.translateRing(r.addr!, r.num!);
+    // Every ring translated before any state changes (ready() checked them: this cannot throw).
+    const addrs = readyRings.map((r) => this.translateRing(r.addr!, r.num!));
+    readyRings.forEach((r, k) => {
+      const a = addrs[k];
       let usedIdx = 0;
       try {
         usedIdx = mem.read16(a.used + 2);
@@ -527,7 +565,7 @@ export class VhostUserSession {
           },
         },
       });
-    }
+    });
     this.active = true;
     this.activeSet = key;
     countTransport(this.o.stats, TSTAT_ACTIVATIONS);
@@ -566,21 +604,26 @@ export class VhostUserSession {
       fn();
     } catch (e) {
       if (e instanceof VhostUserError || e instanceof CloseConnection) throw e;
-      this.broken = true;
+      this.stopBroken(e);
+    }
+  }
+
+  /** NEEDS_RESET's equivalent: stop the backend until a ring is restarted, signal the err fds. */
+  private stopBroken(e: unknown): void {
+    this.broken = true;
+    try {
+      this.deactivate();
+    } catch {
+      // the backend is idle anyway: it gets no more kicks until a ring is restarted
+    }
+    countTransport(this.o.stats, TSTAT_NEEDS_RESET);
+    this.logLimited('warn', `${this.o.name}: device stopped until a ring is restarted: ${e instanceof Error ? e.message : String(e)}`);
+    for (const r of this.rings) {
+      if (r.errFd === undefined) continue;
       try {
-        this.deactivate();
+        this.o.host.notifyFd(r.errFd);
       } catch {
-        // the backend is idle anyway: it gets no more kicks until a ring is restarted
-      }
-      countTransport(this.o.stats, TSTAT_NEEDS_RESET);
-      this.logLimited('warn', `${this.o.name}: device stopped until a ring is restarted: ${e instanceof Error ? e.message : String(e)}`);
-      for (const r of this.rings) {
-        if (r.errFd === undefined) continue;
-        try {
-          this.o.host.notifyFd(r.errFd);
-        } catch {
-          // nothing more to tell
-        }
+        // nothing more to tell
       }
     }
   }

@@ -79,7 +79,14 @@ export class VhostUserDevice {
       notifyFd: (f) => a.notifyFd(f),
       watchKick: (f, onKick) => {
         const id = a.watchEventfd(f, (_fd: number, _c: bigint, error?: string) => {
-          if (!error) onKick();
+          if (error) return;
+          // The session catches everything itself (kick() never throws); this is the last line
+          // before an exception would escape the event loop's callback and end the process.
+          try {
+            onKick();
+          } catch (e) {
+            this.o.log('error', `${this.o.name}: a kick failed: ${(e as Error).message}`);
+          }
         });
         return () => void a.unwatch(id);
       },
