@@ -114,6 +114,11 @@ muts = [
  ("src/devices/virtio/net/header.ts", "if (h.csumStart + h.csumOffset + 2 > frameLen) return", "if (h.csumStart + h.csumOffset > frameLen) return", "test/unit/virtio-net-header.test.ts", "virtio-net: NEEDS_CSUM checksum field may end past the frame"),
  ("src/devices/virtio/net/header.ts", "if (h.gsoSize === 0 || h.hdrLen > frameLen) return", "if (h.hdrLen > frameLen) return", "test/unit/virtio-net-header.test.ts", "virtio-net: GSO with gso_size 0 accepted"),
  ("src/devices/virtio/net/header.ts", "if (frameLen > maxFrame) return { ok: false, reason: 'too-long' };", "", "test/unit/virtio-net-header.test.ts", "virtio-net: frame longer than MTU+header accepted"),
+ ("src/vhost-user/protocol.ts", "if (size > MAX_PAYLOAD) return this.fail(", "if (size > MAX_PAYLOAD + 8) return this.fail(", "test/unit/vhost-user-hostile.test.ts", "vhost-user: header payload-size limit off by 8"),
+ ("src/vhost-user/protocol.ts", "if (m.payload.length !== size) throw new VhostUserError(", "if (m.payload.length < size) throw new VhostUserError(", "test/unit/vhost-user-hostile.test.ts", "vhost-user: oversized fixed-size payloads accepted"),
+ ("src/vhost-user/memory.ts", "if (ua >= start && ua + BigInt(len) <= start + BigInt(r.size)) return", "if (ua >= start && ua < start + BigInt(r.size)) return", "test/unit/vhost-user-hostile.test.ts", "vhost-user: translation checks only the start of a ring"),
+ ("src/vhost-user/memory.ts", "if (a.userAddr < b.userAddr + b.size && b.userAddr < a.userAddr + a.size) throw", "if (false) throw", "test/unit/vhost-user-hostile.test.ts", "vhost-user: regions overlapping in user addresses accepted"),
+ ("src/vhost-user/backend.ts", "if (fds.length < n) throw new VhostUserError(", "if (fds.length < n - 1) throw new VhostUserError(", "test/unit/vhost-user-hostile.test.ts", "vhost-user: a request one fd short accepted"),
 ]
 import sys
 sel = sys.argv[1:]
