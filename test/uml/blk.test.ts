@@ -9,13 +9,10 @@
 //     back, and the image's sha256 is unchanged.
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  VIRTIO_ID, describeRun, kindlingArgv, kindlingHasVhostUser, qsdArgv, runUml, startBackend, testDir, umlOrSkipNotice, which,
-  type Backend,
-} from './helpers.js';
+import { VIRTIO_ID, describeRun, exitWithin, kindlingArgv, kindlingHasVhostUser, qsdArgv, runUml, umlOrSkipNotice, umlScratch, which } from './helpers.js';
 
 const e2fs = (): string | undefined =>
   ['mkfs.ext4', 'fsck.ext4', 'debugfs'].some((t) => !which(t)) ? 'e2fsprogs (mkfs.ext4, fsck.ext4, debugfs) is absent' : undefined;
@@ -43,32 +40,17 @@ function host(cmd: string, args: string[]): { code: number; out: string } {
   return { code: r.status ?? -1, out: `${r.stdout ?? ''}${r.stderr ?? ''}` };
 }
 
-let dirs: string[] = [];
-let backends: Backend[] = [];
-afterEach(async () => {
-  for (const b of backends) await b.kill();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  dirs = [];
-  backends = [];
-});
-
-/** Wait for a backend that should exit by itself; kill it (and fail) if it does not within 10 s. */
-async function exitOf(b: Backend): Promise<{ code: number | null; signal: NodeJS.Signals | null } | 'still running'> {
-  const t = new Promise<'still running'>((r) => setTimeout(() => r('still running'), 10_000));
-  return Promise.race([b.exited, t]);
-}
+const scratch = umlScratch(afterEach);
 
 for (const peer of PEERS) {
   describe.skipIf(!peer.enabled)(`virtio_blk in user-mode Linux against ${peer.name}`, () => {
     it('mkfs.ext4, mount, write, sync, umount inside; fsck.ext4 -n and debugfs on the host', async () => {
-      const dir = testDir('uml-blk');
-      dirs.push(dir);
+      const dir = scratch.dir('uml-blk');
       const img = join(dir, 'disk.img');
       writeFileSync(img, '');
       truncateSync(img, 64 << 20);
       const socket = join(dir, 'blk.sock');
-      const b = await startBackend(peer.argv(socket, img, false), socket);
-      backends.push(b);
+      const b = await scratch.backend(peer.argv(socket, img, false), socket);
       const r = await runUml({
         devices: [{ socket, virtioId: VIRTIO_ID.blk }],
         modules: ['virtio_blk'],
@@ -91,7 +73,7 @@ for (const peer of PEERS) {
       expect(r.output).toContain('done');
       const guestSha = /sha ([0-9a-f]{64})/.exec(r.output)?.[1];
       expect(guestSha, r.output).toBeDefined();
-      if (peer.exitsOnDisconnect) expect(await exitOf(b), b.stderr()).toEqual({ code: 0, signal: null });
+      if (peer.exitsOnDisconnect) expect(await exitWithin(b), b.stderr()).toEqual({ code: 0, signal: null });
       else await b.kill();
 
       const fsck = host('fsck.ext4', ['-n', '-f', img]);
@@ -105,8 +87,7 @@ for (const peer of PEERS) {
     }, 180_000);
 
     it('a read-only device (ro) refuses writes inside Linux and the image is unchanged', async () => {
-      const dir = testDir('uml-blk-ro');
-      dirs.push(dir);
+      const dir = scratch.dir('uml-blk-ro');
       const img = join(dir, 'ro.img');
       const content = join(dir, 'content');
       mkdirSync(content);
@@ -115,8 +96,7 @@ for (const peer of PEERS) {
       expect(mk.code, mk.out).toBe(0);
       const before = sha256(img);
       const socket = join(dir, 'blk.sock');
-      const b = await startBackend(peer.argv(socket, img, true), socket);
-      backends.push(b);
+      const b = await scratch.backend(peer.argv(socket, img, true), socket);
       const r = await runUml({
         devices: [{ socket, virtioId: VIRTIO_ID.blk }],
         modules: ['virtio_blk'],
@@ -138,7 +118,7 @@ for (const peer of PEERS) {
       expect(r.output).toContain('written on the host');
       expect(r.output).toContain('file write refused');
       expect(r.output).toContain('done');
-      if (peer.exitsOnDisconnect) expect(await exitOf(b), b.stderr()).toEqual({ code: 0, signal: null });
+      if (peer.exitsOnDisconnect) expect(await exitWithin(b), b.stderr()).toEqual({ code: 0, signal: null });
       else await b.kill();
       expect(sha256(img)).toBe(before);
     }, 180_000);

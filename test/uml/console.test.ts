@@ -1,29 +1,18 @@
 // Linux's virtio_console driver (user-mode Linux) against `kindling vhost-user --device console`:
 // a shell inside writes to hvc0 and the kindling process's stdout receives exactly those bytes
 // (several lines, one longer than a page so it spans more than one transmit buffer).
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { VIRTIO_ID, describeRun, kindlingArgv, kindlingHasVhostUser, runUml, startBackend, testDir, umlOrSkipNotice, type Backend } from './helpers.js';
+import { VIRTIO_ID, describeRun, exitWithin, kindlingArgv, runUml, umlKindlingOrSkipNotice, umlScratch } from './helpers.js';
 
-const canRun = umlOrSkipNotice('uml/console.test.ts', () => (kindlingHasVhostUser() ? undefined : '`kindling vhost-user` is not in this build (dist/)'));
-
-let dirs: string[] = [];
-let backends: Backend[] = [];
-afterEach(async () => {
-  for (const b of backends) await b.kill();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  dirs = [];
-  backends = [];
-});
+const canRun = umlKindlingOrSkipNotice('uml/console.test.ts');
+const scratch = umlScratch(afterEach);
 
 describe.skipIf(!canRun)('virtio_console in user-mode Linux against kindling', () => {
   it("hvc0 carries a shell's output to the kindling process's stdout", async () => {
-    const dir = testDir('uml-console');
-    dirs.push(dir);
+    const dir = scratch.dir('uml-console');
     const socket = join(dir, 'console.sock');
-    const b = await startBackend(kindlingArgv(socket, 'console'), socket);
-    backends.push(b);
+    const b = await scratch.backend(kindlingArgv(socket, 'console'), socket);
     const r = await runUml({
       devices: [{ socket, virtioId: VIRTIO_ID.console }],
       modules: ['virtio_console'],
@@ -37,8 +26,7 @@ describe.skipIf(!canRun)('virtio_console in user-mode Linux against kindling', (
     });
     expect(r.status, describeRun(r)).toBe(0);
     expect(r.output).toContain('written');
-    const exit = await Promise.race([b.exited, new Promise<'still running'>((res) => setTimeout(() => res('still running'), 10_000))]);
-    expect(exit, b.stderr()).toEqual({ code: 0, signal: null });
+    expect(await exitWithin(b), b.stderr()).toEqual({ code: 0, signal: null });
     const out = b.stdout().replace(/\r\n/g, '\n');
     expect(out).toContain('hvc0 says 42\nLinux\n');
     expect(out).toContain(`${'0123456789'.repeat(600)}\nhvc0 end\n`);

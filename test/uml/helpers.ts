@@ -395,3 +395,53 @@ export function kindlingHasVhostUser(): boolean {
 export function testDir(prefix: string): string {
   return mkdtempSync(join(tmpdir(), `kindling-${prefix}-`));
 }
+
+/**
+ * Call at the top of a UML test file whose tests need `kindling vhost-user` in this build: one loud
+ * line when they are skipped (UML missing, dist/ without it, or what `extra` reports).
+ */
+export function umlKindlingOrSkipNotice(file: string, extra?: () => string | undefined): boolean {
+  return umlOrSkipNotice(file, () => (kindlingHasVhostUser() ? extra?.() : '`kindling vhost-user` is not in this build (dist/)'));
+}
+
+/** The temp dirs and backends of one test file, removed and killed after each test (see umlScratch). */
+export interface UmlScratch {
+  /** A fresh temp dir (testDir), removed after the test. */
+  dir(prefix: string): string;
+  /** startBackend(argv, socket), killed after the test. */
+  backend(argv: string[], socket: string, timeoutMs?: number): Promise<Backend>;
+}
+
+/**
+ * Per-file cleanup for UML tests: pass vitest's afterEach (this file is also bundled for the
+ * benchmarks, which have no test runner). After each test every backend is killed, then every dir removed.
+ */
+export function umlScratch(afterEach: (fn: () => Promise<void>) => void): UmlScratch {
+  let dirs: string[] = [];
+  let backends: Backend[] = [];
+  afterEach(async () => {
+    const bs = backends;
+    const ds = dirs;
+    backends = [];
+    dirs = [];
+    for (const b of bs) await b.kill();
+    for (const d of ds) rmSync(d, { recursive: true, force: true });
+  });
+  return {
+    dir(prefix) {
+      const d = testDir(prefix);
+      dirs.push(d);
+      return d;
+    },
+    async backend(argv, socket, timeoutMs) {
+      const b = await startBackend(argv, socket, timeoutMs);
+      backends.push(b);
+      return b;
+    },
+  };
+}
+
+/** A backend's exit status, or 'still running' when it has not exited within `ms` (one that should end by itself). */
+export function exitWithin(b: Backend, ms = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null } | 'still running'> {
+  return Promise.race([b.exited, new Promise<'still running'>((r) => setTimeout(() => r('still running'), ms).unref())]);
+}

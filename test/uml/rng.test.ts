@@ -4,35 +4,20 @@
 // Debian 12's user-mode-linux is built without it (CONFIG_HW_RANDOM_VIRTIO is not set: no
 // virtio-rng.ko under /usr/lib/uml/modules/<version>, nor in modules.builtin), so there this test
 // skips with one loud line; it runs on any UML build that has the driver.
-import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import {
-  VIRTIO_ID, describeRun, kindlingArgv, kindlingHasVhostUser, runUml, startBackend, testDir, umlHasModule, umlOrSkipNotice, umlVersion,
-  type Backend,
-} from './helpers.js';
+import { VIRTIO_ID, describeRun, kindlingArgv, runUml, umlHasModule, umlKindlingOrSkipNotice, umlScratch, umlVersion } from './helpers.js';
 
-const canRun = umlOrSkipNotice('uml/rng.test.ts', () => {
-  if (!umlHasModule('virtio_rng')) return `this user-mode-linux ${umlVersion()} has no virtio-rng driver (CONFIG_HW_RANDOM_VIRTIO is not set)`;
-  return kindlingHasVhostUser() ? undefined : '`kindling vhost-user` is not in this build (dist/)';
-});
-
-let dirs: string[] = [];
-let backends: Backend[] = [];
-afterEach(async () => {
-  for (const b of backends) await b.kill();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  dirs = [];
-  backends = [];
-});
+const canRun = umlKindlingOrSkipNotice('uml/rng.test.ts', () =>
+  umlHasModule('virtio_rng') ? undefined : `this user-mode-linux ${umlVersion()} has no virtio-rng driver (CONFIG_HW_RANDOM_VIRTIO is not set)`,
+);
+const scratch = umlScratch(afterEach);
 
 describe.skipIf(!canRun)('virtio-rng in user-mode Linux against kindling', () => {
   it('/dev/hwrng delivers bytes from the device', async () => {
-    const dir = testDir('uml-rng');
-    dirs.push(dir);
+    const dir = scratch.dir('uml-rng');
     const socket = join(dir, 'rng.sock');
-    const b = await startBackend(kindlingArgv(socket, 'rng'), socket);
-    backends.push(b);
+    await scratch.backend(kindlingArgv(socket, 'rng'), socket);
     const r = await runUml({
       devices: [{ socket, virtioId: VIRTIO_ID.rng }],
       modules: ['virtio_rng'],

@@ -12,33 +12,24 @@
 // - refusal: CONNECT to a guest port nobody listens on closes the host's connection without OK (as
 //   Firecracker does).
 import { createHash } from 'node:crypto';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/agent/client.js';
-import { ROOT, describeRun, kindlingArgv, kindlingHasVhostUser, runUml, startBackend, testDir, umlHasModule, umlOrSkipNotice, type Backend } from './helpers.js';
+import { ROOT, describeRun, kindlingArgv, runUml, umlHasModule, umlKindlingOrSkipNotice, umlScratch } from './helpers.js';
 
 const VIRTIO_ID_VSOCK = 19;
 const AGENT = join(ROOT, 'build', 'guests', 'kindling-agent');
 const AGENT_PORT = 10789;
 const CID = 3;
 
-const canRun = umlOrSkipNotice('uml/vsock.test.ts', () =>
-  !kindlingHasVhostUser() ? '`kindling vhost-user` is not in this build (dist/)' : !umlHasModule('vmw_vsock_virtio_transport') ? "Debian's UML has no vmw_vsock_virtio_transport module" : undefined,
-);
+const canRun = umlKindlingOrSkipNotice('uml/vsock.test.ts', () => (umlHasModule('vmw_vsock_virtio_transport') ? undefined : "Debian's UML has no vmw_vsock_virtio_transport module"));
 
 const HAS_PYTHON = existsSync('/usr/bin/python3');
 if (canRun && !HAS_PYTHON) console.warn('\n!!! UML TEST SKIPPED (uml/vsock.test.ts guest-initiated): /usr/bin/python3 is absent (it is the guest-side AF_VSOCK client) !!!\n');
 
-let dirs: string[] = [];
-let backends: Backend[] = [];
-afterEach(async () => {
-  for (const b of backends) await b.kill();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  dirs = [];
-  backends = [];
-});
+const scratch = umlScratch(afterEach);
 
 /** A hybrid-vsock host connection to guest port `port`: resolves with the socket after `OK <n>\n`, or with the reply/close that refused it. */
 function hybridConnect(uds: string, port: number): Promise<{ sock: net.Socket; ok: string } | { refused: string }> {
@@ -71,12 +62,10 @@ function hybridConnect(uds: string, port: number): Promise<{ sock: net.Socket; o
 
 describe.skipIf(!canRun)('Linux vsock in user-mode Linux against kindling vhost-user vsock', () => {
   it('host-initiated: the exec agent in UML runs commands, takes stdin, writes and reads files, over CONNECT/OK on the UDS', async () => {
-    const dir = testDir('uml-vsock');
-    dirs.push(dir);
+    const dir = scratch.dir('uml-vsock');
     const socket = join(dir, 'vu.sock');
     const uds = join(dir, 'v.sock');
-    const b = await startBackend(kindlingArgv(socket, `vsock=${CID},uds=${uds}`), socket);
-    backends.push(b);
+    const b = await scratch.backend(kindlingArgv(socket, `vsock=${CID},uds=${uds}`), socket);
     const results: Record<string, unknown> = {};
     let hostDone!: Promise<void>;
     const run = runUml({
@@ -147,8 +136,7 @@ describe.skipIf(!canRun)('Linux vsock in user-mode Linux against kindling vhost-
     expect(results.killed).toEqual({ code: null, signal: "SIGTERM" });
   }, 200_000);
   it.skipIf(!HAS_PYTHON)('guest-initiated: a connection to CID 2 port 5678 in UML reaches the host listener on <uds>_5678; port 5679 with no listener is refused', async () => {
-    const dir = testDir('uml-vsock-g2h');
-    dirs.push(dir);
+    const dir = scratch.dir('uml-vsock-g2h');
     const socket = join(dir, 'vu.sock');
     const uds = join(dir, 'v.sock');
     const N = 4 << 20;
@@ -165,8 +153,7 @@ describe.skipIf(!canRun)('Linux vsock in user-mode Linux against kindling vhost-
     });
     await new Promise<void>((r) => srv.listen(`${uds}_5678`, r));
     try {
-      const b = await startBackend(kindlingArgv(socket, `vsock=${CID},uds=${uds}`), socket);
-      backends.push(b);
+      const b = await scratch.backend(kindlingArgv(socket, `vsock=${CID},uds=${uds}`), socket);
       const py = [
         'import socket, hashlib',
         `data = bytes((i * 7 + (i >> 10)) & 255 for i in range(${N}))`,
