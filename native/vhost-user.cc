@@ -16,6 +16,12 @@
 //                                   no access can fault with SIGBUS at map time), as an external
 //                                   SharedArrayBuffer starting at exactly `offset` (the page
 //                                   rounding is hidden); munmap when the last isolate drops it
+//   releaseFdMapping(sab)           replace a mapFdShared mapping at once by private anonymous zero
+//                                   pages (mmap MAP_FIXED over the same range): the file's pages are
+//                                   no longer referenced (the frontend's memory is freed when it lets
+//                                   go), stale views read zeros and write nowhere, the address range
+//                                   stays reserved until the last isolate drops the buffer (munmap
+//                                   then). false when `sab` is not a live mapping of mapFdShared.
 //   memfdCreate(name, size)         memfd_create(MFD_CLOEXEC) + ftruncate (tests and frontends)
 //   notifyFd(fd)                    write a u64 1 to an eventfd or pipe; false on EAGAIN (a full
 //                                   pipe already holds a pending notification)
@@ -30,6 +36,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 namespace kindling {
@@ -177,12 +185,48 @@ Value VhostSend(const CallbackInfo& info) {
 struct FdMapping {
   void* base;
   size_t len;
+  void* data;  // what the SharedArrayBuffer starts at (base + the page-rounding delta)
+  bool released;
 };
+
+// Live mappings by data pointer, for releaseFdMapping. The deleter may run on any thread.
+std::mutex g_mappings_mu;
+std::unordered_map<void*, FdMapping*> g_mappings;
 
 void FdMappingDeleter(void* /*data*/, size_t /*len*/, void* ctx) {
   FdMapping* m = static_cast<FdMapping*>(ctx);
+  {
+    std::lock_guard<std::mutex> lock(g_mappings_mu);
+    g_mappings.erase(m->data);
+  }
   munmap(m->base, m->len);
   delete m;
+}
+
+Value ReleaseFdMapping(const CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  void* data = nullptr;
+  size_t blen = 0;
+  if (info.Length() < 1 || !BufferData(info[0], false, &data, &blen)) return ThrowType(env, "releaseFdMapping: sab must be a SharedArrayBuffer");
+  // No JS value is made while the lock is held: an allocation may collect a buffer, whose deleter
+  // takes the lock on this same thread.
+  int result = 0;  // 0 not ours / already released, 1 released, -errno
+  {
+    std::lock_guard<std::mutex> lock(g_mappings_mu);
+    auto it = g_mappings.find(data);
+    if (it != g_mappings.end() && !it->second->released) {
+      FdMapping* m = it->second;
+      void* p = mmap(m->base, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+      if (p == MAP_FAILED) {
+        result = -errno;
+      } else {
+        m->released = true;
+        result = 1;
+      }
+    }
+  }
+  if (result < 0) return ThrowErrno(env, "mmap", -result);
+  return Napi::Boolean::New(env, result == 1);
 }
 
 Value MapFdShared(const CallbackInfo& info) {
@@ -203,7 +247,11 @@ Value MapFdShared(const CallbackInfo& info) {
   size_t len = static_cast<size_t>(delta + size);
   void* p = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(base));
   if (p == MAP_FAILED) return ThrowErrno(env, "mmap", errno);
-  FdMapping* m = new FdMapping{p, len};
+  FdMapping* m = new FdMapping{p, len, static_cast<char*>(p) + delta, false};
+  {
+    std::lock_guard<std::mutex> lock(g_mappings_mu);
+    g_mappings[m->data] = m;
+  }
   v8::Isolate* isolate = v8::Isolate::GetCurrent();
   std::unique_ptr<v8::BackingStore> bs = v8::SharedArrayBuffer::NewBackingStore(
       static_cast<char*>(p) + delta, static_cast<size_t>(size), FdMappingDeleter, m);
@@ -249,6 +297,7 @@ void InitVhostUser(Napi::Env env, Napi::Object exports) {
   exports.Set("vhostRecv", Napi::Function::New(env, VhostRecv, "vhostRecv"));
   exports.Set("vhostSend", Napi::Function::New(env, VhostSend, "vhostSend"));
   exports.Set("mapFdShared", Napi::Function::New(env, MapFdShared, "mapFdShared"));
+  exports.Set("releaseFdMapping", Napi::Function::New(env, ReleaseFdMapping, "releaseFdMapping"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("notifyFd", Napi::Function::New(env, NotifyFd, "notifyFd"));
 }

@@ -297,6 +297,12 @@ export interface KvmAddon {
    * The fd may be closed afterwards.
    */
   mapFdShared(fd: number, offset: number, size: number): SharedArrayBuffer;
+  /**
+   * Replace a mapFdShared mapping at once by private anonymous zero pages: the file is no longer
+   * referenced, stale views read zeros and write nowhere; the range is unmapped when the buffer is
+   * collected. false when `sab` is not a live mapFdShared mapping (or was released already).
+   */
+  releaseFdMapping(sab: SharedArrayBuffer): boolean;
   /** memfd_create(name, MFD_CLOEXEC) of `size` bytes (ftruncate). */
   memfdCreate(name: string, size: number): number;
   /** write(fd, u64 1) to an eventfd or pipe: true when written, false on EAGAIN (a full pipe). */

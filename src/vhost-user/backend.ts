@@ -32,7 +32,7 @@ import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_A
 import type { AnyVirtioDeviceType, ConfigSpace, VirtioDeviceBackend } from '../devices/virtio/device.js';
 import { ActiveQueue, TSTAT_ACTIVATIONS, TSTAT_INTERRUPTS, TSTAT_LOG_SUPPRESSED, TSTAT_NEEDS_RESET, TSTAT_RESETS, TSTAT_WAKEUPS, countTransport } from '../devices/virtio/queue-service.js';
 import { SplitQueue } from '../devices/virtio/queue.js';
-import { mapRegions, translateUser, validateRegions, type MappedMemory, type RegionMapper } from './memory.js';
+import { mapRegions, releaseRegions, translateUser, validateRegions, type MappedMemory, type RegionMapper } from './memory.js';
 import {
   MAX_CONFIG_SIZE,
   VHOST_USER_FLAG_NEED_REPLY,
@@ -250,7 +250,14 @@ export class VhostUserSession {
     for (const r of this.rings) this.clearRing(r);
     if (this.backendReqFd !== undefined) this.safeClose(this.backendReqFd);
     this.backendReqFd = undefined;
+    this.dropMemory();
+  }
+
+  /** Forget the memory table and release its mappings at once (the backend is reset by then). */
+  private dropMemory(): void {
+    const old = this.memory;
     this.memory = undefined;
+    releaseRegions(this.o.host, old);
   }
 
   // ---- dispatch ------------------------------------------------------------------------------
@@ -294,7 +301,7 @@ export class VhostUserSession {
           r.addr = undefined;
           r.base = 0;
         }
-        this.memory = undefined;
+        this.dropMemory();
         this.acked = 0n;
         this.featuresSet = false;
         this.broken = false;
@@ -305,7 +312,8 @@ export class VhostUserSession {
         try {
           const mapped = mapRegions(this.o.host, regions, fds);
           this.deactivate();
-          this.memory = mapped; // the old table's buffers are unmapped once nothing refers to them
+          this.dropMemory(); // the old table's pages are let go of now (memory.ts: releaseRegions)
+          this.memory = mapped;
         } finally {
           for (const fd of fds) this.safeClose(fd);
         }

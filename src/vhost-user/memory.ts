@@ -15,6 +15,10 @@
 // The mapping checks the fd (regular file or memfd, long enough), so creating the map cannot fault.
 // A frontend that later shrinks its own memfd makes accesses fault (SIGBUS), as with every
 // vhost-user back-end; that is the frontend destroying its own guest.
+//
+// Release (releaseRegions): a replaced or abandoned table's mappings are turned into private zero
+// pages at once (the addon's releaseFdMapping), so the frontend's memory is not held until V8
+// collects the buffers; a stale view left anywhere then reads zeros and writes nowhere.
 import { GuestMemory, type SlotDescriptor } from '../memory/guest-memory.js';
 import { VhostUserError, type MemRegionMsg } from './protocol.js';
 
@@ -74,6 +78,22 @@ export interface MappedMemory {
 
 export interface RegionMapper {
   mapFdShared(fd: number, offset: number, size: number): SharedArrayBuffer;
+  /** Drop a mapping's file pages now (optional: without it they go when the buffer is collected). */
+  releaseFdMapping?(sab: SharedArrayBuffer): boolean;
+}
+
+/** Let go of a table's mappings now (see the header); returns how many were released. */
+export function releaseRegions(mapper: RegionMapper, mapped: MappedMemory | undefined): number {
+  if (!mapped || !mapper.releaseFdMapping) return 0;
+  let n = 0;
+  for (const d of mapped.mem.descriptors()) {
+    try {
+      if (mapper.releaseFdMapping(d.buffer as SharedArrayBuffer)) n++;
+    } catch {
+      // mmap refused (ENOMEM): the pages go when the buffer is collected
+    }
+  }
+  return n;
 }
 
 /**

@@ -17,7 +17,7 @@ import { MAX_FDS, MessageReader, VhostUserError } from './protocol.js';
 
 type Addon = Pick<
   KvmAddon,
-  'vhostRecv' | 'vhostSend' | 'mapFdShared' | 'notifyFd' | 'close' | 'watchFd' | 'watchEventfd' | 'unwatch' | 'unixAccept' | 'watchFdEvents' | 'setWatchEvents'
+  'vhostRecv' | 'vhostSend' | 'mapFdShared' | 'releaseFdMapping' | 'notifyFd' | 'close' | 'watchFd' | 'watchEventfd' | 'unwatch' | 'unixAccept' | 'watchFdEvents' | 'setWatchEvents'
 >;
 
 export interface DeviceServerOptions {
@@ -75,6 +75,7 @@ export class VhostUserDevice {
     const a = this.o.addon;
     const host: SessionHost = {
       mapFdShared: (f, off, size) => a.mapFdShared(f, off, size),
+      releaseFdMapping: (sab) => a.releaseFdMapping(sab),
       close: (f) => a.close(f),
       notifyFd: (f) => a.notifyFd(f),
       watchKick: (f, onKick) => {

@@ -14,8 +14,9 @@ import { blockDeviceType, type BlockParams } from '../../src/devices/virtio/bloc
 import { VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../../src/devices/virtio/block/device.js';
 import { featureBit } from '../../src/devices/virtio/constants.js';
 import { RNG_MAX_REQUEST_BYTES, rngDeviceType } from '../../src/devices/virtio/rng/index.js';
-import { VHOST_USER_GET_VRING_BASE, vringStatePayload } from '../../src/vhost-user/protocol.js';
-import { TestFrontend, addon, type RingLayout } from './vhost-user-frontend.js';
+import { GuestMemory } from '../../src/memory/guest-memory.js';
+import { VHOST_USER_GET_VRING_BASE, VHOST_USER_SET_MEM_TABLE, vringStatePayload } from '../../src/vhost-user/protocol.js';
+import { MEM_SIZE, TestFrontend, USER_BASE, addon, memTable, type RingLayout } from './vhost-user-frontend.js';
 
 const RING0 = 0x1000;
 const RING1 = 0x3000;
@@ -214,5 +215,54 @@ describe('vhost-user console', () => {
     const [r] = await fe.used(rx.q);
     expect(r).toEqual({ id: 0, len: 10 });
     expect(Buffer.from(fe.mem.readBytes(BUF + 0x1000, 10)).toString()).toBe('typed keys');
+  });
+});
+
+describe('vhost-user memory mappings', () => {
+  const mappings = (name: string): number => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(`/memfd:${name} `)).length;
+
+  it('releaseFdMapping: the view reads zeros at once and writes no longer reach the file', () => {
+    const fd = addon.memfdCreate('vu-release', 8192);
+    try {
+      const sab = addon.mapFdShared(fd, 4096, 4096);
+      const other = new Uint8Array(addon.mapFdShared(fd, 0, 8192));
+      new Uint8Array(sab).fill(0x5a);
+      expect(other[4096]).toBe(0x5a);
+      expect(mappings('vu-release')).toBe(2);
+      expect(addon.releaseFdMapping(sab)).toBe(true);
+      expect(addon.releaseFdMapping(sab)).toBe(false); // once
+      expect(mappings('vu-release')).toBe(1);
+      const v = new Uint8Array(sab);
+      expect(v.every((b) => b === 0)).toBe(true);
+      v.fill(0x11);
+      expect(other[4096]).toBe(0x5a);
+      expect(addon.releaseFdMapping(new SharedArrayBuffer(16))).toBe(false); // not a mapping
+    } finally {
+      addon.close(fd);
+    }
+  });
+
+  it("a replaced memory table and a disconnect let go of the frontend's memfd at once, not at GC", async () => {
+    const prepared = rngDeviceType.prepare({}, { addon });
+    releases.push(prepared.release);
+    const fe = new TestFrontend(rngDeviceType, prepared.params);
+    frontends.push(fe);
+    await fe.handshake();
+    expect(mappings(fe.memName)).toBe(2); // the test's own view and the server's
+    const second = addon.memfdCreate('vu-second', MEM_SIZE);
+    releases.push(() => addon.close(second));
+    expect(await fe.acked(VHOST_USER_SET_MEM_TABLE, memTable([{ gpa: 0n, size: BigInt(MEM_SIZE), ua: USER_BASE, off: 0n }]), [second])).toBe(0n);
+    expect(mappings(fe.memName)).toBe(1);
+    expect(mappings('vu-second')).toBe(1);
+    // The device runs on the new table.
+    const view = new GuestMemory([{ slot: 0, gpa: 0, size: MEM_SIZE, buffer: addon.mapFdShared(second, 0, MEM_SIZE) }]);
+    const drv = Object.create(fe, { mem: { value: view } }) as TestFrontend;
+    const { q, kick } = await drv.ring(0, 8, RING0);
+    drv.post(q, [[BUF, 64, true]], 0);
+    drv.kick(kick);
+    expect(await drv.used(q)).toEqual([{ id: 0, len: 64 }]);
+    await fe.close();
+    frontends.splice(frontends.indexOf(fe), 1);
+    expect(mappings('vu-second')).toBe(1); // only the test's view is left
   });
 });

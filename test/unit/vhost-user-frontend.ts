@@ -31,6 +31,8 @@ export const MEM_SIZE = 1 << 20;
 /** The frontend's user address of guest-physical 0 (distinct, to exercise the translation). */
 export const USER_BASE = 0x7f12_3400_0000n;
 
+let frontendCount = 0;
+
 export interface Reply {
   request: number;
   flags: number;
@@ -41,6 +43,8 @@ export class TestFrontend {
   readonly fd: number;
   readonly serverFd: number;
   readonly memfd: number;
+  /** The memfd's name (unique per frontend: /proc/self/maps shows it as /memfd:NAME). */
+  readonly memName = `vhost-user-test-${++frontendCount}`;
   readonly mem: GuestMemory;
   readonly device: VhostUserDevice;
   readonly served: Promise<void>;
@@ -53,7 +57,7 @@ export class TestFrontend {
     this.serverFd = b;
     addon.setNonblocking(b, true);
     addon.setNonblocking(a, true);
-    this.memfd = addon.memfdCreate('vhost-user-test', MEM_SIZE);
+    this.memfd = addon.memfdCreate(this.memName, MEM_SIZE);
     this.mem = new GuestMemory([{ slot: 0, gpa: 0, size: MEM_SIZE, buffer: addon.mapFdShared(this.memfd, 0, MEM_SIZE) }]);
     this.device = new VhostUserDevice({ name: 'test', type, params, addon, log: (_l, m) => this.logs.push(m) });
     this.served = this.device.serve(b);
