@@ -80,7 +80,12 @@ export class VhostUserDevice {
       notifyFd: (f) => a.notifyFd(f),
       watchKick: (f, onKick) => {
         const id = a.watchEventfd(f, (_fd: number, _c: bigint, error?: string) => {
-          if (error) return;
+          // Not an eventfd after all (a read of other than 8 bytes) or a dead fd: the watch has
+          // stopped (reported once); the ring gets no more kicks until a new SET_VRING_KICK.
+          if (error) {
+            this.o.log('warn', `${this.o.name}: a kick fd cannot be read (${error}); its ring waits for a new SET_VRING_KICK`);
+            return;
+          }
           // The session catches everything itself (kick() never throws); this is the last line
           // before an exception would escape the event loop's callback and end the process.
           try {

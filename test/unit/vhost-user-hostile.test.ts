@@ -715,6 +715,27 @@ describe('wrong-state and malformed requests (real server)', () => {
     expect(await fe.closedByServer()).toBe(true);
   });
 
+  it('a kick fd that is not an eventfd: its watch stops with one warning, a new SET_VRING_KICK brings the ring back', async () => {
+    const fe = rngFrontend();
+    await fe.handshake();
+    const { q } = await fe.ring(0, 8, RING);
+    const [mine, theirs] = addon.socketpair();
+    try {
+      expect(await fe.acked(VHOST_USER_SET_VRING_KICK, u64Payload(0n), [theirs])).toBe(0n);
+      fe.post(q, [[0x8000, 16, true]], 0);
+      expect(addon.vhostSend(mine, new Uint8Array([1, 2, 3]))).toBe(true); // 3 bytes: not an eventfd count
+      await new Promise((r) => setTimeout(r, 30));
+      expect(fe.logs.filter((l) => /kick fd cannot be read/.test(l))).toHaveLength(1);
+      const kick = fe.eventfd();
+      expect(await fe.acked(VHOST_USER_SET_VRING_KICK, u64Payload(0n), [kick])).toBe(0n);
+      fe.kick(kick);
+      expect(await fe.used(q)).toEqual([{ id: 0, len: 16 }]);
+    } finally {
+      addon.close(mine);
+      addon.close(theirs);
+    }
+  });
+
   it('unknown requests: refused with NEED_REPLY, the connection closed without', async () => {
     const fe = rngFrontend();
     await fe.handshake();
