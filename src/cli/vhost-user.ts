@@ -1,4 +1,4 @@
-// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro] | console | rng | vsock=CID[,uds=PATH] [--keep-serving]`: one
+// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro] | console | rng | vsock=CID[,uds=PATH] | net=tap=NAME|passt[,mac=MAC] [--keep-serving]`: one
 // kindling virtio device served as a vhost-user back-end on a Unix socket, for user-mode Linux
 // (virtio_uml.device=PATH:ID), Cloud Hypervisor or QEMU (see docs/vhost-user.md).
 //
@@ -32,6 +32,10 @@ export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --devi
                     rng             virtio-rng from the host CSPRNG
                     vsock=CID[,uds=PATH]  virtio-vsock, guest CID 3..4294967294; with uds, Firecracker's
                                     hybrid vsock on PATH (CONNECT <port>; guest → CID 2 port P is PATH_P)
+                    net=tap=NAME[,mac=MAC]  virtio-net on a tap (created and brought up when missing
+                                    and permitted; checksum/TSO offloads passed through)
+                    net=passt[,mac=MAC]     virtio-net through passt (user-mode networking, no root:
+                                    DHCP, DNS, NAT; apt-get install passt)
   --keep-serving    after a frontend disconnects, wait for the next one (default: exit 0)
   --seccomp MODE    strict (default): once listening, every thread may make only the syscalls
                     serving needs, anything else kills the process; log: allowed but logged by
@@ -41,9 +45,25 @@ export type VhostUserDeviceArg =
   | { kind: 'blk'; path: string; readOnly: boolean }
   | { kind: 'console' }
   | { kind: 'rng' }
-  | { kind: 'vsock'; cid: number; udsPath?: string };
+  | { kind: 'vsock'; cid: number; udsPath?: string }
+  | { kind: 'net'; tap?: string; passt?: true; mac?: string };
 
-const DEVICE_FORMS = 'blk=IMAGE[,ro], console, rng or vsock=CID[,uds=PATH]';
+const DEVICE_FORMS = 'blk=IMAGE[,ro], console, rng, vsock=CID[,uds=PATH], net=tap=NAME[,mac=MAC] or net=passt[,mac=MAC]';
+
+/** `net=tap=NAME[,mac=MAC]` or `net=passt[,mac=MAC]` after the `net=` (the same forms as run's --net). */
+export function parseNetDeviceArg(v: string, rest: string): VhostUserDeviceArg {
+  const parts = rest.split(',');
+  const head = parts[0];
+  const out: { kind: 'net'; tap?: string; passt?: true; mac?: string } = { kind: 'net' };
+  if (head === 'passt') out.passt = true;
+  else if (head.startsWith('tap=') && head.length > 4) out.tap = head.slice(4);
+  else throw new UsageError(`--device net= must be tap=NAME or passt (got ${quoted(v)})`);
+  for (const opt of parts.slice(1)) {
+    if (opt.startsWith('mac=') && out.mac === undefined) out.mac = opt.slice(4);
+    else throw new UsageError(`--device net= takes only ,mac=MAC after the backend (got ${quoted(v)})`);
+  }
+  return out;
+}
 
 /** `vsock=CID[,uds=PATH]` after the `vsock=`: a decimal CID in 3..4294967294, PATH any non-empty bytes (commas too) that fit a Unix socket address. */
 export function parseVsockDeviceArg(v: string, rest: string): VhostUserDeviceArg {
@@ -76,6 +96,7 @@ export type VhostUserParse = VhostUserCommand | { kind: 'vhost-user-help' };
 export function parseDeviceArg(v: string): VhostUserDeviceArg {
   if (v === 'console' || v === 'rng') return { kind: v };
   if (v.startsWith('vsock=')) return parseVsockDeviceArg(v, v.slice(6));
+  if (v.startsWith('net=')) return parseNetDeviceArg(v, v.slice(4));
   if (v.startsWith('blk=')) {
     const rest = v.slice(4);
     const m = /^([^]*),(ro|rw)$/.exec(rest);
@@ -130,7 +151,14 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
   const socketDir = openSync(dirname(resolve(cmd.socket)), 'r');
   const type = virtioDeviceType(cmd.device.kind);
   const d = cmd.device;
-  const options = d.kind === 'blk' ? { path: d.path, readOnly: d.readOnly } : d.kind === 'vsock' ? { cid: d.cid, udsPath: d.udsPath } : {};
+  const options =
+    d.kind === 'blk'
+      ? { path: d.path, readOnly: d.readOnly }
+      : d.kind === 'vsock'
+        ? { cid: d.cid, udsPath: d.udsPath }
+        : d.kind === 'net'
+          ? { tap: d.tap, passt: d.passt, mac: d.mac, option: '--device net' }
+          : {};
   // The hybrid-vsock UDS's directory, for the same reason as socketDir.
   let udsDir = -1;
   if (d.kind === 'vsock' && d.udsPath !== undefined) {

@@ -49,6 +49,8 @@ export const TCSETS = 0x5402;
 export const TIOCGWINSZ = 0x5413;
 export const FIONBIO = 0x5421;
 export const FIOCLEX = 0x5451;
+// <linux/if_tun.h>: _IOW('T', 208, unsigned int)
+export const TUNSETOFFLOAD = 0x400454d0;
 // <linux/socket.h>, <linux/sched.h>
 export const AF_UNIX = 1;
 export const CLONE_THREAD = 0x00010000;
@@ -102,6 +104,10 @@ export const DEVICE_SYSCALLS: Readonly<Record<string, readonly SyscallRule[]>> =
     // making it non-blocking.
     ioctls(FIONBIO, FIOCLEX, TCGETS),
   ],
+  // Frames with readv/writev straight on guest RAM (tap or passt's socket); TUNSETOFFLOAD when the
+  // driver's receive offloads are known (activation, reset). passt itself is started and stopped by the
+  // thread that prepared the device, before any filter.
+  net: [...allow('readv', 'writev'), ioctls(TUNSETOFFLOAD)],
 };
 
 function deviceRules(kind: string): readonly SyscallRule[] {

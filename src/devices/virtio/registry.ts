@@ -5,6 +5,7 @@
 import { blockDeviceType } from './block/index.js';
 import { consoleDeviceType } from './console/index.js';
 import type { AnyVirtioDeviceType } from './device.js';
+import { netDeviceType } from './net/index.js';
 import { rngDeviceType } from './rng/index.js';
 import { vsockDeviceType } from './vsock/index.js';
 
@@ -13,6 +14,7 @@ export const VIRTIO_DEVICE_TYPES = {
   rng: rngDeviceType,
   console: consoleDeviceType,
   vsock: vsockDeviceType,
+  net: netDeviceType,
 } as const satisfies Record<string, AnyVirtioDeviceType>;
 
 export type VirtioDeviceKind = keyof typeof VIRTIO_DEVICE_TYPES;
