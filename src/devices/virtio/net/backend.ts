@@ -1,0 +1,357 @@
+// virtio-net (virtio 1.2 §5.1, device id 1): one receive/transmit queue pair (receiveq1 = 0,
+// transmitq1 = 1), no control queue. Config space (§5.1.4): mac[6], le16 status, le16
+// max_virtqueue_pairs (1), le16 mtu.
+//
+// Features offered: VIRTIO_NET_F_MAC, F_STATUS (link up), F_MTU, F_MRG_RXBUF, and only the offloads the
+// host end can honour: a tap with IFF_VNET_HDR takes the driver's virtio_net_hdr as is (CSUM, HOST_TSO4/6)
+// and hands us frames with one (GUEST_CSUM, GUEST_TSO4/6, enabled on the tap with TUNSETOFFLOAD for
+// exactly what the driver accepted); passt's stream carries bare Ethernet frames, so it gets none.
+//
+// Split along the thread boundary as every device:
+//   header.ts   struct virtio_net_hdr and the validation of transmitted headers (pure)
+//   backend.ts  NetBackend: the queues against a NetPort (I/O worker; it never sees the transport, so it
+//               serves virtio-mmio and vhost-user alike)
+//   tap.ts      the tap port (/dev/net/tun)
+//   passt.ts    the passt port (Debian's passt on a socketpair, qemu's stream framing)
+//   index.ts    the device type: prepare (open the tap / start passt), describe, createBackend
+//
+// Transmit: a chain's first 12 readable bytes are its header, copied and validated (validateTxHeader:
+// offloads only as negotiated, csum/gso fields in range, frame length within the MTU or the GSO
+// limit); the frame is written to the port with one writev straight from the chain's guest-RAM
+// segments, behind our validated copy of the header (a driver that changes the header after we read
+// it changes nothing). A bad chain is dropped and counted; every chain completes with used length 0.
+//
+// Receive: the port reads one frame with one readv straight into the writable segments of the rx
+// chains the backend holds: one chain, or with MRG_RXBUF as many as it takes to hold the largest frame
+// the driver accepts (12 + MTU + 18, or 12 + 65550 with GUEST_TSO). A chain shorter than the header is
+// completed unused and counted. The frame is then split over the chains in order, num_buffers written
+// into the first one's header, and all of them published as one batch (one interrupt). Chains not
+// needed stay held for the next frame. While the driver has posted too few buffers the port's fd is
+// not polled for readability (frames wait in the kernel, or passt stops reading); the driver's next
+// rx kick resumes. At most RX_BUDGET frames per wake-up, so one busy NIC cannot starve the loop.
+//
+// Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
+import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
+import { PackedIov, gatherBytes, scatterBytes, splitSegments } from '../iovec.js';
+import type { ActiveQueue } from '../queue-service.js';
+import type { DescriptorChain } from '../queue.js';
+import { featureBit } from '../constants.js';
+import { NO_OFFLOADS, VIRTIO_NET_HDR_LEN, decodeNetHeader, encodeNetHeader, validateTxHeader, type TxOffloads } from './header.js';
+
+export const VIRTIO_NET_F_CSUM = 0;
+export const VIRTIO_NET_F_GUEST_CSUM = 1;
+export const VIRTIO_NET_F_MTU = 3;
+export const VIRTIO_NET_F_MAC = 5;
+export const VIRTIO_NET_F_GUEST_TSO4 = 7;
+export const VIRTIO_NET_F_GUEST_TSO6 = 8;
+export const VIRTIO_NET_F_HOST_TSO4 = 11;
+export const VIRTIO_NET_F_HOST_TSO6 = 12;
+export const VIRTIO_NET_F_MRG_RXBUF = 15;
+export const VIRTIO_NET_F_STATUS = 16;
+
+export const VIRTIO_NET_S_LINK_UP = 1;
+
+export const NET_RX = 0;
+export const NET_TX = 1;
+export const NET_QUEUE_SIZE = 256;
+export const NET_CONFIG_SIZE = 12;
+export const NET_DEFAULT_MTU = 1500;
+/** Ethernet header plus one VLAN tag: what a frame may carry beyond the MTU. */
+export const ETH_OVERHEAD = 18;
+/** The largest GSO super-frame the device takes or gives: 64 KiB of IP packet and its Ethernet header (Firecracker's 65562-byte buffer less the header). */
+export const GSO_MAX_FRAME = 65550;
+/** Frames handled per wake-up before yielding to the loop. */
+export const RX_BUDGET = 64;
+export const TX_BATCH = 64;
+
+/** Counters (Float64, in params.counters), readable from any thread. */
+export const NET_COUNTERS = [
+  'rxFrames',
+  'rxBytes',
+  /** Frames the port had that the driver could not take (larger than it accepts). */
+  'rxDropped',
+  /** Receive chains completed unused (shorter than the header). */
+  'rxBadBuffers',
+  'txFrames',
+  'txBytes',
+  /** Transmit chains dropped for a bad header or length. */
+  'txDropped',
+  /** Frames the port refused (a write error). */
+  'txErrors',
+] as const;
+export type NetCounters = Record<(typeof NET_COUNTERS)[number], number>;
+const C = Object.fromEntries(NET_COUNTERS.map((n, i) => [n, i])) as Record<(typeof NET_COUNTERS)[number], number>;
+
+export function readNetCounters(counters: SharedArrayBuffer): NetCounters {
+  const c = new Float64Array(counters, 0, NET_COUNTERS.length);
+  return Object.fromEntries(NET_COUNTERS.map((n, i) => [n, c[i]])) as NetCounters;
+}
+
+/** port.receive results other than a frame length. */
+export const RECV_AGAIN = -1;
+export const RECV_CLOSED = -2;
+export const RECV_DROPPED = -3;
+
+/** The host end of a NIC as the backend drives it (tap.ts, passt.ts). Never throws on its data. */
+export interface NetPort {
+  readonly fd: number;
+  /** Frames on this port carry the 12-byte virtio_net_hdr (a tap with IFF_VNET_HDR); else bare frames. */
+  readonly vnetHdr: boolean;
+  /**
+   * Read the next frame into `iov` (the held rx chains' writable segments from their first byte): a
+   * vnetHdr port reads header and frame there, any other port the frame after VIRTIO_NET_HDR_LEN bytes.
+   * Returns the frame's length (without the header), RECV_AGAIN (nothing complete; a partly read frame
+   * continues in the same iov next time), RECV_CLOSED, or RECV_DROPPED (a frame longer than the room
+   * was discarded).
+   */
+  receive(iov: PackedIov): number;
+  /** Write one frame: `iov` is its header (entry 0, 12 bytes) and then the frame. False: refused. */
+  send(iov: PackedIov, frameLen: number): boolean;
+  /** Output is waiting for the fd to become writable (no send until flush() says it has gone). */
+  readonly blocked: boolean;
+  /** Write pending output; true when nothing is pending any more. */
+  flush(): boolean;
+  /** The driver went away: forget a partly read frame (its remaining bytes are discarded). */
+  resetRx(): void;
+  /** Offloads the driver accepted for received frames (TUN_F_* for a tap; ignored elsewhere). */
+  setGuestOffloads(csum: boolean, tso4: boolean, tso6: boolean): void;
+  close(): void;
+}
+
+export interface NetBackendOptions {
+  port: NetPort;
+  counters: SharedArrayBuffer;
+  mtu: number;
+  env: Pick<BackendEnv, 'pollFd' | 'log'>;
+}
+
+export class NetBackend implements VirtioDeviceBackend {
+  private rx: ActiveQueue | undefined;
+  private tx: ActiveQueue | undefined;
+  private mrg = false;
+  private txOff: TxOffloads = NO_OFFLOADS;
+  private maxTx = 0;
+  private rxNeed = 0;
+  /** Popped rx chains not used yet, in ring order, and their writable bytes. */
+  private held: DescriptorChain[] = [];
+  private heldRoom = 0;
+  /** The driver has posted too few rx buffers: wait for its kick. */
+  private starved = false;
+  private portClosed = false;
+  private readonly port: NetPort;
+  private readonly c: Float64Array;
+  private readonly mtu: number;
+  private readonly poll: FdPoll;
+  private readonly env: NetBackendOptions['env'];
+  private readonly rxIov: PackedIov;
+  private readonly txIov: PackedIov;
+  private readonly hdr = new SharedArrayBuffer(VIRTIO_NET_HDR_LEN);
+  private readonly hdrView = new Uint8Array(this.hdr);
+  private readonly heads: number[] = [];
+  private readonly lens: number[] = [];
+
+  constructor(o: NetBackendOptions) {
+    this.port = o.port;
+    this.c = new Float64Array(o.counters, 0, NET_COUNTERS.length);
+    this.mtu = o.mtu;
+    this.env = o.env;
+    this.rxIov = new PackedIov(1024);
+    this.txIov = new PackedIov(1024);
+    this.poll = o.env.pollFd(o.port.fd, 0, (ready) => this.onPort(ready));
+  }
+
+  activate(d: ActiveDevice): void {
+    const f = d.features;
+    const has = (b: number): boolean => (f & featureBit(b)) !== 0n;
+    this.rx = d.queues[NET_RX];
+    this.tx = d.queues[NET_TX];
+    this.mrg = has(VIRTIO_NET_F_MRG_RXBUF);
+    this.txOff = { csum: has(VIRTIO_NET_F_CSUM), tso4: has(VIRTIO_NET_F_HOST_TSO4), tso6: has(VIRTIO_NET_F_HOST_TSO6), ecn: false };
+    const guestTso = has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6);
+    this.maxTx = this.txOff.tso4 || this.txOff.tso6 ? GSO_MAX_FRAME : this.mtu + ETH_OVERHEAD;
+    this.rxNeed = VIRTIO_NET_HDR_LEN + (guestTso ? GSO_MAX_FRAME : this.mtu + ETH_OVERHEAD);
+    this.port.setGuestOffloads(has(VIRTIO_NET_F_GUEST_CSUM), has(VIRTIO_NET_F_GUEST_TSO4), has(VIRTIO_NET_F_GUEST_TSO6));
+    this.held = [];
+    this.heldRoom = 0;
+    this.starved = false;
+    this.transmit();
+    this.receive();
+  }
+
+  processQueue(index: number): void {
+    if (index === NET_RX) {
+      this.starved = false;
+      this.receive();
+    } else if (index === NET_TX) this.transmit();
+  }
+
+  reset(): void {
+    this.rx = this.tx = undefined;
+    this.held = [];
+    this.heldRoom = 0;
+    this.port.resetRx();
+    this.port.setGuestOffloads(false, false, false);
+    this.updatePoll();
+  }
+
+  /** Nothing beyond guest RAM and the transport survives a snapshot: frames in flight are lost, as on a wire. */
+  save(): { kind: 'net'; version: 1 } {
+    return { kind: 'net', version: 1 };
+  }
+
+  restore(state: unknown): void {
+    checkDeviceState(state, 'net', 1);
+    this.held = [];
+    this.heldRoom = 0;
+    this.port.resetRx();
+  }
+
+  close(): void {
+    this.poll.close();
+    this.port.close();
+  }
+
+  private onPort(ready: number): void {
+    if (ready & POLL_WRITABLE && this.port.flush()) this.transmit();
+    if (ready & POLL_READABLE) this.receive();
+    this.updatePoll();
+  }
+
+  private updatePoll(): void {
+    const r = this.rx && !this.starved && !this.portClosed ? POLL_READABLE : 0;
+    const w = this.port.blocked && !this.portClosed ? POLL_WRITABLE : 0;
+    this.poll.set(r | w);
+  }
+
+  private transmit(): void {
+    const q = this.tx;
+    if (!q) return;
+    q.work(() => {
+      const heads = this.heads;
+      const lens = this.lens;
+      heads.length = lens.length = 0;
+      while (!this.port.blocked) {
+        const c = q.pop();
+        if (!c) break;
+        this.sendChain(c);
+        heads.push(c.head);
+        lens.push(0);
+        if (heads.length === TX_BATCH) {
+          if (!q.pushMany(heads, lens)) return;
+          heads.length = lens.length = 0;
+        }
+      }
+      q.pushMany(heads, lens);
+    });
+    this.updatePoll();
+  }
+
+  private sendChain(c: DescriptorChain): void {
+    if (c.readableBytes < VIRTIO_NET_HDR_LEN) {
+      this.c[C.txDropped]++;
+      return;
+    }
+    const h = decodeNetHeader(gatherBytes(c.readable, VIRTIO_NET_HDR_LEN));
+    const frameLen = c.readableBytes - VIRTIO_NET_HDR_LEN;
+    const v = validateTxHeader(h, frameLen, this.maxTx, this.txOff);
+    if (!v.ok) {
+      this.c[C.txDropped]++;
+      this.env.log('warn', `transmitted frame dropped (${v.reason}, ${frameLen} bytes)`);
+      return;
+    }
+    h.numBuffers = 0;
+    encodeNetHeader(h, this.hdrView);
+    const iov = this.txIov.clear();
+    iov.addRange(this.hdr, 0, VIRTIO_NET_HDR_LEN);
+    if (!iov.add(splitSegments(c.readable, VIRTIO_NET_HDR_LEN)[1])) {
+      this.c[C.txDropped]++;
+      return;
+    }
+    if (this.portClosed || !this.port.send(iov, frameLen)) {
+      this.c[C.txErrors]++;
+      return;
+    }
+    this.c[C.txFrames]++;
+    this.c[C.txBytes] += frameLen;
+  }
+
+  /** Pop rx chains until the held ones can take the largest frame; false when the driver has too few. */
+  private fill(q: ActiveQueue): boolean {
+    while (this.mrg ? this.heldRoom < this.rxNeed : this.held.length === 0) {
+      const c = q.pop();
+      if (!c) return false;
+      if (c.writableBytes < VIRTIO_NET_HDR_LEN || (!this.mrg && c.writableBytes < this.rxNeed)) {
+        // §5.1.6.3.1: every receive buffer holds at least the header (without MRG_RXBUF, a whole
+        // frame). A shorter one cannot be used: completed with nothing written.
+        this.c[C.rxBadBuffers]++;
+        if (!q.push(c.head, 0)) return false;
+        continue;
+      }
+      this.held.push(c);
+      this.heldRoom += c.writableBytes;
+    }
+    return true;
+  }
+
+  private receive(): void {
+    const q = this.rx;
+    if (!q || this.portClosed) {
+      this.updatePoll();
+      return;
+    }
+    q.work(() => {
+      for (let n = 0; n < RX_BUDGET; n++) {
+        if (!this.fill(q)) {
+          this.starved = true;
+          return;
+        }
+        const iov = this.rxIov.clear();
+        for (const c of this.held) if (!iov.add(c.writable)) break;
+        const r = this.port.receive(iov);
+        if (r === RECV_AGAIN) return;
+        if (r === RECV_CLOSED) {
+          this.portClosed = true;
+          this.env.log('warn', 'the host end of the network closed');
+          return;
+        }
+        if (r === RECV_DROPPED) {
+          this.c[C.rxDropped]++;
+          continue;
+        }
+        if (!this.deliver(q, r)) return;
+      }
+    });
+    this.updatePoll();
+  }
+
+  /** Publish a received frame of `len` bytes (after its header) over the held chains. */
+  private deliver(q: ActiveQueue, len: number): boolean {
+    let rest = VIRTIO_NET_HDR_LEN + len;
+    const heads = this.heads;
+    const lens = this.lens;
+    heads.length = lens.length = 0;
+    let k = 0;
+    while (rest > 0 && k < this.held.length) {
+      const c = this.held[k++];
+      const use = Math.min(c.writableBytes, rest);
+      heads.push(c.head);
+      lens.push(use);
+      rest -= use;
+    }
+    const first = this.held[0];
+    if (this.port.vnetHdr) {
+      // The tap wrote the first 10 bytes (struct virtio_net_hdr); num_buffers is ours.
+      scatterBytes(splitSegments(first.writable, 10)[1], new Uint8Array([k & 0xff, k >>> 8]));
+    } else {
+      this.hdrView.fill(0);
+      this.hdrView[10] = k & 0xff;
+      this.hdrView[11] = k >>> 8;
+      scatterBytes(first.writable, this.hdrView);
+    }
+    for (let i = 0; i < k; i++) this.heldRoom -= this.held[i].writableBytes;
+    this.held.splice(0, k);
+    this.c[C.rxFrames]++;
+    this.c[C.rxBytes] += len;
+    return q.pushMany(heads, lens);
+  }
+}
