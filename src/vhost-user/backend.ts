@@ -84,6 +84,14 @@ export const OFFERED_PROTOCOL_FEATURES =
   (1n << BigInt(VHOST_USER_PROTOCOL_F_BACKEND_REQ)) |
   (1n << BigInt(VHOST_USER_PROTOCOL_F_CONFIG));
 
+/**
+ * Largest ring accepted over vhost-user, whatever the device's own QueueNumMax (256 for kindling's
+ * virtio-mmio): the frontend chooses the size, and QEMU's virtio-mmio transport (its microvm
+ * machine) always reports VIRTQUEUE_MAX_SIZE = 1024 to its guest, whose driver then takes all of it.
+ * Nothing in the backends is sized by the ring (SplitQueue sizes its own state by the ring).
+ */
+export const VHOST_USER_MAX_QUEUE_SIZE = 1024;
+
 /** What the session needs from the host (the addon, or fakes in tests). */
 export interface SessionHost extends RegionMapper {
   close(fd: number): void;
@@ -152,12 +160,15 @@ export class VhostUserSession {
   constructor(opts: SessionOptions) {
     this.o = opts;
     const d = opts.type.describe(opts.params);
-    this.offered = d.features | featureBit(VIRTIO_F_VERSION_1) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
+    // The ring features are the transport's (SplitQueue implements both for every device), offered
+    // for every device: QEMU 7.2's vhost-user-rng acks the guest's INDIRECT_DESC/EVENT_IDX without
+    // checking what the back-end offered, and a refused SET_FEATURES would leave its rings dead.
+    this.offered = d.features | featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_F_INDIRECT_DESC) | featureBit(VIRTIO_F_EVENT_IDX) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
     this.config = new Uint8Array(d.config);
     this.numQueues = d.queues.length;
     this.rings = d.queues.map((q, index) => ({
       index,
-      maxSize: q.maxSize,
+      maxSize: Math.max(q.maxSize, VHOST_USER_MAX_QUEUE_SIZE),
       num: undefined,
       addr: undefined,
       base: 0,
