@@ -7,6 +7,9 @@
 //   qemu-utils          qemu-io, qemu-img: the image-lock tests; qemu-img for test images
 //   qemu-system-common  qemu-storage-daemon: the peer vhost-user-blk backend (test/uml, bench:vhost-user)
 //   e2fsprogs           mkfs.ext4, fsck.ext4, debugfs: the UML blk test makes and checks an ext4 image
+//   iproute2            ip: the net tests' own network namespaces, taps and veths
+//   iputils-ping        ping: the net tests (host → guest and, over hostfs, guest → host)
+//   passt               the rootless network backend (--net passt) the UML net test drives
 //
 // Rules: a package is installed only when dpkg says it is not installed, only as root with apt-get
 // on PATH, non-interactively (DEBIAN_FRONTEND=noninteractive, stdin closed, -y); when apt cannot find
@@ -21,6 +24,9 @@ export const TEST_PACKAGES = [
   { pkg: 'qemu-utils', file: '/usr/bin/qemu-io' },
   { pkg: 'qemu-system-common', file: '/usr/bin/qemu-storage-daemon' },
   { pkg: 'e2fsprogs', file: '/usr/sbin/debugfs' },
+  { pkg: 'iproute2', file: '/usr/sbin/ip' },
+  { pkg: 'iputils-ping', file: '/usr/bin/ping' },
+  { pkg: 'passt', file: '/usr/bin/passt' },
 ];
 
 const APT_ENV = { ...process.env, LC_ALL: 'C', LANG: 'C', DEBIAN_FRONTEND: 'noninteractive', NEEDRESTART_MODE: 'a' };
