@@ -8,8 +8,9 @@
 // Then a VhostUserSession (backend.ts) fed random message sequences, kicks and hostile ring bytes
 // through a fake host: handle() answers or throws CloseConnection and nothing else, a kick never
 // throws (it runs in an fd watcher), NEED_REPLY requests are always acked, requests missing their fds
-// are refused, every fd is closed exactly once (never while watched) and the backend is activated
-// only with rings inside the memory table. Last, wrong-state requests over the real server.
+// are refused, every fd is closed exactly once (never while watched, never notified after), the
+// backend is activated at most once per reset and is asked to process a queue only while active.
+// Last, wrong-state and malformed requests over the real server.
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { runs } from '../fuzz/budget.js';
