@@ -237,13 +237,16 @@ describe.skipIf(!built)('kindling as a process: every user-input error is one li
     expectUserError(await kindling(['--no-api', '--config-file', cfg, '--level', 'Off']), /^kindling: --config-file: .*long-cmdline\.json is larger than 1 MiB$/);
   });
 
-  it('disks that cannot be attached: a directory, an odd size, a missing image; both images untouched', async () => {
+  it('disks that cannot be attached: a directory, an odd size, a missing image, /dev/zero, a FIFO; both images untouched', async () => {
     const odd = join(dir, 'odd.img');
     writeFileSync(odd, Buffer.alloc(1000));
     await runRefused(['--kernel', kernel, '--disk', odd], /^kindling: disk image size 1000 bytes is not a multiple of 512: /, { rw: true });
     await runRefused(['--kernel', kernel, '--disk', dir], /^kindling: disk image is a directory, not a regular file or block device: /, { rw: true });
     await runRefused(['--kernel', kernel, '--disk', join(dir, 'nope.img')], /^kindling: disk image not found: /, { rw: true });
     await runRefused(['--kernel', kernel, '--disk', '/dev/zero'], /^kindling: disk image is a character device, not a regular file or block device: /, { rw: true });
+    const fifo = join(dir, 'disk-fifo');
+    expect(spawnSync('mkfifo', [fifo]).status).toBe(0);
+    await runRefused(['--kernel', kernel, '--disk', fifo], /^kindling: disk image is a FIFO \(named pipe\), not a regular file or block device: /, { rw: true });
   });
 
   it('a valid config with the images attached: on this host the one line is about the VMM (exit 1), the images untouched', async () => {
