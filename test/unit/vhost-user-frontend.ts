@@ -73,7 +73,7 @@ export class TestFrontend {
   }
 
   /** Wait for one reply (or EOF: undefined) within `ms`. */
-  async recv(ms = 2000): Promise<Reply | undefined> {
+  async recv(ms = 5000): Promise<Reply | undefined> {
     const hdr = new Uint8Array(HEADER_SIZE);
     let got = 0;
     const deadline = Date.now() + ms;
@@ -112,7 +112,7 @@ export class TestFrontend {
   }
 
   /** Whether the server closed the connection (EOF within `ms`). */
-  async closedByServer(ms = 2000): Promise<boolean> {
+  async closedByServer(ms = 5000): Promise<boolean> {
     try {
       return (await this.recv(ms)) === undefined;
     } catch {
@@ -198,7 +198,7 @@ export class TestFrontend {
   }
 
   /** Wait until used.idx moves past what was seen; returns the new used elements. */
-  async used(q: RingLayout, ms = 2000): Promise<Array<{ id: number; len: number }>> {
+  async used(q: RingLayout, ms = 5000): Promise<Array<{ id: number; len: number }>> {
     const deadline = Date.now() + ms;
     while (this.mem.read16(q.used + 2) === q.lastUsed) {
       if (Date.now() > deadline) throw new Error('no used entry in time');
