@@ -16,7 +16,8 @@
 // Firecracker). The VM's output on COM1 goes to stdout unless PUT /serial names a file.
 import { statSync } from 'node:fs';
 import type { Writable } from 'node:stream';
-import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody } from './schemas.js';
+import { parseMac, validTapName } from '../devices/virtio/net/names.js';
+import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody, type NetworkInterfaceBody } from './schemas.js';
 import { ApiLog, LineSink, parseLogLevel, PINO_LEVEL, type ApiLogLevel } from './sinks.js';
 import { MetricsRecorder, type MetricsSource } from './metrics.js';
 import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, shown, type VMConfig } from '../main/config.js';
@@ -110,6 +111,7 @@ export class ApiController {
   private bootSource?: { kernel_image_path: string; initrd_path?: string; boot_args?: string };
   private readonly drives = new Map<string, DriveEntry>();
   private vsock?: VsockBody;
+  private readonly nics = new Map<string, NetworkInterfaceBody>();
   private entropy?: EntropyBody;
   private loggerBody?: LoggerBody;
   private metricsPath?: string;
@@ -216,11 +218,15 @@ export class ApiController {
       case 'PATCH /drives/{id}':
         return this.patchDrive(id!, body);
       case 'PUT /network-interfaces/{id}':
-        parseBody('network-interface', body, `network-interfaces/${id}`);
-        throw new ApiError(`network-interfaces/${id}: virtio-net is not built yet (kindling has no network device)`);
-      case 'PATCH /network-interfaces/{id}':
-        parseBody('network-interface (PATCH)', body, `network-interfaces/${id}`);
-        throw new ApiError(`network-interfaces/${id}: virtio-net is not built yet (kindling has no network device)`);
+        return this.putNic(id!, body);
+      case 'PATCH /network-interfaces/{id}': {
+        const where = `network-interfaces/${shown(id)}`;
+        const b = parseBody('network-interface (PATCH)', body, where);
+        if (b.iface_id !== id) throw new ApiError(`${where}: iface_id ${shown(b.iface_id)} in the body does not match the id in the path`);
+        if (!this.nics.has(id!)) throw new ApiError(`${where}: no such network interface`);
+        if (limits(b.rx_rate_limiter) || limits(b.tx_rate_limiter)) throw new ApiError(`${where}: rate limiting is not supported yet`);
+        return { status: 204 };
+      }
       case 'PUT /vsock':
         return this.putVsock(body);
       case 'PUT /entropy':
@@ -309,6 +315,23 @@ export class ApiController {
     if (!this.drives.has(id)) throw new ApiError(`${where}: no drive with this id`);
     if (b.path_on_host !== undefined) throw new ApiError(`${where}: path_on_host: swapping a drive's backing file on a running VM is not supported yet (the VM API has no block hot-swap)`);
     if (limits(b.rate_limiter)) throw new ApiError(`${where}: rate_limiter: rate limiting is not supported yet`);
+    return { status: 204 };
+  }
+
+  /** PUT /network-interfaces/{id}: a tap NIC (host_dev_name), pre-boot; NICs are placed in PUT order (eth0 first). */
+  private putNic(id: string, body: unknown): ApiResponse {
+    const where = `network-interfaces/${shown(id)}`;
+    const b = parseBody('network-interface', body, where);
+    this.preBoot(where);
+    if (b.iface_id !== id) throw new ApiError(`${where}: iface_id ${shown(b.iface_id)} in the body does not match the id in the path`);
+    if (!validTapName(b.host_dev_name)) throw new ApiError(`${where}: host_dev_name: must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(b.host_dev_name)})`);
+    if (b.guest_mac !== undefined && !parseMac(b.guest_mac)) throw new ApiError(`${where}: guest_mac: must be a unicast MAC address like 06:00:AC:10:00:02 (got ${shown(b.guest_mac)})`);
+    if (b.mtu !== undefined && b.mtu !== 1500) throw new ApiError(`${where}: mtu: only 1500 is supported yet`);
+    if (limits(b.rx_rate_limiter) || limits(b.tx_rate_limiter)) throw new ApiError(`${where}: rate limiting is not supported yet`);
+    for (const [other, n] of this.nics) {
+      if (other !== id && n.host_dev_name === b.host_dev_name) throw new ApiError(`${where}: host_dev_name ${shown(b.host_dev_name)} is already used by network interface ${shown(other)}`);
+    }
+    this.nics.set(id, b);
     return { status: 204 };
   }
 
@@ -410,12 +433,15 @@ export class ApiController {
       console: 'serial',
       ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),
       ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),
+      ...(this.nics.size ? { net: [...this.nics.values()].map((n) => ({ tap: n.host_dev_name, ...(n.guest_mac !== undefined ? { mac: n.guest_mac.toLowerCase() } : {}) })) } : {}),
     };
   }
 
   /** ConfigError option (VMConfig key path) → the API field it came from. */
   private apiField(option: string | undefined): string {
     if (!option) return 'InstanceStart';
+    const nic = /^net\[(\d+)\]/.exec(option);
+    if (nic) return `network-interfaces/${shown([...this.nics.keys()][Number(nic[1])] ?? nic[1])}`;
     const disk = /^disks\[(\d+)\](?:\.(\w+))?/.exec(option);
     if (disk) {
       const ordered = [...this.drives.keys()].sort((a, b) => Number(this.drives.get(b)!.body.is_root_device) - Number(this.drives.get(a)!.body.is_root_device));
@@ -530,7 +556,13 @@ export class ApiController {
       'machine-config': this.machineConfig(),
       metrics: this.metricsPath !== undefined ? { metrics_path: this.metricsPath } : null,
       'mmds-config': null,
-      'network-interfaces': [],
+      'network-interfaces': [...this.nics.values()].map((n) => ({
+        iface_id: n.iface_id,
+        host_dev_name: n.host_dev_name,
+        guest_mac: n.guest_mac ?? null,
+        rx_rate_limiter: n.rx_rate_limiter ?? null,
+        tx_rate_limiter: n.tx_rate_limiter ?? null,
+      })),
       vsock: this.vsock ? { guest_cid: this.vsock.guest_cid, uds_path: this.vsock.uds_path } : null,
       entropy: this.entropy ? { rate_limiter: this.entropy.rate_limiter ?? null } : null,
       serial: this.serialPath !== undefined ? { serial_out_path: this.serialPath } : null,

@@ -4,7 +4,7 @@ import { parseArgs } from 'node:util';
 import { cliConfigMessage } from './flag-names.js';
 import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
 import { JailUsageError, parseJailArgs, type JailCommand } from '../jail/jail.js';
-import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type VMConfig } from '../main/config.js';
+import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type NetConfig, type VMConfig } from '../main/config.js';
 
 /** --agent-timeout's default, in seconds. */
 export const DEFAULT_AGENT_TIMEOUT_S = 30;
@@ -13,7 +13,8 @@ export const MAX_AGENT_TIMEOUT_S = 2147483;
 
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
-               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--log-level LEVEL] [--seccomp MODE] [--force]
+               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--net tap=NAME|passt[,mac=MAC]]...
+               [--log-level LEVEL] [--seccomp MODE] [--force]
                [--agent] [--agent-timeout SECONDS] [--console-log FILE] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling jail --id ID --uid UID --gid GID [options] -- run|vhost-user ARGS...
@@ -36,6 +37,14 @@ run:
                    a virtio-vsock device with guest CID (3..4294967294); with uds=PATH, Firecracker's
                    hybrid vsock: clients of the Unix socket PATH (which must not exist) send
                    "CONNECT <port>\n", guest connections to host port P go to PATH_P
+  --net tap=NAME[,mac=MAC]
+                   a virtio-net NIC on the tap NAME (repeatable; eth0 first), created and brought up
+                   when it does not exist and kindling may (root or CAP_NET_ADMIN); checksum and TSO
+                   offloads pass through to the host stack
+  --net passt[,mac=MAC]
+                   a virtio-net NIC through passt (apt-get install passt): user-mode networking without
+                   root or a tap, DHCP, DNS and NAT to the host's network. MAC default: a stable
+                   locally administered address (02:4b:4e:…)
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
   --seccomp MODE   syscall filter on every vCPU and I/O worker thread (docs/security.md): strict
                    (default; a syscall outside the thread's allowlist kills the process with SIGSYS
@@ -125,6 +134,21 @@ export function parseVsockArg(v: string): { cid: number; udsPath?: string } {
   return m[2] === undefined ? { cid: Number(m[1]) } : { cid: Number(m[1]), udsPath: m[2] };
 }
 
+/** `tap=NAME[,mac=MAC]` or `passt[,mac=MAC]` (--net, and vhost-user's --device net=); names and MACs are checked by resolveConfig / prepare. */
+export function parseNetArg(v: string, flag: string): NetConfig {
+  const parts = v.split(',');
+  const head = parts[0];
+  let mac: string | undefined;
+  for (const opt of parts.slice(1)) {
+    if (opt.startsWith('mac=') && mac === undefined) mac = opt.slice(4);
+    else throw new UsageError(`${flag} takes only ,mac=MAC after the backend (got ${quoted(v)})`);
+  }
+  const m = mac === undefined ? {} : { mac };
+  if (head === 'passt') return { passt: true, ...m };
+  if (head.startsWith('tap=') && head.length > 4) return { tap: head.slice(4), ...m };
+  throw new UsageError(`${flag} must be tap=NAME[,mac=MAC] or passt[,mac=MAC] (got ${quoted(v)})`);
+}
+
 /** `PATH[,ro]` (a trailing `,rw` is accepted too; any other comma is part of the path). */
 export function parseDiskArg(v: string): Required<DiskConfig> {
   const m = /^([^]*),(ro|rw)$/.exec(v);
@@ -180,6 +204,7 @@ function parseRun(args: string[]): Command {
         'no-rng': { type: 'boolean' },
         console: { type: 'string' },
         vsock: { type: 'string' },
+        net: { type: 'string', multiple: true },
         force: { type: 'boolean' },
         seccomp: { type: 'string' },
         agent: { type: 'boolean' },
@@ -212,6 +237,7 @@ function parseRun(args: string[]): Command {
     config.console = values.console;
   }
   if (values.vsock !== undefined) config.vsock = parseVsockArg(values.vsock);
+  if (values.net !== undefined) config.net = values.net.map((v) => parseNetArg(v, '--net'));
   if (values.seccomp !== undefined) config.seccomp = values.seccomp as VMConfig['seccomp']; // checked by resolveConfig (exit 2)
   const agent = values.agent === true;
   for (const f of ['agent', 'agent-timeout', 'console-log'] as const) {

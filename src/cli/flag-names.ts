@@ -17,6 +17,7 @@ export const FLAG_NAMES: Readonly<Record<string, string>> = {
   rng: '--no-rng',
   console: '--console',
   vsock: '--vsock',
+  net: '--net',
   seccomp: '--seccomp',
   'vsock.cid': '--vsock CID',
   'vsock.udsPath': '--vsock socket',
@@ -29,6 +30,8 @@ export const FLAG_NAMES: Readonly<Record<string, string>> = {
 export function flagName(option: string): string {
   const disk = /^disks\[(\d+)\](?:\.\w+)?$/.exec(option);
   if (disk) return `--disk #${Number(disk[1]) + 1}`;
+  const nic = /^net\[(\d+)\](?:\.\w+)?$/.exec(option);
+  if (nic) return `--net #${Number(nic[1]) + 1}`;
   return FLAG_NAMES[option] ?? option;
 }
 

@@ -19,7 +19,7 @@
 import { closeSync, lstatSync, openSync, unlinkSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { UsageError } from './cli-args.js';
+import { UsageError, parseNetArg } from './cli-args.js';
 import { ConfigError } from '../main/config-error.js';
 import { quoted } from '../main/config.js';
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
@@ -51,18 +51,8 @@ export type VhostUserDeviceArg =
 const DEVICE_FORMS = 'blk=IMAGE[,ro], console, rng, vsock=CID[,uds=PATH], net=tap=NAME[,mac=MAC] or net=passt[,mac=MAC]';
 
 /** `net=tap=NAME[,mac=MAC]` or `net=passt[,mac=MAC]` after the `net=` (the same forms as run's --net). */
-export function parseNetDeviceArg(v: string, rest: string): VhostUserDeviceArg {
-  const parts = rest.split(',');
-  const head = parts[0];
-  const out: { kind: 'net'; tap?: string; passt?: true; mac?: string } = { kind: 'net' };
-  if (head === 'passt') out.passt = true;
-  else if (head.startsWith('tap=') && head.length > 4) out.tap = head.slice(4);
-  else throw new UsageError(`--device net= must be tap=NAME or passt (got ${quoted(v)})`);
-  for (const opt of parts.slice(1)) {
-    if (opt.startsWith('mac=') && out.mac === undefined) out.mac = opt.slice(4);
-    else throw new UsageError(`--device net= takes only ,mac=MAC after the backend (got ${quoted(v)})`);
-  }
-  return out;
+export function parseNetDeviceArg(v: string): VhostUserDeviceArg {
+  return { kind: 'net', ...parseNetArg(v.slice(4), '--device net=') };
 }
 
 /** `vsock=CID[,uds=PATH]` after the `vsock=`: a decimal CID in 3..4294967294, PATH any non-empty bytes (commas too) that fit a Unix socket address. */
@@ -96,7 +86,7 @@ export type VhostUserParse = VhostUserCommand | { kind: 'vhost-user-help' };
 export function parseDeviceArg(v: string): VhostUserDeviceArg {
   if (v === 'console' || v === 'rng') return { kind: v };
   if (v.startsWith('vsock=')) return parseVsockDeviceArg(v, v.slice(6));
-  if (v.startsWith('net=')) return parseNetDeviceArg(v, v.slice(4));
+  if (v.startsWith('net=')) return parseNetDeviceArg(v);
   if (v.startsWith('blk=')) {
     const rest = v.slice(4);
     const m = /^([^]*),(ro|rw)$/.exec(rest);
@@ -208,7 +198,12 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
     // Everything the process opens is open: from here every thread makes only serving's syscalls.
     // Installed in the same synchronous stretch that set up the accept watcher, so no frontend
     // message is handled before the filter is on.
-    installSeccomp(addon, { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: udsDir >= 0 ? [socketDir, udsDir] : socketDir }, cmd.seccomp);
+    const passtPid = d.kind === 'net' ? (prepared.params as import('../devices/virtio/net/index.js').NetParams).passtPid : undefined;
+    installSeccomp(
+      addon,
+      { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: udsDir >= 0 ? [socketDir, udsDir] : socketDir, ...(passtPid !== undefined ? { childPids: [passtPid] } : {}) },
+      cmd.seccomp,
+    );
     await loop.done;
     if (onStopper) onStopper(undefined);
     else {

@@ -21,6 +21,7 @@ import { MAX_VIRTIO_DEVICES, virtioMmioCmdlineWord } from './resources.js';
 import { checkUserFileSize, closeUserFile, fileKind, MAX_USER_FILE_BYTES, openUserFile, readUserFile, sizeText, type UserFile } from './user-files.js';
 
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
+import { parseMac, validTapName } from '../devices/virtio/net/names.js';
 
 export { ConfigError } from './config-error.js';
 
@@ -64,6 +65,13 @@ export interface VMConfig {
    */
   vsock?: VsockConfig;
   /**
+   * virtio-net NICs, in order (eth0 first in Linux): `{ tap: NAME }` attaches the tap NAME (created
+   * and brought up when it does not exist and kindling may: root or CAP_NET_ADMIN; checksum and TSO
+   * offloads pass through), `{ passt: true }` starts Debian's passt for rootless user-mode networking
+   * (DHCP, DNS, NAT). `mac` is the guest's address (default: a stable locally administered one).
+   */
+  net?: NetConfig[];
+  /**
    * The syscall filter on kindling's own threads (src/seccomp/roles.ts, docs/security.md): every vCPU
    * worker and every I/O worker gets its role's allowlist before it runs guest-driven code. 'strict'
    * (default): anything else kills the process (SIGSYS; the kernel's audit record names the thread and
@@ -72,6 +80,8 @@ export interface VMConfig {
    */
   seccomp?: SeccompMode;
 }
+
+export type NetConfig = ({ tap: string; passt?: undefined } | { passt: true; tap?: undefined }) & { mac?: string };
 
 export interface VsockConfig {
   cid: number;
@@ -97,6 +107,7 @@ export interface ResolvedConfig {
   rng: boolean;
   console: ConsoleKind;
   vsock?: { cid: number; udsPath?: string };
+  net: NetConfig[];
   seccomp: SeccompMode;
 }
 
@@ -242,22 +253,50 @@ function checkVsock(v: unknown): ResolvedConfig['vsock'] {
   return { cid, udsPath };
 }
 
+/** config.net: each NIC exactly one backend, a valid tap name, a unicast MAC; taps unique. */
+function checkNet(v: unknown): NetConfig[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) throw ConfigError.about('net', 'must be an array of { tap, mac? } or { passt: true, mac? }');
+  const taps = new Set<string>();
+  return v.map((n: unknown, i): NetConfig => {
+    const o = `net[${i}]`;
+    if (typeof n !== 'object' || n === null) throw ConfigError.about(o, 'must be { tap, mac? } or { passt: true, mac? }');
+    const { tap, passt, mac, ...rest } = n as Record<string, unknown>;
+    const extra = Object.keys(rest);
+    if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac)`);
+    if ((tap === undefined) === (passt === undefined)) throw ConfigError.about(o, 'needs exactly one of tap: NAME or passt: true');
+    if (mac !== undefined && (typeof mac !== 'string' || !parseMac(mac))) throw ConfigError.about(`${o}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(mac)})`);
+    const m = mac === undefined ? {} : { mac: mac as string };
+    if (passt !== undefined) {
+      if (passt !== true) throw ConfigError.about(`${o}.passt`, `must be true (got ${shown(passt)})`);
+      return { passt: true, ...m };
+    }
+    if (typeof tap !== 'string' || !validTapName(tap)) throw ConfigError.about(`${o}.tap`, `must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(tap)})`);
+    if (taps.has(tap)) throw ConfigError.about(`${o}.tap`, `${shown(tap)} is already used by another NIC of this VM`);
+    taps.add(tap);
+    return { tap, ...m };
+  });
+}
+
 /** One virtio device a config places: its registry kind, its name (I/O worker, logs, stats) and options. */
 export type VirtioDevicePlan =
   | { kind: 'blk'; name: string; options: { path: string; readOnly: boolean } }
   | { kind: 'console'; name: string; options: Record<string, never> }
   | { kind: 'rng'; name: string; options: Record<string, never> }
-  | { kind: 'vsock'; name: string; options: { cid: number; udsPath?: string } };
+  | { kind: 'vsock'; name: string; options: { cid: number; udsPath?: string } }
+  | { kind: 'net'; name: string; options: NetConfig & { option: string } };
 
 /**
  * The virtio devices a config places, in placement order: disks first (the first is /dev/vda), then
- * virtio-console, then virtio-rng. The one source of that order and of the device names: the VM
+ * NICs, then virtio-console, then virtio-rng, then virtio-vsock. The one source of that order and of the device names: the VM
  * places devices and names their I/O workers from it, and the CLI prespawns the I/O workers from it
  * before the config is resolved (so it also takes an unresolved config).
  */
-export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console' | 'vsock'>): VirtioDevicePlan[] {
+export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console' | 'vsock' | 'net'>): VirtioDevicePlan[] {
   const disks = Array.isArray(config.disks) ? config.disks : [];
   const plan: VirtioDevicePlan[] = disks.map((d, i) => ({ kind: 'blk', name: `virtio-blk${i}`, options: { path: d.path, readOnly: d.readOnly === true } }));
+  const nets = Array.isArray(config.net) ? config.net : [];
+  nets.forEach((n, i) => plan.push({ kind: 'net', name: `virtio-net${i}`, options: { ...n, option: `net[${i}]` } }));
   if (config.console === 'virtio') plan.push({ kind: 'console', name: 'virtio-console', options: {} });
   if (config.rng !== false) plan.push({ kind: 'rng', name: 'virtio-rng', options: {} });
   if (config.vsock) plan.push({ kind: 'vsock', name: 'virtio-vsock', options: { cid: config.vsock.cid, udsPath: config.vsock.udsPath } });
@@ -325,9 +364,10 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const consoleKind = config.console ?? 'serial';
   if (consoleKind !== 'serial' && consoleKind !== 'virtio') throw ConfigError.about('console', `must be serial or virtio (got ${shown(consoleKind)})`);
   const vsock = checkVsock(config.vsock);
-  const others = (rng ? 1 : 0) + (consoleKind === 'virtio' ? 1 : 0) + (vsock ? 1 : 0);
+  const net = checkNet(config.net);
+  const others = (rng ? 1 : 0) + (consoleKind === 'virtio' ? 1 : 0) + (vsock ? 1 : 0) + net.length;
   if (disks.length + others > MAX_VIRTIO_DEVICES) {
-    const other = [rng ? 'virtio-rng' : '', consoleKind === 'virtio' ? 'virtio-console' : '', vsock ? 'virtio-vsock' : ''].filter((x) => x).join(' and ');
+    const other = [rng ? 'virtio-rng' : '', consoleKind === 'virtio' ? 'virtio-console' : '', vsock ? 'virtio-vsock' : '', net.length ? `${net.length} NICs` : ''].filter((x) => x).join(' and ');
     throw new ConfigError(
       others
         ? `at most ${MAX_VIRTIO_DEVICES} disks and other virtio devices in all (got ${disks.length} disks and ${other}; leaving out virtio-rng frees one)`
@@ -364,7 +404,7 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const seccomp = config.seccomp ?? 'strict';
   if (!SECCOMP_MODES.includes(seccomp)) throw ConfigError.about('seccomp', `must be one of ${SECCOMP_MODES.join(', ')} (got ${shown(seccomp)})`);
 
-  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind, ...(vsock ? { vsock } : {}), seccomp };
+  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind, ...(vsock ? { vsock } : {}), net, seccomp };
   resolvedFiles.set(resolved, readKernelFiles(resolved));
   return resolved;
 }

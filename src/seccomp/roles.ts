@@ -38,7 +38,13 @@ export type ThreadRole =
   | { kind: 'vcpu' }
   | { kind: 'io'; device: string }
   /** unlinkDirFd: the directory fd(s) (opened before the filter) in which unlinkat is allowed, for removing the sockets on exit. */
-  | { kind: 'process'; devices: readonly string[]; unlinkDirFd?: number | readonly number[] };
+  | {
+      kind: 'process';
+      devices: readonly string[];
+      unlinkDirFd?: number | readonly number[];
+      /** Child processes the device started before the filter (passt): signalled only these, and reaped. */
+      childPids?: readonly number[];
+    };
 
 // errno values (asm-generic/errno-base.h, errno.h).
 const EACCES = 13;
@@ -140,6 +146,11 @@ export function roleRules(role: ThreadRole, pid: number): SyscallRule[] {
         ...allow('accept4', 'recvmsg', 'sendmsg', 'shutdown', 'getsockopt'),
         // uv_guess_handle on a stdio socket (process.stdout/stderr created lazily): SO_TYPE, the family.
         ...allow('getsockname', 'getpeername'),
+        // fs.lstatSync at exit (the hybrid-vsock UDS still there?): Node 20 asks with statx.
+        ...allow('statx'),
+        // A device's own children (passt): stopped with kill when they outlive their socket, reaped by
+        // libuv's SIGCHLD handling (wait4). kill names only their pids.
+        ...(role.childPids?.length ? [when('kill', { arg: 0, in: [...role.childPids] }), ...allow('wait4')] : []),
         ...devices,
       ];
     }

@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { describeRun, kindlingArgv, runUml, umlHasModule, umlKindlingOrSkipNotice, umlScratch } from './helpers.js';
+import { describeRun, exitWithin, kindlingArgv, runUml, umlHasModule, umlKindlingOrSkipNotice, umlScratch } from './helpers.js';
 
 const VIRTIO_ID_NET = 1;
 
@@ -152,6 +152,8 @@ while True:
     expect(hostPing, `${hostPing}\n${describeRun(r)}`).toMatch(/3 packets transmitted, 3 received/);
     expect(r.output, describeRun(r)).toContain('UDP-ECHO sizes=1472 bad=0');
     expect(backend.stderr()).not.toMatch(/Error|dropped/);
+    // The frontend has gone: the backend (filtered) exits 0 by itself, and its tap goes with it.
+    expect(await exitWithin(backend), backend.stderr()).toEqual({ code: 0, signal: null });
   }, 180_000);
 
   it.skipIf(!HAS_PASST)('passt: kindling starts passt; the guest fetches a page over HTTP through passt, content checked', async () => {
@@ -198,5 +200,9 @@ srv.serve_forever()
     expect(r.status, `${describeRun(r)}\n--- backend ---\n${backend.stderr()}`).toBe(0);
     expect(r.output).toContain(`HTTP-LEN ${(page.length + 1) * 1000}`);
     expect(r.output).toContain('HTTP-LINES 1000');
+    // The backend (filtered, passt its child) exits 0 by itself once UML has gone, and passt with it.
+    expect(await exitWithin(backend), backend.stderr()).toEqual({ code: 0, signal: null });
+    const left = spawnSync('pgrep', ['-f', 'passt.* --quiet --fd 3'], { encoding: 'utf8' }).stdout.trim();
+    expect(left.split('\n').filter(Boolean).filter((pid) => !/Z/.test(spawnSync('ps', ['-o', 'stat=', '-p', pid], { encoding: 'utf8' }).stdout)), 'passt still running').toEqual([]);
   }, 180_000);
 });

@@ -89,7 +89,7 @@ describe.skipIf(!built)('kindling serve / Firecracker flags (process)', () => {
       [fcConfig({ drives: [{ drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, is_read_only: 'no' }] }), /config file: drives\/rootfs: is_read_only: expected a boolean, got "no"$/],
       [fcConfig({ drives: [{ path_on_host: rootfs, is_root_device: true }] }), /config file: drives\[0\]: missing field drive_id$/],
       [fcConfig({ vsock: { guest_cid: 1, uds_path: join(dir, 'v.sock') } }), /config file: vsock: guest_cid: must be at least 3, got 1$/],
-      [fcConfig({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap0' }] }), /config file: network-interfaces\/eth0: virtio-net is not built yet/],
+      [fcConfig({ 'network-interfaces': [{ iface_id: 'eth0', host_dev_name: 'tap 0' }] }), /config file: network-interfaces\/eth0: host_dev_name: must be an interface name/],
       [fcConfig({ balloon: { amount_mib: 0, deflate_on_oom: false } }), /config file: balloon: not supported yet$/],
       [fcConfig({ 'boot-sauce': {} }), /config file: unknown section boot-sauce$/],
       [fcConfig({ 'machine-config': { vcpu_count: 1, mem_size_mib: 64, extra: 1 } }), /config file: machine-config: unknown field extra$/],

@@ -151,7 +151,12 @@ describe('validation: every failure is a 400 naming the field', () => {
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, rate_limiter: { bandwidth: { size: -1, refill_time: 100 } } }, /rate_limiter\.bandwidth\.size: must be at least 0/],
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', socket: '/x', is_root_device: true }, /socket: vhost-user-blk drives are not supported yet/],
     ['PUT', '/drives/r%20s', { drive_id: 'r s', path_on_host: rootfs, is_root_device: false }, /drive_id: must be 1 to 64 letters/],
-    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0' }, /^network-interfaces\/eth0: virtio-net is not built yet/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth1', host_dev_name: 'tap0' }, /^network-interfaces\/eth0: iface_id eth1 in the body does not match the id in the path$/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'no/slash' }, /^network-interfaces\/eth0: host_dev_name: must be an interface name/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', guest_mac: '01:00:00:00:00:01' }, /^network-interfaces\/eth0: guest_mac: must be a unicast MAC address/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', mtu: 9000 }, /mtu: only 1500 is supported yet/],
+    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', rx_rate_limiter: { bandwidth: { size: 1000, refill_time: 100 } } }, /rate limiting is not supported yet/],
+    ['PATCH', '/network-interfaces/eth0', { iface_id: 'eth0' }, /^network-interfaces\/eth0: no such network interface$/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0' }, /missing field host_dev_name/],
     ['PUT', '/vsock', { guest_cid: 2, uds_path: '/tmp/v' }, /^vsock: guest_cid: must be at least 3, got 2$/],
     ['PUT', '/vsock', { guest_cid: 2 ** 32, uds_path: '/tmp/v' }, /guest_cid: must be at most 4294967294/],
@@ -189,6 +194,21 @@ describe('validation: every failure is a 400 naming the field', () => {
         expect(r.headers['content-type']).toMatch(/^application\/json/);
       }
       expect((await api(sock, 'GET', '/vm/config')).text).toBe(before);
+    });
+  });
+
+  it('network interfaces: PUT in order, replaced by id, a tap used twice refused, listed by GET /vm/config', async () => {
+    await withServer({}, async (sock) => {
+      expect((await api(sock, 'PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', guest_mac: '06:00:AC:10:00:02' })).status).toBe(204);
+      expect((await api(sock, 'PUT', '/network-interfaces/eth1', { iface_id: 'eth1', host_dev_name: 'tap1' })).status).toBe(204);
+      expect(fault(await api(sock, 'PUT', '/network-interfaces/eth2', { iface_id: 'eth2', host_dev_name: 'tap0' }))).toMatch(/^network-interfaces\/eth2: host_dev_name tap0 is already used by network interface eth0$/);
+      expect((await api(sock, 'PUT', '/network-interfaces/eth1', { iface_id: 'eth1', host_dev_name: 'tap2' })).status).toBe(204);
+      expect((await api(sock, 'PATCH', '/network-interfaces/eth1', { iface_id: 'eth1' })).status).toBe(204);
+      const nics = ((await api(sock, 'GET', '/vm/config')).json as { 'network-interfaces': Array<{ iface_id: string; host_dev_name: string; guest_mac: string | null }> })['network-interfaces'];
+      expect(nics.map((n) => [n.iface_id, n.host_dev_name, n.guest_mac])).toEqual([
+        ['eth0', 'tap0', '06:00:AC:10:00:02'],
+        ['eth1', 'tap2', null],
+      ]);
     });
   });
 

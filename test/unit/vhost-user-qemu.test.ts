@@ -222,13 +222,11 @@ describe.skipIf(missing !== '' || !guest)('Linux in QEMU (microvm, TCG) with kin
   }, 180000);
 });
 
-// KNOWN BUG (for the owner of src/seccomp/roles.ts / src/cli/vhost-user.ts): when its frontend leaves,
-// `kindling vhost-user --device vsock=CID,uds=PATH` checks PATH with lstatSync before removing it,
-// after the process filter is on; Node 20 makes that statx(2), which the `process` role does not
-// allow (it allows newfstatat), so the process dies with SIGSYS (dmesg: type=1326 syscall=332) and
-// PATH is left behind. it.fails until statx is allowed: then flip it to it().
+// When its frontend leaves, `kindling vhost-user --device vsock=CID,uds=PATH` checks PATH with
+// lstatSync (statx in Node 20) before removing it, with the process filter on: it must exit 0 and
+// leave neither socket (it died with SIGSYS while the process role lacked statx).
 describe.skipIf(!existsSync(join(ROOT, 'dist/cli/cli.js')))('kindling vhost-user vsock=…,uds= after its frontend leaves', () => {
-  it.fails('exits 0 and removes both sockets', async () => {
+  it('exits 0 and removes both sockets', async () => {
     dir = mkdtempSync(join(tmpdir(), 'kindling-vu-vsock-exit-'));
     const sock = join(dir, 'vu.sock');
     const uds = join(dir, 'v.sock');

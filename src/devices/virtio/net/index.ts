@@ -35,8 +35,10 @@ import {
 } from './backend.js';
 import { StreamPort } from './passt.js';
 import { TapPort } from './tap.js';
+import { parseMac, validTapName } from './names.js';
 
 export * from './backend.js';
+export * from './names.js';
 
 export type NetOptions = ({ tap: string; passt?: undefined } | { passt: true; tap?: undefined }) & {
   /** The guest's MAC, `aa:bb:cc:dd:ee:ff` (unicast); by default one derived from the backend. */
@@ -53,22 +55,8 @@ export interface NetParams {
   mac: Uint8Array;
   mtu: number;
   counters: SharedArrayBuffer;
-}
-
-/** A tap name the kernel takes: 1..15 bytes, no '/', no whitespace, not '.' or '..'. */
-export function validTapName(name: string): boolean {
-  return /^[A-Za-z0-9_.:+-]{1,15}$/.test(name) && name !== '.' && name !== '..';
-}
-
-/** `aa:bb:cc:dd:ee:ff` → 6 bytes; undefined for anything else or a multicast address. */
-export function parseMac(text: string): Uint8Array | undefined {
-  if (!/^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$/.test(text)) return undefined;
-  const b = Uint8Array.from(text.split(':').map((h) => parseInt(h, 16)));
-  return b[0] & 1 ? undefined : b;
-}
-
-export function formatMac(b: Uint8Array): string {
-  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+  /** passt's pid (backend 'passt'), for the process filter of `kindling vhost-user`. */
+  passtPid?: number;
 }
 
 /** Stable per backend name and its rank among the NICs of this process with that name: 02:4b:4e:xx:xx:xx (locally administered). */
@@ -206,7 +194,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
     const p = startPasst(option, host);
     let released = false;
     return {
-      params: { backend: 'passt', name: 'passt', fd: p.fd, mac: mac ?? derivedMac('passt'), mtu: NET_DEFAULT_MTU, counters },
+      params: { backend: 'passt', name: 'passt', fd: p.fd, mac: mac ?? derivedMac('passt'), mtu: NET_DEFAULT_MTU, counters, ...(p.child.pid !== undefined ? { passtPid: p.child.pid } : {}) },
       release: () => {
         if (released) return;
         released = true;
