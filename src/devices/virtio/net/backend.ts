@@ -32,7 +32,7 @@
 //
 // Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
 import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
-import { PackedIov, gatherBytes, scatterBytes, splitSegments } from '../iovec.js';
+import { PackedIov, gatherBytes, scatterBytes, slicePacked, splitSegments } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 import { featureBit } from '../constants.js';
@@ -144,6 +144,7 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly poll: FdPoll;
   private readonly env: NetBackendOptions['env'];
   private readonly rxIov: PackedIov;
+  private readonly rxAll = new PackedIov(1024);
   private readonly txIov: PackedIov;
   private readonly hdr = new SharedArrayBuffer(VIRTIO_NET_HDR_LEN);
   private readonly hdrView = new Uint8Array(this.hdr);
@@ -305,9 +306,11 @@ export class NetBackend implements VirtioDeviceBackend {
           this.starved = true;
           return;
         }
-        const iov = this.rxIov.clear();
-        for (const c of this.held) if (!iov.add(c.writable)) break;
-        const r = this.port.receive(iov);
+        const all = this.rxAll.clear();
+        for (const c of this.held) if (!all.add(c.writable)) break;
+        // Never more room than the largest frame the driver takes (§5.1.6.3: with F_MTU no frame
+        // beyond MTU + the Ethernet header unless GSO): a longer one fails to fit and is dropped.
+        const r = this.port.receive(slicePacked(all, 0, this.rxNeed, this.rxIov));
         if (r === RECV_AGAIN) return;
         if (r === RECV_CLOSED) {
           this.portClosed = true;
