@@ -97,6 +97,7 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
         // A frame being reassembled from its chains: its bytes so far and how many chains remain.
         let part: { bytes: Uint8Array[]; left: number; exact: boolean } | undefined;
         const run = { rx: 0, tx: 0, dropped: 0 };
+        let rxUnknown = false;
         // Chains the device has popped and not published (the avail entries it has consumed).
         const postedAt = new Map<number, number>();
         let posted = 0;
@@ -127,6 +128,12 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
               continue;
             }
             const exact = !selfOverlaps(w.writable, u.len);
+            // A chain whose buffers overlap each other hides what the device wrote first (num_buffers
+            // among it): from there on this run checks RAM and lengths only, not frame boundaries.
+            if (rxUnknown || (!part && !exact)) {
+              rxUnknown = true;
+              continue;
+            }
             if (!part) {
               expect(u.len).toBeGreaterThanOrEqual(VIRTIO_NET_HDR_LEN);
               const h = decodeNetHeader(bytes);
@@ -249,13 +256,13 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
           settle();
         }
         // Two whole-frame buffers posted (or none needed): whatever the device already held, it had room.
-        if (fresh >= 2 || wantRx.length === 0) {
+        if (!rxUnknown && (fresh >= 2 || wantRx.length === 0)) {
           expect(wantRx.length, 'frames that fit were lost').toBe(0);
           cover.drained++;
         }
         // The counters agree with what the guest and the wire saw; no valid tx frame is missing.
         const c = readNetCounters(counters);
-        expect(c.rxFrames).toBe(run.rx);
+        if (!rxUnknown) expect(c.rxFrames).toBe(run.rx);
         expect(c.txFrames).toBe(run.tx);
         expect(c.rxDropped).toBeLessThanOrEqual(run.dropped);
         expect(wantTx).toEqual([]);
