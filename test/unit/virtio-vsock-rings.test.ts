@@ -92,13 +92,7 @@ describe('virtio-vsock on hostile rings', () => {
               expect(VSOCK_HDR_SIZE + h.len).toBe(u.len);
             }
             // the device's write is these bytes, here: the model takes them
-            let pos = 0;
-            for (const r of w.writable as Range[]) {
-              if (pos >= u.len) break;
-              const k = Math.min(r.len, u.len - pos);
-              ram.model.set(bytes.subarray(pos, pos + k), r.gpa);
-              pos += k;
-            }
+            ram.acceptDeviceWrite(w.writable as Range[], bytes);
             cover.rxPackets++;
           }
           ram.adopt(RX.used, usedRingBytes(RX));

@@ -123,6 +123,20 @@ export class ModelRam {
     }
     return out;
   }
+  /**
+   * A published rx chain: the device wrote `bytes` (its first used.len bytes, read back from real RAM)
+   * into `ranges` in order: the model takes them, so that every other byte must still match.
+   */
+  acceptDeviceWrite(ranges: readonly Range[], bytes: Uint8Array): void {
+    let pos = 0;
+    for (const r of ranges) {
+      if (pos >= bytes.length) break;
+      const k = Math.min(r.len, bytes.length - pos);
+      this.model.set(bytes.subarray(pos, pos + k), r.gpa);
+      pos += k;
+    }
+  }
+
   /** Copy real RAM into the model over [gpa, gpa+len) (areas checked by other means: used rings). */
   adopt(gpa: number, len: number): void {
     this.model.set(this.mem.readBytes(gpa, len), gpa);
