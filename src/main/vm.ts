@@ -228,11 +228,6 @@ export class VM extends EventEmitter {
    */
   private build(): void {
     const cfg = this.config;
-    if (detectPvm() && !pvmWarned) {
-      pvmWarned = true;
-      if (this.listenerCount('warning') > 0) this.emit('warning', PVM_WARNING);
-      else this.log.warn(PVM_WARNING);
-    }
     // The kernel and initrd as resolveConfig() read them from the fds it checked (regular files,
     // sizes against RAM, the image checked as loadKernel() will load it): nothing is reopened.
     const { kernel: kernelImage, initrd } = takeConfigFiles(cfg);
@@ -246,6 +241,12 @@ export class VM extends EventEmitter {
   /** /dev/kvm, the VM fd, TSS and identity map, in-kernel irqchip and PIT. */
   private createVm(): void {
     const kvm = (this.kvm = Kvm.open());
+    // Only once /dev/kvm opened: a host with the kvm-pvm module but no /dev/kvm gets just that error.
+    if (detectPvm() && !pvmWarned) {
+      pvmWarned = true;
+      if (this.listenerCount('warning') > 0) this.emit('warning', PVM_WARNING);
+      else this.log.warn(PVM_WARNING);
+    }
     if (this.config.vcpus > kvm.maxVcpus) throw new Error(`--vcpus ${this.config.vcpus} is more than this host's KVM allows (${kvm.maxVcpus})`);
     const vm = (this.vmFd = VmFd.create(kvm.addon, kvm.fd));
     vm.setTssAddr(KVM_TSS_START);
