@@ -17,6 +17,7 @@
 import { statSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { parseMac, validTapName } from '../devices/virtio/net/names.js';
+import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody, type NetworkInterfaceBody } from './schemas.js';
 import { ApiLog, LineSink, parseLogLevel, PINO_LEVEL, type ApiLogLevel } from './sinks.js';
 import { MetricsRecorder, type MetricsSource } from './metrics.js';
@@ -88,6 +89,15 @@ interface DriveEntry {
 }
 
 /** A rate limiter that limits nothing: absent, or buckets absent / of size 0 / refill 0 (Firecracker disables those). */
+/** Firecracker's rate_limiter body → the device's limiter (buckets with size 0 or refill_time 0 limit nothing, as in Firecracker). */
+function limiterConfig(rl: RateLimiterBody): RateLimiterConfig {
+  const bucket = (b: TokenBucketBody | undefined) =>
+    b && b.size > 0 && b.refill_time > 0 ? { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) } : undefined;
+  const bw = bucket(rl.bandwidth);
+  const ops = bucket(rl.ops);
+  return { ...(bw ? { bandwidth: bw } : {}), ...(ops ? { ops } : {}) };
+}
+
 function limits(rl: RateLimiterBody | TokenBucketBody | undefined): boolean {
   if (!rl) return false;
   const bucket = (b: TokenBucketBody | undefined): boolean => !!b && b.size > 0 && b.refill_time > 0;
@@ -327,7 +337,6 @@ export class ApiController {
     if (!validTapName(b.host_dev_name)) throw new ApiError(`${where}: host_dev_name: must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(b.host_dev_name)})`);
     if (b.guest_mac !== undefined && !parseMac(b.guest_mac)) throw new ApiError(`${where}: guest_mac: must be a unicast MAC address like 06:00:AC:10:00:02 (got ${shown(b.guest_mac)})`);
     if (b.mtu !== undefined && b.mtu !== 1500) throw new ApiError(`${where}: mtu: only 1500 is supported yet`);
-    if (limits(b.rx_rate_limiter) || limits(b.tx_rate_limiter)) throw new ApiError(`${where}: rate limiting is not supported yet`);
     for (const [other, n] of this.nics) {
       if (other !== id && n.host_dev_name === b.host_dev_name) throw new ApiError(`${where}: host_dev_name ${shown(b.host_dev_name)} is already used by network interface ${shown(other)}`);
     }
@@ -433,7 +442,16 @@ export class ApiController {
       console: 'serial',
       ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),
       ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),
-      ...(this.nics.size ? { net: [...this.nics.values()].map((n) => ({ tap: n.host_dev_name, ...(n.guest_mac !== undefined ? { mac: n.guest_mac.toLowerCase() } : {}) })) } : {}),
+      ...(this.nics.size
+        ? {
+            net: [...this.nics.values()].map((n) => ({
+              tap: n.host_dev_name,
+              ...(n.guest_mac !== undefined ? { mac: n.guest_mac.toLowerCase() } : {}),
+              ...(limits(n.rx_rate_limiter) ? { rxRate: limiterConfig(n.rx_rate_limiter!) } : {}),
+              ...(limits(n.tx_rate_limiter) ? { txRate: limiterConfig(n.tx_rate_limiter!) } : {}),
+            })),
+          }
+        : {}),
     };
   }
 

@@ -5,6 +5,7 @@ import { cliConfigMessage } from './flag-names.js';
 import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
 import { JailUsageError, parseJailArgs, type JailCommand } from '../jail/jail.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type NetConfig, type VMConfig } from '../main/config.js';
+import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 
 /** --agent-timeout's default, in seconds. */
 export const DEFAULT_AGENT_TIMEOUT_S = 30;
@@ -37,14 +38,15 @@ run:
                    a virtio-vsock device with guest CID (3..4294967294); with uds=PATH, Firecracker's
                    hybrid vsock: clients of the Unix socket PATH (which must not exist) send
                    "CONNECT <port>\n", guest connections to host port P go to PATH_P
-  --net tap=NAME[,mac=MAC]
+  --net tap=NAME[,mac=MAC][,rx-bw=|tx-bw=|rx-ops=|tx-ops=SIZE/MS[+BURST]]...
                    a virtio-net NIC on the tap NAME (repeatable; eth0 first), created and brought up
                    when it does not exist and kindling may (root or CAP_NET_ADMIN); checksum and TSO
                    offloads pass through to the host stack
   --net passt[,mac=MAC]
                    a virtio-net NIC through passt (apt-get install passt): user-mode networking without
                    root or a tap, DHCP, DNS and NAT to the host's network. MAC default: a stable
-                   locally administered address (02:4b:4e:…)
+                   locally administered address (02:4b:4e:…). rx-bw/tx-bw (bytes) and rx-ops/tx-ops
+                   (frames): Firecracker's token buckets, SIZE tokens refilled every MS ms, BURST once
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
   --seccomp MODE   syscall filter on every vCPU and I/O worker thread (docs/security.md): strict
                    (default; a syscall outside the thread's allowlist kills the process with SIGSYS
@@ -139,11 +141,18 @@ export function parseNetArg(v: string, flag: string): NetConfig {
   const parts = v.split(',');
   const head = parts[0];
   let mac: string | undefined;
+  const rates: { rxRate?: RateLimiterConfig; txRate?: RateLimiterConfig } = {};
   for (const opt of parts.slice(1)) {
-    if (opt.startsWith('mac=') && mac === undefined) mac = opt.slice(4);
-    else throw new UsageError(`${flag} takes only ,mac=MAC after the backend (got ${quoted(v)})`);
+    const r = /^(rx|tx)-(bw|ops)=([0-9]{1,15})\/([0-9]{1,9})(?:\+([0-9]{1,15}))?$/.exec(opt);
+    if (r) {
+      const key = r[1] === 'rx' ? 'rxRate' : 'txRate';
+      const bucket = { size: Number(r[3]), refillTimeMs: Number(r[4]), ...(r[5] !== undefined ? { oneTimeBurst: Number(r[5]) } : {}) };
+      if (bucket.size < 1 || bucket.refillTimeMs < 1) throw new UsageError(`${flag} ${r[1]}-${r[2]}= needs SIZE ≥ 1 and MS ≥ 1 (got ${quoted(opt)})`);
+      rates[key] = { ...rates[key], [r[2] === 'bw' ? 'bandwidth' : 'ops']: bucket };
+    } else if (opt.startsWith('mac=') && mac === undefined) mac = opt.slice(4);
+    else throw new UsageError(`${flag} takes ,mac=MAC and ,rx-bw= / tx-bw= / rx-ops= / tx-ops=SIZE/MS[+BURST] after the backend (got ${quoted(v)})`);
   }
-  const m = mac === undefined ? {} : { mac };
+  const m = { ...(mac === undefined ? {} : { mac }), ...rates };
   if (head === 'passt') return { passt: true, ...m };
   if (head.startsWith('tap=') && head.length > 4) return { tap: head.slice(4), ...m };
   throw new UsageError(`${flag} must be tap=NAME[,mac=MAC] or passt[,mac=MAC] (got ${quoted(v)})`);

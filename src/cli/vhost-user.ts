@@ -46,7 +46,7 @@ export type VhostUserDeviceArg =
   | { kind: 'console' }
   | { kind: 'rng' }
   | { kind: 'vsock'; cid: number; udsPath?: string }
-  | { kind: 'net'; tap?: string; passt?: true; mac?: string };
+  | ({ kind: 'net' } & import('../main/config.js').NetConfig);
 
 const DEVICE_FORMS = 'blk=IMAGE[,ro], console, rng, vsock=CID[,uds=PATH], net=tap=NAME[,mac=MAC] or net=passt[,mac=MAC]';
 
@@ -147,7 +147,7 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
       : d.kind === 'vsock'
         ? { cid: d.cid, udsPath: d.udsPath }
         : d.kind === 'net'
-          ? { tap: d.tap, passt: d.passt, mac: d.mac, option: '--device net' }
+          ? { tap: d.tap, passt: d.passt, mac: d.mac, rxRate: d.rxRate, txRate: d.txRate, option: '--device net' }
           : {};
   // The hybrid-vsock UDS's directory, for the same reason as socketDir.
   let udsDir = -1;

@@ -22,6 +22,7 @@ import { checkUserFileSize, closeUserFile, fileKind, MAX_USER_FILE_BYTES, openUs
 
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
 import { parseMac, validTapName } from '../devices/virtio/net/names.js';
+import { validTokenBucket, type RateLimiterConfig } from '../devices/rate-limiter.js';
 
 export { ConfigError } from './config-error.js';
 
@@ -81,7 +82,12 @@ export interface VMConfig {
   seccomp?: SeccompMode;
 }
 
-export type NetConfig = ({ tap: string; passt?: undefined } | { passt: true; tap?: undefined }) & { mac?: string };
+export type NetConfig = ({ tap: string; passt?: undefined } | { passt: true; tap?: undefined }) & {
+  mac?: string;
+  /** Firecracker's rate limiters (bytes and operations token buckets) for frames to / from the guest. */
+  rxRate?: RateLimiterConfig;
+  txRate?: RateLimiterConfig;
+};
 
 export interface VsockConfig {
   cid: number;
@@ -261,20 +267,36 @@ function checkNet(v: unknown): NetConfig[] {
   return v.map((n: unknown, i): NetConfig => {
     const o = `net[${i}]`;
     if (typeof n !== 'object' || n === null) throw ConfigError.about(o, 'must be { tap, mac? } or { passt: true, mac? }');
-    const { tap, passt, mac, ...rest } = n as Record<string, unknown>;
+    const { tap, passt, mac, rxRate, txRate, ...rest } = n as Record<string, unknown>;
     const extra = Object.keys(rest);
-    if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac)`);
+    if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac, rxRate, txRate)`);
+    const rates: Pick<NetConfig, 'rxRate' | 'txRate'> = {};
+    for (const [k, v] of [['rxRate', rxRate], ['txRate', txRate]] as const) {
+      if (v === undefined) continue;
+      if (typeof v !== 'object' || v === null) throw ConfigError.about(`${o}.${k}`, 'must be { bandwidth?, ops? } token buckets');
+      const { bandwidth, ops, ...more } = v as Record<string, unknown>;
+      if (Object.keys(more).length) throw ConfigError.about(`${o}.${k}`, `has unknown field ${shown(Object.keys(more)[0])} (bandwidth, ops)`);
+      const out: RateLimiterConfig = {};
+      for (const [bk, b] of [['bandwidth', bandwidth], ['ops', ops]] as const) {
+        if (b === undefined) continue;
+        const why = typeof b === 'object' && b !== null ? validTokenBucket(b as RateLimiterConfig['ops'] & object) : 'must be { size, refillTimeMs, oneTimeBurst? }';
+        if (why) throw ConfigError.about(`${o}.${k}.${bk}`, why);
+        const t = b as { size: number; refillTimeMs: number; oneTimeBurst?: number };
+        out[bk] = { size: t.size, refillTimeMs: t.refillTimeMs, ...(t.oneTimeBurst !== undefined ? { oneTimeBurst: t.oneTimeBurst } : {}) };
+      }
+      rates[k] = out;
+    }
     if ((tap === undefined) === (passt === undefined)) throw ConfigError.about(o, 'needs exactly one of tap: NAME or passt: true');
     if (mac !== undefined && (typeof mac !== 'string' || !parseMac(mac))) throw ConfigError.about(`${o}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(mac)})`);
     const m = mac === undefined ? {} : { mac: mac as string };
     if (passt !== undefined) {
       if (passt !== true) throw ConfigError.about(`${o}.passt`, `must be true (got ${shown(passt)})`);
-      return { passt: true, ...m };
+      return { passt: true, ...m, ...rates };
     }
     if (typeof tap !== 'string' || !validTapName(tap)) throw ConfigError.about(`${o}.tap`, `must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(tap)})`);
     if (taps.has(tap)) throw ConfigError.about(`${o}.tap`, `${shown(tap)} is already used by another NIC of this VM`);
     taps.add(tap);
-    return { tap, ...m };
+    return { tap, ...m, ...rates };
   });
 }
 

@@ -156,6 +156,79 @@ while True:
     expect(await exitWithin(backend), backend.stderr()).toEqual({ code: 0, signal: null });
   }, 180_000);
 
+  it('rate limiters: tx-bw and rx-bw of 2 MB/s hold a TCP stream each way within 10 % of the limit', async () => {
+    const ns = netns();
+    const dir = scratch.dir('uml-net-rate');
+    const sock = join(dir, 'net.sock');
+    // 200 000 bytes every 100 ms each way (Firecracker's bandwidth bucket: size, refill_time).
+    const backend = await scratch.backend(inNs(ns, kindlingArgv(sock, 'net=tap=ktap1,tx-bw=200000/100,rx-bw=200000/100')), sock);
+    ip(ns, 'addr', 'add', '10.77.1.1/24', 'dev', 'ktap1');
+    const N = 6_000_000;
+    // Host side: receive the guest's stream (rate from the first byte to EOF), then send one to the guest.
+    const host = nsPython(ns, `
+import socket, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("10.77.1.1", 9000)); s.listen(1)
+print("READY")
+c, _ = s.accept(); n = 0; t = None
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    if t is None: t = time.time()
+    n += len(b)
+print("G2H %d %.3f" % (n, time.time() - t)); c.close()
+for i in range(200):
+    try:
+        c = socket.create_connection(("10.77.1.2", 9001)); break
+    except OSError: time.sleep(0.05)
+b = bytes(1 << 16); left = ${N}
+while left > 0:
+    k = min(left, len(b)); c.sendall(b[:k]); left -= k
+c.shutdown(socket.SHUT_WR)
+while c.recv(65536): pass
+print("H2G-SENT")
+`);
+    await host.ready;
+    const GUEST = `
+import socket, time
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("10.77.1.2", 9001)); l.listen(1)
+c = socket.create_connection(("10.77.1.1", 9000)); b = bytes(1 << 16); left = ${N}
+while left > 0:
+    k = min(left, len(b)); c.sendall(b[:k]); left -= k
+c.close()
+d, _ = l.accept(); n = 0; t = None
+while True:
+    x = d.recv(1 << 20)
+    if not x: break
+    if t is None: t = time.time()
+    n += len(x)
+print("H2G %d %.3f" % (n, time.time() - t)); d.close()
+`;
+    const r = await runUml({
+      devices: [{ socket: sock, virtioId: VIRTIO_ID_NET }],
+      modules: ['virtio_net'],
+      memMiB: 192,
+      timeoutMs: 120_000,
+      script: ['ip link set eth0 up', 'ip addr add 10.77.1.2/24 dev eth0', `/usr/bin/python3 -c '${GUEST.replace(/'/g, `'\\''`)}'`].join('\n'),
+    });
+    expect(r.status, describeRun(r)).toBe(0);
+    const g2h = /G2H (\d+) ([0-9.]+)/.exec(host.out());
+    const h2g = /H2G (\d+) ([0-9.]+)/.exec(r.output);
+    expect(g2h, host.out()).not.toBeNull();
+    expect(h2g, r.output).not.toBeNull();
+    expect(Number(g2h![1])).toBe(N);
+    expect(Number(h2g![1])).toBe(N);
+    // Payload rate: frames carry ~3 % of headers the limiter counts too, and the full bucket at the
+    // start lets 200 kB through at once: both within the 10 %.
+    const limit = 2_000_000;
+    const rates = { g2h: N / Number(g2h![2]), h2g: N / Number(h2g![2]) };
+    if (process.env.KINDLING_NET_RATES) console.log(`rate limiter: guest→host ${Math.round(rates.g2h)} B/s, host→guest ${Math.round(rates.h2g)} B/s (limit ${limit})`);
+    for (const [dirn, rate] of Object.entries(rates)) {
+      expect(rate, `${dirn} ${Math.round(rate)} B/s against ${limit}`).toBeGreaterThan(0.9 * limit);
+      expect(rate, `${dirn} ${Math.round(rate)} B/s against ${limit}`).toBeLessThan(1.1 * limit);
+    }
+    expect(await exitWithin(backend), backend.stderr()).toEqual({ code: 0, signal: null });
+  }, 180_000);
+
   it.skipIf(!HAS_PASST)('passt: kindling starts passt; the guest fetches a page over HTTP through passt, content checked', async () => {
     const ns = netns();
     // A template interface for passt: a veth pair, one end with an address and a default route.

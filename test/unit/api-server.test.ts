@@ -155,7 +155,6 @@ describe('validation: every failure is a 400 naming the field', () => {
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'no/slash' }, /^network-interfaces\/eth0: host_dev_name: must be an interface name/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', guest_mac: '01:00:00:00:00:01' }, /^network-interfaces\/eth0: guest_mac: must be a unicast MAC address/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', mtu: 9000 }, /mtu: only 1500 is supported yet/],
-    ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', rx_rate_limiter: { bandwidth: { size: 1000, refill_time: 100 } } }, /rate limiting is not supported yet/],
     ['PATCH', '/network-interfaces/eth0', { iface_id: 'eth0' }, /^network-interfaces\/eth0: no such network interface$/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0' }, /missing field host_dev_name/],
     ['PUT', '/vsock', { guest_cid: 2, uds_path: '/tmp/v' }, /^vsock: guest_cid: must be at least 3, got 2$/],

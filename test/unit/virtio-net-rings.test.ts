@@ -86,7 +86,7 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
           port: new StreamPort(addon, dev),
           counters,
           mtu: 1500,
-          env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined },
+          env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() },
         });
         backend.activate({ mem: ram.mem, features: (1n << 32n) | (mrg ? 1n << BigInt(VIRTIO_NET_F_MRG_RXBUF) : 0n), queues: [rx.aq, tx.aq] });
         const wantTx: Uint8Array[] = [];

@@ -30,12 +30,17 @@
 // not polled for readability (frames wait in the kernel, or passt stops reading); the driver's next
 // rx kick resumes. At most RX_BUDGET frames per wake-up, so one busy NIC cannot starve the loop.
 //
+// Rate limiters (Firecracker's, src/devices/rate-limiter.ts), one per direction: a frame is paid for
+// after it moved (bytes and one op), and while a limiter is in debt its queue is not served (tx) or the
+// port not read (rx) until one timer for the moment the debt is paid.
+//
 // Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
 import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
 import { PackedIov, gatherBytes, scatterBytes, slicePacked, splitSegments } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 import { featureBit } from '../constants.js';
+import { rateLimiter, type RateLimiter, type RateLimiterConfig } from '../../rate-limiter.js';
 import { NO_OFFLOADS, VIRTIO_NET_HDR_LEN, decodeNetHeader, encodeNetHeader, validateTxHeader, type TxOffloads } from './header.js';
 
 export const VIRTIO_NET_F_CSUM = 0;
@@ -122,7 +127,12 @@ export interface NetBackendOptions {
   port: NetPort;
   counters: SharedArrayBuffer;
   mtu: number;
-  env: Pick<BackendEnv, 'pollFd' | 'log'>;
+  env: Pick<BackendEnv, 'pollFd' | 'log' | 'guarded'>;
+  /** Firecracker's rate limiters for frames to the guest (rx) and from it (tx). */
+  rxRate?: RateLimiterConfig;
+  txRate?: RateLimiterConfig;
+  /** Clock for the limiters (tests). */
+  now?: () => number;
 }
 
 export class NetBackend implements VirtioDeviceBackend {
@@ -150,8 +160,15 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly hdrView = new Uint8Array(this.hdr);
   private readonly heads: number[] = [];
   private readonly lens: number[] = [];
+  private readonly rxLimit: RateLimiter | undefined;
+  private readonly txLimit: RateLimiter | undefined;
+  /** The rx limiter is in debt: the port is not read until its timer fires. */
+  private rxThrottled = false;
+  private readonly timers: { rx?: ReturnType<typeof setTimeout>; tx?: ReturnType<typeof setTimeout> } = {};
 
   constructor(o: NetBackendOptions) {
+    this.rxLimit = rateLimiter(o.rxRate, o.now);
+    this.txLimit = rateLimiter(o.txRate, o.now);
     this.port = o.port;
     this.c = new Float64Array(o.counters, 0, NET_COUNTERS.length);
     this.mtu = o.mtu;
@@ -187,6 +204,7 @@ export class NetBackend implements VirtioDeviceBackend {
   }
 
   reset(): void {
+    this.clearTimers();
     this.rx = this.tx = undefined;
     this.held = [];
     this.heldRoom = 0;
@@ -208,8 +226,31 @@ export class NetBackend implements VirtioDeviceBackend {
   }
 
   close(): void {
+    this.clearTimers();
     this.poll.close();
     this.port.close();
+  }
+
+  private clearTimers(): void {
+    clearTimeout(this.timers.rx);
+    clearTimeout(this.timers.tx);
+    this.timers.rx = this.timers.tx = undefined;
+    this.rxThrottled = false;
+  }
+
+  /** A limiter is in debt: resume the queue when it is paid (one timer per direction, no polling). */
+  private throttle(which: 'rx' | 'tx', limit: RateLimiter): void {
+    if (which === 'rx') this.rxThrottled = true;
+    if (this.timers[which] !== undefined) return;
+    this.timers[which] = setTimeout(() => {
+      this.timers[which] = undefined;
+      this.env.guarded(() => {
+        if (which === 'rx') {
+          this.rxThrottled = false;
+          this.receive();
+        } else this.transmit();
+      });
+    }, Math.max(1, limit.waitMs()));
   }
 
   private onPort(ready: number): void {
@@ -219,7 +260,7 @@ export class NetBackend implements VirtioDeviceBackend {
   }
 
   private updatePoll(): void {
-    const r = this.rx && !this.starved && !this.portClosed ? POLL_READABLE : 0;
+    const r = this.rx && !this.starved && !this.portClosed && !this.rxThrottled ? POLL_READABLE : 0;
     const w = this.port.blocked && !this.portClosed ? POLL_WRITABLE : 0;
     this.poll.set(r | w);
   }
@@ -232,6 +273,10 @@ export class NetBackend implements VirtioDeviceBackend {
       const lens = this.lens;
       heads.length = lens.length = 0;
       while (!this.port.blocked) {
+        if (this.txLimit?.blocked()) {
+          this.throttle('tx', this.txLimit);
+          break;
+        }
         const c = q.pop();
         if (!c) break;
         this.sendChain(c);
@@ -274,6 +319,7 @@ export class NetBackend implements VirtioDeviceBackend {
     }
     this.c[C.txFrames]++;
     this.c[C.txBytes] += frameLen;
+    this.txLimit?.consume(frameLen);
   }
 
   /** Pop rx chains until the held ones can take the largest frame; false when the driver has too few. */
@@ -302,6 +348,10 @@ export class NetBackend implements VirtioDeviceBackend {
     }
     q.work(() => {
       for (let n = 0; n < RX_BUDGET; n++) {
+        if (this.rxLimit?.blocked()) {
+          this.throttle('rx', this.rxLimit);
+          return;
+        }
         if (!this.fill(q)) {
           this.starved = true;
           return;
@@ -355,6 +405,7 @@ export class NetBackend implements VirtioDeviceBackend {
     this.held.splice(0, k);
     this.c[C.rxFrames]++;
     this.c[C.rxBytes] += len;
+    this.rxLimit?.consume(len);
     return q.pushMany(heads, lens);
   }
 }

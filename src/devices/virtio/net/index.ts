@@ -15,6 +15,7 @@ import { ConfigError } from '../../../main/config-error.js';
 import { shown } from '../../../main/config.js';
 import { VIRTIO_ID_NET, featureBit } from '../constants.js';
 import type { VirtioDeviceType } from '../device.js';
+import type { RateLimiterConfig } from '../../rate-limiter.js';
 import {
   NET_CONFIG_SIZE,
   NET_COUNTERS,
@@ -45,6 +46,8 @@ export type NetOptions = ({ tap: string; passt?: undefined } | { passt: true; ta
   mac?: string;
   /** Where the option came from in messages (`net[0]`, `--net`). */
   option?: string;
+  rxRate?: RateLimiterConfig;
+  txRate?: RateLimiterConfig;
 };
 
 export interface NetParams {
@@ -55,6 +58,8 @@ export interface NetParams {
   mac: Uint8Array;
   mtu: number;
   counters: SharedArrayBuffer;
+  rxRate?: RateLimiterConfig;
+  txRate?: RateLimiterConfig;
   /** passt's pid (backend 'passt'), for the process filter of `kindling vhost-user`. */
   passtPid?: number;
 }
@@ -175,6 +180,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
       if (!mac) throw ConfigError.about(`${option}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(options.mac)})`);
     }
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
+    const rates = { ...(options.rxRate ? { rxRate: options.rxRate } : {}), ...(options.txRate ? { txRate: options.txRate } : {}) };
     if (options.tap !== undefined) {
       const name = options.tap;
       if (!validTapName(name)) throw ConfigError.about(`${option}.tap`, `must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(name)})`);
@@ -186,7 +192,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
       }
       if (!t.up) process.stderr.write(`kindling: warning: tap ${t.name} is down and kindling may not bring it up (ip link set ${t.name} up)\n`);
       return {
-        params: { backend: 'tap', name: t.name, fd: t.fd, mac: mac ?? derivedMac(t.name), mtu: NET_DEFAULT_MTU, counters },
+        params: { backend: 'tap', name: t.name, fd: t.fd, mac: mac ?? derivedMac(t.name), mtu: NET_DEFAULT_MTU, counters, ...rates },
         release: () => host.addon.close(t.fd),
       };
     }
@@ -194,7 +200,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
     const p = startPasst(option, host);
     let released = false;
     return {
-      params: { backend: 'passt', name: 'passt', fd: p.fd, mac: mac ?? derivedMac('passt'), mtu: NET_DEFAULT_MTU, counters, ...(p.child.pid !== undefined ? { passtPid: p.child.pid } : {}) },
+      params: { backend: 'passt', name: 'passt', fd: p.fd, mac: mac ?? derivedMac('passt'), mtu: NET_DEFAULT_MTU, counters, ...rates, ...(p.child.pid !== undefined ? { passtPid: p.child.pid } : {}) },
       release: () => {
         if (released) return;
         released = true;
@@ -224,6 +230,6 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
   },
   createBackend(p, env) {
     const port = p.backend === 'tap' ? new TapPort(env.addon, p.fd) : new StreamPort(env.addon, p.fd);
-    return new NetBackend({ port, counters: p.counters, mtu: p.mtu, env });
+    return new NetBackend({ port, counters: p.counters, mtu: p.mtu, env, rxRate: p.rxRate, txRate: p.txRate });
   },
 };
