@@ -255,20 +255,20 @@ export class ActiveQueue {
    */
   pushMany(heads: readonly number[], lens: readonly number[]): boolean {
     if (heads.length === 0) return true;
-    const irq = this.guard.rings(() => {
+    return this.publish(() => {
       for (let i = 0; i < heads.length; i++) this.queue.pushUsed(heads[i], lens[i]);
-      return this.queue.needsInterrupt();
     });
-    if (irq === undefined) return false;
-    Atomics.add(this.stats, TSTAT_BATCHES, 1);
-    if (irq) this.guard.notifyUsed();
-    return true;
   }
 
   /** Publish one used chain and interrupt if the driver wants it. False if the device was reset. */
   push(head: number, len: number): boolean {
+    return this.publish(() => this.queue.pushUsed(head, len));
+  }
+
+  /** Run `write` (used-ring entries) in the ring critical section as one batch, then interrupt if wanted. */
+  private publish(write: () => void): boolean {
     const irq = this.guard.rings(() => {
-      this.queue.pushUsed(head, len);
+      write();
       return this.queue.needsInterrupt();
     });
     if (irq === undefined) return false;

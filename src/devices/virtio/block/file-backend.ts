@@ -5,10 +5,9 @@
 import type { KvmAddon } from '../../../kvm/addon.js';
 import type { MemorySegment } from '../../../memory/guest-memory.js';
 import type { BlockBackend } from './device.js';
+import { PackedIov } from '../iovec.js';
 
 export type FileBackendAddon = Pick<KvmAddon, 'preadvPacked' | 'pwritevPacked' | 'fdatasync' | 'fallocate' | 'constants'>;
-/** The addon's limit on distinct buffers in one packed call (guest RAM has a few slots). */
-const MAX_BUFFERS = 64;
 
 /** fallocate modes the file system may not support: fall back to writing zeroes. */
 const FALLOC_UNSUPPORTED = new Set(['EOPNOTSUPP', 'ENOTSUP', 'ENOSYS', 'EINVAL', 'ENODEV']);
@@ -24,15 +23,14 @@ export class FileBackend implements BlockBackend {
   private readonly iovMax: number;
   private zeroes: SharedArrayBuffer | undefined;
 
-  private readonly iov: Float64Array;
-  private readonly bufs: SharedArrayBuffer[] = [];
+  private readonly iov: PackedIov;
 
   constructor(
     private readonly addon: FileBackendAddon,
     private readonly fd: number,
   ) {
     this.iovMax = addon.constants.IOV_MAX ?? 1024;
-    this.iov = new Float64Array(3 * this.iovMax);
+    this.iov = new PackedIov(this.iovMax);
   }
 
   /** Run preadv/pwritev over the whole segment list, in IOV_MAX pieces, resuming short transfers. */
@@ -42,28 +40,17 @@ export class FileBackend implements BlockBackend {
     let i = 0;
     let skip = 0; // bytes of segs[i] already transferred
     const iov = this.iov;
-    const bufs = this.bufs;
     while (done < bytes && i < segs.length) {
       // The iovec as (buffer index, offset, length) triples in one reused Float64Array: no object per
       // segment (a 254-segment request cost ~75 µs in the iovec alone as [buffer, offset, length] arrays).
-      bufs.length = 0;
-      let count = 0;
-      for (let k = i; k < segs.length && count < this.iovMax; k++) {
+      iov.clear();
+      for (let k = i; k < segs.length; k++) {
         const s = segs[k];
         const off = k === i ? skip : 0;
-        if (s.length - off <= 0) continue;
-        let b = bufs.indexOf(s.buffer);
-        if (b < 0) {
-          if (bufs.length === MAX_BUFFERS) break;
-          b = bufs.push(s.buffer) - 1;
-        }
-        iov[3 * count] = b;
-        iov[3 * count + 1] = s.offset + off;
-        iov[3 * count + 2] = s.length - off;
-        count++;
+        if (!iov.addRange(s.buffer, s.offset + off, s.length - off)) break;
       }
-      if (count === 0) break;
-      const n = fn.call(this.addon, this.fd, bufs, iov, count, BigInt(pos + done));
+      if (iov.count === 0) break;
+      const n = fn.call(this.addon, this.fd, iov.buffers, iov.iov, iov.count, BigInt(pos + done));
       if (n === 0) {
         if (write) throw ioError('pwritev', 'wrote nothing');
         return done; // EOF
