@@ -215,6 +215,9 @@ function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
     throw new ConfigError(`disk image is not writable: ${p} (${why}; append ,ro to attach it read-only)`, at);
   }
   // A block device's size is checked when it is opened (stat reports 0 for it).
+  // An empty file is refused (a zero-sector disk is of no use to a guest, and /proc files such
+  // as /proc/self/mem are "regular" files of size 0).
+  if (st.isFile() && st.size === 0) throw new ConfigError(`disk image is empty (0 bytes): ${p}`, at);
   if (st.isFile() && st.size % 512 !== 0) {
     throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${p}`, at);
   }

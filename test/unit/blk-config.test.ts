@@ -66,6 +66,7 @@ describe('--disk', () => {
     bad([{ path: join(dir, 'missing.img') }], /^disk image not found: /);
     bad([{ path: sub }], /^disk image is a directory, not a regular file or block device: /);
     bad([{ path: odd }], /^disk image size 1000 bytes is not a multiple of 512: /);
+    bad([{ path: '/proc/self/mem' }], /^disk image is empty \(0 bytes\): /); // a "regular" file of size 0
     bad([{ path: '' }], /no image path/);
     bad([{ path: img, readOnly: 'yes' }], /readOnly must be/);
     bad('disk.img', /disks must be an array/);

@@ -179,6 +179,7 @@ describe('openDisk: one checked fd', () => {
       refused(join(dir, 'missing.img'), false, /^disk image not found: /);
       refused(join(odd, 'below-a-file'), true, /^disk image not found: /);
       refused(odd, false, /^disk image size 1000 bytes is not a multiple of 512: /);
+      refused(image(0), false, /^disk image is empty \(0 bytes\): /);
       refused(join(dir, 'new\nline.img'), true, /^disk image not found: "/); // shown() quotes it, on one line
       expect(errorLine(new ConfigError('x')).code).toBe(2);
     } finally {

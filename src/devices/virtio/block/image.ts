@@ -198,6 +198,7 @@ export function openDisk(addon: KvmAddon, d: { path: string; readOnly: boolean }
     } catch (e) {
       throw new ConfigError(`disk image size cannot be read: ${p} (${errnoCode(e)})`);
     }
+    if (size === 0n) throw new ConfigError(`disk image is empty (0 bytes): ${p}`);
     if (size % 512n !== 0n) throw new ConfigError(`disk image size ${size} bytes is not a multiple of 512: ${p}`);
     if (size / 512n > BigInt(Number.MAX_SAFE_INTEGER) / 512n) throw new ConfigError(`disk image is too large: ${p}`);
     addon.setNonblocking(fd, false);
