@@ -21,7 +21,7 @@ import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody, type NetworkInterfaceBody } from './schemas.js';
 import { ApiLog, LineSink, parseLogLevel, PINO_LEVEL, type ApiLogLevel } from './sinks.js';
 import { MetricsRecorder, type MetricsSource } from './metrics.js';
-import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, shown, type VMConfig } from '../main/config.js';
+import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, oneLine, shown, type VMConfig } from '../main/config.js';
 import type { VMExit, VMState } from '../main/vm.js';
 import type { BlockStats } from '../devices/virtio/block/device.js';
 
@@ -46,6 +46,7 @@ export interface ControlledVm {
   resume(): void;
   sendCtrlAltDel(): boolean;
   blockStats(): BlockStats[];
+  setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void>;
   on(event: 'warning', listener: (line: string) => void): unknown;
   on(event: 'device-error', listener: (e: { device: string; error: unknown }) => void): unknown;
 }
@@ -305,7 +306,6 @@ export class ApiController {
     checkId(id, where);
     if (b.socket !== undefined) throw new ApiError(`${where}: socket: vhost-user-blk drives are not supported yet (kindling serves vhost-user, it does not attach to one)`);
     if (b.path_on_host === undefined) throw new ApiError(`${where}: missing field path_on_host`);
-    if (limits(b.rate_limiter)) throw new ApiError(`${where}: rate_limiter: rate limiting is not supported yet`);
     if (b.partuuid !== undefined && !/^[0-9A-Za-z-]{1,36}$/.test(b.partuuid)) throw new ApiError(`${where}: partuuid: must be a partition UUID (hex digits and dashes), got ${shown(b.partuuid)}`);
     checkHostFile(b.path_on_host, `${where}: path_on_host`, 'disk');
     if (b.is_root_device) {
@@ -317,15 +317,39 @@ export class ApiController {
     return { status: 204 };
   }
 
-  private patchDrive(id: string, body: unknown): ApiResponse {
+  /**
+   * PATCH /drives/{id} on the running VM. rate_limiter is Firecracker's RateLimiterUpdate: a bucket
+   * that is given replaces the current one (size 0 or refill_time 0 removes it), one left out stays.
+   */
+  private async patchDrive(id: string, body: unknown): Promise<ApiResponse> {
     const where = `drives/${shown(id)}`;
     const b = parseBody('drive (PATCH)', body, where);
     if (b.drive_id !== id) throw new ApiError(`${where}: drive_id ${shown(b.drive_id)} in the body does not match the id in the path`);
-    this.runtime(where);
-    if (!this.drives.has(id)) throw new ApiError(`${where}: no drive with this id`);
+    const vm = this.runtime(where);
+    const entry = this.drives.get(id);
+    if (!entry) throw new ApiError(`${where}: no drive with this id`);
     if (b.path_on_host !== undefined) throw new ApiError(`${where}: path_on_host: swapping a drive's backing file on a running VM is not supported yet (the VM API has no block hot-swap)`);
-    if (limits(b.rate_limiter)) throw new ApiError(`${where}: rate_limiter: rate limiting is not supported yet`);
+    if (b.rate_limiter === undefined || b.rate_limiter === null) return { status: 204 };
+    const merged: RateLimiterBody = { ...(entry.body.rate_limiter ?? {}) };
+    for (const k of ['bandwidth', 'ops'] as const) {
+      const upd = b.rate_limiter[k];
+      if (upd === undefined) continue;
+      if (limits(upd)) merged[k] = upd;
+      else delete merged[k];
+    }
+    const index = this.orderedDrives().findIndex((d) => d.body.drive_id === id);
+    try {
+      await vm.setDiskRateLimiter(index, limits(merged) ? limiterConfig(merged) : null);
+    } catch (e) {
+      throw new ApiError(`${where}: rate_limiter: ${oneLine((e as Error).message)}`);
+    }
+    entry.body = { ...entry.body, rate_limiter: merged };
     return { status: 204 };
+  }
+
+  /** The drives in the order the VM gets them (the root device first, then PUT order): disk i is /dev/vd(a+i). */
+  private orderedDrives(): DriveEntry[] {
+    return [...this.drives.values()].sort((a, b) => Number(b.body.is_root_device) - Number(a.body.is_root_device));
   }
 
   /** PUT /network-interfaces/{id}: a tap NIC (host_dev_name), pre-boot; NICs are placed in PUT order (eth0 first). */
@@ -424,7 +448,7 @@ export class ApiController {
   vmConfig(): VMConfig {
     const bs = this.bootSource;
     if (!bs) throw new ApiError('InstanceStart: cannot start the microVM without a kernel: PUT /boot-source first');
-    const ordered = [...this.drives.values()].sort((a, b) => Number(b.body.is_root_device) - Number(a.body.is_root_device));
+    const ordered = this.orderedDrives();
     const extra: string[] = [];
     const root = ordered[0]?.body.is_root_device ? ordered[0].body : undefined;
     if (root) extra.push(root.partuuid !== undefined ? `root=PARTUUID=${root.partuuid}` : 'root=/dev/vda', root.is_read_only ? 'ro' : 'rw');
@@ -437,7 +461,11 @@ export class ApiController {
       memMiB: this.machine.mem_size_mib,
       // The VMM's own pino lines (stderr) follow the logger's level once PUT /logger set one.
       logLevel: this.log.configured ? PINO_LEVEL[this.log.opts.level] : 'warn',
-      disks: ordered.map((d) => ({ path: d.body.path_on_host!, readOnly: d.body.is_read_only ?? false })),
+      disks: ordered.map((d) => ({
+        path: d.body.path_on_host!,
+        readOnly: d.body.is_read_only ?? false,
+        ...(limits(d.body.rate_limiter ?? undefined) ? { rate: limiterConfig(d.body.rate_limiter!) } : {}),
+      })),
       rng: this.entropy !== undefined,
       console: 'serial',
       ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),

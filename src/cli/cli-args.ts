@@ -5,7 +5,7 @@ import { cliConfigMessage } from './flag-names.js';
 import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
 import { JailUsageError, parseJailArgs, type JailCommand } from '../jail/jail.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type NetConfig, type VMConfig } from '../main/config.js';
-import type { RateLimiterConfig } from '../devices/rate-limiter.js';
+import type { RateLimiterConfig, TokenBucketConfig } from '../devices/rate-limiter.js';
 
 /** --agent-timeout's default, in seconds. */
 export const DEFAULT_AGENT_TIMEOUT_S = 30;
@@ -13,7 +13,7 @@ export const DEFAULT_AGENT_TIMEOUT_S = 30;
 export const MAX_AGENT_TIMEOUT_S = 2147483;
 
 export const USAGE = `usage:
-  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro]]...
+  kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro][,bw=…][,ops=…]]...
                [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--net tap=NAME|passt[,mac=MAC]]...
                [--log-level LEVEL] [--seccomp MODE] [--force]
                [--agent] [--agent-timeout SECONDS] [--console-log FILE] [-- CMD ARGS...]
@@ -28,9 +28,12 @@ run:
   --kernel PATH    bzImage, PVH ELF or 64-bit ELF kernel (default: the default guest, built on first use)
   --initrd PATH    initrd / initramfs
   --cmdline STR    kernel command line (default: "${DEFAULT_CMDLINE}")
-  --disk PATH[,ro] raw disk image as a virtio-blk device (repeatable; the first is /dev/vda). Its size
-                   must be a multiple of 512. Locked with QEMU's OFD locks while the VM runs:
+  --disk PATH[,ro][,bw=SIZE/MS[+BURST]][,ops=SIZE/MS[+BURST]]
+                   raw disk image as a virtio-blk device (repeatable; the first is /dev/vda). Its size
+                   must be a non-zero multiple of 512. Locked with QEMU's OFD locks while the VM runs:
                    exclusive for read-write, shared for ,ro (read-only; refused while a writer has it).
+                   bw= (bytes read and written) and ops= (requests): Firecracker's token buckets,
+                   SIZE tokens refilled every MS ms, BURST extra once
   --console K      where the terminal is attached: serial (default; COM1) or virtio (a virtio-console,
                    hvc0 in Linux; COM1 output is still shown, for early boot)
   --no-rng         no virtio-rng device (by default the guest gets one, fed from the host CSPRNG)
@@ -143,11 +146,10 @@ export function parseNetArg(v: string, flag: string): NetConfig {
   let mac: string | undefined;
   const rates: { rxRate?: RateLimiterConfig; txRate?: RateLimiterConfig } = {};
   for (const opt of parts.slice(1)) {
-    const r = /^(rx|tx)-(bw|ops)=([0-9]{1,15})\/([0-9]{1,9})(?:\+([0-9]{1,15}))?$/.exec(opt);
-    if (r) {
+    const r = /^(rx|tx)-(bw|ops)=([^]*)$/.exec(opt);
+    const bucket = r ? parseBucket(r[3], `${flag} ${r[1]}-${r[2]}=`) : undefined;
+    if (r && bucket) {
       const key = r[1] === 'rx' ? 'rxRate' : 'txRate';
-      const bucket = { size: Number(r[3]), refillTimeMs: Number(r[4]), ...(r[5] !== undefined ? { oneTimeBurst: Number(r[5]) } : {}) };
-      if (bucket.size < 1 || bucket.refillTimeMs < 1) throw new UsageError(`${flag} ${r[1]}-${r[2]}= needs SIZE ≥ 1 and MS ≥ 1 (got ${quoted(opt)})`);
       rates[key] = { ...rates[key], [r[2] === 'bw' ? 'bandwidth' : 'ops']: bucket };
     } else if (opt.startsWith('mac=') && mac === undefined) mac = opt.slice(4);
     else throw new UsageError(`${flag} takes ,mac=MAC and ,rx-bw= / tx-bw= / rx-ops= / tx-ops=SIZE/MS[+BURST] after the backend (got ${quoted(v)})`);
@@ -158,12 +160,43 @@ export function parseNetArg(v: string, flag: string): NetConfig {
   throw new UsageError(`${flag} must be tap=NAME[,mac=MAC] or passt[,mac=MAC] (got ${quoted(v)})`);
 }
 
-/** `PATH[,ro]` (a trailing `,rw` is accepted too; any other comma is part of the path). */
-export function parseDiskArg(v: string): Required<DiskConfig> {
-  const m = /^([^]*),(ro|rw)$/.exec(v);
-  const path = m ? m[1] : v;
-  if (path === '') throw new UsageError(`--disk needs an image path (got ${quoted(v)})`);
-  return { path, readOnly: m?.[2] === 'ro' };
+/** `SIZE/MS[+BURST]` (a token bucket of a --disk or --net option), or undefined when `v` is not one. */
+function parseBucket(v: string, what: string): TokenBucketConfig | undefined {
+  const r = /^([0-9]{1,15})\/([0-9]{1,9})(?:\+([0-9]{1,15}))?$/.exec(v);
+  if (!r) return undefined;
+  const bucket = { size: Number(r[1]), refillTimeMs: Number(r[2]), ...(r[3] !== undefined ? { oneTimeBurst: Number(r[3]) } : {}) };
+  if (bucket.size < 1 || bucket.refillTimeMs < 1) throw new UsageError(`${what} needs SIZE ≥ 1 and MS ≥ 1 (got ${quoted(v)})`);
+  return bucket;
+}
+
+/**
+ * `PATH[,ro|,rw][,bw=SIZE/MS[+BURST]][,ops=SIZE/MS[+BURST]]` (also `blk=` of vhost-user's --device):
+ * options are taken off the end, in any order, each at most once; any other comma is part of the path.
+ * bw= limits the bytes read and written, ops= the requests (Firecracker's token buckets).
+ */
+export function parseDiskArg(v: string, flag = '--disk'): { path: string; readOnly: boolean; rate?: RateLimiterConfig } {
+  let rest = v;
+  let readOnly: boolean | undefined;
+  const rate: RateLimiterConfig = {};
+  for (;;) {
+    const m = /,(ro|rw|bw=[^,]*|ops=[^,]*)$/.exec(rest);
+    if (!m) break;
+    const opt = m[1];
+    if (opt === 'ro' || opt === 'rw') {
+      if (readOnly !== undefined) break; // `img,rw,ro`: the path is `img,rw`
+      readOnly = opt === 'ro';
+    } else {
+      const key = opt.startsWith('bw=') ? 'bandwidth' : 'ops';
+      if (rate[key] !== undefined) break;
+      const name = key === 'bandwidth' ? 'bw' : 'ops';
+      const bucket = parseBucket(opt.slice(name.length + 1), `${flag} ${name}=`);
+      if (!bucket) throw new UsageError(`${flag} ${name}= needs SIZE/MS[+BURST] (got ${quoted(opt)})`);
+      rate[key] = bucket;
+    }
+    rest = rest.slice(0, m.index);
+  }
+  if (rest === '') throw new UsageError(`${flag} needs an image path (got ${quoted(v)})`);
+  return { path: rest, readOnly: readOnly === true, ...(rate.bandwidth || rate.ops ? { rate } : {}) };
 }
 
 export function parseCommandLine(argv: readonly string[]): Command {
@@ -238,7 +271,7 @@ function parseRun(args: string[]): Command {
     vcpus: parseIntArg('vcpus', values.vcpus),
     memMiB: parseIntArg('mem', values.mem),
     logLevel: values['log-level'],
-    disks: (values.disk ?? []).map(parseDiskArg),
+    disks: (values.disk ?? []).map((v) => parseDiskArg(v)),
   };
   if (values['no-rng']) config.rng = false;
   if (values.console !== undefined) {

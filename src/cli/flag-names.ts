@@ -28,9 +28,9 @@ export const FLAG_NAMES: Readonly<Record<string, string>> = {
  * (the second --disk); a key without a flag (cmdlineExtra) is returned as it is.
  */
 export function flagName(option: string): string {
-  const disk = /^disks\[(\d+)\](?:\.\w+)?$/.exec(option);
+  const disk = /^disks\[(\d+)\](?:\.[\w.]+)?$/.exec(option);
   if (disk) return `--disk #${Number(disk[1]) + 1}`;
-  const nic = /^net\[(\d+)\](?:\.\w+)?$/.exec(option);
+  const nic = /^net\[(\d+)\](?:\.[\w.]+)?$/.exec(option);
   if (nic) return `--net #${Number(nic[1]) + 1}`;
   return FLAG_NAMES[option] ?? option;
 }

@@ -1,4 +1,4 @@
-// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro] | console | rng | vsock=CID[,uds=PATH] | net=tap=NAME|passt[,mac=MAC] [--keep-serving]`: one
+// `kindling vhost-user --socket PATH --device blk=IMAGE[,ro][,bw=…][,ops=…] | console | rng | vsock=CID[,uds=PATH] | net=tap=NAME|passt[,mac=MAC] [--keep-serving]`: one
 // kindling virtio device served as a vhost-user back-end on a Unix socket, for user-mode Linux
 // (virtio_uml.device=PATH:ID), Cloud Hypervisor or QEMU (see docs/vhost-user.md).
 //
@@ -19,7 +19,8 @@
 import { closeSync, lstatSync, openSync, unlinkSync } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { UsageError, parseNetArg } from './cli-args.js';
+import { UsageError, parseDiskArg, parseNetArg } from './cli-args.js';
+import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ConfigError } from '../main/config-error.js';
 import { quoted } from '../main/config.js';
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
@@ -27,7 +28,8 @@ import { validGuestCid } from '../devices/virtio/vsock/backend.js';
 
 export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --device DEVICE [--keep-serving] [--seccomp MODE]
   --socket PATH     the Unix socket to listen on (created; removed on exit)
-  --device DEVICE   blk=IMAGE[,ro]  a raw image as virtio-blk (locked like --disk)
+  --device DEVICE   blk=IMAGE[,ro][,bw=SIZE/MS[+BURST]][,ops=SIZE/MS[+BURST]]
+                                    a raw image as virtio-blk (locked and rate-limited like --disk)
                     console         virtio-console: guest output on stdout, stdin to the guest
                     rng             virtio-rng from the host CSPRNG
                     vsock=CID[,uds=PATH]  virtio-vsock, guest CID 3..4294967294; with uds, Firecracker's
@@ -42,13 +44,13 @@ export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --devi
                     the kernel; off: no filter`;
 
 export type VhostUserDeviceArg =
-  | { kind: 'blk'; path: string; readOnly: boolean }
+  | { kind: 'blk'; path: string; readOnly: boolean; rate?: RateLimiterConfig }
   | { kind: 'console' }
   | { kind: 'rng' }
   | { kind: 'vsock'; cid: number; udsPath?: string }
   | ({ kind: 'net' } & import('../main/config.js').NetConfig);
 
-const DEVICE_FORMS = 'blk=IMAGE[,ro], console, rng, vsock=CID[,uds=PATH], net=tap=NAME[,mac=MAC] or net=passt[,mac=MAC]';
+const DEVICE_FORMS = 'blk=IMAGE[,ro][,bw=…][,ops=…], console, rng, vsock=CID[,uds=PATH], net=tap=NAME[,mac=MAC] or net=passt[,mac=MAC]';
 
 /** `net=tap=NAME[,mac=MAC]` or `net=passt[,mac=MAC]` after the `net=` (the same forms as run's --net). */
 export function parseNetDeviceArg(v: string): VhostUserDeviceArg {
@@ -87,13 +89,7 @@ export function parseDeviceArg(v: string): VhostUserDeviceArg {
   if (v === 'console' || v === 'rng') return { kind: v };
   if (v.startsWith('vsock=')) return parseVsockDeviceArg(v, v.slice(6));
   if (v.startsWith('net=')) return parseNetDeviceArg(v);
-  if (v.startsWith('blk=')) {
-    const rest = v.slice(4);
-    const m = /^([^]*),(ro|rw)$/.exec(rest);
-    const path = m ? m[1] : rest;
-    if (path === '') throw new UsageError(`--device blk= needs an image path (got ${quoted(v)})`);
-    return { kind: 'blk', path, readOnly: m?.[2] === 'ro' };
-  }
+  if (v.startsWith('blk=')) return { kind: 'blk', ...parseDiskArg(v.slice(4), '--device blk=') };
   throw new UsageError(`--device must be ${DEVICE_FORMS} (got ${quoted(v)})`);
 }
 
@@ -143,7 +139,7 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
   const d = cmd.device;
   const options =
     d.kind === 'blk'
-      ? { path: d.path, readOnly: d.readOnly }
+      ? { path: d.path, readOnly: d.readOnly, ...(d.rate ? { rate: d.rate } : {}) }
       : d.kind === 'vsock'
         ? { cid: d.cid, udsPath: d.udsPath }
         : d.kind === 'net'

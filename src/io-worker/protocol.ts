@@ -1,7 +1,8 @@
 // Messages between the main thread and an I/O worker (one worker_thread per virtio device). The
 // worker is spawned before the VM is built; its configuration arrives as the first message. After
 // that the data path (kicks, interrupts, register state, guest RAM) never involves the main thread:
-// only 'stop' goes to the worker, and (rate-limited) log lines come back.
+// only 'stop' and 'reconfigure' (a new rate limiter) go to the worker, and (rate-limited) log lines
+// and 'reconfigured' answers come back.
 import type { SlotDescriptor } from '../memory/guest-memory.js';
 import type { SeccompMode } from '../seccomp/roles.js';
 
@@ -27,6 +28,12 @@ export interface IoWorkerData {
   seccomp: SeccompMode;
 }
 
-export type IoWorkerCommand = { type: 'stop' };
+/**
+ * 'stop'; 'reconfigure': the backend's runtime reconfiguration (VirtioDeviceBackend.reconfigure, e.g. a
+ * disk's new rate limiter), answered by 'reconfigured' with the same id (error: one line when refused).
+ */
+export type IoWorkerCommand = { type: 'stop' } | { type: 'reconfigure'; id: number; msg: unknown };
 
-export type IoWorkerMessage = { type: 'log'; name: string; level: 'info' | 'warn' | 'error'; msg: string };
+export type IoWorkerMessage =
+  | { type: 'log'; name: string; level: 'info' | 'warn' | 'error'; msg: string }
+  | { type: 'reconfigured'; id: number; error?: string };

@@ -81,6 +81,17 @@ data.queueFds.forEach((fd, i) => watch(fd, true, () => r.onKick(i)));
 installSeccomp(addon, { kind: 'io', device: data.kind }, data.seccomp, data.name);
 
 port.on('message', (m: IoWorkerCommand) => {
+  if (m.type === 'reconfigure') {
+    let error: string | undefined;
+    try {
+      if (stopped || !backend.reconfigure) throw new Error(`${data.name} takes no runtime reconfiguration`);
+      backend.reconfigure(m.msg);
+    } catch (e) {
+      error = (e as Error).message;
+    }
+    post({ type: 'reconfigured', id: m.id, ...(error !== undefined ? { error } : {}) });
+    return;
+  }
   if (m.type !== 'stop' || stopped) return;
   stopped = true;
   for (const id of [...watchers]) addon.unwatch(id);

@@ -100,6 +100,12 @@ export interface DiskConfig {
   path: string;
   /** Attach read-only (VIRTIO_BLK_F_RO; writes answer IOERR). */
   readOnly?: boolean;
+  /**
+   * Firecracker's rate limiter for the disk: `bandwidth` (bytes read and written) and `ops`
+   * (requests) token buckets of `size` tokens refilled every `refillTimeMs` ms, `oneTimeBurst` extra
+   * once. A throttled queue is resumed by a timer. vm.setDiskRateLimiter changes it at run time.
+   */
+  rate?: RateLimiterConfig;
 }
 
 export interface ResolvedConfig {
@@ -109,7 +115,7 @@ export interface ResolvedConfig {
   vcpus: number;
   memBytes: number;
   logLevel: string;
-  disks: Array<{ path: string; readOnly: boolean }>;
+  disks: Array<{ path: string; readOnly: boolean; rate?: RateLimiterConfig }>;
   rng: boolean;
   console: ConsoleKind;
   vsock?: { cid: number; udsPath?: string };
@@ -183,10 +189,12 @@ export function withDeviceWords(cmdline: string, words: readonly string[]): stri
   return [cmdline.slice(0, dd).trimEnd(), ...words, cmdline.slice(dd)].filter((w) => w.length > 0).join(' ');
 }
 
-function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
+function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean; rate?: RateLimiterConfig } {
   const option = `disks[${i}]`;
-  if (typeof d !== 'object' || d === null) throw ConfigError.about(option, 'must be { path, readOnly? }');
-  const { path, readOnly } = d as { path?: unknown; readOnly?: unknown };
+  if (typeof d !== 'object' || d === null) throw ConfigError.about(option, 'must be { path, readOnly?, rate? }');
+  const { path, readOnly, rate, ...rest } = d as { path?: unknown; readOnly?: unknown; rate?: unknown };
+  if (Object.keys(rest).length) throw ConfigError.about(option, `has unknown field ${shown(Object.keys(rest)[0])} (path, readOnly, rate)`);
+  const limit = rate === undefined ? undefined : checkRateLimiter(rate, `${option}.rate`);
   if (typeof path !== 'string' || path === '') throw ConfigError.about(`${option}.path`, 'is missing or empty: no image path given');
   if (readOnly !== undefined && typeof readOnly !== 'boolean') {
     throw ConfigError.about(`${option}.readOnly`, `must be true or false (got ${shown(readOnly)}) for ${shown(path)}`);
@@ -221,7 +229,7 @@ function checkDisk(d: unknown, i: number): { path: string; readOnly: boolean } {
   if (st.isFile() && st.size % 512 !== 0) {
     throw new ConfigError(`disk image size ${st.size} bytes is not a multiple of 512: ${p}`, at);
   }
-  return { path, readOnly: ro };
+  return { path, readOnly: ro, ...(limit ? { rate: limit } : {}) };
 }
 
 /** Largest guest CID (0xffffffff is VMADDR_CID_ANY); 0..2 are reserved (hypervisor, local, host). */
@@ -263,6 +271,22 @@ function checkVsock(v: unknown): ResolvedConfig['vsock'] {
 }
 
 /** config.net: each NIC exactly one backend, a valid tap name, a unicast MAC; taps unique. */
+/** A { bandwidth?, ops? } rate limiter of the config at `option` (a copy with only the known fields). */
+function checkRateLimiter(v: unknown, option: string): RateLimiterConfig {
+  if (typeof v !== 'object' || v === null) throw ConfigError.about(option, 'must be { bandwidth?, ops? } token buckets');
+  const { bandwidth, ops, ...more } = v as Record<string, unknown>;
+  if (Object.keys(more).length) throw ConfigError.about(option, `has unknown field ${shown(Object.keys(more)[0])} (bandwidth, ops)`);
+  const out: RateLimiterConfig = {};
+  for (const [bk, b] of [['bandwidth', bandwidth], ['ops', ops]] as const) {
+    if (b === undefined) continue;
+    const why = typeof b === 'object' && b !== null ? validTokenBucket(b as RateLimiterConfig['ops'] & object) : 'must be { size, refillTimeMs, oneTimeBurst? }';
+    if (why) throw ConfigError.about(`${option}.${bk}`, why);
+    const t = b as { size: number; refillTimeMs: number; oneTimeBurst?: number };
+    out[bk] = { size: t.size, refillTimeMs: t.refillTimeMs, ...(t.oneTimeBurst !== undefined ? { oneTimeBurst: t.oneTimeBurst } : {}) };
+  }
+  return out;
+}
+
 function checkNet(v: unknown): NetConfig[] {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw ConfigError.about('net', 'must be an array of { tap, mac? } or { passt: true, mac? }');
@@ -274,21 +298,8 @@ function checkNet(v: unknown): NetConfig[] {
     const extra = Object.keys(rest);
     if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac, rxRate, txRate)`);
     const rates: Pick<NetConfig, 'rxRate' | 'txRate'> = {};
-    for (const [k, v] of [['rxRate', rxRate], ['txRate', txRate]] as const) {
-      if (v === undefined) continue;
-      if (typeof v !== 'object' || v === null) throw ConfigError.about(`${o}.${k}`, 'must be { bandwidth?, ops? } token buckets');
-      const { bandwidth, ops, ...more } = v as Record<string, unknown>;
-      if (Object.keys(more).length) throw ConfigError.about(`${o}.${k}`, `has unknown field ${shown(Object.keys(more)[0])} (bandwidth, ops)`);
-      const out: RateLimiterConfig = {};
-      for (const [bk, b] of [['bandwidth', bandwidth], ['ops', ops]] as const) {
-        if (b === undefined) continue;
-        const why = typeof b === 'object' && b !== null ? validTokenBucket(b as RateLimiterConfig['ops'] & object) : 'must be { size, refillTimeMs, oneTimeBurst? }';
-        if (why) throw ConfigError.about(`${o}.${k}.${bk}`, why);
-        const t = b as { size: number; refillTimeMs: number; oneTimeBurst?: number };
-        out[bk] = { size: t.size, refillTimeMs: t.refillTimeMs, ...(t.oneTimeBurst !== undefined ? { oneTimeBurst: t.oneTimeBurst } : {}) };
-      }
-      rates[k] = out;
-    }
+    if (rxRate !== undefined) rates.rxRate = checkRateLimiter(rxRate, `${o}.rxRate`);
+    if (txRate !== undefined) rates.txRate = checkRateLimiter(txRate, `${o}.txRate`);
     if ((tap === undefined) === (passt === undefined)) throw ConfigError.about(o, 'needs exactly one of tap: NAME or passt: true');
     if (mac !== undefined && (typeof mac !== 'string' || !parseMac(mac))) throw ConfigError.about(`${o}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(mac)})`);
     const m = mac === undefined ? {} : { mac: mac as string };
@@ -319,7 +330,7 @@ export type VirtioDevicePlan =
  */
 export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console' | 'vsock' | 'net'>): VirtioDevicePlan[] {
   const disks = Array.isArray(config.disks) ? config.disks : [];
-  const plan: VirtioDevicePlan[] = disks.map((d, i) => ({ kind: 'blk', name: `virtio-blk${i}`, options: { path: d.path, readOnly: d.readOnly === true } }));
+  const plan: VirtioDevicePlan[] = disks.map((d, i) => ({ kind: 'blk', name: `virtio-blk${i}`, options: { path: d.path, readOnly: d.readOnly === true, ...(d.rate ? { rate: d.rate } : {}) } }));
   const nets = Array.isArray(config.net) ? config.net : [];
   nets.forEach((n, i) => plan.push({ kind: 'net', name: `virtio-net${i}`, options: { ...n, option: `net[${i}]` } }));
   if (config.console === 'virtio') plan.push({ kind: 'console', name: 'virtio-console', options: {} });

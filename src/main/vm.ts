@@ -38,6 +38,7 @@ import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
 import { takeIoWorker, takeVcpuWorker } from './workers.js';
 import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
 import type { BlockParams } from '../devices/virtio/block/index.js';
+import { validTokenBucket, type RateLimiterConfig, type TokenBucketConfig } from '../devices/rate-limiter.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
 import { DeferredVsock, VsockBridge, type VsockApi } from '../devices/virtio/vsock/bridge.js';
@@ -132,6 +133,9 @@ export class VM extends EventEmitter {
   private devices?: LegacyDevices;
   private ioWorkers: Worker[] = [];
   private ioExited = new Set<Worker>();
+  /** Pending 'reconfigure' commands by id. */
+  private readonly reconfigs = new Map<number, { worker: Worker; resolve: () => void; reject: (e: Error) => void }>();
+  private reconfigSeq = 0;
   private virtio?: VirtioMmioDevices;
   private consoleHost?: ConsoleHost;
   private vsockHandle?: DeferredVsock;
@@ -355,13 +359,26 @@ export class VM extends EventEmitter {
       this.ioWorkers.push(w);
       w.on('message', (m: IoWorkerMessage) => {
         if (m.type === 'log') this.log[m.level]({ device: m.name }, m.msg);
+        else if (m.type === 'reconfigured') {
+          const p = this.reconfigs.get(m.id);
+          this.reconfigs.delete(m.id);
+          if (m.error === undefined) p?.resolve();
+          else p?.reject(new Error(m.error));
+        }
       });
       w.on('error', (e) => {
         // The device is dead; the guest sees its requests time out. The VM itself keeps running.
         this.log.error({ device: name, err: e.message }, 'I/O worker failed');
         this.emit('device-error', { device: name, error: e });
       });
-      w.on('exit', () => this.ioExited.add(w));
+      w.on('exit', () => {
+        this.ioExited.add(w);
+        for (const [id, p] of this.reconfigs) {
+          if (p.worker !== w) continue;
+          this.reconfigs.delete(id);
+          p.reject(new Error(`${name}: its I/O worker exited`));
+        }
+      });
     }
   }
 
@@ -384,6 +401,30 @@ export class VM extends EventEmitter {
         clearTimeout(timer);
       }),
     );
+  }
+
+  /**
+   * Replace disk `index`'s rate limiter on the running VM (Firecracker's PATCH /drives rate_limiter):
+   * its I/O worker takes the new buckets (full ones: budgets start full) and serves the queue again.
+   * `null` removes the limiter. Resolves when the worker has applied it.
+   */
+  setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void> {
+    const placements = this.virtio?.placements ?? [];
+    const blk = placements.map((p, i) => ({ p, i })).filter(({ p }) => p.kind === 'blk');
+    if (!Number.isInteger(index) || index < 0 || index >= blk.length) return Promise.reject(new RangeError(`no disk ${index} (the VM has ${blk.length})`));
+    if (rate !== null) {
+      for (const [k, b] of Object.entries(rate)) {
+        const why = b === undefined ? undefined : validTokenBucket(b as TokenBucketConfig);
+        if (why) return Promise.reject(new RangeError(`rate limiter ${k}: ${why}`));
+      }
+    }
+    const w = this.ioWorkers[blk[index].i];
+    if (!w || this.ioExited.has(w)) return Promise.reject(new Error(`disk ${index}: its I/O worker is not running`));
+    const id = ++this.reconfigSeq;
+    return new Promise<void>((resolve, reject) => {
+      this.reconfigs.set(id, { worker: w, resolve, reject });
+      w.postMessage({ type: 'reconfigure', id, msg: { rate } });
+    });
   }
 
   /** Per-disk virtio-blk counters (requests, bytes, wake-ups, interrupts, …), readable at any time. */

@@ -17,6 +17,7 @@ import { ApiController, type ControlledVm } from '../../src/api-server/controlle
 import { ApiSocketError, MAX_BODY_BYTES, REQUEST_TIMEOUT_MS, serveApi, type ApiServer } from '../../src/api-server/server.js';
 import type { BlockStats } from '../../src/devices/virtio/block/device.js';
 import type { VMConfig } from '../../src/main/config.js';
+import type { RateLimiterConfig } from '../../src/devices/rate-limiter.js';
 import type { VMExit, VMState } from '../../src/main/vm.js';
 import { tempDir } from '../fuzz/tmp.js';
 import { api, fault } from './api-http.js';
@@ -147,7 +148,6 @@ describe('validation: every failure is a 400 naming the field', () => {
     ['PUT', '/drives/rootfs', { drive_id: 'other', path_on_host: rootfs, is_root_device: true }, /drives\/rootfs: drive_id other in the body does not match/],
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs }, /drives\/rootfs: missing field is_root_device/],
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', is_root_device: true }, /drives\/rootfs: missing field path_on_host/],
-    ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, rate_limiter: { bandwidth: { size: 1000, refill_time: 100 } } }, /rate_limiter: rate limiting is not supported yet/],
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true, rate_limiter: { bandwidth: { size: -1, refill_time: 100 } } }, /rate_limiter\.bandwidth\.size: must be at least 0/],
     ['PUT', '/drives/rootfs', { drive_id: 'rootfs', socket: '/x', is_root_device: true }, /socket: vhost-user-blk drives are not supported yet/],
     ['PUT', '/drives/r%20s', { drive_id: 'r s', path_on_host: rootfs, is_root_device: false }, /drive_id: must be 1 to 64 letters/],
@@ -211,8 +211,8 @@ describe('validation: every failure is a 400 naming the field', () => {
     });
   });
 
-  it('a second root device is refused; the same id may be replaced; null optional fields mean absent', async () => {
-    await withServer({}, async (sock) => {
+  it('a second root device is refused; the same id may be replaced; null optional fields mean absent; rate_limiter becomes the disk\'s limiter', async () => {
+    await withServer({}, async (sock, c) => {
       expect((await api(sock, 'PUT', '/drives/a', { drive_id: 'a', path_on_host: rootfs, is_root_device: true })).status).toBe(204);
       expect(fault(await api(sock, 'PUT', '/drives/b', { drive_id: 'b', path_on_host: data, is_root_device: true }))).toMatch(/^drives\/b: is_root_device: a root block device already exists \(a\)$/);
       expect((await api(sock, 'PUT', '/drives/a', { drive_id: 'a', path_on_host: data, is_root_device: true, partuuid: null, rate_limiter: null })).status).toBe(204);
@@ -221,6 +221,12 @@ describe('validation: every failure is a 400 naming the field', () => {
       expect(drives[0].path_on_host).toBe(data);
       // A rate limiter that limits nothing (size 0) is accepted, as Firecracker disables such buckets.
       expect((await api(sock, 'PUT', '/drives/b', { drive_id: 'b', path_on_host: rootfs, is_root_device: false, rate_limiter: { bandwidth: { size: 0, refill_time: 0 } } })).status).toBe(204);
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      expect(c.vmConfig().disks![1]).toEqual({ path: rootfs, readOnly: false });
+      const rl = { bandwidth: { size: 2097152, refill_time: 1000, one_time_burst: 65536 }, ops: { size: 0, refill_time: 0 } };
+      expect((await api(sock, 'PUT', '/drives/b', { drive_id: 'b', path_on_host: rootfs, is_root_device: false, rate_limiter: rl })).status).toBe(204);
+      expect(c.vmConfig().disks![1]).toEqual({ path: rootfs, readOnly: false, rate: { bandwidth: { size: 2097152, refillTimeMs: 1000, oneTimeBurst: 65536 } } });
+      expect(((await api(sock, 'GET', '/vm/config')).json as { drives: Array<{ rate_limiter: unknown }> }).drives[1].rate_limiter).toEqual(rl);
     });
   });
 });
@@ -409,6 +415,12 @@ class FakeVm extends EventEmitter implements ControlledVm {
   blockStats() {
     return this.stats;
   }
+  limiters: Array<[number, RateLimiterConfig | null]> = [];
+  limiterError: string | undefined;
+  async setDiskRateLimiter(index: number, rate: RateLimiterConfig | null) {
+    if (this.limiterError) throw new Error(this.limiterError);
+    this.limiters.push([index, rate]);
+  }
 }
 
 const zeroStats = (): BlockStats => ({ requests: 0, reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, errors: 0, unsupported: 0, badChains: 0, wakeups: 0, interrupts: 0, batches: 0, needsReset: 0, bytesRead: 0, bytesWritten: 0 });
@@ -440,6 +452,7 @@ describe('runtime rules (stand-in VM)', () => {
         await api(sock, 'PUT', '/metrics', { metrics_path: metrics });
         expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
         expect(vm!.config).toMatchObject({ cmdline: 'console=ttyS0', cmdlineExtra: ['root=/dev/vda', 'rw'], disks: [{ path: rootfs, readOnly: false }] });
+        expect(vm!.config.disks![0]).not.toHaveProperty('rate');
         expect((await api(sock, 'GET', '/')).json).toMatchObject({ state: 'Running' });
         vm!.serial.push(Buffer.from('hello from guest\n'));
         for (const [path, body] of [
@@ -465,6 +478,21 @@ describe('runtime rules (stand-in VM)', () => {
         expect(fault(await api(sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }))).toMatch(/keyboard buffer is full/);
         expect(fault(await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: data }))).toMatch(/swapping a drive's backing file on a running VM is not supported yet/);
         expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs' })).status).toBe(204);
+        // rate_limiter: Firecracker's update rules (a given bucket replaces, size 0 removes, a missing one stays).
+        expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { bandwidth: { size: 1000, refill_time: 100 } } })).status).toBe(204);
+        expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { ops: { size: 10, refill_time: 1000, one_time_burst: 5 } } })).status).toBe(204);
+        expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { bandwidth: { size: 0, refill_time: 0 } } })).status).toBe(204);
+        expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { ops: { size: 0, refill_time: 100 } } })).status).toBe(204);
+        expect(vm!.limiters).toEqual([
+          [0, { bandwidth: { size: 1000, refillTimeMs: 100 } }],
+          [0, { bandwidth: { size: 1000, refillTimeMs: 100 }, ops: { size: 10, refillTimeMs: 1000, oneTimeBurst: 5 } }],
+          [0, { ops: { size: 10, refillTimeMs: 1000, oneTimeBurst: 5 } }],
+          [0, null],
+        ]);
+        expect(fault(await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { bandwidth: { size: -3, refill_time: 100 } } }))).toMatch(/rate_limiter\.bandwidth\.size: must be at least 0/);
+        vm!.limiterError = 'its I/O worker is not running';
+        expect(fault(await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { ops: { size: 1, refill_time: 1 } } }))).toBe('drives/rootfs: rate_limiter: its I/O worker is not running');
+        vm!.limiterError = undefined;
         expect(fault(await api(sock, 'PATCH', '/drives/nope', { drive_id: 'nope' }))).toMatch(/no drive with this id/);
         vm!.stats = [{ ...zeroStats(), reads: 5, bytesRead: 2560, writes: 1, bytesWritten: 512 }];
         expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);

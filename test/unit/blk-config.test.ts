@@ -70,7 +70,10 @@ describe('--disk', () => {
     bad([{ path: '' }], /no image path/);
     bad([{ path: img, readOnly: 'yes' }], /readOnly must be/);
     bad('disk.img', /disks must be an array/);
-    bad([null], /must be \{ path, readOnly\? \}/);
+    bad([null], /must be \{ path, readOnly\?, rate\? \}/);
+    bad([{ path: img, readonly: true }], /^disks\[0\] has unknown field readonly \(path, readOnly, rate\)$/);
+    bad([{ path: img, rate: { bandwidth: { size: 0, refillTimeMs: 10 } } }], /^disks\[0\]\.rate\.bandwidth size must be a whole number ≥ 1$/);
+    bad([{ path: img, rate: { iops: {} } }], /^disks\[0\]\.rate has unknown field iops \(bandwidth, ops\)$/);
     bad(Array.from({ length: MAX_VIRTIO_DEVICES + 1 }, () => ({ path: img, readOnly: true })), /at most 16 disks/);
     if (process.getuid?.() !== 0) {
       const locked = join(dir, 'noperm.img');

@@ -148,6 +148,18 @@ describe('parseCommandLine', () => {
     expect(parseDiskArg('img,rw,ro')).toEqual({ path: 'img,rw', readOnly: true });
     expect(parseDiskArg('a\n,ro')).toEqual({ path: 'a\n', readOnly: true });
     expect(() => parseDiskArg(',ro')).toThrow(UsageError);
+    // Rate limiters: bw= and ops= off the end in any order, each once; a repeated one is part of the path.
+    expect(parseDiskArg('img,ro,bw=1048576/1000+4096,ops=100/1000')).toEqual({
+      path: 'img',
+      readOnly: true,
+      rate: { bandwidth: { size: 1048576, refillTimeMs: 1000, oneTimeBurst: 4096 }, ops: { size: 100, refillTimeMs: 1000 } },
+    });
+    expect(parseDiskArg('img,ops=5/10,rw')).toEqual({ path: 'img', readOnly: false, rate: { ops: { size: 5, refillTimeMs: 10 } } });
+    expect(parseDiskArg('img,bw=1/1,bw=2/2')).toEqual({ path: 'img,bw=1/1', readOnly: false, rate: { bandwidth: { size: 2, refillTimeMs: 2 } } });
+    expect(() => parseDiskArg('img,bw=fast')).toThrow(/^--disk bw= needs SIZE\/MS\[\+BURST\] \(got "bw=fast"\)$/);
+    expect(() => parseDiskArg('img,ops=0/10')).toThrow(/^--disk ops= needs SIZE ≥ 1 and MS ≥ 1 \(got "0\/10"\)$/);
+    expect(() => parseDiskArg(',bw=1/1')).toThrow(/needs an image path/);
+    expect(parseCommandLine(['run', '--kernel', 'k', '--disk', 'd.img,bw=2097152/1000'])).toMatchObject({ config: { disks: [{ path: 'd.img', readOnly: false, rate: { bandwidth: { size: 2097152, refillTimeMs: 1000 } } }] } });
   });
 
   it('errors name the culprit on one printable line (regression: a newline in a value used to split it)', () => {

@@ -114,7 +114,7 @@ describe('resolveConfig', () => {
       [{ kernel, console: 'tty' as never }, 'console', /^console must be serial or virtio/, /^--console must be/],
       [{ kernel, rng: 'no' as never }, 'rng', /^rng must be true or false/, /^--no-rng must be/],
       [{ kernel: '' }, 'kernel', /^kernel is required/, /^--kernel is required/],
-      [{ kernel, disks: [{ path: disk }, null] as never }, 'disks[1]', /^disks\[1\] must be \{ path, readOnly\? \}$/, /^--disk #2 must be/],
+      [{ kernel, disks: [{ path: disk }, null] as never }, 'disks[1]', /^disks\[1\] must be \{ path, readOnly\?, rate\? \}$/, /^--disk #2 must be/],
       [{ kernel, disks: [{ path: disk, readOnly: 1 }] as never }, 'disks[0].readOnly', /^disks\[0\]\.readOnly must be true or false/, /^--disk #1 must be/],
       [{ kernel, cmdlineExtra: 'x' as never }, 'cmdlineExtra', /^cmdlineExtra must be an array of strings$/, /^cmdlineExtra must be/],
       [{ kernel: missing }, 'kernel', /^kernel not found: /, /^kernel not found: /],

@@ -3,7 +3,7 @@
 // property test that arbitrary descriptor tables never make the device throw anything but a fatal
 // VirtqueueError (which the worker turns into DEVICE_NEEDS_RESET).
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   BLK_CONFIG_SIZE,
   BLK_MAX_DISCARD_SECTORS,
@@ -40,6 +40,8 @@ import { GuestMemory, type MemorySegment } from '../../src/memory/guest-memory.j
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, VIRTQ_AVAIL_F_NO_INTERRUPT, featureBit } from '../../src/devices/virtio/constants.js';
 import { SplitQueue, VirtqueueError, type DescriptorChain } from '../../src/devices/virtio/queue.js';
 import { runs } from '../fuzz/budget.js';
+import { GRACE_MS, type RateLimiterConfig } from '../../src/devices/rate-limiter.js';
+import { RequestQueueBackend, type ActiveDevice } from '../../src/devices/virtio/device.js';
 import { writeDescriptor } from './virtq-descriptor.js';
 import { expectSameBytes } from '../fuzz/bytes.js';
 
@@ -177,14 +179,14 @@ function serviceQueue(q: SplitQueue, dev: BlockDevice, mem: GuestMemory, descAdd
   return serviceRequests(new ActiveQueue({ index: 0, queue: q, guard, mem, descAddr, stats: createTransportStats() }), dev);
 }
 
-function setup(opts: { readOnly?: boolean; size?: number; eventIdx?: boolean; indirect?: boolean; sectors?: number } = {}) {
+function setup(opts: { readOnly?: boolean; size?: number; eventIdx?: boolean; indirect?: boolean; sectors?: number; rate?: RateLimiterConfig; now?: () => number } = {}) {
   const slots = RAM.map((r, i) => ({ slot: i, gpa: r.gpa, size: r.size, buffer: new SharedArrayBuffer(r.size) }));
   const mem = new GuestMemory(slots);
   const size = opts.size ?? 16;
   const backend = new MemBackend(opts.sectors ?? SECTORS);
   const stats = createBlockStats();
   const serial = blockSerial('/images/test.img', 0x1234);
-  const dev = new BlockDevice({ sectors: opts.sectors ?? SECTORS, readOnly: opts.readOnly ?? false, serial }, backend, stats);
+  const dev = new BlockDevice({ sectors: opts.sectors ?? SECTORS, readOnly: opts.readOnly ?? false, serial }, backend, stats, opts.rate, opts.now);
   const q = new SplitQueue(mem, { size, descAddr: DESC, driverAddr: AVAIL, deviceAddr: USED, eventIdx: opts.eventIdx ?? false, indirect: opts.indirect ?? false });
   const drv = new Driver(mem, size);
   const interrupts: boolean[] = [];
@@ -457,6 +459,116 @@ describe('virtio-blk requests', () => {
     }
     // avail_event is left at last_avail_idx, so the driver notifies for the next request
     expect(e.mem.read16(USED + 4 + 8 * 16)).toBe(8);
+  });
+
+  it('a rate limiter: requests are taken while its buckets are out of debt, the rest stay available until the clock has paid the debt', () => {
+    let now = 0;
+    // 1024 bytes per 10 ms, no burst; each request reads 2 sectors (1024 bytes) → one per 10 ms after the first.
+    const t = setup({ size: 16, rate: { bandwidth: { size: 1024, refillTimeMs: 10 } }, now: () => now });
+    const heads = [0, 1, 2, 3].map((s) => request(t, s, VIRTIO_BLK_T_IN, 2 * s, [{ addr: DATA + 1024 * s, len: 1024, write: true }]));
+    t.drv.publish(...heads);
+    // The full bucket pays the first request exactly (0 left, not in debt), so the second runs too and goes into debt.
+    expect(t.service()).toEqual({ completed: 2, interrupt: true, throttled: true });
+    expect(t.drv.usedIdx()).toBe(2);
+    // 1024 owed: paid at 10 ms; a debt that one more ms pays does not block (GRACE_MS).
+    expect(t.dev.limiter!.waitMs()).toBe(9);
+    now = 8;
+    expect(t.service()).toEqual({ completed: 0, interrupt: false, throttled: true });
+    now = 10;
+    expect(t.service()).toEqual({ completed: 1, interrupt: true, throttled: true });
+    // The last one puts the bucket into debt again: the pass cannot tell whether more were made
+    // available (notifications are still off from the last pop), so it ends throttled and the timer's
+    // pass finds the ring empty and turns notifications back on.
+    now = 20;
+    expect(t.service()).toEqual({ completed: 1, interrupt: true, throttled: true });
+    expect(t.drv.usedIdx()).toBe(4);
+    now = 30;
+    expect(t.service()).toEqual({ completed: 0, interrupt: false });
+    expect(readBlockStats(t.stats)).toMatchObject({ requests: 4, reads: 4, bytesRead: 4096 });
+    // An ops bucket counts requests of any type (a flush too); no bandwidth bucket: flushes cost no bytes.
+    const o = setup({ size: 16, rate: { ops: { size: 2, refillTimeMs: 100 } }, now: () => now });
+    o.drv.publish(...[0, 1, 2, 3].map((s) => request(o, s, VIRTIO_BLK_T_FLUSH, 0)));
+    expect(o.service()).toMatchObject({ completed: 3, throttled: true });
+    expect(o.dev.limiter!.waitMs()).toBe(49);
+  });
+
+  it('property: with a rate limiter, bytes served by any time t stay within size·t/refill + size + burst + one request, and everything is served on time', () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          size: fc.integer({ min: 512, max: 16384 }),
+          refill: fc.integer({ min: 1, max: 100 }),
+          burst: fc.integer({ min: 0, max: 8192 }),
+          ops: fc.option(fc.record({ size: fc.integer({ min: 1, max: 8 }), refill: fc.integer({ min: 1, max: 50 }) }), { nil: undefined }),
+          sectors: fc.array(fc.integer({ min: 1, max: 8 }), { minLength: 1, maxLength: 16 }),
+        }),
+        (c) => {
+          let now = 0;
+          const rate: RateLimiterConfig = { bandwidth: { size: c.size, refillTimeMs: c.refill, oneTimeBurst: c.burst }, ...(c.ops ? { ops: { size: c.ops.size, refillTimeMs: c.ops.refill } } : {}) };
+          const t = setup({ size: 64, rate, now: () => now });
+          const heads = c.sectors.map((n, s) => request(t, s, VIRTIO_BLK_T_IN, 0, [{ addr: DATA + 4096 * s, len: 512 * n, write: true }]));
+          t.drv.publish(...heads);
+          const total = c.sectors.reduce((a, n) => a + 512 * n, 0);
+          let served = 0;
+          let opsServed = 0;
+          for (let round = 0; ; round++) {
+            expect(round).toBeLessThan(10 * c.sectors.length + 10);
+            const r = t.service()!;
+            served = readBlockStats(t.stats).bytesRead;
+            opsServed += r.completed;
+            // pay-after: at most one request beyond what the bucket had (by t + GRACE_MS)
+            expect(served).toBeLessThanOrEqual(c.size + c.burst + (c.size * (now + GRACE_MS)) / c.refill + 4096);
+            if (c.ops) expect(opsServed).toBeLessThanOrEqual(c.ops.size + (c.ops.size * (now + GRACE_MS)) / c.ops.refill + 1);
+            if (!r.throttled) break;
+            const wait = t.dev.limiter!.waitMs();
+            expect(wait).toBeGreaterThan(0);
+            now += wait;
+          }
+          expect(served).toBe(total);
+          expect(t.drv.usedIdx()).toBe(c.sectors.length);
+          // On time: every wait is the debt's exact pay-off time (rounded up to whole ms).
+          const bwTime = (Math.max(0, total - c.size - c.burst) * c.refill) / c.size;
+          const opsTime = c.ops ? (Math.max(0, c.sectors.length - c.ops.size) * c.ops.refill) / c.ops.size : 0;
+          expect(now).toBeLessThanOrEqual(bwTime + opsTime + c.sectors.length + 1);
+        },
+      ),
+      { numRuns: runs(300) },
+    );
+  });
+
+  it('RequestQueueBackend: a throttled pass arms one timer for waitMs, kicks meanwhile add none, the timer serves the queue; reset cancels it; reconfigure serves again', () => {
+    vi.useFakeTimers();
+    try {
+      const calls: string[] = [];
+      let throttled = true;
+      const b = new RequestQueueBackend('blk', () => (calls.push('serve'), { completed: 0, interrupt: false, ...(throttled ? { throttled: true } : {}) }), {
+        waitMs: () => 25,
+        guarded: (fn) => (calls.push('guarded'), fn()),
+        reconfigure: (m) => calls.push(`reconfigure ${JSON.stringify(m)}`),
+      });
+      b.activate({ queues: [{}] } as unknown as ActiveDevice);
+      b.processQueue(0);
+      b.processQueue(0);
+      expect(calls).toEqual(['serve', 'serve']);
+      vi.advanceTimersByTime(24);
+      expect(calls.length).toBe(2);
+      throttled = false;
+      vi.advanceTimersByTime(1);
+      expect(calls).toEqual(['serve', 'serve', 'guarded', 'serve']);
+      expect(vi.getTimerCount()).toBe(0);
+      throttled = true;
+      b.processQueue(0);
+      b.reset();
+      expect(vi.getTimerCount()).toBe(0);
+      b.activate({ queues: [{}] } as unknown as ActiveDevice);
+      calls.length = 0;
+      throttled = false;
+      b.reconfigure({ rate: null });
+      expect(calls).toEqual(['reconfigure {"rate":null}', 'guarded', 'serve']);
+      expect(() => new RequestQueueBackend('rng', () => undefined).reconfigure({})).toThrow(/takes no runtime reconfiguration/);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('an avail.idx too far ahead is fatal (the worker sets NEEDS_RESET)', () => {

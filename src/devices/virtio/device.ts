@@ -116,6 +116,8 @@ export interface VirtioDeviceBackend {
   save(): unknown;
   restore(state: unknown): void;
   close?(): void;
+  /** Runtime reconfiguration from the main thread (e.g. a new rate limiter); throws on a message it does not take. */
+  reconfigure?(msg: unknown): void;
 }
 
 /**
@@ -131,13 +133,25 @@ export function checkDeviceState(state: unknown, kind: string, version: number):
  * The backend of a device with one request queue (queue 0) whose requests complete within the
  * wake-up that took them (virtio-blk, virtio-rng): `serve(queue)` runs one pass of the standard loop
  * (ActiveQueue.service). Nothing is held between wake-ups, so its state is only its kind and format.
+ *
+ * A rate-limited device's pass may end `throttled` (its limiter in debt, requests left available):
+ * `throttle.waitMs()` says when the debt is paid, and one timer resumes the queue then, in the
+ * device's guarded context (no polling; a kick meanwhile finds the limiter still in debt and leaves
+ * the armed timer alone). A reset cancels it. `control(msg)` is the device's runtime reconfiguration
+ * (a new rate limiter from the API), run on the backend's thread.
  */
 export class RequestQueueBackend implements VirtioDeviceBackend {
   private queue: ActiveQueue | undefined;
+  private timer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(
     private readonly kind: string,
     private readonly serve: (queue: ActiveQueue) => Omit<ServiceResult, 'batches'> | undefined,
+    private readonly throttle?: {
+      waitMs(): number;
+      guarded(fn: () => void): void;
+      reconfigure?(msg: unknown): void;
+    },
   ) {}
 
   activate(dev: ActiveDevice): void {
@@ -145,11 +159,36 @@ export class RequestQueueBackend implements VirtioDeviceBackend {
   }
 
   processQueue(index: number): void {
-    if (index === 0 && this.queue) this.serve(this.queue);
+    if (index !== 0 || !this.queue) return;
+    const r = this.serve(this.queue);
+    if (r?.throttled && this.throttle && this.timer === undefined) {
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.throttle!.guarded(() => this.processQueue(0));
+      }, Math.max(1, this.throttle.waitMs()));
+    }
+  }
+
+  /** Runtime reconfiguration (IoWorkerCommand 'reconfigure'); then the queue is served again, as the limits may have changed. */
+  reconfigure(msg: unknown): void {
+    if (!this.throttle?.reconfigure) throw new Error(`virtio-${this.kind}: takes no runtime reconfiguration`);
+    this.throttle.reconfigure(msg);
+    if (this.timer !== undefined) {
+      clearTimeout(this.timer);
+      this.timer = undefined;
+    }
+    this.throttle.guarded(() => this.processQueue(0));
   }
 
   reset(): void {
     this.queue = undefined;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  close(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
   }
 
   save(): { kind: string; version: 1 } {

@@ -94,6 +94,8 @@ export interface ServiceResult {
   interrupt: boolean;
   /** Used-ring publishes in this call. */
   batches: number;
+  /** `admit()` said no before the ring was empty: chains are left available (a rate limiter's turn). */
+  throttled?: boolean;
 }
 
 /** Most chains taken per pass before their completions are published. */
@@ -137,9 +139,16 @@ export class ActiveQueue {
    * Serve every available chain: `handle(chain)` returns the used length (bytes written into the
    * chain's device-writable buffers); a chain the queue rejected completes with `onBroken(head)`'s
    * used length (default 0). Returns undefined if the device was reset meanwhile. Throws the queue's
-   * fatal VirtqueueError (the runner turns it into NEEDS_RESET).
+   * fatal VirtqueueError (the runner turns it into NEEDS_RESET). With `admit`, each batch is taken
+   * only when admit() says yes; otherwise the pass ends with `throttled` and the remaining chains stay
+   * available (notifications stay as they are: the caller resumes the queue itself, from a timer).
    */
-  service(handle: (chain: DescriptorChain) => number, onBroken: (head: number) => number = () => 0, maxBatch = MAX_BATCH): ServiceResult | undefined {
+  service(
+    handle: (chain: DescriptorChain) => number,
+    onBroken: (head: number) => number = () => 0,
+    maxBatch = MAX_BATCH,
+    admit?: () => boolean,
+  ): ServiceResult | undefined {
     let completed = 0;
     let batches = 0;
     let anyInterrupt = false;
@@ -147,6 +156,7 @@ export class ActiveQueue {
     const lens: number[] = [];
     const q = this.queue;
     for (;;) {
+      if (admit && !admit()) return { completed, interrupt: anyInterrupt, batches, throttled: true };
       const batch = this.guard.rings(() => {
         const out = this.takeAvailable(maxBatch);
         if (out.length > 0) this.guard.enter();

@@ -5,7 +5,9 @@
 //   BlockDevice.execute(req) runs one parsed request against a BlockBackend (the only I/O)
 //   BlockDevice.complete()   writes the status byte, returns the used length
 //   serviceRequests(q, dev)  the queue loop (ActiveQueue.service): pop every available chain,
-//                            execute, push used, interrupt as the driver asks
+//                            execute, push used, interrupt as the driver asks; with a rate limiter,
+//                            one chain at a time while the limiter is out of debt (else the pass
+//                            ends `throttled` and RequestQueueBackend's timer resumes it)
 //
 // Request layout (§5.2.6, VIRTIO_F_VERSION_1 implies any framing): the first 16 device-readable
 // bytes are the header { le32 type, le32 reserved, le64 sector }; the rest of the readable bytes are
@@ -18,7 +20,8 @@ import type { MemorySegment } from '../../../memory/guest-memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, featureBit } from '../constants.js';
 import { gatherBytes, scatterBytes, splitSegments } from '../iovec.js';
 import type { DescriptorChain } from '../queue.js';
-import { readTransportStats, type ActiveQueue, type ServiceResult } from '../queue-service.js';
+import { MAX_BATCH, readTransportStats, type ActiveQueue, type ServiceResult } from '../queue-service.js';
+import { rateLimiter, type RateLimiter, type RateLimiterConfig } from '../../rate-limiter.js';
 
 // ---- constants (§5.2.3, §5.2.6) -----------------------------------------------------------------
 export const VIRTIO_BLK_F_SIZE_MAX = 1;
@@ -282,8 +285,14 @@ export class BlockDevice {
   private readonly bytes: Float64Array;
   private readonly capacityBytes: number;
   private readonly features: bigint;
+  /**
+   * Firecracker's block rate limiter: every request costs one op, a read or write also its data
+   * bytes, paid after it ran (src/devices/rate-limiter.ts). serviceRequests takes no request while
+   * it is in debt.
+   */
+  limiter: RateLimiter | undefined;
 
-  constructor(params: BlockDeviceParams, backend: BlockBackend, stats: SharedArrayBuffer = createBlockStats()) {
+  constructor(params: BlockDeviceParams, backend: BlockBackend, stats: SharedArrayBuffer = createBlockStats(), rate?: RateLimiterConfig, now?: () => number) {
     if (!Number.isSafeInteger(params.sectors) || params.sectors < 0 || params.sectors * SECTOR_SIZE > Number.MAX_SAFE_INTEGER) {
       throw new RangeError(`virtio-blk: bad capacity ${params.sectors}`);
     }
@@ -294,6 +303,7 @@ export class BlockDevice {
     this.bytes = new Float64Array(stats, STAT_WORDS * 4, 2);
     this.capacityBytes = params.sectors * SECTOR_SIZE;
     this.features = blockDeviceFeatures(params.readOnly);
+    this.limiter = rateLimiter(rate, now);
   }
 
   /** Count something in the shared stats (wakeups, interrupts, … from the worker loop). */
@@ -324,6 +334,8 @@ export class BlockDevice {
       if (!isHostIoError(e)) throw e;
       r = { status: VIRTIO_BLK_S_IOERR, usedLen: 1 };
     }
+    const type = req.header?.type;
+    this.limiter?.consume(type === VIRTIO_BLK_T_IN ? req.dataInBytes : type === VIRTIO_BLK_T_OUT ? req.dataOutBytes : 0);
     if (r.status === VIRTIO_BLK_S_IOERR) Atomics.add(this.stats, STAT_ERRORS, 1);
     else if (r.status === VIRTIO_BLK_S_UNSUPP) Atomics.add(this.stats, STAT_UNSUPPORTED, 1);
     return r;
@@ -425,6 +437,8 @@ export class BlockDevice {
  * else with used length 0, and counted as a request and a bad chain.
  */
 export function serviceRequests(q: ActiveQueue, dev: BlockDevice): Omit<ServiceResult, 'batches'> | undefined {
+  // A limited device takes one request at a time and only while its limiter is out of debt.
+  const limiter = dev.limiter;
   const r = q.service(
     (chain) => dev.handle(chain),
     (head) => {
@@ -434,8 +448,10 @@ export function serviceRequests(q: ActiveQueue, dev: BlockDevice): Omit<ServiceR
       if (len) dev.count(STAT_ERRORS);
       return len;
     },
+    limiter ? 1 : MAX_BATCH,
+    limiter ? () => !limiter.blocked() : undefined,
   );
   if (!r) return undefined;
   dev.count(STAT_BATCHES, r.batches);
-  return { completed: r.completed, interrupt: r.interrupt };
+  return { completed: r.completed, interrupt: r.interrupt, ...(r.throttled ? { throttled: true } : {}) };
 }

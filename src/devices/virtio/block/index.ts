@@ -5,10 +5,18 @@ import { RequestQueueBackend, type VirtioDeviceType } from '../device.js';
 import { BLK_CONFIG_SIZE, BLK_QUEUE_SIZE, BlockDevice, blockConfigSpace, blockDeviceFeatures, createBlockStats, serviceRequests } from './device.js';
 import { FileBackend } from './file-backend.js';
 import { openDisk } from './image.js';
+import { rateLimiter, type RateLimiterConfig } from '../../rate-limiter.js';
 
 export interface BlockOptions {
   path: string;
   readOnly: boolean;
+  /** Firecracker's rate limiter (bytes of reads and writes, and requests). */
+  rate?: RateLimiterConfig;
+}
+
+/** The runtime reconfiguration message of a virtio-blk backend: a new limiter (null: none). */
+export interface BlockReconfigure {
+  rate: RateLimiterConfig | null;
 }
 
 /** What every thread gets: the open image fd and its geometry, and the device counters. */
@@ -20,6 +28,7 @@ export interface BlockParams {
   serial: Uint8Array;
   /** Device counters (readBlockStats). */
   stats: SharedArrayBuffer;
+  rate?: RateLimiterConfig;
 }
 
 export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
@@ -28,7 +37,7 @@ export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
   prepare(options, host) {
     const d = openDisk(host.addon, options);
     return {
-      params: { path: d.path, fd: d.fd, readOnly: d.readOnly, sectors: d.sectors, serial: d.serial, stats: createBlockStats() },
+      params: { path: d.path, fd: d.fd, readOnly: d.readOnly, sectors: d.sectors, serial: d.serial, stats: createBlockStats(), ...(options.rate ? { rate: options.rate } : {}) },
       release: () => host.addon.close(d.fd),
     };
   },
@@ -40,7 +49,15 @@ export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
     };
   },
   createBackend(p, env) {
-    const dev = new BlockDevice({ sectors: p.sectors, readOnly: p.readOnly, serial: p.serial }, new FileBackend(env.addon, p.fd), p.stats);
-    return new RequestQueueBackend('blk', (q) => serviceRequests(q, dev));
+    const dev = new BlockDevice({ sectors: p.sectors, readOnly: p.readOnly, serial: p.serial }, new FileBackend(env.addon, p.fd), p.stats, p.rate);
+    return new RequestQueueBackend('blk', (q) => serviceRequests(q, dev), {
+      waitMs: () => dev.limiter?.waitMs() ?? 0,
+      guarded: (fn) => env.guarded(fn),
+      reconfigure: (msg) => {
+        const m = msg as Partial<BlockReconfigure> | null;
+        if (m === null || typeof m !== 'object' || m.rate === undefined) throw new Error('virtio-blk: reconfiguration must be { rate }');
+        dev.limiter = rateLimiter(m.rate ?? undefined);
+      },
+    });
   },
 };
