@@ -47,6 +47,7 @@ export interface ControlledVm {
   sendCtrlAltDel(): boolean;
   blockStats(): BlockStats[];
   setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void>;
+  setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }): Promise<void>;
   on(event: 'warning', listener: (line: string) => void): unknown;
   on(event: 'device-error', listener: (e: { device: string; error: unknown }) => void): unknown;
 }
@@ -97,6 +98,21 @@ function limiterConfig(rl: RateLimiterBody): RateLimiterConfig {
   const bw = bucket(rl.bandwidth);
   const ops = bucket(rl.ops);
   return { ...(bw ? { bandwidth: bw } : {}), ...(ops ? { ops } : {}) };
+}
+
+/**
+ * Firecracker's RateLimiterUpdate applied to the current limiter: a bucket given replaces the current
+ * one, one with size 0 or refill_time 0 removes it, one left out stays.
+ */
+function mergeLimiter(current: RateLimiterBody | undefined, update: RateLimiterBody): RateLimiterBody {
+  const merged: RateLimiterBody = { ...(current ?? {}) };
+  for (const k of ['bandwidth', 'ops'] as const) {
+    const upd = update[k];
+    if (upd === undefined || upd === null) continue;
+    if (limits(upd)) merged[k] = upd;
+    else delete merged[k];
+  }
+  return merged;
 }
 
 function limits(rl: RateLimiterBody | TokenBucketBody | undefined): boolean {
@@ -230,14 +246,8 @@ export class ApiController {
         return this.patchDrive(id!, body);
       case 'PUT /network-interfaces/{id}':
         return this.putNic(id!, body);
-      case 'PATCH /network-interfaces/{id}': {
-        const where = `network-interfaces/${shown(id)}`;
-        const b = parseBody('network-interface (PATCH)', body, where);
-        if (b.iface_id !== id) throw new ApiError(`${where}: iface_id ${shown(b.iface_id)} in the body does not match the id in the path`);
-        if (!this.nics.has(id!)) throw new ApiError(`${where}: no such network interface`);
-        if (limits(b.rx_rate_limiter) || limits(b.tx_rate_limiter)) throw new ApiError(`${where}: rate limiting is not supported yet`);
-        return { status: 204 };
-      }
+      case 'PATCH /network-interfaces/{id}':
+        return this.patchNic(id!, body);
       case 'PUT /vsock':
         return this.putVsock(body);
       case 'PUT /entropy':
@@ -330,13 +340,7 @@ export class ApiController {
     if (!entry) throw new ApiError(`${where}: no drive with this id`);
     if (b.path_on_host !== undefined) throw new ApiError(`${where}: path_on_host: swapping a drive's backing file on a running VM is not supported yet (the VM API has no block hot-swap)`);
     if (b.rate_limiter === undefined || b.rate_limiter === null) return { status: 204 };
-    const merged: RateLimiterBody = { ...(entry.body.rate_limiter ?? {}) };
-    for (const k of ['bandwidth', 'ops'] as const) {
-      const upd = b.rate_limiter[k];
-      if (upd === undefined) continue;
-      if (limits(upd)) merged[k] = upd;
-      else delete merged[k];
-    }
+    const merged = mergeLimiter(entry.body.rate_limiter ?? undefined, b.rate_limiter);
     const index = this.orderedDrives().findIndex((d) => d.body.drive_id === id);
     try {
       await vm.setDiskRateLimiter(index, limits(merged) ? limiterConfig(merged) : null);
@@ -344,6 +348,27 @@ export class ApiController {
       throw new ApiError(`${where}: rate_limiter: ${oneLine((e as Error).message)}`);
     }
     entry.body = { ...entry.body, rate_limiter: merged };
+    return { status: 204 };
+  }
+
+  /** PATCH /network-interfaces/{id} on the running VM: rx_rate_limiter / tx_rate_limiter updated as PATCH /drives updates rate_limiter. */
+  private async patchNic(id: string, body: unknown): Promise<ApiResponse> {
+    const where = `network-interfaces/${shown(id)}`;
+    const b = parseBody('network-interface (PATCH)', body, where);
+    if (b.iface_id !== id) throw new ApiError(`${where}: iface_id ${shown(b.iface_id)} in the body does not match the id in the path`);
+    const vm = this.runtime(where);
+    const nic = this.nics.get(id);
+    if (!nic) throw new ApiError(`${where}: no such network interface`);
+    const rx = b.rx_rate_limiter ? mergeLimiter(nic.rx_rate_limiter ?? undefined, b.rx_rate_limiter) : undefined;
+    const tx = b.tx_rate_limiter ? mergeLimiter(nic.tx_rate_limiter ?? undefined, b.tx_rate_limiter) : undefined;
+    if (!rx && !tx) return { status: 204 };
+    const cfg = (m: RateLimiterBody | undefined) => (m === undefined ? undefined : limits(m) ? limiterConfig(m) : null);
+    try {
+      await vm.setNetRateLimiters([...this.nics.keys()].indexOf(id), { rx: cfg(rx), tx: cfg(tx) });
+    } catch (e) {
+      throw new ApiError(`${where}: ${oneLine((e as Error).message)}`);
+    }
+    this.nics.set(id, { ...nic, ...(rx ? { rx_rate_limiter: rx } : {}), ...(tx ? { tx_rate_limiter: tx } : {}) });
     return { status: 204 };
   }
 

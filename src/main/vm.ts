@@ -409,21 +409,34 @@ export class VM extends EventEmitter {
    * `null` removes the limiter. Resolves when the worker has applied it.
    */
   setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void> {
-    const placements = this.virtio?.placements ?? [];
-    const blk = placements.map((p, i) => ({ p, i })).filter(({ p }) => p.kind === 'blk');
-    if (!Number.isInteger(index) || index < 0 || index >= blk.length) return Promise.reject(new RangeError(`no disk ${index} (the VM has ${blk.length})`));
-    if (rate !== null) {
-      for (const [k, b] of Object.entries(rate)) {
+    return this.reconfigureDevice('blk', index, { rate }, [rate]);
+  }
+
+  /**
+   * Replace NIC `index`'s rate limiters on the running VM (PATCH /network-interfaces): `rx` / `tx`
+   * undefined keeps that direction's limiter, null removes it, a config replaces it (full buckets).
+   */
+  setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }): Promise<void> {
+    return this.reconfigureDevice('net', index, { rxRate: rates.rx, txRate: rates.tx }, [rates.rx, rates.tx]);
+  }
+
+  /** Send device `index` of `kind` (in placement order) a backend reconfiguration; resolves when applied. */
+  private reconfigureDevice(kind: string, index: number, msg: object, limiters: Array<RateLimiterConfig | null | undefined>): Promise<void> {
+    const of = (this.virtio?.placements ?? []).map((p, i) => ({ p, i })).filter(({ p }) => p.kind === kind);
+    const what = kind === 'blk' ? 'disk' : 'network interface';
+    if (!Number.isInteger(index) || index < 0 || index >= of.length) return Promise.reject(new RangeError(`no ${what} ${index} (the VM has ${of.length})`));
+    for (const rate of limiters) {
+      for (const [k, b] of Object.entries(rate ?? {})) {
         const why = b === undefined ? undefined : validTokenBucket(b as TokenBucketConfig);
         if (why) return Promise.reject(new RangeError(`rate limiter ${k}: ${why}`));
       }
     }
-    const w = this.ioWorkers[blk[index].i];
-    if (!w || this.ioExited.has(w)) return Promise.reject(new Error(`disk ${index}: its I/O worker is not running`));
+    const w = this.ioWorkers[of[index].i];
+    if (!w || this.ioExited.has(w)) return Promise.reject(new Error(`${what} ${index}: its I/O worker is not running`));
     const id = ++this.reconfigSeq;
     return new Promise<void>((resolve, reject) => {
       this.reconfigs.set(id, { worker: w, resolve, reject });
-      w.postMessage({ type: 'reconfigure', id, msg: { rate } });
+      w.postMessage({ type: 'reconfigure', id, msg });
     });
   }
 

@@ -155,7 +155,7 @@ describe('validation: every failure is a 400 naming the field', () => {
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'no/slash' }, /^network-interfaces\/eth0: host_dev_name: must be an interface name/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', guest_mac: '01:00:00:00:00:01' }, /^network-interfaces\/eth0: guest_mac: must be a unicast MAC address/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0', mtu: 9000 }, /mtu: only 1500 is supported yet/],
-    ['PATCH', '/network-interfaces/eth0', { iface_id: 'eth0' }, /^network-interfaces\/eth0: no such network interface$/],
+    ['PATCH', '/network-interfaces/eth0', { iface_id: 'eth0' }, /^network-interfaces\/eth0: The requested operation is not supported before starting the microVM\.$/],
     ['PUT', '/network-interfaces/eth0', { iface_id: 'eth0' }, /missing field host_dev_name/],
     ['PUT', '/vsock', { guest_cid: 2, uds_path: '/tmp/v' }, /^vsock: guest_cid: must be at least 3, got 2$/],
     ['PUT', '/vsock', { guest_cid: 2 ** 32, uds_path: '/tmp/v' }, /guest_cid: must be at most 4294967294/],
@@ -202,7 +202,8 @@ describe('validation: every failure is a 400 naming the field', () => {
       expect((await api(sock, 'PUT', '/network-interfaces/eth1', { iface_id: 'eth1', host_dev_name: 'tap1' })).status).toBe(204);
       expect(fault(await api(sock, 'PUT', '/network-interfaces/eth2', { iface_id: 'eth2', host_dev_name: 'tap0' }))).toMatch(/^network-interfaces\/eth2: host_dev_name tap0 is already used by network interface eth0$/);
       expect((await api(sock, 'PUT', '/network-interfaces/eth1', { iface_id: 'eth1', host_dev_name: 'tap2' })).status).toBe(204);
-      expect((await api(sock, 'PATCH', '/network-interfaces/eth1', { iface_id: 'eth1' })).status).toBe(204);
+      // As in Firecracker, PATCH (rate limiter updates) is for the running VM only.
+      expect(fault(await api(sock, 'PATCH', '/network-interfaces/eth1', { iface_id: 'eth1' }))).toMatch(/not supported before starting the microVM/);
       const nics = ((await api(sock, 'GET', '/vm/config')).json as { 'network-interfaces': Array<{ iface_id: string; host_dev_name: string; guest_mac: string | null }> })['network-interfaces'];
       expect(nics.map((n) => [n.iface_id, n.host_dev_name, n.guest_mac])).toEqual([
         ['eth0', 'tap0', '06:00:AC:10:00:02'],
@@ -416,6 +417,10 @@ class FakeVm extends EventEmitter implements ControlledVm {
     return this.stats;
   }
   limiters: Array<[number, RateLimiterConfig | null]> = [];
+  nicLimiters: Array<[number, unknown]> = [];
+  async setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }) {
+    this.nicLimiters.push([index, rates]);
+  }
   limiterError: string | undefined;
   async setDiskRateLimiter(index: number, rate: RateLimiterConfig | null) {
     if (this.limiterError) throw new Error(this.limiterError);
@@ -450,7 +455,21 @@ describe('runtime rules (stand-in VM)', () => {
         await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel, boot_args: 'console=ttyS0' });
         await api(sock, 'PUT', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: rootfs, is_root_device: true });
         await api(sock, 'PUT', '/metrics', { metrics_path: metrics });
+        await api(sock, 'PUT', '/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'tap0' });
+        await api(sock, 'PUT', '/network-interfaces/eth1', { iface_id: 'eth1', host_dev_name: 'tap1', tx_rate_limiter: { ops: { size: 100, refill_time: 1000 } } });
         expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+        expect(vm!.config.net).toEqual([{ tap: 'tap0' }, { tap: 'tap1', txRate: { ops: { size: 100, refillTimeMs: 1000 } } }]);
+        // PATCH /network-interfaces: each direction updated as PATCH /drives updates rate_limiter; an absent one is kept.
+        expect((await api(sock, 'PATCH', '/network-interfaces/eth0', { iface_id: 'eth0' })).status).toBe(204);
+        expect((await api(sock, 'PATCH', '/network-interfaces/eth1', { iface_id: 'eth1', tx_rate_limiter: { bandwidth: { size: 5000, refill_time: 10 } } })).status).toBe(204);
+        expect((await api(sock, 'PATCH', '/network-interfaces/eth1', { iface_id: 'eth1', rx_rate_limiter: { ops: { size: 7, refill_time: 1 } }, tx_rate_limiter: { ops: { size: 0, refill_time: 0 } } })).status).toBe(204);
+        expect(vm!.nicLimiters).toEqual([
+          [1, { tx: { ops: { size: 100, refillTimeMs: 1000 }, bandwidth: { size: 5000, refillTimeMs: 10 } } }],
+          [1, { rx: { ops: { size: 7, refillTimeMs: 1 } }, tx: { bandwidth: { size: 5000, refillTimeMs: 10 } } }],
+        ]);
+        const nic1 = ((await api(sock, 'GET', '/vm/config')).json as { 'network-interfaces': Array<Record<string, unknown>> })['network-interfaces'][1];
+        expect(nic1).toMatchObject({ rx_rate_limiter: { ops: { size: 7, refill_time: 1 } }, tx_rate_limiter: { bandwidth: { size: 5000, refill_time: 10 } } });
+        expect(fault(await api(sock, 'PATCH', '/network-interfaces/eth9', { iface_id: 'eth9' }))).toMatch(/^network-interfaces\/eth9: no such network interface$/);
         expect(vm!.config).toMatchObject({ cmdline: 'console=ttyS0', cmdlineExtra: ['root=/dev/vda', 'rw'], disks: [{ path: rootfs, readOnly: false }] });
         expect(vm!.config.disks![0]).not.toHaveProperty('rate');
         expect((await api(sock, 'GET', '/')).json).toMatchObject({ state: 'Running' });

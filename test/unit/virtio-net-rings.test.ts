@@ -18,7 +18,7 @@ import { NO_OFFLOADS, VIRTIO_NET_HDR_LEN, decodeNetHeader, validateTxHeader } fr
 import { StreamPort } from '../../src/devices/virtio/net/passt.js';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { runs } from '../fuzz/budget.js';
-import { ModelRam, benchQueue, chainArb, inRam, selfOverlaps, usedRingBytes, walkChain, type ChainSpec, type QueueLayout, type Range } from './virtq-model.js';
+import { ModelRam, benchQueue, chainArb, inRam, selfOverlaps, simpleChain, usedRingBytes, walkChain, type ChainSpec, type QueueLayout, type Range } from './virtq-model.js';
 
 const addon = loadAddon();
 const RX: QueueLayout = { size: 16, desc: 0x1000, avail: 0x2000, used: 0x3000 };
@@ -272,5 +272,59 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
     expect(cover.halves).toBeGreaterThan(0);
     expect(cover.drained).toBeGreaterThan(0);
     if (process.env.NET_COVER) console.log(cover);
+  });
+});
+
+describe('virtio-net rate limiters at run time (reconfigure)', () => {
+  it('a tx limiter holds frames back; reconfigure with txRate null sends them at once, one with a new limiter applies it', async () => {
+    let t = 0;
+    const ram = new ModelRam();
+    const rx = benchQueue(ram, RX, { index: NET_RX, indirect: false });
+    const tx = benchQueue(ram, TX, { index: NET_TX, indirect: false });
+    const [dev, host] = addon.socketpair();
+    fds.push(dev, host);
+    addon.setNonblocking(dev, true);
+    addon.setNonblocking(host, true);
+    const guarded: string[] = [];
+    const backend = new NetBackend({
+      port: new StreamPort(addon, dev),
+      counters: new SharedArrayBuffer(8 * NET_COUNTERS.length),
+      mtu: 1500,
+      env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => (guarded.push('g'), fn()) },
+      // one frame per second
+      txRate: { ops: { size: 1, refillTimeMs: 1000 } },
+      now: () => t,
+    });
+    const frame = (i: number): void => {
+      const at = 0x9000 + 0x100 * i;
+      ram.write(at, new Uint8Array(VIRTIO_NET_HDR_LEN));
+      ram.write(at + VIRTIO_NET_HDR_LEN, new Uint8Array(60).fill(i + 1));
+      tx.drv.post(simpleChain([[at, VIRTIO_NET_HDR_LEN + 60]], false));
+    };
+    /** Frames on the wire (4-byte big-endian length, then the frame): their first bytes. */
+    let wire = Buffer.alloc(0);
+    const sent = (): number[] => {
+      wire = Buffer.concat([wire, drain(host)]);
+      const out: number[] = [];
+      for (let o = 0; o + 4 <= wire.length; o += 4 + wire.readUInt32BE(o)) out.push(wire[o + 4]);
+      return out;
+    };
+    for (let i = 0; i < 5; i++) frame(i);
+    backend.activate({ mem: ram.mem, features: 1n << 32n, queues: [rx.aq, tx.aq] });
+    // The full bucket pays the first; the second is let through and puts it in debt (paid after).
+    expect(sent()).toEqual([1, 2]);
+    t = 500;
+    backend.processQueue(NET_TX);
+    expect(sent()).toEqual([1, 2]);
+    backend.reconfigure({ txRate: null });
+    expect(sent()).toEqual([1, 2, 3, 4, 5]);
+    expect(guarded.length).toBeGreaterThan(0);
+    // A new limiter (full bucket of 1) applies to what comes next; rxRate left out keeps rx unlimited.
+    backend.reconfigure({ txRate: { ops: { size: 1, refillTimeMs: 1000 } } });
+    for (let i = 5; i < 8; i++) frame(i);
+    backend.processQueue(NET_TX);
+    expect(sent()).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(() => backend.reconfigure(null)).toThrow(/reconfiguration must be/);
+    backend.close();
   });
 });

@@ -123,6 +123,12 @@ export interface NetPort {
   close(): void;
 }
 
+/** The runtime reconfiguration message of a virtio-net backend (undefined: keep, null: remove). */
+export interface NetReconfigure {
+  rxRate?: RateLimiterConfig | null;
+  txRate?: RateLimiterConfig | null;
+}
+
 export interface NetBackendOptions {
   port: NetPort;
   counters: SharedArrayBuffer;
@@ -160,13 +166,16 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly hdrView = new Uint8Array(this.hdr);
   private readonly heads: number[] = [];
   private readonly lens: number[] = [];
-  private readonly rxLimit: RateLimiter | undefined;
-  private readonly txLimit: RateLimiter | undefined;
+  private rxLimit: RateLimiter | undefined;
+  private txLimit: RateLimiter | undefined;
   /** The rx limiter is in debt: the port is not read until its timer fires. */
   private rxThrottled = false;
   private readonly timers: { rx?: ReturnType<typeof setTimeout>; tx?: ReturnType<typeof setTimeout> } = {};
 
+  private readonly now: (() => number) | undefined;
+
   constructor(o: NetBackendOptions) {
+    this.now = o.now;
     this.rxLimit = rateLimiter(o.rxRate, o.now);
     this.txLimit = rateLimiter(o.txRate, o.now);
     this.port = o.port;
@@ -223,6 +232,25 @@ export class NetBackend implements VirtioDeviceBackend {
     this.held = [];
     this.heldRoom = 0;
     this.port.resetRx();
+  }
+
+  /**
+   * New rate limiters on the running device (the API's PATCH /network-interfaces): `rxRate` / `txRate`
+   * undefined keeps that direction's limiter, null removes it, a config replaces it (full buckets).
+   * Both queues are then served again, as their limits changed.
+   */
+  reconfigure(msg: unknown): void {
+    const m = msg as NetReconfigure | null;
+    if (m === null || typeof m !== 'object') throw new Error('virtio-net: reconfiguration must be { rxRate?, txRate? }');
+    if (m.rxRate !== undefined) this.rxLimit = rateLimiter(m.rxRate ?? undefined, this.now);
+    if (m.txRate !== undefined) this.txLimit = rateLimiter(m.txRate ?? undefined, this.now);
+    this.clearTimers();
+    this.env.guarded(() => {
+      if (!this.rx || !this.tx) return;
+      this.transmit();
+      this.receive();
+      this.updatePoll();
+    });
   }
 
   close(): void {
