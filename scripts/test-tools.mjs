@@ -10,6 +10,7 @@
 //   iproute2            ip: the net tests' own network namespaces, taps and veths
 //   iputils-ping        ping: the net tests (host → guest and, over hostfs, guest → host)
 //   passt               the rootless network backend (--net passt) the UML net test drives
+//   busybox             its udhcpc is the DHCP client the UML net test's guest leases from passt with
 //
 // Rules: a package is installed only when dpkg says it is not installed, only as root with apt-get
 // on PATH, non-interactively (DEBIAN_FRONTEND=noninteractive, stdin closed, -y); when apt cannot find
@@ -27,6 +28,7 @@ export const TEST_PACKAGES = [
   { pkg: 'iproute2', file: '/usr/sbin/ip' },
   { pkg: 'iputils-ping', file: '/usr/bin/ping' },
   { pkg: 'passt', file: '/usr/bin/passt' },
+  { pkg: 'busybox', file: '/usr/bin/busybox' },
 ];
 
 const APT_ENV = { ...process.env, LC_ALL: 'C', LANG: 'C', DEBIAN_FRONTEND: 'noninteractive', NEEDRESTART_MODE: 'a' };

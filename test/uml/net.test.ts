@@ -7,9 +7,10 @@
 //   side and compared byte for byte in the guest.
 // - passt: passt (started by kindling on a socketpair) copies the namespace's addresses to the guest
 //   (a veth pair with 10.78.0.2/24 and a default route via 10.78.0.1, so passt has a template
-//   interface); the guest configures what passt's DHCP would give (static: Debian has no DHCP client
-//   the guest could run over hostfs) and fetches a page over HTTP from a server the test runs on the
-//   namespace's loopback, reached through passt's gateway mapping; the content is checked.
+//   interface); the guest gets its address, prefix and router from passt's DHCP server (busybox's
+//   udhcpc over hostfs; the lease must be the template's 10.78.0.2/24 via 10.78.0.1) and fetches a
+//   page over HTTP from a server the test runs on the namespace's loopback, reached through passt's
+//   gateway mapping; the content is checked.
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,7 +28,9 @@ const missing = (): string | undefined => {
 };
 const canRun = umlKindlingOrSkipNotice('uml/net.test.ts', missing);
 const HAS_PASST = existsSync('/usr/bin/passt') || existsSync('/usr/sbin/passt');
+const HAS_UDHCPC = existsSync('/usr/bin/busybox') || existsSync('/bin/busybox');
 if (canRun && !HAS_PASST) console.warn('\n!!! UML TEST SKIPPED (uml/net.test.ts passt): passt is not installed (apt-get install passt) !!!\n');
+if (canRun && HAS_PASST && !HAS_UDHCPC) console.warn('\n!!! UML TEST SKIPPED (uml/net.test.ts passt): busybox (its udhcpc is the guest\'s DHCP client) is not installed (apt-get install busybox) !!!\n');
 
 const scratch = umlScratch(afterEach);
 let nsSeq = 0;
@@ -229,7 +232,7 @@ print("H2G %d %.3f" % (n, time.time() - t)); d.close()
     expect(await exitWithin(backend), backend.stderr()).toEqual({ code: 0, signal: null });
   }, 180_000);
 
-  it.skipIf(!HAS_PASST)('passt: kindling starts passt; the guest fetches a page over HTTP through passt, content checked', async () => {
+  it.skipIf(!HAS_PASST || !HAS_UDHCPC)('passt: kindling starts passt; the guest leases its address by DHCP and fetches a page over HTTP through passt, content checked', async () => {
     const ns = netns();
     // A template interface for passt: a veth pair, one end with an address and a default route.
     ip(ns, 'link', 'add', 'kv0', 'type', 'veth', 'peer', 'name', 'kv1');
@@ -264,13 +267,25 @@ srv.serve_forever()
       timeoutMs: 120_000,
       script: [
         'ip link set eth0 up',
-        // What passt's DHCP offers: the template interface's address and gateway.
-        'ip addr add 10.78.0.2/24 dev eth0',
-        'ip route add default via 10.78.0.1',
+        // busybox udhcpc runs this with the lease in its environment (mask: the prefix length).
+        `cat > "$RUN/tmp/dhcp.sh" <<'EOS'
+#!/bin/sh
+case "$1" in
+bound|renew)
+  ip addr add "$ip/$mask" dev "$interface"
+  ip route add default via "\${router%% *}"
+  echo "DHCP-LEASE $ip/$mask router $router";;
+esac
+EOS`,
+        'chmod +x "$RUN/tmp/dhcp.sh"',
+        'busybox udhcpc -i eth0 -f -q -n -t 5 -T 3 -s "$RUN/tmp/dhcp.sh" 2>/dev/null || echo "DHCP-FAILED"',
+        'ip -4 -o addr show dev eth0 | sed "s/^/ADDR /"',
         `/usr/bin/python3 -c 'import urllib.request,hashlib; b=urllib.request.urlopen("http://10.78.0.1:8088/", timeout=20).read(); print("HTTP-LEN", len(b)); print("HTTP-LINES", b.decode().count("${page}"))'`,
       ].join('\n'),
     });
     expect(r.status, `${describeRun(r)}\n--- backend ---\n${backend.stderr()}`).toBe(0);
+    expect(r.output).toContain('DHCP-LEASE 10.78.0.2/24 router 10.78.0.1');
+    expect(r.output).toMatch(/^ADDR .*inet 10\.78\.0\.2\/24 /m);
     expect(r.output).toContain(`HTTP-LEN ${(page.length + 1) * 1000}`);
     expect(r.output).toContain('HTTP-LINES 1000');
     // The backend (filtered, passt its child) exits 0 by itself once UML has gone, and passt with it.
