@@ -6,6 +6,7 @@
 //                       drivers against kindling's vhost-user devices (no KVM needed)
 //   qemu-utils          qemu-io, qemu-img: the image-lock tests; qemu-img for test images
 //   qemu-system-common  qemu-storage-daemon: the peer vhost-user-blk backend (test/uml, bench:vhost-user)
+//   qemu-system-x86     qemu-system-x86_64 (TCG here): QEMU as a vhost-user frontend of kindling's devices
 //   e2fsprogs           mkfs.ext4, fsck.ext4, debugfs: the UML blk test makes and checks an ext4 image
 //   iproute2            ip: the net tests' own network namespaces, taps and veths
 //   iputils-ping        ping: the net tests (host → guest and, over hostfs, guest → host)
@@ -24,6 +25,7 @@ export const TEST_PACKAGES = [
   { pkg: 'user-mode-linux', file: '/usr/bin/linux.uml' },
   { pkg: 'qemu-utils', file: '/usr/bin/qemu-io' },
   { pkg: 'qemu-system-common', file: '/usr/bin/qemu-storage-daemon' },
+  { pkg: 'qemu-system-x86', file: '/usr/bin/qemu-system-x86_64' },
   { pkg: 'e2fsprogs', file: '/usr/sbin/debugfs' },
   { pkg: 'iproute2', file: '/usr/sbin/ip' },
   { pkg: 'iputils-ping', file: '/usr/bin/ping' },
