@@ -59,6 +59,11 @@ export function fmt(x, digits = 1) {
   return Number.isFinite(x) ? x.toFixed(digits) : 'n/a';
 }
 
+/** One summary line: `name` padded, then min / median / max of `xs` with `digits` decimals. */
+export function printStat(name, xs, digits = 1) {
+  console.log(`${name.padEnd(24)} min ${fmt(Math.min(...xs), digits)}  median ${fmt(median(xs), digits)}  max ${fmt(Math.max(...xs), digits)}`);
+}
+
 /**
  * The user-mode-Linux harness (test/uml/helpers.ts, TypeScript), bundled with esbuild (a dev
  * dependency) into build/tools/ at the same depth below the root as test/uml/, so its

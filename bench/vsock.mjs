@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { ROOT, fmt, loadUmlHarness, median } from './lib.mjs';
+import { ROOT, fmt, loadUmlHarness, median, printStat } from './lib.mjs';
 
 const { values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, execs: { type: 'string' } } });
 const ROUNDS = Number(values.rounds ?? 5);
@@ -194,14 +194,13 @@ for (let round = 1; round <= ROUNDS; round++) {
     `round ${round}: connect ${fmt(k.connectMs)} ms, exec('true') ${fmt(k.execMs, 2)} ms; h2g ${fmt(k.h2g)} MB/s (backend CPU ${fmt(k.h2gCpu, 2)} s), g2h ${fmt(k.g2h)} MB/s (CPU ${fmt(k.g2hCpu, 2)} s); floor ${fmt(f)} MB/s; ratios h2g ${fmt(k.h2g / f, 3)}, g2h ${fmt(k.g2h / f, 3)}`,
   );
 }
-const stat = (name, xs, d = 1) => console.log(`${name.padEnd(24)} min ${fmt(Math.min(...xs), d)}  median ${fmt(median(xs), d)}  max ${fmt(Math.max(...xs), d)}`);
 console.log(`\n${ROUNDS} rounds, ${MIB} MiB per stream, ${EXECS} execs per round`);
-stat('connect→HELLO ms', rows.map((r) => r.connectMs));
-stat("exec('true') ms", rows.map((r) => r.execMs), 2);
-stat('host→guest MB/s', rows.map((r) => r.h2g));
-stat('guest→host MB/s', rows.map((r) => r.g2h));
-stat('backend CPU s (h2g)', rows.map((r) => r.h2gCpu), 2);
-stat('backend CPU s (g2h)', rows.map((r) => r.g2hCpu), 2);
-stat('floor MB/s', rows.map((r) => r.f));
-stat('ratio h2g/floor', rows.map((r) => r.h2g / r.f), 3);
-stat('ratio g2h/floor', rows.map((r) => r.g2h / r.f), 3);
+printStat('connect→HELLO ms', rows.map((r) => r.connectMs));
+printStat("exec('true') ms", rows.map((r) => r.execMs), 2);
+printStat('host→guest MB/s', rows.map((r) => r.h2g));
+printStat('guest→host MB/s', rows.map((r) => r.g2h));
+printStat('backend CPU s (h2g)', rows.map((r) => r.h2gCpu), 2);
+printStat('backend CPU s (g2h)', rows.map((r) => r.g2hCpu), 2);
+printStat('floor MB/s', rows.map((r) => r.f));
+printStat('ratio h2g/floor', rows.map((r) => r.h2g / r.f), 3);
+printStat('ratio g2h/floor', rows.map((r) => r.g2h / r.f), 3);
