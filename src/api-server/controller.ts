@@ -90,11 +90,15 @@ interface DriveEntry {
   body: DriveBody;
 }
 
-/** A rate limiter that limits nothing: absent, or buckets absent / of size 0 / refill 0 (Firecracker disables those). */
-/** Firecracker's rate_limiter body → the device's limiter (buckets with size 0 or refill_time 0 limit nothing, as in Firecracker). */
+/** A token bucket that limits something (Firecracker disables buckets of size 0 or refill_time 0). */
+function bucketLimits(b: TokenBucketBody | undefined | null): b is TokenBucketBody {
+  return !!b && b.size > 0 && b.refill_time > 0;
+}
+
+/** Firecracker's rate_limiter body → the device's limiter (buckets that limit nothing left out). */
 function limiterConfig(rl: RateLimiterBody): RateLimiterConfig {
   const bucket = (b: TokenBucketBody | undefined) =>
-    b && b.size > 0 && b.refill_time > 0 ? { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) } : undefined;
+    bucketLimits(b) ? { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) } : undefined;
   const bw = bucket(rl.bandwidth);
   const ops = bucket(rl.ops);
   return { ...(bw ? { bandwidth: bw } : {}), ...(ops ? { ops } : {}) };
@@ -109,17 +113,17 @@ function mergeLimiter(current: RateLimiterBody | undefined, update: RateLimiterB
   for (const k of ['bandwidth', 'ops'] as const) {
     const upd = update[k];
     if (upd === undefined || upd === null) continue;
-    if (limits(upd)) merged[k] = upd;
+    if (bucketLimits(upd)) merged[k] = upd;
     else delete merged[k];
   }
   return merged;
 }
 
+/** Whether a rate limiter (or one bucket) limits anything: absent, or only disabled buckets, does not. */
 function limits(rl: RateLimiterBody | TokenBucketBody | undefined): boolean {
   if (!rl) return false;
-  const bucket = (b: TokenBucketBody | undefined): boolean => !!b && b.size > 0 && b.refill_time > 0;
-  if ('size' in rl) return bucket(rl);
-  return bucket(rl.bandwidth) || bucket(rl.ops);
+  if ('size' in rl) return bucketLimits(rl);
+  return bucketLimits(rl.bandwidth) || bucketLimits(rl.ops);
 }
 
 const NOT_AFTER_START = 'The requested operation is not supported after starting the microVM.';
@@ -515,8 +519,7 @@ export class ApiController {
     if (nic) return `network-interfaces/${shown([...this.nics.keys()][Number(nic[1])] ?? nic[1])}`;
     const disk = /^disks\[(\d+)\](?:\.(\w+))?/.exec(option);
     if (disk) {
-      const ordered = [...this.drives.keys()].sort((a, b) => Number(this.drives.get(b)!.body.is_root_device) - Number(this.drives.get(a)!.body.is_root_device));
-      const id = ordered[Number(disk[1])];
+      const id = this.orderedDrives()[Number(disk[1])]?.body.drive_id;
       return `drives/${shown(id ?? disk[1])}${disk[2] === 'path' || !disk[2] ? ': path_on_host' : disk[2] === 'readOnly' ? ': is_read_only' : ''}`;
     }
     const map: Record<string, string> = {

@@ -179,17 +179,16 @@ export function parseDiskArg(v: string, flag = '--disk'): { path: string; readOn
   let readOnly: boolean | undefined;
   const rate: RateLimiterConfig = {};
   for (;;) {
-    const m = /,(ro|rw|bw=[^,]*|ops=[^,]*)$/.exec(rest);
+    const m = /,(ro|rw|(bw|ops)=([^,]*))$/.exec(rest);
     if (!m) break;
-    const opt = m[1];
-    if (opt === 'ro' || opt === 'rw') {
+    const [, opt, name, value] = m;
+    if (name === undefined) {
       if (readOnly !== undefined) break; // `img,rw,ro`: the path is `img,rw`
       readOnly = opt === 'ro';
     } else {
-      const key = opt.startsWith('bw=') ? 'bandwidth' : 'ops';
+      const key = name === 'bw' ? 'bandwidth' : 'ops';
       if (rate[key] !== undefined) break;
-      const name = key === 'bandwidth' ? 'bw' : 'ops';
-      const bucket = parseBucket(opt.slice(name.length + 1), `${flag} ${name}=`);
+      const bucket = parseBucket(value, `${flag} ${name}=`);
       if (!bucket) throw new UsageError(`${flag} ${name}= needs SIZE/MS[+BURST] (got ${quoted(opt)})`);
       rate[key] = bucket;
     }

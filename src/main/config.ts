@@ -270,9 +270,8 @@ function checkVsock(v: unknown): ResolvedConfig['vsock'] {
   return { cid, udsPath };
 }
 
-/** config.net: each NIC exactly one backend, a valid tap name, a unicast MAC; taps unique. */
 /** A { bandwidth?, ops? } rate limiter of the config at `option` (a copy with only the known fields). */
-function checkRateLimiter(v: unknown, option: string): RateLimiterConfig {
+export function checkRateLimiter(v: unknown, option: string): RateLimiterConfig {
   if (typeof v !== 'object' || v === null) throw ConfigError.about(option, 'must be { bandwidth?, ops? } token buckets');
   const { bandwidth, ops, ...more } = v as Record<string, unknown>;
   if (Object.keys(more).length) throw ConfigError.about(option, `has unknown field ${shown(Object.keys(more)[0])} (bandwidth, ops)`);
@@ -287,6 +286,7 @@ function checkRateLimiter(v: unknown, option: string): RateLimiterConfig {
   return out;
 }
 
+/** config.net: each NIC exactly one backend, a valid tap name, a unicast MAC; taps unique. */
 function checkNet(v: unknown): NetConfig[] {
   if (v === undefined) return [];
   if (!Array.isArray(v)) throw ConfigError.about('net', 'must be an array of { tap, mac? } or { passt: true, mac? }');
@@ -316,7 +316,7 @@ function checkNet(v: unknown): NetConfig[] {
 
 /** One virtio device a config places: its registry kind, its name (I/O worker, logs, stats) and options. */
 export type VirtioDevicePlan =
-  | { kind: 'blk'; name: string; options: { path: string; readOnly: boolean } }
+  | { kind: 'blk'; name: string; options: { path: string; readOnly: boolean; rate?: RateLimiterConfig } }
   | { kind: 'console'; name: string; options: Record<string, never> }
   | { kind: 'rng'; name: string; options: Record<string, never> }
   | { kind: 'vsock'; name: string; options: { cid: number; udsPath?: string } }

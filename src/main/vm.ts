@@ -38,7 +38,7 @@ import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
 import { takeIoWorker, takeVcpuWorker } from './workers.js';
 import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
 import type { BlockParams } from '../devices/virtio/block/index.js';
-import { validTokenBucket, type RateLimiterConfig, type TokenBucketConfig } from '../devices/rate-limiter.js';
+import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
 import { DeferredVsock, VsockBridge, type VsockApi } from '../devices/virtio/vsock/bridge.js';
@@ -48,7 +48,7 @@ import { readTransportStats, type TransportStats } from '../devices/virtio/queue
 import type { IoWorkerMessage } from '../io-worker/protocol.js';
 import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } from '../kvm/structs.js';
 import { RateLimiter } from '../shared/rate-limit.js';
-import { resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
+import { checkRateLimiter, resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
 import { VirtioMmioDevices } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
@@ -409,7 +409,7 @@ export class VM extends EventEmitter {
    * `null` removes the limiter. Resolves when the worker has applied it.
    */
   setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void> {
-    return this.reconfigureDevice('blk', index, { rate }, [rate]);
+    return this.reconfigureDevice('blk', index, { rate }, { rate });
   }
 
   /**
@@ -417,19 +417,19 @@ export class VM extends EventEmitter {
    * undefined keeps that direction's limiter, null removes it, a config replaces it (full buckets).
    */
   setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }): Promise<void> {
-    return this.reconfigureDevice('net', index, { rxRate: rates.rx, txRate: rates.tx }, [rates.rx, rates.tx]);
+    return this.reconfigureDevice('net', index, { rxRate: rates.rx, txRate: rates.tx }, { rx: rates.rx, tx: rates.tx });
   }
 
   /** Send device `index` of `kind` (in placement order) a backend reconfiguration; resolves when applied. */
-  private reconfigureDevice(kind: string, index: number, msg: object, limiters: Array<RateLimiterConfig | null | undefined>): Promise<void> {
+  private reconfigureDevice(kind: string, index: number, msg: object, limiters: Record<string, RateLimiterConfig | null | undefined>): Promise<void> {
     const of = (this.virtio?.placements ?? []).map((p, i) => ({ p, i })).filter(({ p }) => p.kind === kind);
     const what = kind === 'blk' ? 'disk' : 'network interface';
     if (!Number.isInteger(index) || index < 0 || index >= of.length) return Promise.reject(new RangeError(`no ${what} ${index} (the VM has ${of.length})`));
-    for (const rate of limiters) {
-      for (const [k, b] of Object.entries(rate ?? {})) {
-        const why = b === undefined ? undefined : validTokenBucket(b as TokenBucketConfig);
-        if (why) return Promise.reject(new RangeError(`rate limiter ${k}: ${why}`));
-      }
+    try {
+      // The same check as a VMConfig's limiters (resolveConfig): one ConfigError line naming the bucket.
+      for (const [name, rate] of Object.entries(limiters)) if (rate) checkRateLimiter(rate, name);
+    } catch (e) {
+      return Promise.reject(e);
     }
     const w = this.ioWorkers[of[index].i];
     if (!w || this.ioExited.has(w)) return Promise.reject(new Error(`${what} ${index}: its I/O worker is not running`));

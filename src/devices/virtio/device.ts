@@ -130,6 +130,34 @@ export function checkDeviceState(state: unknown, kind: string, version: number):
 }
 
 /**
+ * The one pending resume of a throttled queue (a rate limiter in debt): arm(ms, fn) runs fn after ms
+ * (at least 1) in the device's guarded context, unless a resume is already pending; cancel() drops
+ * it (reset, close, new limits). No polling: one timer for the moment the debt is paid.
+ */
+export class ResumeTimer {
+  private t: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(private readonly guarded: (fn: () => void) => void) {}
+
+  get armed(): boolean {
+    return this.t !== undefined;
+  }
+
+  arm(ms: number, fn: () => void): void {
+    if (this.t !== undefined) return;
+    this.t = setTimeout(() => {
+      this.t = undefined;
+      this.guarded(fn);
+    }, Math.max(1, ms));
+  }
+
+  cancel(): void {
+    clearTimeout(this.t);
+    this.t = undefined;
+  }
+}
+
+/**
  * The backend of a device with one request queue (queue 0) whose requests complete within the
  * wake-up that took them (virtio-blk, virtio-rng): `serve(queue)` runs one pass of the standard loop
  * (ActiveQueue.service). Nothing is held between wake-ups, so its state is only its kind and format.
@@ -137,12 +165,12 @@ export function checkDeviceState(state: unknown, kind: string, version: number):
  * A rate-limited device's pass may end `throttled` (its limiter in debt, requests left available):
  * `throttle.waitMs()` says when the debt is paid, and one timer resumes the queue then, in the
  * device's guarded context (no polling; a kick meanwhile finds the limiter still in debt and leaves
- * the armed timer alone). A reset cancels it. `control(msg)` is the device's runtime reconfiguration
+ * the armed timer alone). A reset cancels it. `reconfigure(msg)` is the device's runtime reconfiguration
  * (a new rate limiter from the API), run on the backend's thread.
  */
 export class RequestQueueBackend implements VirtioDeviceBackend {
   private queue: ActiveQueue | undefined;
-  private timer: ReturnType<typeof setTimeout> | undefined;
+  private readonly resume: ResumeTimer | undefined;
 
   constructor(
     private readonly kind: string,
@@ -152,7 +180,9 @@ export class RequestQueueBackend implements VirtioDeviceBackend {
       guarded(fn: () => void): void;
       reconfigure?(msg: unknown): void;
     },
-  ) {}
+  ) {
+    this.resume = throttle ? new ResumeTimer(throttle.guarded) : undefined;
+  }
 
   activate(dev: ActiveDevice): void {
     this.queue = dev.queues[0];
@@ -161,34 +191,24 @@ export class RequestQueueBackend implements VirtioDeviceBackend {
   processQueue(index: number): void {
     if (index !== 0 || !this.queue) return;
     const r = this.serve(this.queue);
-    if (r?.throttled && this.throttle && this.timer === undefined) {
-      this.timer = setTimeout(() => {
-        this.timer = undefined;
-        this.throttle!.guarded(() => this.processQueue(0));
-      }, Math.max(1, this.throttle.waitMs()));
-    }
+    if (r?.throttled && this.resume && !this.resume.armed) this.resume.arm(this.throttle!.waitMs(), () => this.processQueue(0));
   }
 
   /** Runtime reconfiguration (IoWorkerCommand 'reconfigure'); then the queue is served again, as the limits may have changed. */
   reconfigure(msg: unknown): void {
     if (!this.throttle?.reconfigure) throw new Error(`virtio-${this.kind}: takes no runtime reconfiguration`);
     this.throttle.reconfigure(msg);
-    if (this.timer !== undefined) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-    }
+    this.resume?.cancel();
     this.throttle.guarded(() => this.processQueue(0));
   }
 
   reset(): void {
     this.queue = undefined;
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    this.resume?.cancel();
   }
 
   close(): void {
-    clearTimeout(this.timer);
-    this.timer = undefined;
+    this.resume?.cancel();
   }
 
   save(): { kind: string; version: 1 } {

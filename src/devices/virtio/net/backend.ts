@@ -35,7 +35,7 @@
 // port not read (rx) until one timer for the moment the debt is paid.
 //
 // Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
-import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
+import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, ResumeTimer, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
 import { PackedIov, gatherBytes, scatterBytes, slicePacked, splitSegments } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
@@ -168,9 +168,8 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly lens: number[] = [];
   private rxLimit: RateLimiter | undefined;
   private txLimit: RateLimiter | undefined;
-  /** The rx limiter is in debt: the port is not read until its timer fires. */
-  private rxThrottled = false;
-  private readonly timers: { rx?: ReturnType<typeof setTimeout>; tx?: ReturnType<typeof setTimeout> } = {};
+  /** A direction's resume while its limiter is in debt (rx armed: the port is not read meanwhile). */
+  private readonly resume: { rx: ResumeTimer; tx: ResumeTimer };
 
   private readonly now: (() => number) | undefined;
 
@@ -182,6 +181,7 @@ export class NetBackend implements VirtioDeviceBackend {
     this.c = new Float64Array(o.counters, 0, NET_COUNTERS.length);
     this.mtu = o.mtu;
     this.env = o.env;
+    this.resume = { rx: new ResumeTimer((fn) => o.env.guarded(fn)), tx: new ResumeTimer((fn) => o.env.guarded(fn)) };
     this.rxIov = new PackedIov(1024);
     this.txIov = new PackedIov(1024);
     this.poll = o.env.pollFd(o.port.fd, 0, (ready) => this.onPort(ready));
@@ -260,25 +260,14 @@ export class NetBackend implements VirtioDeviceBackend {
   }
 
   private clearTimers(): void {
-    clearTimeout(this.timers.rx);
-    clearTimeout(this.timers.tx);
-    this.timers.rx = this.timers.tx = undefined;
-    this.rxThrottled = false;
+    this.resume.rx.cancel();
+    this.resume.tx.cancel();
   }
 
   /** A limiter is in debt: resume the queue when it is paid (one timer per direction, no polling). */
   private throttle(which: 'rx' | 'tx', limit: RateLimiter): void {
-    if (which === 'rx') this.rxThrottled = true;
-    if (this.timers[which] !== undefined) return;
-    this.timers[which] = setTimeout(() => {
-      this.timers[which] = undefined;
-      this.env.guarded(() => {
-        if (which === 'rx') {
-          this.rxThrottled = false;
-          this.receive();
-        } else this.transmit();
-      });
-    }, Math.max(1, limit.waitMs()));
+    const t = this.resume[which];
+    if (!t.armed) t.arm(limit.waitMs(), () => (which === 'rx' ? this.receive() : this.transmit()));
   }
 
   private onPort(ready: number): void {
@@ -288,7 +277,7 @@ export class NetBackend implements VirtioDeviceBackend {
   }
 
   private updatePoll(): void {
-    const r = this.rx && !this.starved && !this.portClosed && !this.rxThrottled ? POLL_READABLE : 0;
+    const r = this.rx && !this.starved && !this.portClosed && !this.resume.rx.armed ? POLL_READABLE : 0;
     const w = this.port.blocked && !this.portClosed ? POLL_WRITABLE : 0;
     this.poll.set(r | w);
   }
