@@ -68,25 +68,27 @@ describe.skipIf(!hasKindling)('virtio_blk in user-mode Linux against a rate-limi
     expect(image.subarray(6 * MiB).every((x) => x === 0)).toBe(true);
   }, 180_000);
 
-  it('ops=: 4 KiB reads run at the request limit (500/s, bucket 50) within 10 %', async () => {
+  // 200 requests/s: dd's requests go one at a time, so the limit must leave each one more time than
+  // the guest itself needs on a loaded 2-core host (at 500/s, 2 ms each, a busy run measured 424/s).
+  it('ops=: 4 KiB reads run at the request limit (200/s, bucket 20) within 10 %', async () => {
     const dir = scratch.dir('uml-blk-ops');
     const img = join(dir, 'disk.img');
     writeFileSync(img, Buffer.alloc(16 * MiB));
     const socket = join(dir, 'blk.sock');
-    const b = await scratch.backend(kindlingArgv(socket, `blk=${img},ro,ops=50/100`), socket);
+    const b = await scratch.backend(kindlingArgv(socket, `blk=${img},ro,ops=20/100`), socket);
     const r = await runUml({
       devices: [{ socket, virtioId: VIRTIO_ID.blk }],
       modules: ['virtio_blk'],
-      script: [TIMED, 'timed read 1500 dd if=/dev/vda of=/dev/null bs=4k count=1500 iflag=direct status=none', 'echo done'].join('\n'),
+      script: [TIMED, 'timed read 600 dd if=/dev/vda of=/dev/null bs=4k count=600 iflag=direct status=none', 'echo done'].join('\n'),
       timeoutMs: 120_000,
     });
     expect(r.status, describeRun(r)).toBe(0);
     const m = timings(r.output).get('read');
     expect(m, r.output).toBeDefined();
-    const rate = (m!.bytes - 50) / m!.seconds;
-    console.log(`blk ops limit 500/s: ${rate.toFixed(1)} requests/s (${m!.bytes} in ${m!.seconds.toFixed(3)} s)`);
-    expect(rate / 500).toBeGreaterThan(0.9);
-    expect(rate / 500).toBeLessThan(1.1);
+    const rate = (m!.bytes - 20) / m!.seconds;
+    console.log(`blk ops limit 200/s: ${rate.toFixed(1)} requests/s (${m!.bytes} in ${m!.seconds.toFixed(3)} s)`);
+    expect(rate / 200).toBeGreaterThan(0.9);
+    expect(rate / 200).toBeLessThan(1.1);
     expect(await exitWithin(b), b.stderr()).toEqual({ code: 0, signal: null });
   }, 180_000);
 });
