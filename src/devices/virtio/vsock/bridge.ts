@@ -41,6 +41,8 @@ export class VsockBridge implements VsockApi {
   private ctl: net.Socket | undefined;
   private readonly listeners = new Map<number, (s: net.Socket) => void>();
   private readonly pending = new Set<net.Socket>();
+  /** Sockets handed out (connected or accepted) and not yet closed: ended by dispose(). */
+  private readonly live = new Set<net.Socket>();
   private closed = false;
 
   constructor(
@@ -80,7 +82,13 @@ export class VsockBridge implements VsockApi {
       s.destroy();
       return;
     }
+    this.handOut(s);
     h(s);
+  }
+
+  private handOut(s: net.Socket): void {
+    this.live.add(s);
+    s.once('close', () => this.live.delete(s));
   }
 
   connect(port: number): Promise<net.Socket> {
@@ -123,6 +131,7 @@ export class VsockBridge implements VsockApi {
           cleanup();
           const rest = buf.subarray(nl + 1);
           if (rest.length > 0) s.unshift(rest);
+          this.handOut(s);
           resolve(s);
           return;
         }
@@ -153,8 +162,8 @@ export class VsockBridge implements VsockApi {
 
   /**
    * The VM is stopping: pending connects fail, no new ones are made, guest connections still
-   * announced are closed; established sockets end when the device closes them. The control socket
-   * stays open (for those announcements) until dispose().
+   * announced are closed; established sockets see their end when the device closes its side. The
+   * control socket stays open (for those announcements) until dispose().
    */
   close(): void {
     if (this.closed) return;
@@ -163,9 +172,18 @@ export class VsockBridge implements VsockApi {
     for (const s of [...this.pending]) s.destroy();
   }
 
-  /** The device's I/O worker has exited: close every fd still named in an unread control line. */
+  /**
+   * The device's I/O worker has exited: close every fd still named in an unread control line, and end
+   * this side of every socket handed out. They are half-open (allowHalfOpen: a guest's SHUTDOWN of
+   * one direction must not close the other), so the device closing its end alone leaves them open;
+   * ending ours closes each one once its reader has taken what the guest sent before the stop.
+   */
   dispose(): void {
     this.close();
+    for (const s of this.live) {
+      s.on('error', () => {});
+      s.end();
+    }
     if (this.ctl) {
       for (const l of drainLines(this.params.hostCtlFd, this.ctlPending())) {
         const m = /^A \d+ (\d+)$/.exec(l);
