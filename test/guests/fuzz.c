@@ -29,6 +29,7 @@
 #include "lib/virtio.h"
 #include "lib/fuzz.h"
 
+#define VIRTIO_ID_NET       1
 #define VIRTIO_ID_BLOCK     2
 #define VIRTIO_ID_CONSOLE   3
 #define VIRTIO_ID_RNG       4
@@ -804,13 +805,15 @@ static void sane_blk(void)
 /*
  * Other devices: the bring-up, then one request where its format is known
  * (virtio-rng: 64 bytes of entropy into requestq; virtio-console: a
- * transmit of "fuzz sane\n" on port 0's transmitq), else DRIVER_OK must
- * have stuck without NEEDS_RESET or FAILED.
+ * transmit of "fuzz sane\n" on port 0's transmitq; virtio-net: one
+ * 60-byte broadcast frame, EtherType 0x88b5 (IEEE local experimental),
+ * behind a zeroed 12-byte virtio_net_hdr_v1 on transmitq1), else DRIVER_OK
+ * must have stuck without NEEDS_RESET or FAILED.
  */
 static void sane_other(void)
 {
     static const char line[] = "fuzz sane\n";
-    unsigned qidx = dev.device_id == VIRTIO_ID_CONSOLE ? 1 : 0;
+    unsigned qidx = dev.device_id == VIRTIO_ID_CONSOLE || dev.device_id == VIRTIO_ID_NET ? 1 : 0;
     if (!sane_bring_up(qidx))
         return;
     int64_t len;
@@ -825,6 +828,17 @@ static void sane_other(void)
             sane_say(m);
             return;
         }
+        break;
+    case VIRTIO_ID_NET:
+        memset(sane_buf, 0, 12 + 60);
+        memset(sane_buf + 12, 0xff, 6);                 /* to everyone */
+        sane_buf[12 + 6] = 0x02;                        /* from 02:00:00:00:00:00 */
+        sane_buf[12 + 12] = 0x88;
+        sane_buf[12 + 13] = 0xb5;
+        memcpy(sane_buf + 12 + 14, line, sizeof(line) - 1);
+        vq.desc[0] = (struct virtq_desc){ (uintptr_t)sane_buf, 12 + 60, 0, 0 };
+        if (sane_request(qidx) < 0)
+            return;
         break;
     case VIRTIO_ID_CONSOLE:
         memcpy(sane_buf, line, sizeof(line) - 1);
