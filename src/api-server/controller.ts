@@ -21,7 +21,7 @@ import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody, type NetworkInterfaceBody } from './schemas.js';
 import { ApiLog, LineSink, parseLogLevel, PINO_LEVEL, type ApiLogLevel } from './sinks.js';
 import { MetricsRecorder, type MetricsSource } from './metrics.js';
-import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, oneLine, shown, type VMConfig } from '../main/config.js';
+import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, oneLine, shown, type VMConfig, checkRateLimiter } from '../main/config.js';
 import type { VMExit, VMState } from '../main/vm.js';
 import type { BlockStats } from '../devices/virtio/block/device.js';
 
@@ -409,7 +409,13 @@ export class ApiController {
   private putEntropy(body: unknown): ApiResponse {
     const b = parseBody('entropy', body);
     this.preBoot('entropy');
-    if (limits(b.rate_limiter)) throw new ApiError('entropy: rate_limiter: rate limiting is not supported yet');
+    if (limits(b.rate_limiter)) {
+      try {
+        checkRateLimiter(limiterConfig(b.rate_limiter!), 'entropy.rate_limiter');
+      } catch (e) {
+        throw new ApiError(`entropy: rate_limiter: ${oneLine((e as Error).message)}`);
+      }
+    }
     this.entropy = b;
     return { status: 204 };
   }
@@ -495,7 +501,7 @@ export class ApiController {
         readOnly: d.body.is_read_only ?? false,
         ...(limits(d.body.rate_limiter ?? undefined) ? { rate: limiterConfig(d.body.rate_limiter!) } : {}),
       })),
-      rng: this.entropy !== undefined,
+      rng: this.entropy === undefined ? false : limits(this.entropy.rate_limiter ?? undefined) ? { rate: limiterConfig(this.entropy.rate_limiter!) } : true,
       console: 'serial',
       ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),
       ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),

@@ -14,7 +14,7 @@ export const MAX_AGENT_TIMEOUT_S = 2147483;
 
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro][,bw=…][,ops=…]]...
-               [--console serial|virtio] [--no-rng] [--vsock CID[,uds=PATH]] [--net tap=NAME|passt[,mac=MAC]]...
+               [--console serial|virtio] [--no-rng|--rng bw=…,ops=…] [--vsock CID[,uds=PATH]] [--net tap=NAME|passt[,mac=MAC]]...
                [--log-level LEVEL] [--seccomp MODE] [--force]
                [--agent] [--agent-timeout SECONDS] [--console-log FILE] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
@@ -37,6 +37,9 @@ run:
   --console K      where the terminal is attached: serial (default; COM1) or virtio (a virtio-console,
                    hvc0 in Linux; COM1 output is still shown, for early boot)
   --no-rng         no virtio-rng device (by default the guest gets one, fed from the host CSPRNG)
+  --rng bw=SIZE/MS[+BURST][,ops=SIZE/MS[+BURST]]
+                   the virtio-rng device with Firecracker's rate limiter: bw= random bytes, ops= requests
+                   (SIZE tokens refilled every MS milliseconds, BURST extra once)
   --vsock CID[,uds=PATH]
                    a virtio-vsock device with guest CID (3..4294967294); with uds=PATH, Firecracker's
                    hybrid vsock: clients of the Unix socket PATH (which must not exist) send
@@ -160,6 +163,19 @@ export function parseNetArg(v: string, flag: string): NetConfig {
   throw new UsageError(`${flag} must be tap=NAME[,mac=MAC] or passt[,mac=MAC] (got ${quoted(v)})`);
 }
 
+/** `--rng bw=SIZE/MS[+BURST][,ops=SIZE/MS[+BURST]]`: the entropy device's rate limiter (at least one bucket). */
+export function parseRngArg(v: string): RateLimiterConfig {
+  const rate: RateLimiterConfig = {};
+  for (const opt of v.split(',')) {
+    const m = /^(bw|ops)=(.*)$/.exec(opt);
+    const key = m?.[1] === 'bw' ? 'bandwidth' : 'ops';
+    const bucket = m && rate[key] === undefined ? parseBucket(m[2], `--rng ${m[1]}=`) : undefined;
+    if (!bucket) throw new UsageError(`--rng takes bw=SIZE/MS[+BURST] and/or ops=SIZE/MS[+BURST], each once (got ${quoted(v)})`);
+    rate[key] = bucket;
+  }
+  return rate;
+}
+
 /** `SIZE/MS[+BURST]` (a token bucket of a --disk or --net option), or undefined when `v` is not one. */
 function parseBucket(v: string, what: string): TokenBucketConfig | undefined {
   const r = /^([0-9]{1,15})\/([0-9]{1,9})(?:\+([0-9]{1,15}))?$/.exec(v);
@@ -243,6 +259,7 @@ function parseRun(args: string[]): Command {
         disk: { type: 'string', multiple: true },
         'log-level': { type: 'string' },
         'no-rng': { type: 'boolean' },
+        rng: { type: 'string' },
         console: { type: 'string' },
         vsock: { type: 'string' },
         net: { type: 'string', multiple: true },
@@ -272,7 +289,9 @@ function parseRun(args: string[]): Command {
     logLevel: values['log-level'],
     disks: (values.disk ?? []).map((v) => parseDiskArg(v)),
   };
+  if (values['no-rng'] && values.rng !== undefined) throw new UsageError('--no-rng and --rng contradict each other');
   if (values['no-rng']) config.rng = false;
+  if (values.rng !== undefined) config.rng = { rate: parseRngArg(values.rng) };
   if (values.console !== undefined) {
     if (values.console !== 'serial' && values.console !== 'virtio') throw new UsageError(`--console must be serial or virtio (got ${quoted(values.console)})`);
     config.console = values.console;

@@ -50,9 +50,11 @@ export interface VMConfig {
   disks?: DiskConfig[];
   /**
    * A virtio-rng device (entropy from the host CSPRNG) for the guest's /dev/hwrng and early CRNG
-   * seeding. Default true (`--no-rng` / `rng: false` to omit it).
+   * seeding. Default true (`--no-rng` / `rng: false` to omit it); `{ rate }` has one with
+   * Firecracker's entropy rate limiter (`bandwidth` counts the random bytes given, `ops` the
+   * requests; `--rng bw=…,ops=…`, API `PUT /entropy` rate_limiter).
    */
-  rng?: boolean;
+  rng?: boolean | { rate?: RateLimiterConfig };
   /**
    * Where the guest console is: 'serial' (default; COM1 is vm.serial) or 'virtio' (a virtio-console
    * device, hvc0 in Linux, is vm.console; COM1 stays for early boot output).
@@ -117,6 +119,8 @@ export interface ResolvedConfig {
   logLevel: string;
   disks: Array<{ path: string; readOnly: boolean; rate?: RateLimiterConfig }>;
   rng: boolean;
+  /** The entropy device's rate limiter (rng: { rate }). */
+  rngRate?: RateLimiterConfig;
   console: ConsoleKind;
   vsock?: { cid: number; udsPath?: string };
   net: NetConfig[];
@@ -318,7 +322,7 @@ function checkNet(v: unknown): NetConfig[] {
 export type VirtioDevicePlan =
   | { kind: 'blk'; name: string; options: { path: string; readOnly: boolean; rate?: RateLimiterConfig } }
   | { kind: 'console'; name: string; options: Record<string, never> }
-  | { kind: 'rng'; name: string; options: Record<string, never> }
+  | { kind: 'rng'; name: string; options: { rate?: RateLimiterConfig } }
   | { kind: 'vsock'; name: string; options: { cid: number; udsPath?: string } }
   | { kind: 'net'; name: string; options: NetConfig & { option: string } };
 
@@ -328,13 +332,16 @@ export type VirtioDevicePlan =
  * places devices and names their I/O workers from it, and the CLI prespawns the I/O workers from it
  * before the config is resolved (so it also takes an unresolved config).
  */
-export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console' | 'vsock' | 'net'>): VirtioDevicePlan[] {
+export function virtioDevicePlan(config: Pick<VMConfig, 'disks' | 'rng' | 'console' | 'vsock' | 'net'> & { rngRate?: RateLimiterConfig }): VirtioDevicePlan[] {
   const disks = Array.isArray(config.disks) ? config.disks : [];
   const plan: VirtioDevicePlan[] = disks.map((d, i) => ({ kind: 'blk', name: `virtio-blk${i}`, options: { path: d.path, readOnly: d.readOnly === true, ...(d.rate ? { rate: d.rate } : {}) } }));
   const nets = Array.isArray(config.net) ? config.net : [];
   nets.forEach((n, i) => plan.push({ kind: 'net', name: `virtio-net${i}`, options: { ...n, option: `net[${i}]` } }));
   if (config.console === 'virtio') plan.push({ kind: 'console', name: 'virtio-console', options: {} });
-  if (config.rng !== false) plan.push({ kind: 'rng', name: 'virtio-rng', options: {} });
+  if (config.rng !== false) {
+    const rate = typeof config.rng === 'object' && config.rng !== null ? config.rng.rate : config.rngRate;
+    plan.push({ kind: 'rng', name: 'virtio-rng', options: rate ? { rate } : {} });
+  }
   if (config.vsock) plan.push({ kind: 'vsock', name: 'virtio-vsock', options: { cid: config.vsock.cid, udsPath: config.vsock.udsPath } });
   return plan;
 }
@@ -395,8 +402,13 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
 
   if (config.disks !== undefined && !Array.isArray(config.disks)) throw ConfigError.about('disks', 'must be an array of { path, readOnly? }');
   const disks = (config.disks ?? []).map((d, i) => checkDisk(d, i));
-  if (config.rng !== undefined && typeof config.rng !== 'boolean') throw ConfigError.about('rng', `must be true or false (got ${shown(config.rng)})`);
-  const rng = config.rng ?? true;
+  let rngRate: RateLimiterConfig | undefined;
+  if (typeof config.rng === 'object' && config.rng !== null && !Array.isArray(config.rng)) {
+    const extra = Object.keys(config.rng).filter((k) => k !== 'rate');
+    if (extra.length) throw ConfigError.about('rng', `takes only { rate } (got ${shown(extra[0])})`);
+    if (config.rng.rate !== undefined) rngRate = checkRateLimiter(config.rng.rate, 'rng.rate');
+  } else if (config.rng !== undefined && typeof config.rng !== 'boolean') throw ConfigError.about('rng', `must be true, false or { rate } (got ${shown(config.rng)})`);
+  const rng = config.rng !== false;
   const consoleKind = config.console ?? 'serial';
   if (consoleKind !== 'serial' && consoleKind !== 'virtio') throw ConfigError.about('console', `must be serial or virtio (got ${shown(consoleKind)})`);
   const vsock = checkVsock(config.vsock);
@@ -440,7 +452,7 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const seccomp = config.seccomp ?? 'strict';
   if (!SECCOMP_MODES.includes(seccomp)) throw ConfigError.about('seccomp', `must be one of ${SECCOMP_MODES.join(', ')} (got ${shown(seccomp)})`);
 
-  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, console: consoleKind, ...(vsock ? { vsock } : {}), net, seccomp };
+  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, ...(rngRate ? { rngRate } : {}), console: consoleKind, ...(vsock ? { vsock } : {}), net, seccomp };
   resolvedFiles.set(resolved, readKernelFiles(resolved));
   return resolved;
 }

@@ -38,6 +38,8 @@ muts = [
  ("src/devices/virtio/rng/index.ts", "const k = Math.min(s.length, max - n);", "const k = s.length;", "test/unit/virtio-rng.test.ts", "virtio-rng: a request filled past RNG_MAX_REQUEST_BYTES"),
  ("src/devices/virtio/rng/index.ts", "for (const s of chain.writable) {", "for (const s of [...chain.readable, ...chain.writable]) {", "test/unit/virtio-rng.test.ts", "virtio-rng: device-readable buffers filled too"),
  ("src/devices/virtio/rng/index.ts", "bytes[0] += n;", "bytes[0] += chain.writableBytes;", "test/unit/virtio-rng.test.ts", "virtio-rng: stats count the buffer size, not the bytes given"),
+ ("src/devices/virtio/rng/index.ts", "            limiter?.consume(n);\n", "            limiter?.consume(0);\n", "test/unit/virtio-rng.test.ts", "virtio-rng: the rate limiter charges no bytes"),
+ ("src/devices/virtio/rng/index.ts", "          limiter ? () => !limiter.blocked() : undefined,", "          undefined,", "test/unit/virtio-rng.test.ts", "virtio-rng: a limited queue is served while in debt"),
  ("src/devices/virtio/device.ts", "checkDeviceState(state, this.kind, 1);", "", "test/unit/virtio-device-state.test.ts", "virtio-blk/rng: restore accepts any state"),
  ("src/devices/virtio/device.ts", "if (s?.kind !== kind || s.version !== version) throw", "if (s?.version !== version) throw", "test/unit/virtio-device-state.test.ts", "virtio: restore accepts another device's state"),
  ("src/devices/virtio/console/index.ts", "for (const view of segmentViews(c.writable)) {", "for (const view of segmentViews([...c.readable, ...c.writable])) {", "test/unit/virtio-console.test.ts", "virtio-console: input delivered into device-readable segments"),

@@ -124,6 +124,14 @@ describe('getting started (curl sequence)', () => {
         vsock: { cid: 3, udsPath: join(dir, 'v.sock') },
       });
       expect(cfg.cmdline).toMatch(/^console=ttyS0 /);
+      // PUT /entropy with a rate_limiter: the virtio-rng device with that limiter; an invalid one is a 400.
+      expect((await put('/entropy', { rate_limiter: { bandwidth: { size: 1000, refill_time: 100 }, ops: { size: 0, refill_time: 0 } } })).status).toBe(204);
+      expect(c.vmConfig().rng).toEqual({ rate: { bandwidth: { size: 1000, refillTimeMs: 100 } } });
+      const bad = await put('/entropy', { rate_limiter: { bandwidth: { size: -1, refill_time: 100 } } });
+      expect(bad.status).toBe(400);
+      expect((bad.body as { fault_message: string }).fault_message).toMatch(/^entropy: rate_limiter\.bandwidth\.size: must be at least 0/);
+      expect((await put('/entropy', {})).status).toBe(204);
+      expect(c.vmConfig().rng).toBe(true);
       await c.close();
     })();
   });

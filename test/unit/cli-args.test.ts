@@ -162,6 +162,15 @@ describe('parseCommandLine', () => {
     expect(parseCommandLine(['run', '--kernel', 'k', '--disk', 'd.img,bw=2097152/1000'])).toMatchObject({ config: { disks: [{ path: 'd.img', readOnly: false, rate: { bandwidth: { size: 2097152, refillTimeMs: 1000 } } }] } });
   });
 
+  it('--rng bw=…,ops=…: the entropy device with a rate limiter; a bad or repeated bucket and --no-rng with it are usage errors', () => {
+    expect(parseCommandLine(['run', '--kernel', 'k', '--rng', 'bw=1000/100+50,ops=10/1000'])).toMatchObject({
+      config: { rng: { rate: { bandwidth: { size: 1000, refillTimeMs: 100, oneTimeBurst: 50 }, ops: { size: 10, refillTimeMs: 1000 } } } },
+    });
+    expect(parseCommandLine(['run', '--kernel', 'k', '--rng', 'ops=5/10'])).toMatchObject({ config: { rng: { rate: { ops: { size: 5, refillTimeMs: 10 } } } } });
+    for (const bad of ['', 'fast', 'bw=1/1,bw=2/2', 'bw=0/10', 'iops=1/1', 'bw=1/1,']) expect(() => parseCommandLine(['run', '--kernel', 'k', '--rng', bad]), bad).toThrow(UsageError);
+    expect(() => parseCommandLine(['run', '--kernel', 'k', '--no-rng', '--rng', 'bw=1/1'])).toThrow(/--no-rng and --rng contradict each other/);
+  });
+
   it('errors name the culprit on one printable line (regression: a newline in a value used to split it)', () => {
     const cases: Array<[string[], RegExp]> = [
       [['run', '--vcpus', '1\n2'], /^kindling: --vcpus needs a whole number \(got "1\\n2"\)/],

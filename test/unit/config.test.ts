@@ -112,7 +112,7 @@ describe('resolveConfig', () => {
       [{ kernel, logLevel: 'loud' }, 'logLevel', /^logLevel must be one of/, /^--log-level must be one of/],
       [{ kernel, seccomp: 'lax' as never }, 'seccomp', /^seccomp must be one of strict, log, off \(got lax\)$/, /^--seccomp must be one of strict, log, off/],
       [{ kernel, console: 'tty' as never }, 'console', /^console must be serial or virtio/, /^--console must be/],
-      [{ kernel, rng: 'no' as never }, 'rng', /^rng must be true or false/, /^--no-rng must be/],
+      [{ kernel, rng: 'no' as never }, 'rng', /^rng must be true, false or \{ rate \}/, /^--no-rng must be/],
       [{ kernel: '' }, 'kernel', /^kernel is required/, /^--kernel is required/],
       [{ kernel, disks: [{ path: disk }, null] as never }, 'disks[1]', /^disks\[1\] must be \{ path, readOnly\?, rate\? \}$/, /^--disk #2 must be/],
       [{ kernel, disks: [{ path: disk, readOnly: 1 }] as never }, 'disks[0].readOnly', /^disks\[0\]\.readOnly must be true or false/, /^--disk #1 must be/],

@@ -8,6 +8,7 @@ import { VIRTIO_ID_RNG, VIRTQ_AVAIL_F_NO_INTERRUPT } from '../../src/devices/vir
 import { ActiveQueue, createTransportStats, type QueueGuard } from '../../src/devices/virtio/queue-service.js';
 import { SplitQueue, VirtqueueError, type DescriptorChain } from '../../src/devices/virtio/queue.js';
 import { RNG_MAX_REQUEST_BYTES, RNG_QUEUE_SIZE, RngBackend, createRngStats, fillRequest, readRngStats, rngDeviceType } from '../../src/devices/virtio/rng/index.js';
+import type { RateLimiterConfig } from '../../src/devices/rate-limiter.js';
 import { runs } from '../fuzz/budget.js';
 import { expectSameBytes } from '../fuzz/bytes.js';
 import {
@@ -44,13 +45,14 @@ function stream(seed: number): { fill: (view: Uint8Array) => void; pos: () => nu
   };
 }
 
-function setup(opts: { indirect?: boolean; seed?: number; random?: boolean; size?: number } = {}) {
+function setup(opts: { indirect?: boolean; seed?: number; random?: boolean; size?: number; rate?: RateLimiterConfig; now?: () => number } = {}) {
   const ram = new ModelRam();
   const layout = { ...LAYOUT, size: opts.size ?? LAYOUT.size };
   const q = benchQueue(ram, layout, { index: 0, indirect: opts.indirect ?? true });
   const rngStats = createRngStats();
   const src = stream(opts.seed ?? 1);
-  const backend = opts.random ? new RngBackend({ stats: rngStats }) : new RngBackend({ stats: rngStats }, src.fill);
+  const params = { stats: rngStats, ...(opts.rate ? { rate: opts.rate } : {}) };
+  const backend = opts.random ? new RngBackend(params) : new RngBackend(params, src.fill, undefined, opts.now);
   backend.activate({ queues: [q.aq] });
   /** The used ring is checked through the driver; everything else must match the model. */
   const expectRam = (what: string): void => {
@@ -208,6 +210,32 @@ describe('virtio-rng requests', () => {
       expect((err as VirtqueueError).fatal).toBe(true);
       expect(t.log.enters).toBe(t.log.leaves);
     }
+  });
+
+  it('rate limiter: the bytes given are paid after each request; a queue in debt waits for its timer, not the next kick', async () => {
+    let t0 = 0;
+    const t = setup({ rate: { bandwidth: { size: 100, refillTimeMs: 50 } }, now: () => t0 });
+    const post = (len: number) => t.drv.post({ bufs: [{ addr: BigInt(DATA), len, write: true }], table: null, corrupt: 'none' })!;
+    const [a, b, c] = [post(100), post(100), post(100)];
+    t.backend.processQueue(0);
+    // a empties the full bucket, b may still start (nothing is owed yet) and leaves 100 bytes of debt: c waits.
+    expect(t.drv.takeUsed()).toEqual([{ id: a, len: 100 }, { id: b, len: 100 }]);
+    t.backend.processQueue(0); // a kick changes nothing while in debt
+    expect(t.drv.takeUsed()).toEqual([]);
+    t0 = 50; // the debt is paid: the resume timer (armed for the fake clock's 49 ms) serves c
+    await new Promise((r) => setTimeout(r, 100));
+    expect(t.drv.takeUsed()).toEqual([{ id: c, len: 100 }]);
+    expect(readRngStats(t.rngStats)).toEqual({ requests: 3, bytes: 300 });
+    t.backend.close();
+  });
+
+  it('rate limiter ops: each request costs one op (2 tokens: the third request goes into debt, the fourth waits)', () => {
+    const t0 = 0;
+    const t = setup({ rate: { ops: { size: 2, refillTimeMs: 1000 } }, now: () => t0 });
+    const ids = [0, 1, 2, 3].map(() => t.drv.post({ bufs: [{ addr: BigInt(DATA), len: 8, write: true }], table: null, corrupt: 'none' })!);
+    t.backend.processQueue(0);
+    expect(t.drv.takeUsed().map((u) => u.id)).toEqual(ids.slice(0, 3));
+    t.backend.close();
   });
 
   it('NO_INTERRUPT: chains are completed without a notification', () => {

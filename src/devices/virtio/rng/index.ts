@@ -7,10 +7,15 @@
 // only device-writable buffers here); a chain the queue rejects completes with used length 0. A
 // single request is filled up to RNG_MAX_REQUEST_BYTES (the used length says how much), so a guest
 // cannot make one wake-up generate gigabytes.
+//
+// Rate limiter (Firecracker's entropy device rate_limiter, src/devices/rate-limiter.ts): each request
+// costs one op and the random bytes it was given, paid after it was filled; while the limiter is in
+// debt the queue is not served (one request at a time) until one timer for the moment it is paid.
 import { randomFillSync } from 'node:crypto';
 import { VIRTIO_ID_RNG } from '../constants.js';
 import { RequestQueueBackend, type VirtioDeviceType } from '../device.js';
 import type { DescriptorChain } from '../queue.js';
+import { rateLimiter, type RateLimiter, type RateLimiterConfig } from '../../rate-limiter.js';
 
 /** QueueNumMax of requestq. */
 export const RNG_QUEUE_SIZE = 256;
@@ -36,11 +41,14 @@ export function readRngStats(sab: SharedArrayBuffer): RngStats {
   return { requests: Atomics.load(new Int32Array(sab, 0, S_WORDS), S_REQUESTS) >>> 0, bytes: new Float64Array(sab, S_WORDS * 4, 1)[0] };
 }
 
-/** virtio-rng takes no options. */
-export type RngOptions = Record<string, never>;
+export interface RngOptions {
+  /** Firecracker's entropy rate limiter (bandwidth: random bytes given; ops: requests). */
+  rate?: RateLimiterConfig;
+}
 
 export interface RngParams {
   stats: SharedArrayBuffer;
+  rate?: RateLimiterConfig;
 }
 
 /**
@@ -58,18 +66,36 @@ export function fillRequest(chain: DescriptorChain, max: number = RNG_MAX_REQUES
   return n;
 }
 
-/** virtio-rng's backend: requestq served by the standard loop, each request filled by fillRequest. */
+/**
+ * virtio-rng's backend: requestq served by the standard loop, each request filled by fillRequest; with
+ * a rate limiter, one request at a time while it is out of debt.
+ */
 export class RngBackend extends RequestQueueBackend {
-  constructor(params: RngParams, fill: (view: Uint8Array) => void = randomFillSync) {
+  constructor(
+    params: RngParams,
+    fill: (view: Uint8Array) => void = randomFillSync,
+    env: { guarded(fn: () => void): void } = { guarded: (fn) => fn() },
+    now?: () => number,
+  ) {
     const counts = new Int32Array(params.stats, 0, S_WORDS);
     const bytes = new Float64Array(params.stats, S_WORDS * 4, 1);
-    super('rng', (q) =>
-      q.service((chain) => {
-        const n = fillRequest(chain, RNG_MAX_REQUEST_BYTES, fill);
-        Atomics.add(counts, S_REQUESTS, 1);
-        bytes[0] += n;
-        return n;
-      }),
+    const limiter: RateLimiter | undefined = rateLimiter(params.rate, now);
+    super(
+      'rng',
+      (q) =>
+        q.service(
+          (chain) => {
+            const n = fillRequest(chain, RNG_MAX_REQUEST_BYTES, fill);
+            Atomics.add(counts, S_REQUESTS, 1);
+            bytes[0] += n;
+            limiter?.consume(n);
+            return n;
+          },
+          undefined,
+          limiter ? 1 : undefined,
+          limiter ? () => !limiter.blocked() : undefined,
+        ),
+      limiter ? { waitMs: () => limiter.waitMs(), guarded: (fn) => env.guarded(fn) } : undefined,
     );
   }
 }
@@ -77,13 +103,13 @@ export class RngBackend extends RequestQueueBackend {
 export const rngDeviceType: VirtioDeviceType<RngOptions, RngParams> = {
   kind: 'rng',
   deviceId: VIRTIO_ID_RNG,
-  prepare() {
-    return { params: { stats: createRngStats() }, release: () => undefined };
+  prepare(options) {
+    return { params: { stats: createRngStats(), ...(options.rate ? { rate: options.rate } : {}) }, release: () => undefined };
   },
   describe() {
     return { features: 0n, queues: [{ name: 'requestq', maxSize: RNG_QUEUE_SIZE }], config: new Uint8Array(0) };
   },
-  createBackend(params) {
-    return new RngBackend(params);
+  createBackend(params, env) {
+    return new RngBackend(params, randomFillSync, env);
   },
 };
