@@ -47,6 +47,7 @@ export interface ControlledVm {
   sendCtrlAltDel(): boolean;
   blockStats(): BlockStats[];
   setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void>;
+  swapDisk(index: number, path: string): Promise<void>;
   setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }): Promise<void>;
   on(event: 'warning', listener: (line: string) => void): unknown;
   on(event: 'device-error', listener: (e: { device: string; error: unknown }) => void): unknown;
@@ -332,8 +333,10 @@ export class ApiController {
   }
 
   /**
-   * PATCH /drives/{id} on the running VM. rate_limiter is Firecracker's RateLimiterUpdate: a bucket
-   * that is given replaces the current one (size 0 or refill_time 0 removes it), one left out stays.
+   * PATCH /drives/{id} on the running VM. path_on_host swaps the backing file (vm.swapDisk: same
+   * read-only mode, a config-change interrupt tells the guest the new capacity). rate_limiter is
+   * Firecracker's RateLimiterUpdate: a bucket that is given replaces the current one (size 0 or
+   * refill_time 0 removes it), one left out stays.
    */
   private async patchDrive(id: string, body: unknown): Promise<ApiResponse> {
     const where = `drives/${shown(id)}`;
@@ -342,10 +345,18 @@ export class ApiController {
     const vm = this.runtime(where);
     const entry = this.drives.get(id);
     if (!entry) throw new ApiError(`${where}: no drive with this id`);
-    if (b.path_on_host !== undefined) throw new ApiError(`${where}: path_on_host: swapping a drive's backing file on a running VM is not supported yet (the VM API has no block hot-swap)`);
+    const index = this.orderedDrives().findIndex((d) => d.body.drive_id === id);
+    if (b.path_on_host !== undefined && b.path_on_host !== null) {
+      // Firecracker's hot swap: the new image under the drive's mode, then a config-change interrupt.
+      try {
+        await vm.swapDisk(index, b.path_on_host);
+      } catch (e) {
+        throw new ApiError(`${where}: path_on_host: ${oneLine((e as Error).message)}`);
+      }
+      entry.body = { ...entry.body, path_on_host: b.path_on_host };
+    }
     if (b.rate_limiter === undefined || b.rate_limiter === null) return { status: 204 };
     const merged = mergeLimiter(entry.body.rate_limiter ?? undefined, b.rate_limiter);
-    const index = this.orderedDrives().findIndex((d) => d.body.drive_id === id);
     try {
       await vm.setDiskRateLimiter(index, limits(merged) ? limiterConfig(merged) : null);
     } catch (e) {

@@ -36,8 +36,11 @@ import {
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
 import { takeIoWorker, takeVcpuWorker } from './workers.js';
-import { readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
+import { blockConfigSpace, readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
 import type { BlockParams } from '../devices/virtio/block/index.js';
+import { openDisk } from '../devices/virtio/block/image.js';
+import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
+import { VIRTIO_MMIO_INT_CONFIG, VIRTIO_STATUS_DRIVER_OK } from '../devices/virtio/constants.js';
 import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
@@ -410,6 +413,37 @@ export class VM extends EventEmitter {
    */
   setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void> {
     return this.reconfigureDevice('blk', index, { rate }, { rate });
+  }
+
+  /**
+   * Swap disk `index`'s backing file on the running VM (Firecracker's PATCH /drives path_on_host; how
+   * Kata hot-plugs container disks): `path` is opened and locked as the disk was (same read-only
+   * mode; a refusal is one ConfigError line and the old image stays), the device's I/O worker moves
+   * to it between two requests, the old image is closed (its lock released), and the guest sees the
+   * new capacity in config space with a config-change interrupt (Linux's virtio_blk re-reads it and
+   * resizes the disk).
+   */
+  async swapDisk(index: number, path: string): Promise<void> {
+    const p = (this.virtio?.placements ?? []).filter((x) => x.kind === 'blk')[index];
+    const addon = this.kvm?.addon;
+    if (!p || !addon) throw new RangeError(`no disk ${index} (the VM has ${(this.virtio?.placements ?? []).filter((x) => x.kind === 'blk').length})`);
+    const params = p.params as BlockParams;
+    const d = openDisk(addon, { path, readOnly: params.readOnly });
+    try {
+      await this.reconfigureDevice('blk', index, { medium: { fd: d.fd, sectors: d.sectors } }, {});
+    } catch (e) {
+      addon.close(d.fd);
+      throw e;
+    }
+    const oldFd = params.fd;
+    params.fd = d.fd;
+    params.path = d.path;
+    params.sectors = d.sectors;
+    p.release = () => addon.close(d.fd);
+    addon.close(oldFd);
+    const t = new VirtioMmioTransport(p.transport);
+    t.setConfig(blockConfigSpace(params).subarray(0, 8), 0); // capacity, le64 at offset 0
+    if (t.status() & VIRTIO_STATUS_DRIVER_OK && t.raiseInterrupt(VIRTIO_MMIO_INT_CONFIG)) addon.eventfdWrite(p.irqFd, 1n);
   }
 
   /**

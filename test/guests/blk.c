@@ -333,6 +333,29 @@ static void cmd_bad(const char *v, size_t n)
     }
 }
 
+/*
+ * blk.swap=N: wait (polling InterruptStatus, up to about a minute) for a config-change interrupt,
+ * as the host's hot swap of the backing file raises it; acknowledge it, re-read the capacity and
+ * read the first N sectors (default 8) of the new medium.
+ */
+static void cmd_swap(uint64_t nsect)
+{
+    puts("blk waiting for a config change");
+    uint64_t t0 = rdtsc();
+    while (!(vmmio_rd(&dev, VMMIO_INTERRUPT_STATUS) & 2)) {
+        if (rdtsc() - t0 > (1ull << 37)) {
+            puts("blk: config change timed out");
+            guest_exit(3);
+        }
+        for (int i = 0; i < 4096; i++)
+            __asm__ volatile("pause");
+    }
+    vmmio_wr(&dev, VMMIO_INTERRUPT_ACK, 2);
+    capacity = vmmio_config64(&dev, CFG_CAPACITY);
+    printf("blk config change: capacity %lu\n", capacity);
+    cmd_read(nsect < capacity ? nsect : capacity);
+}
+
 /* ---- blk.irq: the device's used-buffer interrupts through the 8259 PIC (IRQ = its GSI) ---- */
 #define PIC_VEC 0x20
 
@@ -510,6 +533,8 @@ static uint64_t blk_main(void *arg)     /* ring 3 */
         cmd_id();
     if (cmdline_get("blk.capacity", &n))
         printf("blk capacity %lu ro=%d\n", capacity, ro);
+    if (cmdline_get("blk.swap", &n))
+        cmd_swap(cmdline_u64("blk.swap", 8));
     if ((v = cmdline_get("blk.bad", &n)))
         cmd_bad(v, n);
     if ((v = cmdline_get("blk.bench", &n)))

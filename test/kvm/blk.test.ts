@@ -143,6 +143,35 @@ describe.skipIf(!kvm)('virtio-blk with blk.elf', () => {
     expect(again.exit.exitCode).toBe(0);
   });
 
+  it('vm.swapDisk (PATCH /drives path_on_host): the guest gets a config-change interrupt, the new capacity and the new bytes; the old image is unlocked, the new one locked', async () => {
+    const a = image();
+    const bBytes = randomBytes(2 << 20);
+    const b = image(bBytes);
+    // After the swap the guest reads and then keeps the new image busy (blk.bench) until stopped.
+    const vm = new VM({ kernel: BLK, memMiB: 64, disks: [{ path: a }], cmdline: 'blk.capacity blk.swap=16 blk.bench=rand blk.ops=100000000', logLevel: 'silent' });
+    let out = '';
+    vm.serial.on('data', (d: Buffer) => (out += d.toString('latin1')));
+    await vm.start();
+    try {
+      await waitFor(() => out, 'blk waiting for a config change');
+      expect(out).toContain(`blk capacity ${SECTORS} ro=0`);
+      // A missing image is refused in one line and changes nothing.
+      await expect(vm.swapDisk(0, join(dir(), 'missing.img'))).rejects.toThrow(/^disk image not found: /);
+      await vm.swapDisk(0, b);
+      await waitFor(() => out, 'blk bench start');
+      expect(out).toContain(`blk config change: capacity ${bBytes.length / 512}`);
+      expect(out).toContain(`blk read 16 crc32=${hex8(crc32(bBytes.subarray(0, 16 * 512)))}`);
+      // a is free again (another VM may take it), b is held.
+      const other = await runGuest({ kernel: BLK, memMiB: 64, disks: [{ path: a }], cmdline: 'blk.capacity', rng: false });
+      expect(other.exit.exitCode).toBe(0);
+      await expect(new VM({ kernel: BLK, memMiB: 64, disks: [{ path: b }], logLevel: 'silent' }).start()).rejects.toThrow(/disk image is in use/);
+      await expect(vm.swapDisk(1, b)).rejects.toThrow(/^no disk 1 \(the VM has 1\)$/);
+      expect(vm.blockStats()[0].requests).toBeGreaterThan(0);
+    } finally {
+      await vm.stop();
+    }
+  });
+
   it('durability: SIGKILL the moment `blk write ok` is printed, and the bytes are in the file', async () => {
     const img = image();
     // blk.bench keeps the guest busy after the write, so the kill lands on a running VM.

@@ -429,6 +429,12 @@ class FakeVm extends EventEmitter implements ControlledVm {
   async setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }) {
     this.nicLimiters.push([index, rates]);
   }
+  swaps: Array<[number, string]> = [];
+  swapError: string | undefined;
+  async swapDisk(index: number, path: string) {
+    if (this.swapError) throw new Error(this.swapError);
+    this.swaps.push([index, path]);
+  }
   limiterError: string | undefined;
   async setDiskRateLimiter(index: number, rate: RateLimiterConfig | null) {
     if (this.limiterError) throw new Error(this.limiterError);
@@ -503,7 +509,14 @@ describe('runtime rules (stand-in VM)', () => {
         expect(vm!.keys).toBe(1);
         vm!.keyRoom = false;
         expect(fault(await api(sock, 'PUT', '/actions', { action_type: 'SendCtrlAltDel' }))).toMatch(/keyboard buffer is full/);
-        expect(fault(await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: data }))).toMatch(/swapping a drive's backing file on a running VM is not supported yet/);
+        // path_on_host: the hot swap (vm.swapDisk, by placement index); a refusal is a 400 naming the field.
+        expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: data })).status).toBe(204);
+        expect(vm!.swaps).toEqual([[0, data]]);
+        expect(((await api(sock, 'GET', '/vm/config')).json as { drives: Array<{ drive_id: string; path_on_host: string }> }).drives.find((d) => d.drive_id === 'rootfs')!.path_on_host).toBe(data);
+        vm!.swapError = 'disk image not found: /nope.img';
+        expect(fault(await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', path_on_host: '/nope.img' }))).toBe('drives/rootfs: path_on_host: disk image not found: /nope.img');
+        vm!.swapError = undefined;
+        expect(((await api(sock, 'GET', '/vm/config')).json as { drives: Array<{ drive_id: string; path_on_host: string }> }).drives.find((d) => d.drive_id === 'rootfs')!.path_on_host).toBe(data);
         expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs' })).status).toBe(204);
         // rate_limiter: Firecracker's update rules (a given bucket replaces, size 0 removes, a missing one stays).
         expect((await api(sock, 'PATCH', '/drives/rootfs', { drive_id: 'rootfs', rate_limiter: { bandwidth: { size: 1000, refill_time: 100 } } })).status).toBe(204);

@@ -280,10 +280,10 @@ export function isHostIoError(e: unknown): boolean {
 
 export class BlockDevice {
   readonly params: BlockDeviceParams;
-  private readonly backend: BlockBackend;
+  private backend: BlockBackend;
   private readonly stats: Int32Array;
   private readonly bytes: Float64Array;
-  private readonly capacityBytes: number;
+  private capacityBytes: number;
   private readonly features: bigint;
   /**
    * Firecracker's block rate limiter: every request costs one op, a read or write also its data
@@ -304,6 +304,19 @@ export class BlockDevice {
     this.capacityBytes = params.sectors * SECTOR_SIZE;
     this.features = blockDeviceFeatures(params.readOnly);
     this.limiter = rateLimiter(rate, now);
+  }
+
+  /**
+   * Swap the medium (Firecracker's PATCH /drives path_on_host; how Kata hot-plugs container disks):
+   * from the next request on, I/O goes to `backend` and the capacity is `sectors`. Requests run one
+   * at a time on this thread, so none straddles the swap. The transport's config space and the
+   * config-change interrupt are the caller's (the main thread's) part.
+   */
+  swapMedium(backend: BlockBackend, sectors: number): void {
+    if (!Number.isSafeInteger(sectors) || sectors < 0 || sectors * SECTOR_SIZE > Number.MAX_SAFE_INTEGER) throw new RangeError(`virtio-blk: bad capacity ${sectors}`);
+    this.backend = backend;
+    this.params.sectors = sectors;
+    this.capacityBytes = sectors * SECTOR_SIZE;
   }
 
   /** Count something in the shared stats (wakeups, interrupts, … from the worker loop). */

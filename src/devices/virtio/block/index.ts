@@ -14,9 +14,13 @@ export interface BlockOptions {
   rate?: RateLimiterConfig;
 }
 
-/** The runtime reconfiguration message of a virtio-blk backend: a new limiter (null: none). */
+/**
+ * The runtime reconfiguration message of a virtio-blk backend: a new limiter (null: none), and/or a
+ * new medium (an image the main thread opened and locked; its fd stays the main thread's).
+ */
 export interface BlockReconfigure {
-  rate: RateLimiterConfig | null;
+  rate?: RateLimiterConfig | null;
+  medium?: { fd: number; sectors: number };
 }
 
 /** What every thread gets: the open image fd and its geometry, and the device counters. */
@@ -54,9 +58,10 @@ export const blockDeviceType: VirtioDeviceType<BlockOptions, BlockParams> = {
       waitMs: () => dev.limiter?.waitMs() ?? 0,
       guarded: (fn) => env.guarded(fn),
       reconfigure: (msg) => {
-        const m = msg as Partial<BlockReconfigure> | null;
-        if (m === null || typeof m !== 'object' || m.rate === undefined) throw new Error('virtio-blk: reconfiguration must be { rate }');
-        dev.limiter = rateLimiter(m.rate ?? undefined);
+        const m = msg as BlockReconfigure | null;
+        if (m === null || typeof m !== 'object' || (m.rate === undefined && m.medium === undefined)) throw new Error('virtio-blk: reconfiguration must be { rate?, medium? }');
+        if (m.medium !== undefined) dev.swapMedium(new FileBackend(env.addon, m.medium.fd), m.medium.sectors);
+        if (m.rate !== undefined) dev.limiter = rateLimiter(m.rate ?? undefined);
       },
     });
   },
