@@ -16,7 +16,7 @@
 //      bound read-only likewise; the paths in it and in API requests are paths inside the jail, as with
 //      Firecracker's jailer: an orchestrator links the files into <jail>/root, which is the jail's /.
 //   3. Inside: /dev with null, zero, random, urandom and (when the host has it) kvm as fresh device
-//      nodes owned by UID:GID; the Node runtime (/usr, the host's /bin, /lib, /lib64 links or
+//      nodes owned by UID:GID, and /dev/net/tun when the inner command may attach a tap (usesTap); the Node runtime (/usr, the host's /bin, /lib, /lib64 links or
 //      read-only binds, /etc/ld.so.cache) and the installed kindling (its package directory, at the
 //      same path) read-only; /run and /tmp writable by UID only. Nothing else of the host exists there.
 //   4. cgroups: each --cgroup FILE=VALUE is written into kindling/<id> of FILE's controller
@@ -38,6 +38,13 @@ import { constants } from 'node:os';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ConfigError } from '../main/config-error.js';
+import { parseDiskArg } from '../cli/cli-args.js';
+
+/** Whether the inner command may open /dev/net/tun: a tap NIC on its command line, or `serve` (the API adds NICs). */
+export function usesTap(inner: readonly string[]): boolean {
+  if (inner[0] === 'serve' || inner[0]?.startsWith('--')) return true;
+  return inner.some((a, i) => /^(--net=)?tap=|^(--device=)?net=tap=/.test(a) && (a.startsWith('--') || ['--net', '--device'].includes(inner[i - 1] ?? '')));
+}
 
 export class JailUsageError extends Error {
   constructor(message: string) {
@@ -215,14 +222,15 @@ export function rewriteInner(inner: readonly string[], cwd: string): { argv: str
   };
   const pathOf = (flag: string, v: string): string => {
     if (flag === '--kernel' || flag === '--initrd' || flag === '--config-file') return place(v, true);
+    // A disk's path is the part before its options (,ro ,rw ,bw= ,ops=, taken off the end as `run`
+    // parses them); the options stay as given.
     if (flag === '--disk') {
-      const m = /^([^]*),(ro|rw)$/.exec(v);
-      return m ? `${place(m[1], m[2] === 'ro')},${m[2]}` : place(v, false);
+      const d = parseDiskArg(v);
+      return place(d.path, d.readOnly) + v.slice(d.path.length);
     }
     if (flag === '--device' && v.startsWith('blk=')) {
-      const rest = v.slice(4);
-      const m = /^([^]*),(ro|rw)$/.exec(rest);
-      return m ? `blk=${place(m[1], m[2] === 'ro')},${m[2]}` : `blk=${place(rest, false)}`;
+      const d = parseDiskArg(v.slice(4), '--device blk=');
+      return `blk=${place(d.path, d.readOnly)}${v.slice(4 + d.path.length)}`;
     }
     return v;
   };
@@ -404,6 +412,18 @@ export async function runJail(cmd: JailCommand, onSignalForward?: (forward: ((si
       if (kvm.isCharacterDevice()) args.push('--dev', '/dev/kvm', String(Math.floor(kvm.rdev / 256) & 0xfff), String((kvm.rdev & 0xff) | ((kvm.rdev >> 12) & 0xfff00)));
     } catch {
       // no KVM on this host: the jailed `run` reports it as it would outside
+    }
+    // A tap NIC (`--net tap=`, vhost-user's `--device net=tap=`, or any NIC an API client may add to
+    // `serve`) opens /dev/net/tun: the node is made inside. The tap itself must already exist in the
+    // jail's network namespace and belong to UID (`ip tuntap add NAME mode tap user UID`): without
+    // capabilities the jailed kindling can attach a tap, not create one.
+    if (usesTap(cmd.inner)) {
+      try {
+        const tun = statSync('/dev/net/tun');
+        if (tun.isCharacterDevice()) args.push('--dir', '/dev/net', '755', '--dev', '/dev/net/tun', String(Math.floor(tun.rdev / 256) & 0xfff), String((tun.rdev & 0xff) | ((tun.rdev >> 12) & 0xfff00)));
+      } catch {
+        // no tun driver: the jailed kindling reports it as it would outside
+      }
     }
     for (const b of [...rt.binds, ...files]) args.push('--bind', b.host, b.jailPath, b.readOnly ? 'ro' : 'rw');
     for (const l of rt.symlinks) args.push('--symlink', l.target, l.path);

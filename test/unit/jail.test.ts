@@ -11,7 +11,7 @@ import { request } from 'node:http';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { JAIL_EXEC, JailUsageError, explainSeccompKill, parseJailArgs, removeJailTree, rewriteInner, type JailCommand } from '../../src/jail/jail.js';
+import { JAIL_EXEC, JailUsageError, explainSeccompKill, parseJailArgs, removeJailTree, rewriteInner, type JailCommand, usesTap } from '../../src/jail/jail.js';
 import { runs } from '../fuzz/budget.js';
 import { lazyTempDir } from '../fuzz/tmp.js';
 
@@ -78,6 +78,22 @@ describe('jail arguments', () => {
       argv: ['vhost-user', '--socket', '/run/s', '--device', 'blk=/images/img,ro'],
       files: [{ host: '/w/img', jailPath: '/images/img', readOnly: true }],
     });
+  });
+
+  it('a disk\'s rate-limiter options stay on the rewritten path (the path is what comes before them)', () => {
+    expect(rewriteInner(['run', '--disk', '/d/a.img,ro,bw=1000/100,ops=5/10', '--disk=/d/b.img,ops=1/1'], '/').argv).toEqual(['run', '--disk', '/images/a.img,ro,bw=1000/100,ops=5/10', '--disk=/images/b.img,ops=1/1']);
+    expect(rewriteInner(['vhost-user', '--device', 'blk=/d/c,img,bw=1/1'], '/')).toEqual({ argv: ['vhost-user', '--device', 'blk=/images/c,img,bw=1/1'], files: [{ host: '/d/c,img', jailPath: '/images/c,img', readOnly: false }] });
+  });
+
+  it('usesTap: a tap NIC on the inner command line (both spellings, vhost-user net=tap=), or serve; passt and guest arguments do not count', () => {
+    expect(usesTap(['run', '--kernel', 'k', '--net', 'tap=t0'])).toBe(true);
+    expect(usesTap(['run', '--kernel', 'k', '--net=tap=t0,mac=02:00:00:00:00:01'])).toBe(true);
+    expect(usesTap(['vhost-user', '--socket', 's', '--device', 'net=tap=t0'])).toBe(true);
+    expect(usesTap(['serve', '--api-sock', 's'])).toBe(true);
+    expect(usesTap(['--api-sock', 's'])).toBe(true);
+    expect(usesTap(['run', '--kernel', 'k', '--net', 'passt'])).toBe(false);
+    expect(usesTap(['run', '--kernel', 'k', '--cmdline', 'tap=t0'])).toBe(false);
+    expect(usesTap(['run', '--kernel', 'k'])).toBe(false);
   });
 
   it('property: every image lands on a distinct /images/ path; the same file twice is one bind, writable if either use is', () => {
