@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// npm run bench:net — virtio-net through Linux's own virtio_net driver: kindling's net device served by
+// npm run bench:net-uml — virtio-net through Linux's own virtio_net driver: kindling's net device served by
 // `kindling vhost-user --device net=tap=kbn0` to a user-mode-Linux guest (virtio_uml; test/uml/helpers.ts
 // boots it), all inside a network namespace this benchmark creates and deletes (no frame leaves it).
 // No /dev/kvm is needed; on a KVM host the same device runs in an I/O worker. Each round is a fresh
@@ -12,7 +12,8 @@
 // The floor, strictly interleaved with each round: the same TCP transfer over the namespace's loopback
 // (MB/s). No peer VMM: Debian packages no vhost-user-net backend (QEMU's vhost-net needs a KVM guest).
 // Reported per round, then min/median/max and the per-round ratio kindling/floor.
-// Options: --rounds N (default 5), --mib M (default 64)
+// Options: --rounds N (default 5), --mib M (default 64), --help
+// (npm run bench:net is the KVM benchmark: net.elf under kindling next to QEMU microvm, bench/net.mjs.)
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -20,19 +21,30 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { fmt, loadUmlHarness, printStat } from './lib.mjs';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' } } });
+const USAGE = 'usage: node bench/net-uml.mjs [--rounds N] [--mib M]';
+let values;
+try {
+  ({ values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, help: { type: 'boolean' } } }));
+} catch (e) {
+  console.error(`bench:net-uml: ${e.message}; ${USAGE}`);
+  process.exit(2);
+}
+if (values.help) {
+  console.log(USAGE);
+  process.exit(0);
+}
 const ROUNDS = Number(values.rounds ?? 5);
 const MIB = Number(values.mib ?? 64);
 for (const [k, v] of [['rounds', ROUNDS], ['mib', MIB]]) {
   if (!Number.isInteger(v) || v < 1) {
-    console.error(`bench:net: --${k} must be a positive integer`);
+    console.error(`bench:net-uml: --${k} must be a positive integer`);
     process.exit(2);
   }
 }
 const BYTES = MIB * 1024 * 1024;
 const PY = '/usr/bin/python3';
 
-const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-net-'));
+const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-netuml-'));
 const namespaces = [];
 const cleanup = () => {
   for (const ns of namespaces.splice(0)) spawnSync('ip', ['netns', 'del', ns]);
@@ -48,7 +60,7 @@ const missing =
   (process.getuid?.() === 0 ? undefined : 'network namespaces need root') ??
   (H.which('ip') && H.which('ping') ? undefined : 'iproute2 and iputils-ping are needed');
 if (missing) {
-  console.error(`bench:net: cannot run: ${missing}`);
+  console.error(`bench:net-uml: cannot run: ${missing}`);
   process.exit(1);
 }
 const build = spawnSync(process.execPath, [join(H.ROOT, 'scripts', 'build.mjs'), 'ts'], { stdio: 'inherit' });
@@ -69,7 +81,7 @@ function collect(p) {
   return { text: () => out, done: new Promise((r) => p.on('close', () => r(out))) };
 }
 function newNs(tag) {
-  const ns = `kindling-bench-net-${process.pid}-${tag}`;
+  const ns = `kindling-bench-netuml-${process.pid}-${tag}`;
   const r = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`ip netns add: ${r.stderr}`);
   namespaces.push(ns);
