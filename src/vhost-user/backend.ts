@@ -146,6 +146,8 @@ export class VhostUserSession {
   private acked = 0n;
   private featuresSet = false;
   private protocol = 0n;
+  /** SET_PROTOCOL_FEATURES was received (see has(-1)). */
+  private protocolSet = false;
   private memory: MappedMemory | undefined;
   /** The back-end request channel (SET_BACKEND_REQ_FD), held until the connection ends. */
   private backendReqFd: number | undefined;
@@ -298,6 +300,7 @@ export class VhostUserSession {
         const extra = f & ~OFFERED_PROTOCOL_FEATURES;
         if (extra !== 0n) throw new VhostUserError(`SET_PROTOCOL_FEATURES: bits 0x${extra.toString(16)} were not offered`);
         this.protocol = f;
+        this.protocolSet = true;
         return undefined;
       }
       case VHOST_USER_SET_OWNER:
@@ -470,9 +473,15 @@ export class VhostUserSession {
 
   // ---- rings and activation ------------------------------------------------------------------
 
-  /** Protocol feature `bit` negotiated; bit -1: VHOST_USER_F_PROTOCOL_FEATURES acked. */
+  /**
+   * Protocol feature `bit` negotiated; bit -1: VHOST_USER_F_PROTOCOL_FEATURES negotiated, which is
+   * the bit acked in SET_FEATURES or SET_PROTOCOL_FEATURES received (a front-end may only send it
+   * after seeing the bit in GET_FEATURES). QEMU 7.2's vhost-user-net acks its SET_FEATURES with the
+   * virtio-net bits alone yet negotiates protocol features and enables its rings with
+   * SET_VRING_ENABLE, as libvhost-user and DPDK accept.
+   */
   private has(bit: number): boolean {
-    if (bit === -1) return (this.acked & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) !== 0n;
+    if (bit === -1) return this.protocolSet || (this.acked & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))) !== 0n;
     return (this.protocol & (1n << BigInt(bit))) !== 0n;
   }
 

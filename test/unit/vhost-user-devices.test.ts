@@ -15,7 +15,7 @@ import { VIRTIO_BLK_F_RO, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUS
 import { featureBit } from '../../src/devices/virtio/constants.js';
 import { RNG_MAX_REQUEST_BYTES, rngDeviceType } from '../../src/devices/virtio/rng/index.js';
 import { GuestMemory } from '../../src/memory/guest-memory.js';
-import { VHOST_USER_GET_VRING_BASE, VHOST_USER_SET_MEM_TABLE, vringStatePayload } from '../../src/vhost-user/protocol.js';
+import { VHOST_USER_F_PROTOCOL_FEATURES, VHOST_USER_GET_FEATURES, VHOST_USER_GET_VRING_BASE, VHOST_USER_SET_MEM_TABLE, vringStatePayload } from '../../src/vhost-user/protocol.js';
 import { MEM_SIZE, TestFrontend, USER_BASE, addon, memTable, type RingLayout } from './vhost-user-frontend.js';
 
 const RING0 = 0x1000;
@@ -175,6 +175,23 @@ describe('vhost-user rng', () => {
     const tail = fe.mem.readBytes(0x20000 + RNG_MAX_REQUEST_BYTES, 2 * big - RNG_MAX_REQUEST_BYTES);
     expect(tail.every((b) => b === 0)).toBe(true);
     expect(fe.mem.readBytes(0x20000 + RNG_MAX_REQUEST_BYTES - 64, 64).some((b) => b !== 0)).toBe(true);
+  });
+});
+
+describe('vhost-user protocol features as QEMU 7.2\'s vhost-user-net negotiates them', () => {
+  it('SET_PROTOCOL_FEATURES without VHOST_USER_F_PROTOCOL_FEATURES in SET_FEATURES: SET_VRING_ENABLE is accepted and the ring works', async () => {
+    const prepared = rngDeviceType.prepare({}, { addon });
+    releases.push(prepared.release);
+    const fe = new TestFrontend(rngDeviceType, prepared.params);
+    frontends.push(fe);
+    const offered = await fe.u64(VHOST_USER_GET_FEATURES);
+    expect(offered & (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES))).not.toBe(0n);
+    await fe.handshake(offered & ~(1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES)));
+    const { q, kick } = await fe.ring(0, 16, RING0); // its SET_VRING_ENABLE 1 must be acked with 0
+    fe.mem.fill(BUF, 64, 0);
+    fe.post(q, [[BUF, 64, true]], 0);
+    fe.kick(kick);
+    expect(await fe.used(q)).toEqual([{ id: 0, len: 64 }]);
   });
 });
 
