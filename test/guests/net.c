@@ -82,8 +82,7 @@ static int mergeable;
 static uint8_t rxbuf[NET_RX][NET_BUF] __attribute__((aligned(4096)));
 static uint8_t txbuf[NET_TX][NET_BUF] __attribute__((aligned(4096)));
 static uint8_t frame_buf[FRAME_MAX];        /* a frame gathered from several buffers */
-static int tx_busy[NET_TX];
-static unsigned tx_free;
+static struct vq_slots txs;
 
 static uint64_t n_rx, n_rx_bytes, n_echoed, n_echo_bytes, n_discarded, n_discard_bytes,
                 n_dropped, n_badcsum, n_arp, n_icmp;
@@ -151,47 +150,23 @@ static uint32_t parse_ip(const char *s, size_t n)
 }
 
 /* ---- tx ---- */
-static void tx_reclaim(void)
+static void tx_idle(unsigned spin)
 {
-    uint32_t id, len;
-    while (vq_get(&txq, &id, &len)) {
-        if (id >= txn || !tx_busy[id]) {
-            printf("net: bogus tx used id %u\n", id);
-            guest_exit(7);
-        }
-        tx_busy[id] = 0;
-        tx_free++;
-    }
+    if (spin % STATUS_EVERY == 0)
+        check_status();
 }
 
-/* A free tx slot's frame area (after the header), waiting for one if need be. */
+/* A free tx slot (its frame area is txbuf[s] + HDR), waiting for one if need be. */
 static int tx_slot(void)
 {
-    for (unsigned spin = 1; tx_free == 0; spin++) {
-        tx_reclaim();
-        if (spin % STATUS_EVERY == 0)
-            check_status();
-        __asm__ volatile("pause");
-    }
-    for (unsigned i = 0; i < txn; i++)
-        if (!tx_busy[i])
-            return (int)i;
-    die(7, "net: tx accounting");
-    return -1;
+    return (int)vq_slots_get(&txs, tx_idle);
 }
 
 /* Sends the n-byte frame built in slot s's frame area. */
 static void tx_send(int s, uint32_t n)
 {
     memset(txbuf[s], 0, HDR);       /* no offloads: flags 0, gso_type NONE */
-    volatile struct virtq_desc *d = &txq.desc[s];
-    d->addr = (uintptr_t)txbuf[s];
-    d->len = HDR + n;
-    d->flags = 0;
-    d->next = 0;
-    tx_busy[s] = 1;
-    tx_free--;
-    vq_add(&txq, (uint16_t)s);
+    vq_slots_add(&txs, (unsigned)s, (uintptr_t)txbuf[s], HDR + n);
     vq_kick(&dev, &txq, 1);
 }
 
@@ -481,7 +456,7 @@ static void init_device(void)
     for (unsigned i = 0; i < rxn; i++)
         rx_post(i);
     vq_kick(&dev, &rxq, 0);
-    tx_free = txn;
+    vq_slots_init(&txs, &txq, txn, "net");
 }
 
 static uint64_t net_main(void *arg)     /* ring 3 */
@@ -510,10 +485,10 @@ static uint64_t net_main(void *arg)     /* ring 3 */
     for (unsigned idle = 1;; idle++) {
         if (rx_poll())
             idle = 1;
-        tx_reclaim();
+        vq_slots_reclaim(&txs);
         if (exit_after && n_echoed >= exit_after) {
-            while (tx_free < txn)
-                tx_reclaim();
+            while (txs.free < txs.n)
+                vq_slots_reclaim(&txs);
             printf("net: done echoed=%lu dropped=%lu badcsum=%lu\n", n_echoed, n_dropped, n_badcsum);
             return 0;
         }

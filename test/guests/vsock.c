@@ -97,8 +97,7 @@ static uint32_t listen_port;
 static uint8_t rxbuf[VS_RX][VS_BUF] __attribute__((aligned(4096)));
 static uint8_t txbuf[VS_TX][VS_BUF] __attribute__((aligned(4096)));
 static uint32_t evbuf[VS_EV][2];
-static int tx_busy[VS_TX];
-static unsigned tx_free;
+static struct vq_slots txs;
 static int tx_pending;          /* added, not kicked */
 static struct conn conns[VS_CONNS];
 static uint64_t delay;
@@ -125,15 +124,7 @@ static void check_status(void)
 /* ---- tx ---- */
 static void tx_reclaim(void)
 {
-    uint32_t id, len;
-    while (vq_get(&txq, &id, &len)) {
-        if (id >= txn || !tx_busy[id]) {
-            printf("vsock: bogus tx used id %u\n", id);
-            guest_exit(7);
-        }
-        tx_busy[id] = 0;
-        tx_free++;
-    }
+    vq_slots_reclaim(&txs);
 }
 
 static void tx_flush(void)
@@ -144,21 +135,17 @@ static void tx_flush(void)
     }
 }
 
+static void tx_idle(unsigned spin)
+{
+    tx_flush();     /* what is added but not kicked may be what the device must complete first */
+    if (spin % STATUS_EVERY == 0)
+        check_status();
+}
+
 /* A free tx slot, waiting for one if need be. */
 static int tx_slot(void)
 {
-    for (unsigned spin = 1; tx_free == 0; spin++) {
-        tx_flush();
-        tx_reclaim();
-        if (spin % STATUS_EVERY == 0)
-            check_status();
-        __asm__ volatile("pause");
-    }
-    for (unsigned i = 0; i < txn; i++)
-        if (!tx_busy[i])
-            return (int)i;
-    die(7, "vsock: tx accounting");
-    return -1;
+    return (int)vq_slots_get(&txs, tx_idle);
 }
 
 /* Sends one packet to the host from `sport` to `dport` (payload copied). */
@@ -179,14 +166,7 @@ static void send_pkt(uint32_t sport, uint32_t dport, uint16_t op, uint32_t flags
     h->fwd_cnt = fwd_cnt;
     if (len)
         memcpy(txbuf[s] + HDR, data, len);
-    volatile struct virtq_desc *d = &txq.desc[s];
-    d->addr = (uintptr_t)txbuf[s];
-    d->len = HDR + len;
-    d->flags = 0;
-    d->next = 0;
-    tx_busy[s] = 1;
-    tx_free--;
-    vq_add(&txq, (uint16_t)s);
+    vq_slots_add(&txs, (unsigned)s, (uintptr_t)txbuf[s], HDR + len);
     if (++tx_pending >= 8)
         tx_flush();
 }
@@ -504,7 +484,7 @@ static void init_device(void)
         vq_add(&evq, (uint16_t)i);
     }
     vq_kick(&dev, &evq, 2);
-    tx_free = txn;
+    vq_slots_init(&txs, &txq, txn, "vsock");
 }
 
 static uint64_t vsock_main(void *arg)    /* ring 3 */

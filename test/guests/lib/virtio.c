@@ -181,3 +181,52 @@ uint64_t vmmio_config64(struct vmmio *d, unsigned off)
     } while (g != vmmio_rd(d, VMMIO_CONFIG_GENERATION));
     return lo | (uint64_t)hi << 32;
 }
+
+void vq_slots_init(struct vq_slots *p, struct virtq *q, unsigned n, const char *who)
+{
+    p->q = q;
+    p->n = n < VIRTQ_MAX ? n : VIRTQ_MAX;
+    p->free = p->n;
+    p->who = who;
+    memset(p->busy, 0, sizeof(p->busy));
+}
+
+void vq_slots_reclaim(struct vq_slots *p)
+{
+    uint32_t id, len;
+    while (vq_get(p->q, &id, &len)) {
+        if (id >= p->n || !p->busy[id]) {
+            printf("%s: bogus tx used id %u\n", p->who, id);
+            guest_exit(7);
+        }
+        p->busy[id] = 0;
+        p->free++;
+    }
+}
+
+unsigned vq_slots_get(struct vq_slots *p, void (*idle)(unsigned spin))
+{
+    for (unsigned spin = 1; p->free == 0; spin++) {
+        vq_slots_reclaim(p);
+        if (idle)
+            idle(spin);
+        __asm__ volatile("pause");
+    }
+    for (unsigned i = 0; i < p->n; i++)
+        if (!p->busy[i])
+            return i;
+    printf("%s: tx accounting\n", p->who);
+    guest_exit(7);
+}
+
+void vq_slots_add(struct vq_slots *p, unsigned s, uint64_t addr, uint32_t len)
+{
+    volatile struct virtq_desc *d = &p->q->desc[s];
+    d->addr = addr;
+    d->len = len;
+    d->flags = 0;
+    d->next = 0;
+    p->busy[s] = 1;
+    p->free--;
+    vq_add(p->q, (uint16_t)s);
+}

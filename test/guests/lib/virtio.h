@@ -194,6 +194,25 @@ static inline int vq_get(struct virtq *q, uint32_t *id, uint32_t *len)
     return 1;
 }
 
+/*
+ * A pool of one-descriptor slots on a queue (slot i = descriptor i), for drivers that send buffers
+ * and take them back in any order (vsock.c and net.c transmit queues).  `who` prefixes the one line
+ * printed before exit 7 when the device returns an id that is not out.
+ */
+struct vq_slots {
+    struct virtq *q;
+    unsigned n, free;
+    const char *who;
+    uint8_t busy[VIRTQ_MAX];
+};
+void vq_slots_init(struct vq_slots *p, struct virtq *q, unsigned n, const char *who);
+/* Takes every used entry back (exits 7 on an id that is not out). */
+void vq_slots_reclaim(struct vq_slots *p);
+/* A free slot, reclaiming (and calling idle(), if not NULL, on every spin) until one is. */
+unsigned vq_slots_get(struct vq_slots *p, void (*idle)(unsigned spin));
+/* Puts slot s on the avail ring as one device-readable buffer [addr, addr+len) (not yet kicked). */
+void vq_slots_add(struct vq_slots *p, unsigned s, uint64_t addr, uint32_t len);
+
 static inline uint64_t rdtsc(void)
 {
     uint32_t lo, hi;
