@@ -16,9 +16,10 @@
 //      bound read-only likewise; the paths in it and in API requests are paths inside the jail, as with
 //      Firecracker's jailer: an orchestrator links the files into <jail>/root, which is the jail's /.
 //   3. Inside: /dev with null, zero, random, urandom and (when the host has it) kvm as fresh device
-//      nodes owned by UID:GID, and /dev/net/tun when the inner command may attach a tap (usesTap); the Node runtime (/usr, the host's /bin, /lib, /lib64 links or
-//      read-only binds, /etc/ld.so.cache) and the installed kindling (its package directory, at the
-//      same path) read-only; /run and /tmp writable by UID only. Nothing else of the host exists there.
+//      nodes owned by UID:GID, and /dev/net/tun when the inner command may attach a tap (usesTap);
+//      the Node runtime (/usr, the host's /bin, /lib, /lib64 links or read-only binds,
+//      /etc/ld.so.cache) and the installed kindling (its package directory, at the same path)
+//      read-only; /run and /tmp writable by UID only. Nothing else of the host exists there.
 //   4. cgroups: each --cgroup FILE=VALUE is written into kindling/<id> of FILE's controller
 //      (v1: /sys/fs/cgroup/<controller>/kindling/<id>/FILE; v2: /sys/fs/cgroup/kindling/<id>/FILE, the
 //      controller enabled in the parents' cgroup.subtree_control), and the jailed process joins it
@@ -44,6 +45,18 @@ import { parseDiskArg } from '../cli/cli-args.js';
 export function usesTap(inner: readonly string[]): boolean {
   if (inner[0] === 'serve' || inner[0]?.startsWith('--')) return true;
   return inner.some((a, i) => /^(--net=)?tap=|^(--device=)?net=tap=/.test(a) && (a.startsWith('--') || ['--net', '--device'].includes(inner[i - 1] ?? '')));
+}
+
+/** `--dev PATH MAJOR MINOR` for kindling-jail-exec when the host has the character device PATH, else nothing. */
+function hostCharDev(path: string): string[] {
+  try {
+    const st = statSync(path);
+    if (!st.isCharacterDevice()) return [];
+    // Linux's dev_t encoding (glibc major()/minor()).
+    return ['--dev', path, String(Math.floor(st.rdev / 256) & 0xfff), String((st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00))];
+  } catch {
+    return [];
+  }
 }
 
 export class JailUsageError extends Error {
@@ -407,23 +420,16 @@ export async function runJail(cmd: JailCommand, onSignalForward?: (forward: ((si
     for (const c of cgroups) args.push('--cgroup-procs', c.procs);
     args.push('--dir', '/dev', '755', '--dir', '/run', '700', '--dir', '/tmp', '700', '--dir', '/images', '755');
     for (const [name, maj, min] of [['null', 1, 3], ['zero', 1, 5], ['random', 1, 8], ['urandom', 1, 9]] as const) args.push('--dev', `/dev/${name}`, String(maj), String(min));
-    try {
-      const kvm = statSync('/dev/kvm');
-      if (kvm.isCharacterDevice()) args.push('--dev', '/dev/kvm', String(Math.floor(kvm.rdev / 256) & 0xfff), String((kvm.rdev & 0xff) | ((kvm.rdev >> 12) & 0xfff00)));
-    } catch {
-      // no KVM on this host: the jailed `run` reports it as it would outside
-    }
-    // A tap NIC (`--net tap=`, vhost-user's `--device net=tap=`, or any NIC an API client may add to
-    // `serve`) opens /dev/net/tun: the node is made inside. The tap itself must already exist in the
-    // jail's network namespace and belong to UID (`ip tuntap add NAME mode tap user UID`): without
-    // capabilities the jailed kindling can attach a tap, not create one.
+    // The host's own device nodes, made afresh inside when the host has them (otherwise the jailed
+    // kindling reports their absence as it would outside): /dev/kvm, and /dev/net/tun when a tap NIC
+    // (`--net tap=`, vhost-user's `--device net=tap=`, or any NIC an API client may add to `serve`)
+    // may be attached. The tap itself must already exist in the jail's network namespace and belong
+    // to UID (`ip tuntap add NAME mode tap user UID`): without capabilities the jailed kindling can
+    // attach a tap, not create one.
+    args.push(...hostCharDev('/dev/kvm'));
     if (usesTap(cmd.inner)) {
-      try {
-        const tun = statSync('/dev/net/tun');
-        if (tun.isCharacterDevice()) args.push('--dir', '/dev/net', '755', '--dev', '/dev/net/tun', String(Math.floor(tun.rdev / 256) & 0xfff), String((tun.rdev & 0xff) | ((tun.rdev >> 12) & 0xfff00)));
-      } catch {
-        // no tun driver: the jailed kindling reports it as it would outside
-      }
+      const tun = hostCharDev('/dev/net/tun');
+      if (tun.length) args.push('--dir', '/dev/net', '755', ...tun);
     }
     for (const b of [...rt.binds, ...files]) args.push('--bind', b.host, b.jailPath, b.readOnly ? 'ro' : 'rw');
     for (const l of rt.symlinks) args.push('--symlink', l.target, l.path);
