@@ -53,7 +53,7 @@ import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } fro
 import { RateLimiter } from '../shared/rate-limit.js';
 import { checkRateLimiter, resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
-import { VirtioMmioDevices } from './virtio-devices.js';
+import { VirtioMmioDevices, type VirtioPlacement } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
 import { type AgentWaitOptions, VmAgent, type VmExecOptions, type VmExecProcess } from './exec.js';
 import type { AgentClient, FileInfo } from '../agent/client.js';
@@ -424,9 +424,9 @@ export class VM extends EventEmitter {
    * resizes the disk).
    */
   async swapDisk(index: number, path: string): Promise<void> {
-    const p = (this.virtio?.placements ?? []).filter((x) => x.kind === 'blk')[index];
+    const { p } = this.placementOf('blk', index);
     const addon = this.kvm?.addon;
-    if (!p || !addon) throw new RangeError(`no disk ${index} (the VM has ${(this.virtio?.placements ?? []).filter((x) => x.kind === 'blk').length})`);
+    if (!addon) throw new RangeError(`no disk ${index} (the VM has ${this.blockStats().length})`); // stopped: its devices are gone
     const params = p.params as BlockParams;
     const d = openDisk(addon, { path, readOnly: params.readOnly });
     try {
@@ -454,18 +454,26 @@ export class VM extends EventEmitter {
     return this.reconfigureDevice('net', index, { rxRate: rates.rx, txRate: rates.tx }, { rx: rates.rx, tx: rates.tx });
   }
 
-  /** Send device `index` of `kind` (in placement order) a backend reconfiguration; resolves when applied. */
-  private reconfigureDevice(kind: string, index: number, msg: object, limiters: Record<string, RateLimiterConfig | null | undefined>): Promise<void> {
+  /** Device `index` of `kind` (disks, NICs: in placement order) and its placement index; a RangeError line when there is none. */
+  private placementOf(kind: string, index: number): { p: VirtioPlacement; i: number } {
     const of = (this.virtio?.placements ?? []).map((p, i) => ({ p, i })).filter(({ p }) => p.kind === kind);
     const what = kind === 'blk' ? 'disk' : 'network interface';
-    if (!Number.isInteger(index) || index < 0 || index >= of.length) return Promise.reject(new RangeError(`no ${what} ${index} (the VM has ${of.length})`));
+    if (!Number.isInteger(index) || index < 0 || index >= of.length) throw new RangeError(`no ${what} ${index} (the VM has ${of.length})`);
+    return of[index];
+  }
+
+  /** Send device `index` of `kind` (in placement order) a backend reconfiguration; resolves when applied. */
+  private reconfigureDevice(kind: string, index: number, msg: object, limiters: Record<string, RateLimiterConfig | null | undefined>): Promise<void> {
+    let i: number;
     try {
+      i = this.placementOf(kind, index).i;
       // The same check as a VMConfig's limiters (resolveConfig): one ConfigError line naming the bucket.
       for (const [name, rate] of Object.entries(limiters)) if (rate) checkRateLimiter(rate, name);
     } catch (e) {
       return Promise.reject(e);
     }
-    const w = this.ioWorkers[of[index].i];
+    const what = kind === 'blk' ? 'disk' : 'network interface';
+    const w = this.ioWorkers[i];
     if (!w || this.ioExited.has(w)) return Promise.reject(new Error(`${what} ${index}: its I/O worker is not running`));
     const id = ++this.reconfigSeq;
     return new Promise<void>((resolve, reject) => {
