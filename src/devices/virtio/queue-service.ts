@@ -94,7 +94,7 @@ export interface ServiceResult {
   interrupt: boolean;
   /** Used-ring publishes in this call. */
   batches: number;
-  /** `admit()` said no before the ring was empty: chains are left available (a rate limiter's turn). */
+  /** The limiter was in debt before the ring was empty: chains are left available (its timer's turn). */
   throttled?: boolean;
 }
 
@@ -139,16 +139,17 @@ export class ActiveQueue {
    * Serve every available chain: `handle(chain)` returns the used length (bytes written into the
    * chain's device-writable buffers); a chain the queue rejected completes with `onBroken(head)`'s
    * used length (default 0). Returns undefined if the device was reset meanwhile. Throws the queue's
-   * fatal VirtqueueError (the runner turns it into NEEDS_RESET). With `admit`, each batch is taken
-   * only when admit() says yes; otherwise the pass ends with `throttled` and the remaining chains stay
-   * available (notifications stay as they are: the caller resumes the queue itself, from a timer).
+   * fatal VirtqueueError (the runner turns it into NEEDS_RESET). With a rate `limiter` (the handler
+   * pays it), chains are taken one at a time and only while it is out of debt; otherwise the pass
+   * ends with `throttled` and the remaining chains stay available (notifications stay as they are:
+   * the caller resumes the queue itself, from a timer).
    */
   service(
     handle: (chain: DescriptorChain) => number,
     onBroken: (head: number) => number = () => 0,
-    maxBatch = MAX_BATCH,
-    admit?: () => boolean,
+    limiter?: { blocked(): boolean },
   ): ServiceResult | undefined {
+    const maxBatch = limiter ? 1 : MAX_BATCH;
     let completed = 0;
     let batches = 0;
     let anyInterrupt = false;
@@ -156,7 +157,7 @@ export class ActiveQueue {
     const lens: number[] = [];
     const q = this.queue;
     for (;;) {
-      if (admit && !admit()) return { completed, interrupt: anyInterrupt, batches, throttled: true };
+      if (limiter?.blocked()) return { completed, interrupt: anyInterrupt, batches, throttled: true };
       const batch = this.guard.rings(() => {
         const out = this.takeAvailable(maxBatch);
         if (out.length > 0) this.guard.enter();

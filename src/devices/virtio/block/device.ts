@@ -20,7 +20,7 @@ import type { MemorySegment } from '../../../memory/guest-memory.js';
 import { VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1, featureBit } from '../constants.js';
 import { gatherBytes, scatterBytes, splitSegments } from '../iovec.js';
 import type { DescriptorChain } from '../queue.js';
-import { MAX_BATCH, readTransportStats, type ActiveQueue, type ServiceResult } from '../queue-service.js';
+import { readTransportStats, type ActiveQueue, type ServiceResult } from '../queue-service.js';
 import { rateLimiter, type RateLimiter, type RateLimiterConfig } from '../../rate-limiter.js';
 
 // ---- constants (§5.2.3, §5.2.6) -----------------------------------------------------------------
@@ -451,7 +451,6 @@ export class BlockDevice {
  */
 export function serviceRequests(q: ActiveQueue, dev: BlockDevice): Omit<ServiceResult, 'batches'> | undefined {
   // A limited device takes one request at a time and only while its limiter is out of debt.
-  const limiter = dev.limiter;
   const r = q.service(
     (chain) => dev.handle(chain),
     (head) => {
@@ -461,8 +460,7 @@ export function serviceRequests(q: ActiveQueue, dev: BlockDevice): Omit<ServiceR
       if (len) dev.count(STAT_ERRORS);
       return len;
     },
-    limiter ? 1 : MAX_BATCH,
-    limiter ? () => !limiter.blocked() : undefined,
+    dev.limiter,
   );
   if (!r) return undefined;
   dev.count(STAT_BATCHES, r.batches);

@@ -92,8 +92,7 @@ export class RngBackend extends RequestQueueBackend {
             return n;
           },
           undefined,
-          limiter ? 1 : undefined,
-          limiter ? () => !limiter.blocked() : undefined,
+          limiter,
         ),
       limiter ? { waitMs: () => limiter.waitMs(), guarded: (fn) => env.guarded(fn) } : undefined,
     );
