@@ -7,7 +7,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chownSync, existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ip, testNamespaces } from '../netns.js';
 import { lazyTempDir } from '../fuzz/tmp.js';
 import { ROOT, guest, kvmOrSkipNotice } from './helpers.js';
 
@@ -20,6 +21,7 @@ const sha = (f: string): string => createHash('sha256').update(readFileSync(f)).
 
 describe.skipIf(!kvm || !isRoot)('kindling jail -- run (KVM)', () => {
   const dir = lazyTempDir('kindling-kvm-jail-');
+  const namespaces = testNamespaces(afterEach, 'kindling-jail');
 
   it('hello.elf prints through the jail and its exit status comes back; the jail is removed', () => {
     const base = join(dir(), 'j');
@@ -42,32 +44,22 @@ describe.skipIf(!kvm || !isRoot)('kindling jail -- run (KVM)', () => {
 
   it('net.elf behind a tap: --netns joins the test\'s namespace, /dev/net/tun exists in the jail, the unprivileged kindling attaches the tap it was given and echoes UDP', async () => {
     if (!existsSync('/dev/net/tun')) return; // no tun driver here (the net tests skip loudly)
-    const ns = `kindling-jail-${process.pid}`;
-    const ip = (...a: string[]) => {
-      const r = spawnSync('ip', ['netns', 'exec', ns, 'ip', ...a], { encoding: 'utf8' });
-      if (r.status !== 0) throw new Error(`ip ${a.join(' ')}: ${r.stderr}`);
-    };
-    expect(spawnSync('ip', ['netns', 'add', ns]).status).toBe(0);
-    try {
-      ip('link', 'set', 'lo', 'up');
-      ip('tuntap', 'add', 'jtap0', 'mode', 'tap', 'user', '65534');
-      ip('addr', 'add', '10.0.2.1/24', 'dev', 'jtap0');
-      ip('link', 'set', 'jtap0', 'up');
-      const base = join(dir(), 'j');
-      const p = spawn(process.execPath, [...jailArgs(base, 'net').slice(0, -1), '--netns', `/var/run/netns/${ns}`, '--', 'run', '--kernel', guest('net.elf'), '--net', 'tap=jtap0', '--cmdline', 'net.ip=10.0.2.15 net.exit=100 net.count=0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      p.stdout.on('data', (b: Buffer) => (out += b.toString('latin1')));
-      p.stderr.on('data', (b: Buffer) => (out += b.toString('latin1')));
-      const code = new Promise<number | null>((res) => p.on('close', (c) => res(c)));
-      for (let i = 0; i < 300 && !out.includes('net: ip 10.0.2.15 up') && p.exitCode === null; i++) await new Promise((r) => setTimeout(r, 20));
-      expect(out).toContain('net: ip 10.0.2.15 up');
-      const c = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'test', 'kvm', 'fixtures', 'udp-echo-client.mjs'), '10.0.2.15', '100', '4'], { encoding: 'utf8', timeout: 60_000 });
-      expect(JSON.parse(c.stdout.trim())).toMatchObject({ bad: 0, lost: 0 });
-      expect(await code, out).toBe(0);
-      expect(out).toContain('net: done echoed=100 dropped=0 badcsum=0');
-    } finally {
-      spawnSync('ip', ['netns', 'del', ns]);
-    }
+    const ns = namespaces.netns();
+    ip(ns, 'tuntap', 'add', 'jtap0', 'mode', 'tap', 'user', '65534');
+    ip(ns, 'addr', 'add', '10.0.2.1/24', 'dev', 'jtap0');
+    ip(ns, 'link', 'set', 'jtap0', 'up');
+    const base = join(dir(), 'j');
+    const p = spawn(process.execPath, [...jailArgs(base, 'net').slice(0, -1), '--netns', `/var/run/netns/${ns}`, '--', 'run', '--kernel', guest('net.elf'), '--net', 'tap=jtap0', '--cmdline', 'net.ip=10.0.2.15 net.exit=100 net.count=0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    p.stdout.on('data', (b: Buffer) => (out += b.toString('latin1')));
+    p.stderr.on('data', (b: Buffer) => (out += b.toString('latin1')));
+    const code = new Promise<number | null>((res) => p.on('close', (c) => res(c)));
+    for (let i = 0; i < 300 && !out.includes('net: ip 10.0.2.15 up') && p.exitCode === null; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(out).toContain('net: ip 10.0.2.15 up');
+    const c = spawnSync('ip', ['netns', 'exec', ns, process.execPath, join(ROOT, 'test', 'kvm', 'fixtures', 'udp-echo-client.mjs'), '10.0.2.15', '100', '4'], { encoding: 'utf8', timeout: 60_000 });
+    expect(JSON.parse(c.stdout.trim())).toMatchObject({ bad: 0, lost: 0 });
+    expect(await code, out).toBe(0);
+    expect(out).toContain('net: done echoed=100 dropped=0 badcsum=0');
   });
 
   it('blk.elf writes the bind-mounted image; a ,ro image is unchanged; the VM threads are confined', async () => {

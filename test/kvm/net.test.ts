@@ -13,6 +13,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ip, testNamespaces } from '../netns.js';
 import { ROOT, guest, kvmOrSkipNotice, waitFor } from './helpers.js';
 
 const kvm = kvmOrSkipNotice('net.test.ts');
@@ -34,33 +35,18 @@ if (why) console.warn(`\n!!! KVM TESTS SKIPPED (net.test.ts): ${why} !!!\n`);
 const canRun = kvm && !why;
 if (canRun && !existsSync(QEMU)) console.warn('\n!!! KVM TEST SKIPPED (net.test.ts QEMU cross-check): qemu-system-x86_64 is not installed (apt-get install qemu-system-x86) !!!\n');
 
-let nsSeq = 0;
-const namespaces: string[] = [];
+// Hooks run in reverse order of registration: the VMMs are killed before their namespaces go.
+const { netns } = testNamespaces(afterEach, 'kindling-knet');
 const children: ChildProcess[] = [];
 const dirs: string[] = [];
 afterEach(() => {
   for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-  for (const ns of namespaces.splice(0)) spawnSync('ip', ['netns', 'del', ns]);
 });
 
 function inNs(ns: string, argv: string[], timeout = 30_000): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync('ip', ['netns', 'exec', ns, ...argv], { encoding: 'utf8', timeout });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-function ip(ns: string, ...args: string[]): void {
-  const r = inNs(ns, ['ip', ...args]);
-  if (r.status !== 0) throw new Error(`ip ${args.join(' ')} in ${ns}: ${r.stderr}`);
-}
-
-function netns(): string {
-  const ns = `kindling-knet-${process.pid}-${nsSeq++}`;
-  const r = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip netns add ${ns}: ${r.stderr}`);
-  namespaces.push(ns);
-  ip(ns, 'link', 'set', 'lo', 'up');
-  return ns;
 }
 
 /** A VMM (kindling or QEMU) started in the namespace; its output collected. */

@@ -15,6 +15,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ip, testNamespaces } from '../netns.js';
 import { describeRun, exitWithin, kindlingArgv, runUml, umlHasModule, umlKindlingOrSkipNotice, umlScratch } from './helpers.js';
 
 const VIRTIO_ID_NET = 1;
@@ -33,25 +34,7 @@ if (canRun && !HAS_PASST) console.warn('\n!!! UML TEST SKIPPED (uml/net.test.ts 
 if (canRun && HAS_PASST && !HAS_UDHCPC) console.warn('\n!!! UML TEST SKIPPED (uml/net.test.ts passt): busybox (its udhcpc is the guest\'s DHCP client) is not installed (apt-get install busybox) !!!\n');
 
 const scratch = umlScratch(afterEach);
-let nsSeq = 0;
-const namespaces: string[] = [];
-afterEach(() => {
-  for (const ns of namespaces.splice(0)) spawnSync('ip', ['netns', 'del', ns]);
-});
-
-function ip(ns: string, ...args: string[]): void {
-  const r = spawnSync('ip', ['netns', 'exec', ns, 'ip', ...args], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip ${args.join(' ')} in ${ns}: ${r.stderr}`);
-}
-
-function netns(): string {
-  const ns = `kindling-net-${process.pid}-${nsSeq++}`;
-  const r = spawnSync('ip', ['netns', 'add', ns], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`ip netns add ${ns}: ${r.stderr}`);
-  namespaces.push(ns);
-  ip(ns, 'link', 'set', 'lo', 'up');
-  return ns;
-}
+const { netns } = testNamespaces(afterEach, 'kindling-net');
 
 const inNs = (ns: string, argv: string[]): string[] => ['ip', 'netns', 'exec', ns, ...argv];
 
