@@ -3,6 +3,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { rmSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
 
 export const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const GUESTS = join(ROOT, 'build', 'guests');
@@ -57,6 +58,35 @@ export const QEMU_MICROVM = [
 
 export function fmt(x, digits = 1) {
   return Number.isFinite(x) ? x.toFixed(digits) : 'n/a';
+}
+
+/**
+ * A benchmark's flags, each a positive integer with a default (`defaults`: name → value), plus
+ * --help (prints `usage`, exit 0). An unknown flag or a bad value is one line `bench:NAME: …` and
+ * exit 2. Returns name → number.
+ */
+export function benchArgs(name, usage, defaults) {
+  let values;
+  try {
+    ({ values } = parseArgs({ options: { ...Object.fromEntries(Object.keys(defaults).map((k) => [k, { type: 'string' }])), help: { type: 'boolean' } } }));
+  } catch (e) {
+    console.error(`bench:${name}: ${e.message}; ${usage}`);
+    process.exit(2);
+  }
+  if (values.help) {
+    console.log(usage);
+    process.exit(0);
+  }
+  const out = {};
+  for (const [k, d] of Object.entries(defaults)) {
+    const v = Number(values[k] ?? d);
+    if (!Number.isInteger(v) || v < 1) {
+      console.error(`bench:${name}: --${k} must be a positive integer`);
+      process.exit(2);
+    }
+    out[k] = v;
+  }
+  return out;
 }
 
 /** One summary line: `name` padded, then min / median / max of `xs` with `digits` decimals. */

@@ -18,29 +18,10 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { fmt, loadUmlHarness, printStat } from './lib.mjs';
+import { benchArgs, fmt, loadUmlHarness, printStat } from './lib.mjs';
 
 const USAGE = 'usage: node bench/net-uml.mjs [--rounds N] [--mib M]';
-let values;
-try {
-  ({ values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, help: { type: 'boolean' } } }));
-} catch (e) {
-  console.error(`bench:net-uml: ${e.message}; ${USAGE}`);
-  process.exit(2);
-}
-if (values.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
-const ROUNDS = Number(values.rounds ?? 5);
-const MIB = Number(values.mib ?? 64);
-for (const [k, v] of [['rounds', ROUNDS], ['mib', MIB]]) {
-  if (!Number.isInteger(v) || v < 1) {
-    console.error(`bench:net-uml: --${k} must be a positive integer`);
-    process.exit(2);
-  }
-}
+const { rounds: ROUNDS, mib: MIB } = benchArgs('net-uml', USAGE, { rounds: 5, mib: 64 });
 const BYTES = MIB * 1024 * 1024;
 const PY = '/usr/bin/python3';
 

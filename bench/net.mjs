@@ -29,33 +29,10 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { GUESTS, KINDLING, ROOT, fmt, median, printStat, which } from './lib.mjs';
+import { GUESTS, KINDLING, ROOT, benchArgs, fmt, median, printStat, which } from './lib.mjs';
 
 const USAGE = 'usage: node bench/net.mjs [--rounds N] [--rr N] [--pps N] [--blast SECONDS]';
-let values;
-try {
-  ({ values } = parseArgs({
-    options: { rounds: { type: 'string' }, rr: { type: 'string' }, pps: { type: 'string' }, blast: { type: 'string' }, help: { type: 'boolean' } },
-  }));
-} catch (e) {
-  console.error(`bench:net: ${e.message}; ${USAGE}`);
-  process.exit(2);
-}
-if (values.help) {
-  console.log(USAGE);
-  process.exit(0);
-}
-const ROUNDS = Number(values.rounds ?? 5);
-const RR = Number(values.rr ?? 5000);
-const PPS = Number(values.pps ?? 20000);
-const BLAST_S = Number(values.blast ?? 2);
-for (const [k, v] of [['rounds', ROUNDS], ['rr', RR], ['pps', PPS], ['blast', BLAST_S]]) {
-  if (!Number.isInteger(v) || v < 1) {
-    console.error(`bench:net: --${k} must be a positive integer`);
-    process.exit(2);
-  }
-}
+const { rounds: ROUNDS, rr: RR, pps: PPS, blast: BLAST_S } = benchArgs('net', USAGE, { rounds: 5, rr: 5000, pps: 20000, blast: 2 });
 
 const NET = join(GUESTS, 'net.elf');
 const ECHO = join(ROOT, 'test', 'kvm', 'fixtures', 'udp-echo-client.mjs');
