@@ -8,12 +8,12 @@
 // created here and deleted at the end, on error and on SIGINT/SIGTERM: no frame leaves them.
 // Every round boots one fresh VM per peer (not kept across rounds), the two peers strictly interleaved
 // and alternating which goes first; per VM, after 200 warm-up echoes (ARP, JIT), it measures:
-//   rr:     --rr N (default 5000) 64-byte UDP datagrams to port 7, one in flight (bench/udp-blast.mjs rr)
+//   rr:     --rr N (default 5000) 64-byte UDP datagrams to port 7, one in flight (udp-echo-client.mjs with SIZE)
 //           → round trips/s and µs per round trip;
 //   pps:    --pps N (default 20000) datagrams of 1..1472 bytes, 32 in flight
 //           (test/kvm/fixtures/udp-echo-client.mjs, every echo checked byte for byte) → echoes/s;
 //   stream: 1472-byte datagrams to discard port 9 as fast as one Node socket sends them for --blast S
-//           seconds (default 2; bench/udp-blast.mjs blast) → MB/s = the guest's own byte count (STAT
+//           seconds (default 2; bench/udp-blast.mjs) → MB/s = the guest's own byte count (STAT
 //           dbytes after − before) / send time, and loss % = 1 − guest-counted / sent datagrams.
 // Beside each phase: the VMM process's CPU time (utime+stime of all its threads, /proc/PID/stat; `ip
 // netns exec` execs, so the spawned child's pid is node's or qemu's — checked through /proc/PID/exe)
@@ -191,11 +191,11 @@ async function measure(name, ns) {
   const peer = PEERS[name];
   const vm = await peer.start(ns);
   try {
-    const warm = phase(ns, vm, peer.vcpu, [BLAST, 'rr', IP, '200', String(RR_SIZE)]);
+    const warm = phase(ns, vm, peer.vcpu, [ECHO, IP, '200', '1', String(RR_SIZE)]);
     if (warm.j.lost) throw new Error(`${name}: ${warm.j.lost} of 200 warm-up echoes lost`);
-    const rr = phase(ns, vm, peer.vcpu, [BLAST, 'rr', IP, String(RR), String(RR_SIZE)]);
+    const rr = phase(ns, vm, peer.vcpu, [ECHO, IP, String(RR), '1', String(RR_SIZE)]);
     const pps = phase(ns, vm, peer.vcpu, [ECHO, IP, String(PPS), '32']);
-    const st = phase(ns, vm, peer.vcpu, [BLAST, 'blast', IP, String(BLAST_S), String(STREAM_SIZE)]);
+    const st = phase(ns, vm, peer.vcpu, [BLAST, IP, String(BLAST_S), String(STREAM_SIZE)]);
     const got = field(st.j.after, 'discarded') - field(st.j.before, 'discarded');
     const gotBytes = field(st.j.after, 'dbytes') - field(st.j.before, 'dbytes');
     const bad = field(st.j.after, 'badcsum');

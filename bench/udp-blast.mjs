@@ -1,24 +1,20 @@
-// The host side of bench/net.mjs against net.elf (test/guests/net.c), run inside the benchmark's network
-// namespace with `ip netns exec` (node directly, no wrapper):
-//   node udp-blast.mjs rr IP COUNT SIZE
-//     request/response: COUNT datagrams of SIZE bytes (SIZE >= 4; a 4-byte sequence number first) to
-//     IP port 7 (UDP echo), one at a time: the next is sent when the previous one's echo is back. An
-//     echo must match byte for byte (else `bad`); a datagram unanswered for 1 s is sent again, up to 3
-//     times (then `lost`).
-//   node udp-blast.mjs blast IP SECONDS SIZE
-//     stream: asks the discard port 9 for the guest's counters ("STAT"), then sends SIZE-byte datagrams
+// The stream half of bench/net.mjs against net.elf (test/guests/net.c), run inside the benchmark's
+// network namespace with `ip netns exec` (node directly, no wrapper; request/response and echoes/s use
+// test/kvm/fixtures/udp-echo-client.mjs):
+//   node udp-blast.mjs IP SECONDS SIZE
+//     asks the discard port 9 for the guest's counters ("STAT"), then sends SIZE-byte datagrams
 //     (0x5a bytes, never "STAT") to IP port 9 as fast as the socket takes them (at most 64 sends
 //     outstanding in libuv) for SECONDS, waits 300 ms for the tap's queue to drain, and asks again.
 //     The guest's count is what arrived; the difference to `sent` is loss (tap queue or rx ring full).
-// Prints one JSON line: rr { sent, bad, lost, retries, ms, cpuMs }; blast { sent, sentBytes, ms, cpuMs,
-// before, after } (before/after: the guest's STAT lines).
+// Prints one JSON line { sent, sentBytes, errors, ms, cpuMs, before, after } (before/after: the guest's
+// STAT lines).
 import dgram from 'node:dgram';
 
-const [mode, ip, nArg, sizeArg] = process.argv.slice(2);
+const [ip, nArg, sizeArg] = process.argv.slice(2);
 const n = Number(nArg);
 const size = Number(sizeArg);
-if (!['rr', 'blast'].includes(mode) || !ip || !(n > 0) || !Number.isInteger(size) || size < 4 || size > 1472) {
-  console.error('usage: node udp-blast.mjs rr IP COUNT SIZE | blast IP SECONDS SIZE (4 <= SIZE <= 1472)');
+if (!ip || !(n > 0) || !Number.isInteger(size) || size < 4 || size > 1472) {
+  console.error('usage: node udp-blast.mjs IP SECONDS SIZE (4 <= SIZE <= 1472)');
   process.exit(2);
 }
 const sock = dgram.createSocket('udp4');
@@ -47,84 +43,37 @@ async function stat() {
   throw new Error(`no STAT answer from ${ip}`);
 }
 
-if (mode === 'rr') {
-  const count = n;
-  const buf = Buffer.alloc(size, 0x33);
-  let bad = 0;
-  let lost = 0;
-  let retries = 0;
-  const t0 = process.hrtime.bigint();
-  const c0 = process.cpuUsage();
-  await new Promise((done) => {
-    let seq = 0;
-    let tries = 0;
-    let timer;
-    const send = () => {
-      tries++;
-      buf.writeUInt32BE(seq, 0);
-      sock.send(buf, 7, ip);
-      timer = setTimeout(() => {
-        if (tries >= 3) {
-          lost++;
-          next();
-        } else {
-          retries++;
-          send();
-        }
-      }, 1000);
-    };
-    const next = () => {
-      clearTimeout(timer);
-      seq++;
-      tries = 0;
-      if (seq === count) done();
-      else send();
-    };
-    sock.on('message', (m) => {
-      if (m.length < 4 || m.readUInt32BE(0) !== seq) return; // a late duplicate of a retried one
-      buf.writeUInt32BE(seq, 0);
-      if (!m.equals(buf)) bad++;
-      next();
-    });
-    send();
-  });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const cpu = process.cpuUsage(c0);
-  sock.removeAllListeners('message');
-  console.log(JSON.stringify({ sent: count, bad, lost, retries, ms, cpuMs: (cpu.user + cpu.system) / 1000 }));
-} else {
-  const before = await stat();
-  const buf = Buffer.alloc(size, 0x5a);
-  let sent = 0;
-  let errors = 0;
-  const t0 = process.hrtime.bigint();
-  const c0 = process.cpuUsage();
-  const end = performance.now() + n * 1000;
-  await new Promise((done) => {
-    let inflight = 0;
-    let over = false;
-    const pump = () => {
-      while (!over && inflight < 64) {
-        if (performance.now() >= end) over = true;
-        else {
-          inflight++;
-          sock.send(buf, 9, ip, onSent);
-        }
+const before = await stat();
+const buf = Buffer.alloc(size, 0x5a);
+let sent = 0;
+let errors = 0;
+const t0 = process.hrtime.bigint();
+const c0 = process.cpuUsage();
+const end = performance.now() + n * 1000;
+await new Promise((done) => {
+  let inflight = 0;
+  let over = false;
+  const pump = () => {
+    while (!over && inflight < 64) {
+      if (performance.now() >= end) over = true;
+      else {
+        inflight++;
+        sock.send(buf, 9, ip, onSent);
       }
-      if (over && inflight === 0) done();
-    };
-    const onSent = (err) => {
-      inflight--;
-      if (err) errors++;
-      else sent++;
-      if (inflight < 32) pump();
-    };
-    pump();
-  });
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const cpu = process.cpuUsage(c0);
-  await new Promise((r) => setTimeout(r, 300));
-  const after = await stat();
-  console.log(JSON.stringify({ sent, sentBytes: sent * size, errors, ms, cpuMs: (cpu.user + cpu.system) / 1000, before, after }));
-}
+    }
+    if (over && inflight === 0) done();
+  };
+  const onSent = (err) => {
+    inflight--;
+    if (err) errors++;
+    else sent++;
+    if (inflight < 32) pump();
+  };
+  pump();
+});
+const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+const cpu = process.cpuUsage(c0);
+await new Promise((r) => setTimeout(r, 300));
+const after = await stat();
+console.log(JSON.stringify({ sent, sentBytes: sent * size, errors, ms, cpuMs: (cpu.user + cpu.system) / 1000, before, after }));
 sock.close();
