@@ -24,6 +24,7 @@ import { MetricsRecorder, type MetricsSource } from './metrics.js';
 import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, oneLine, shown, type VMConfig, checkRateLimiter } from '../main/config.js';
 import type { VMExit, VMState } from '../main/vm.js';
 import type { BlockStats } from '../devices/virtio/block/device.js';
+import { bootTimeLine, type BootTime } from '../devices/legacy/boot-timer.js';
 
 /** Firecracker's default guest RAM when machine-config is not given. */
 export const FC_DEFAULT_MEM_MIB = 128;
@@ -51,6 +52,7 @@ export interface ControlledVm {
   setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }): Promise<void>;
   on(event: 'warning', listener: (line: string) => void): unknown;
   on(event: 'device-error', listener: (e: { device: string; error: unknown }) => void): unknown;
+  on(event: 'boot-time', listener: (t: BootTime) => void): unknown;
 }
 
 export type VmFactory = (config: VMConfig) => Promise<ControlledVm>;
@@ -83,6 +85,8 @@ export interface ControllerOptions {
   metricsPeriodMs?: number;
   /** VMConfig.seccomp for the VM's threads (--no-seccomp: 'off'; default kindling's 'strict'). */
   seccomp?: VMConfig['seccomp'];
+  /** --boot-timer: VMConfig.bootTimer, and its Guest-boot-time line at Info in the log. */
+  bootTimer?: boolean;
   /** Log lines before PUT /logger (default: stderr). */
   logFallback?: (line: string) => void;
 }
@@ -515,6 +519,7 @@ export class ApiController {
       rng: this.entropy === undefined ? false : limits(this.entropy.rate_limiter ?? undefined) ? { rate: limiterConfig(this.entropy.rate_limiter!) } : true,
       console: 'serial',
       ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),
+      ...(this.opts.bootTimer ? { bootTimer: true } : {}),
       ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),
       ...(this.nics.size
         ? {
@@ -580,6 +585,7 @@ export class ApiController {
     // The VM's host warnings (KVM-PVM) and device failures become log lines (else stderr, as before PUT /logger).
     vm.on('warning', (line) => this.log.log('Warning', 'vmm', line));
     vm.on('device-error', ({ device, error }) => this.log.log('Error', 'vmm', `device ${device} failed: ${(error as Error)?.message ?? String(error)}`));
+    vm.on('boot-time', (t) => this.log.log('Info', 'boot_timer', bootTimeLine(t)));
     try {
       await vm.start();
     } catch (e) {

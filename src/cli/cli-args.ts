@@ -15,7 +15,7 @@ export const MAX_AGENT_TIMEOUT_S = 2147483;
 export const USAGE = `usage:
   kindling run [--vcpus N] [--mem MiB] [--kernel PATH] [--initrd PATH] [--cmdline STR] [--disk PATH[,ro][,bw=…][,ops=…]]...
                [--console serial|virtio] [--no-rng|--rng bw=…,ops=…] [--vsock CID[,uds=PATH]] [--net tap=NAME|passt[,mac=MAC]]...
-               [--log-level LEVEL] [--seccomp MODE] [--force]
+               [--log-level LEVEL] [--seccomp MODE] [--boot-timer] [--force]
                [--agent] [--agent-timeout SECONDS] [--console-log FILE] [-- CMD ARGS...]
   kindling guest            build the default guest (Debian cloud kernel + busybox initramfs) into the cache
   kindling jail --id ID --uid UID --gid GID [options] -- run|vhost-user ARGS...
@@ -57,6 +57,10 @@ run:
   --seccomp MODE   syscall filter on every vCPU and I/O worker thread (docs/security.md): strict
                    (default; a syscall outside the thread's allowlist kills the process with SIGSYS
                    and the kernel log names the thread and the syscall), log (allowed, logged), off
+  --boot-timer     Firecracker's boot timer: when the guest writes the byte 123 to 0xd0000000 (as
+                   Firecracker's guests do from init), print "kindling: Guest-boot-time = N us M ms,
+                   C CPU us D CPU ms" (since the VM started) on stderr. The virtio devices then
+                   start at 0xd0001000, and there is room for one fewer
   --force          boot the default guest even on a KVM-PVM host, where it cannot finish booting
                    (earlyprintk=serial is added to its command line so its progress shows)
   -- CMD ARGS      default guest: run CMD in the guest and exit with its status (no CMD: a shell);
@@ -265,6 +269,7 @@ function parseRun(args: string[]): Command {
         net: { type: 'string', multiple: true },
         force: { type: 'boolean' },
         seccomp: { type: 'string' },
+        'boot-timer': { type: 'boolean' },
         agent: { type: 'boolean' },
         'agent-timeout': { type: 'string' },
         'console-log': { type: 'string' },
@@ -299,6 +304,7 @@ function parseRun(args: string[]): Command {
   if (values.vsock !== undefined) config.vsock = parseVsockArg(values.vsock);
   if (values.net !== undefined) config.net = values.net.map((v) => parseNetArg(v, '--net'));
   if (values.seccomp !== undefined) config.seccomp = values.seccomp as VMConfig['seccomp']; // checked by resolveConfig (exit 2)
+  if (values['boot-timer']) config.bootTimer = true;
   const agent = values.agent === true;
   for (const f of ['agent', 'agent-timeout', 'console-log'] as const) {
     if (values[f] !== undefined && guestArgs.length === 0) throw new UsageError(`--${f} is for a command run through the guest agent: give it after --`);

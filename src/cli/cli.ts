@@ -13,6 +13,7 @@ import { detectPvm } from '../kvm/system.js';
 import { DEFAULT_VCPUS, MAX_VCPUS, virtioDevicePlan } from '../main/config.js';
 import type { VM, VMExit } from '../main/vm.js';
 import { discardPrespawnedWorkers, prespawnIoWorkers, prespawnVcpuWorkers } from '../main/workers.js';
+import { bootTimeLine, type BootTime } from '../devices/legacy/boot-timer.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -134,6 +135,10 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<void> {
   const level = config.logLevel ?? 'warn';
   vm.on('warning', (w: string) => {
     if (!['error', 'fatal', 'silent'].includes(level)) process.stderr.write(w + '\n');
+  });
+  // The boot timer's line is what --boot-timer asked for: shown at every level but silent.
+  vm.on('boot-time', (t: BootTime) => {
+    if (level !== 'silent') process.stderr.write(`kindling: ${bootTimeLine(t)}\n`);
   });
   if (agentMode) return runAgentCommand(vm, guestArgs, { level, consoleLog, agentTimeoutMs: cmd.agentTimeoutMs });
   consoleLog?.end();

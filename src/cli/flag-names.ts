@@ -19,6 +19,7 @@ export const FLAG_NAMES: Readonly<Record<string, string>> = {
   vsock: '--vsock',
   net: '--net',
   seccomp: '--seccomp',
+  bootTimer: '--boot-timer',
   'vsock.cid': '--vsock CID',
   'vsock.udsPath': '--vsock socket',
 };

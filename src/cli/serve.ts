@@ -15,7 +15,7 @@ import { consoleMode, neverStopOnTerminalAccess, probeTerminal } from './termina
 
 export const SERVE_USAGE = `usage:
   kindling serve --api-sock PATH [--config-file FILE] [--id ID] [--level L] [--log-path PATH]
-                 [--show-level] [--show-log-origin] [--metrics-path PATH]
+                 [--show-level] [--show-log-origin] [--metrics-path PATH] [--boot-timer]
   kindling --api-sock PATH | --config-file FILE [--no-api] ...   (Firecracker's spelling)
 
   --api-sock PATH     serve Firecracker's management API (HTTP/1.1) on this Unix socket (mode 0600,
@@ -30,6 +30,9 @@ export const SERVE_USAGE = `usage:
   --show-level, --show-log-origin   add the level / origin to each log line
   --metrics-path PATH metrics file or named pipe (as PUT /metrics)
   --no-seccomp        the VM's worker threads run without kindling's syscall filter
+  --boot-timer        Firecracker's boot timer: a guest write of the byte 123 to 0xd0000000 logs
+                      "Guest-boot-time = N us …" at Info (with --level Info or a logger); the
+                      virtio devices then start at 0xd0001000
   --start-time-us, --start-time-cpu-us, --parent-cpu-time-us N   (from Firecracker's jailer) the
                       process start for the metrics' api_server.process_startup_time_us
 the guest's serial console goes to stdout unless PUT /serial names a file; stdin goes to it (a
@@ -65,6 +68,8 @@ export interface ServeOptions {
   metricsPath?: string;
   /** --no-seccomp: the VM's worker threads run unfiltered (VMConfig.seccomp 'off'). */
   noSeccomp: boolean;
+  /** --boot-timer: Firecracker's boot timer device (VMConfig.bootTimer); its line is logged at Info. */
+  bootTimer: boolean;
   /** From Firecracker's jailer: when it started this process (µs since the epoch) and its own CPU µs. */
   startTimeUs?: number;
   startCpuUs?: number;
@@ -107,7 +112,6 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions | 'help' {
   }
   const v = parsed.values;
   if (v.help) return 'help';
-  if (v['boot-timer']) throw new ServeUsageError('--boot-timer: not supported yet (kindling has no boot-timer device)');
   if (v['no-api'] && v['api-sock'] !== undefined) throw new ServeUsageError('--no-api and --api-sock exclude each other');
   if (v['no-api'] && v['config-file'] === undefined) throw new ServeUsageError('--no-api needs --config-file (nothing could configure the VM)');
   if (v.id !== undefined && !/^[A-Za-z0-9-]{1,64}$/.test(v.id)) throw new ServeUsageError('--id: must be 1 to 64 letters, digits or dashes');
@@ -141,6 +145,7 @@ export function parseServeArgs(argv: readonly string[]): ServeOptions | 'help' {
     module: v.module,
     metricsPath: v['metrics-path'],
     noSeccomp: v['no-seccomp'] ?? false,
+    bootTimer: v['boot-timer'] ?? false,
     startTimeUs,
     // This process's CPU time already counts what it spent before exec (getrusage is per process,
     // across exec), so --start-time-cpu-us is only checked; the jailer's own time is added.
@@ -244,6 +249,7 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     id: opts.id,
     vmmVersion: kindlingVersion(),
     ...(opts.noSeccomp ? { seccomp: 'off' as const } : {}),
+    ...(opts.bootTimer ? { bootTimer: true } : {}),
     ...guestInput(),
     // After a signal the VM's end is the signal's doing: 128+N, as `kindling run`.
     onExit: (exit) => exitWith(signals?.exitCode ?? exit.exitCode & 0xff),

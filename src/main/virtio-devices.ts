@@ -22,7 +22,7 @@ import type { IoWorkerData } from '../io-worker/protocol.js';
 import type { IoEventAddress, VmFd } from '../kvm/vm-fd.js';
 import type { SlotDescriptor } from '../memory/guest-memory.js';
 import type { VirtioMmioDeviceState } from '../vcpu-worker/protocol.js';
-import { MmioResourceAllocator, virtioMmioCmdlineWord, type VirtioMmioSlot } from './resources.js';
+import { MmioResourceAllocator, virtioMmioCmdlineWord, type MmioLayout, type VirtioMmioSlot } from './resources.js';
 
 /** QueueNotify is a 32-bit register: the ioeventfd matches 4-byte writes of the queue index. */
 export const VIRTIO_MMIO_NOTIFY_WIDTH = 4;
@@ -52,10 +52,15 @@ function queueNotify(p: VirtioPlacement): IoEventAddress {
 
 export class VirtioMmioDevices {
   readonly placements: VirtioPlacement[] = [];
-  private readonly resources = new MmioResourceAllocator();
+  private readonly resources: MmioResourceAllocator;
   private closed = false;
 
-  constructor(private readonly vm: VmFd) {}
+  constructor(
+    private readonly vm: VmFd,
+    layout: MmioLayout = {},
+  ) {
+    this.resources = new MmioResourceAllocator(layout);
+  }
 
   /** Place one device of `kind` named `name` (see the header). */
   add(kind: VirtioDeviceKind, options: unknown, name: string): VirtioPlacement {

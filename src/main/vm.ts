@@ -53,6 +53,7 @@ import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } fro
 import { RateLimiter } from '../shared/rate-limit.js';
 import { checkRateLimiter, resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
+import { bootTimeLine, type BootTime } from '../devices/legacy/boot-timer.js';
 import { VirtioMmioDevices, type VirtioPlacement } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
 import { type AgentWaitOptions, VmAgent, type VmExecOptions, type VmExecProcess } from './exec.js';
@@ -75,6 +76,8 @@ export interface VMTimings {
   firstRun?: number;
   /** epoch ms when the VM ended */
   end?: number;
+  /** With a boot timer: wall and process CPU µs from start() to the guest's first boot-complete write. */
+  bootComplete?: BootTime;
 }
 
 /** One virtio device's counters: the transport's and, by kind, the device's own. */
@@ -126,6 +129,7 @@ export class VM extends EventEmitter {
   boot?: BootSetup;
 
   private _state: VMState = 'created';
+  private bootTimerStart?: { startNs: bigint; startCpuUs: number };
   private readonly log: Logger;
   private kvm?: Kvm;
   private vmFd?: VmFd;
@@ -204,6 +208,10 @@ export class VM extends EventEmitter {
     if (this._state !== 'created') throw new Error(`VM.start(): VM is ${this._state}`);
     this.setState('starting');
     this.timings.start = performance.timeOrigin + performance.now();
+    if (this.config.bootTimer) {
+      const cpu = process.cpuUsage();
+      this.bootTimerStart = { startNs: process.hrtime.bigint(), startCpuUs: cpu.user + cpu.system };
+    }
     // The workers boot their isolates and load their modules while this thread builds the VM.
     const running = this.spawnVcpus();
     this.spawnIoWorkers();
@@ -280,7 +288,7 @@ export class VM extends EventEmitter {
    */
   private attachDevices(): void {
     const vm = this.vmFd!;
-    const virtio = (this.virtio = new VirtioMmioDevices(vm));
+    const virtio = (this.virtio = new VirtioMmioDevices(vm, { bootTimer: this.config.bootTimer }));
     for (const d of virtioDevicePlan(this.config)) {
       const p = virtio.add(d.kind, d.options, d.name);
       if (d.kind === 'console') {
@@ -345,6 +353,7 @@ export class VM extends EventEmitter {
         devices: this.devices!.state,
         virtio: this.virtio?.vcpuState() ?? [],
         seccomp: this.config.seccomp,
+        ...(this.bootTimerStart ? { bootTimer: this.bootTimerStart } : {}),
         benchCPioPort: this.internal.benchCPioPort,
       };
       w.postMessage(data);
@@ -517,6 +526,11 @@ export class VM extends EventEmitter {
             if (++started === this.config.vcpus) resolve();
           } else if (m.type === 'ended') {
             if (m.detail) this.details.push(m.detail);
+          } else if (m.type === 'boot-complete') {
+            const t: BootTime = { wallUs: m.wallUs, cpuUs: m.cpuUs };
+            this.timings.bootComplete ??= t;
+            this.log.debug({ vcpu: m.vcpuId, ...t }, bootTimeLine(t));
+            this.emit('boot-time', t);
           } else if (m.type === 'unknown-access') {
             // Once per address, and rate-limited: a guest can touch any number of addresses.
             const key = `${m.kind}:${m.addr}`;

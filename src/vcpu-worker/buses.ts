@@ -1,8 +1,9 @@
 // The port-I/O and MMIO buses as one vCPU worker sees them: its own device-model instances over the
 // shared device state (src/main/legacy-devices.ts and src/main/virtio-devices.ts create it on the main thread).
-import { ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORT_COUNT, COM1_PORT, COM1_PORT_COUNT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, I8042_DATA_PORT, POST_PORT } from '../arch/x86_64/layout.js';
+import { ACPI_SLEEP_CONTROL_PORT, BOOT_TIMER_BASE, BOOT_TIMER_SIZE, ACPI_SLEEP_PORT_COUNT, COM1_PORT, COM1_PORT_COUNT, DEBUG_EXIT_PORT, DEBUG_EXIT_PORT_COUNT, I8042_DATA_PORT, POST_PORT } from '../arch/x86_64/layout.js';
 import { MmioBus, PioBus, bytewise } from '../devices/bus.js';
 import { AcpiSleep } from '../devices/legacy/acpi-sleep.js';
+import { BootTimer } from '../devices/legacy/boot-timer.js';
 import { DebugExit } from '../devices/legacy/debug-exit.js';
 import { I8042 } from '../devices/legacy/i8042.js';
 import { PostCode } from '../devices/legacy/post.js';
@@ -21,6 +22,8 @@ export interface LegacyBusEnv {
   end: (reason: ExitReason, exitCode: number) => void;
   /** first access to an address no device claims (the bus reports each address once) */
   unknown: (kind: 'pio' | 'mmio', addr: number, write: boolean) => void;
+  /** With a boot timer (VMConfig.bootTimer): the guest wrote the boot-complete byte. */
+  bootComplete?: () => void;
 }
 
 export interface Buses {
@@ -45,6 +48,7 @@ export function buildLegacyBus(state: LegacyDeviceState, env: LegacyBusEnv): Bus
   const sleep = new AcpiSleep({ poweroff: () => env.end('poweroff', 0), reset: () => env.end('reboot', 0) }, state.acpiSleep);
   pio.register(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_PORT_COUNT, sleep, 'acpi-sleep');
   const mmio = new MmioBus((kind, addr) => env.unknown('mmio', addr, kind === 'write'));
+  if (env.bootComplete) mmio.register(BOOT_TIMER_BASE, BOOT_TIMER_SIZE, new BootTimer(env.bootComplete), 'boot-timer');
   return { pio, mmio };
 }
 

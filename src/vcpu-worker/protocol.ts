@@ -17,6 +17,11 @@ export interface VcpuWorkerData {
   virtio: VirtioMmioDeviceState[];
   /** The filter the worker installs right before its first KVM_RUN (role vcpu, src/seccomp/roles.ts). */
   seccomp: SeccompMode;
+  /**
+   * With a boot timer (VMConfig.bootTimer): when start() began, as process.hrtime.bigint() (CLOCK_MONOTONIC,
+   * the same clock in every thread) and as the process's CPU time in µs (process.cpuUsage(), user + system).
+   */
+  bootTimer?: { startNs: bigint; startCpuUs: number };
   /** benchmark only: port whose exits the addon's C loop consumes (see VMConfig.benchCPioPort) */
   benchCPioPort?: number;
 }
@@ -57,4 +62,6 @@ export interface VirtioMmioDeviceState {
 export type VcpuMessage =
   | { type: 'started'; vcpuId: number; firstRunEpochMs: number }
   | { type: 'ended'; vcpuId: number; exits: number; /** one-line description of a fatal exit */ detail?: string }
-  | { type: 'unknown-access'; vcpuId: number; kind: 'pio' | 'mmio'; addr: number; write: boolean };
+  | { type: 'unknown-access'; vcpuId: number; kind: 'pio' | 'mmio'; addr: number; write: boolean }
+  /** The guest wrote the boot timer's boot-complete byte: wall and process CPU µs since start() began. */
+  | { type: 'boot-complete'; vcpuId: number; wallUs: number; cpuUs: number };

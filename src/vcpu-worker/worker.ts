@@ -26,7 +26,20 @@ const endVm = vmEnder(ctrl, vcpuId, data.vcpuCount, (h) => addon.kick(h));
 const mem = new GuestMemory(data.memory);
 const run = addon.mapRun(vcpuFd, data.runSize);
 const runView = new DataView(run);
-const buses = buildLegacyBus(data.devices, { stopping, end: endVm, unknown: (kind, addr, write) => post({ type: 'unknown-access', vcpuId, kind, addr, write }) });
+const timer = data.bootTimer;
+const bootComplete = timer
+  ? (): void => {
+      const wallUs = Number((process.hrtime.bigint() - timer.startNs) / 1000n);
+      const cpu = process.cpuUsage();
+      post({ type: 'boot-complete', vcpuId, wallUs, cpuUs: cpu.user + cpu.system - timer.startCpuUs });
+    }
+  : undefined;
+const buses = buildLegacyBus(data.devices, {
+  stopping,
+  end: endVm,
+  unknown: (kind, addr, write) => post({ type: 'unknown-access', vcpuId, kind, addr, write }),
+  ...(bootComplete ? { bootComplete } : {}),
+});
 registerVirtioDevices(buses.mmio, data.virtio, stopping);
 
 const handle = addon.registerVcpuThread(vcpuFd, run);

@@ -8,6 +8,10 @@
  * (an unhandled port reads all-ones on kindling and QEMU alike).
  * reboot asks the i8042 keyboard controller to pulse the CPU reset line
  * (command 0xfe on port 0x64), as Linux's reboot=k does.
+ * hello.boot-timer writes to Firecracker's boot timer at 0xd0000000 after the
+ * line: first three writes the device must ignore (the magic 123 as a 32-bit
+ * write, 123 at offset 1, 122 at offset 0), then the boot-complete byte 123
+ * at offset 0, then prints "boot-timer: signalled".
  * hello.flood=N prints N more bytes of text on COM1 after the line: 64-byte
  * lines "<k as %08x> " + 54 letters ('a' + (k + j) % 26) + "\n", cut off
  * after N bytes (README.md).  Each 4 KiB piece is composed in ring 3 and
@@ -67,6 +71,14 @@ int guest_main(const struct boot_info *bi)
         parse_u64(p, n, 16, &port);
         uint8_t a = inb((uint16_t)port), b = inb((uint16_t)port);
         printf("probe %x %x %x\n", (unsigned)port, a, b);
+    }
+    if (cmdline_get("hello.boot-timer", &n)) {
+        volatile uint8_t *bt = (volatile uint8_t *)0xd0000000ull;
+        mmio_write32(0xd0000000ull, 123);
+        bt[1] = 123;
+        bt[0] = 122;
+        bt[0] = 123;
+        puts("boot-timer: signalled");
     }
     uint64_t flood_n = cmdline_u64("hello.flood", 0);
     if (flood_n)

@@ -70,7 +70,7 @@ describe.skipIf(!built)('kindling serve / Firecracker flags (process)', () => {
       [['--no-api'], /--no-api needs --config-file/],
       [['--no-api', '--api-sock', join(dir, 's'), '--config-file', 'x'], /--no-api and --api-sock exclude each other/],
       [['--id', 'bad id!', '--no-api', '--config-file', 'x'], /--id: must be 1 to 64 letters, digits or dashes/],
-      [['--boot-timer', '--no-api', '--config-file', 'x'], /--boot-timer: not supported yet/],
+      [['--boot-timer', '--no-api', '--config-file', join(dir, 'missing.json')], /--config-file: cannot open .*missing\.json: ENOENT/],
       [['--no-api', '--config-file', join(dir, 'missing.json')], /--config-file: cannot open .*missing\.json: ENOENT/],
       [['--no-api', '--config-file', dir], /--config-file: .* is not a regular file/],
     ] as Array<[string[], RegExp]>) {

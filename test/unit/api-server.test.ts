@@ -604,6 +604,26 @@ describe('runtime rules (stand-in VM)', () => {
     expect(lines.some((l) => l.includes(':INFO:'))).toBe(false); // level Warning: no Info lines
   });
 
+  it('--boot-timer: the VM gets a boot timer and its Guest-boot-time line is logged at Info', async () => {
+    const logFile = join(dir, 'boot-timer.log');
+    let fake: FakeVm | undefined;
+    await withServer({ createVm: async (cfg) => (fake = new FakeVm(cfg)), bootTimer: true }, async (sock) => {
+      await api(sock, 'PUT', '/logger', { log_path: logFile, level: 'Info', show_level: true, show_log_origin: true });
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+      expect(fake!.config.bootTimer).toBe(true);
+      fake!.emit('boot-time', { wallUs: 123456, cpuUs: 7890 });
+    });
+    const lines = readFileSync(logFile, 'utf8').trimEnd().split('\n');
+    expect(lines.filter((l) => l.endsWith('[anonymous-instance:main:INFO:boot_timer] Guest-boot-time = 123456 us 123 ms,   7890 CPU us 7 CPU ms'))).toHaveLength(1);
+    let plain: FakeVm | undefined;
+    await withServer({ createVm: async (cfg) => (plain = new FakeVm(cfg)) }, async (sock) => {
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' });
+    });
+    expect(plain!.config.bootTimer).toBeUndefined();
+  });
+
   it.skipIf(HAS_KVM)('a failed InstanceStart undoes onVmStarting (serve: the terminal back to cooked mode) and unpipes the input', async () => {
     const calls: string[] = [];
     const input = new (await import('node:stream')).PassThrough();

@@ -75,6 +75,11 @@ describe('--disk', () => {
     bad([{ path: img, rate: { bandwidth: { size: 0, refillTimeMs: 10 } } }], /^disks\[0\]\.rate\.bandwidth size must be a whole number ≥ 1$/);
     bad([{ path: img, rate: { iops: {} } }], /^disks\[0\]\.rate has unknown field iops \(bandwidth, ops\)$/);
     bad(Array.from({ length: MAX_VIRTIO_DEVICES + 1 }, () => ({ path: img, readOnly: true })), /at most 16 disks/);
+    // The boot timer takes a window: 15 disks fit beside it, 16 do not.
+    const ro = (n: number): VMConfig['disks'] => Array.from({ length: n }, () => ({ path: img, readOnly: true }));
+    expect(resolveConfig({ kernel, disks: ro(MAX_VIRTIO_DEVICES - 1), rng: false, bootTimer: true }, { hostMemBytes: HOST }).bootTimer).toBe(true);
+    expect(() => resolveConfig({ kernel, disks: ro(MAX_VIRTIO_DEVICES), rng: false, bootTimer: true }, { hostMemBytes: HOST })).toThrow(/^at most 15 disks \(got 16\); the boot timer takes one MMIO window$/);
+    expect(() => resolveConfig({ kernel, bootTimer: 'yes' } as never, { hostMemBytes: HOST })).toThrow(/^bootTimer must be true or false \(got "?yes"?\)$/);
     if (process.getuid?.() !== 0) {
       const locked = join(dir, 'noperm.img');
       writeFileSync(locked, Buffer.alloc(512));

@@ -17,6 +17,7 @@
 //   ...          RAM up to min(mem, 3 GiB)
 //   0xc000_0000  32-bit MMIO gap (1 GiB), reserved in e820
 //   0xd000_0000  virtio-mmio device windows, 4 KiB each       VIRTIO_MMIO_BASE
+//                (with a boot timer, it has the first window:   BOOT_TIMER_BASE)
 //   0xfec0_0000  IOAPIC                                       IOAPIC_START
 //   0xfee0_0000  LAPIC                                        LAPIC_START
 //   0xfffb_c000  KVM identity-map page (VMX real mode)        KVM_IDENTITY_MAP_START
@@ -71,6 +72,9 @@ export const MAX_SLOT_BYTES = 2 * GiB;
 export const VIRTIO_MMIO_BASE = 0xd000_0000;
 export const VIRTIO_MMIO_SIZE = 0x1000;
 export const VIRTIO_MMIO_MAX_DEVICES = 16;
+/** Firecracker's boot timer (src/devices/legacy/boot-timer.ts), when on: the first virtio-mmio window. */
+export const BOOT_TIMER_BASE = VIRTIO_MMIO_BASE;
+export const BOOT_TIMER_SIZE = VIRTIO_MMIO_SIZE;
 export const IOAPIC_START = 0xfec0_0000;
 export const LAPIC_START = 0xfee0_0000;
 export const KVM_IDENTITY_MAP_START = 0xfffb_c000;
