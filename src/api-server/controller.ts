@@ -13,11 +13,12 @@
 // MiB), boot_args → cmdline (kindling's DEFAULT_CMDLINE when absent), the root drive → /dev/vda with
 // `root=/dev/vda` (or `root=PARTUUID=…`) and `ro`/`rw` appended, other drives in PUT order; a vsock
 // → vsock { cid, udsPath }; PUT /entropy → a virtio-rng device (without it the VM has none, as in
-// Firecracker). The VM's output on COM1 goes to stdout unless PUT /serial names a file.
+// Firecracker). The VM's output on COM1 goes to stdout unless PUT /serial names a file, limited by its rate_limiter.
 import { statSync } from 'node:fs';
-import type { Writable } from 'node:stream';
+import { Transform, type Writable } from 'node:stream';
 import { parseMac, validTapName } from '../devices/virtio/net/names.js';
-import type { RateLimiterConfig } from '../devices/rate-limiter.js';
+import { validTokenBucket, type RateLimiterConfig, type TokenBucketConfig } from '../devices/rate-limiter.js';
+import { SerialOutLimiter } from './serial-out.js';
 import { ApiError, parseBody, type DriveBody, type EntropyBody, type LoggerBody, type MachineConfigurationBody, type RateLimiterBody, type TokenBucketBody, type VsockBody, type NetworkInterfaceBody } from './schemas.js';
 import { ApiLog, LineSink, parseLogLevel, PINO_LEVEL, type ApiLogLevel } from './sinks.js';
 import { MetricsRecorder, type MetricsSource } from './metrics.js';
@@ -153,6 +154,10 @@ export class ApiController {
   private metricsPath?: string;
   private serialPath?: string;
   private serialSink?: LineSink;
+  /** PUT /serial's rate_limiter (bytes of COM1 output). */
+  private serialRate?: TokenBucketConfig;
+  /** COM1's output path once a VM started (counts for the uart metrics). */
+  private serialOut?: SerialOutLimiter;
   private vm?: ControlledVm;
   private starting = false;
   private queue: Promise<unknown> = Promise.resolve();
@@ -166,7 +171,7 @@ export class ApiController {
     this.createVm = opts.createVm ?? realVmFactory;
     this.machine = { vcpu_count: 1, mem_size_mib: FC_DEFAULT_MEM_MIB, smt: false, track_dirty_pages: false, huge_pages: 'None' };
     this.log = new ApiLog(() => this.id, opts.logFallback);
-    const source: MetricsSource = { blockStats: () => this.blockStatsById() };
+    const source: MetricsSource = { blockStats: () => this.blockStatsById(), serialCounts: () => this.serialOut?.counts };
     this.metrics = new MetricsRecorder(source, { startTimeUs: opts.startTimeUs, startCpuUs: opts.startCpuUs, periodMs: opts.metricsPeriodMs, missedLogs: () => this.log.missed });
   }
 
@@ -469,11 +474,17 @@ export class ApiController {
   private putSerial(body: unknown): ApiResponse {
     const b = parseBody('serial', body);
     this.preBoot('serial');
-    if (limits(b.rate_limiter)) throw new ApiError('serial: rate_limiter: rate limiting is not supported yet');
+    let rate: TokenBucketConfig | undefined;
+    if (b.rate_limiter && bucketLimits(b.rate_limiter)) {
+      rate = { size: b.rate_limiter.size, refillTimeMs: b.rate_limiter.refill_time, ...(b.rate_limiter.one_time_burst ? { oneTimeBurst: b.rate_limiter.one_time_burst } : {}) };
+      const bad = validTokenBucket(rate);
+      if (bad) throw new ApiError(`serial: rate_limiter: ${bad}`);
+    }
     const sink = b.serial_out_path !== undefined ? LineSink.open(b.serial_out_path, 'serial: serial_out_path') : undefined;
     this.serialSink?.close();
     this.serialSink = sink;
     this.serialPath = b.serial_out_path;
+    this.serialRate = rate;
     return { status: 204 };
   }
 
@@ -577,9 +588,23 @@ export class ApiController {
     // whose back-pressure reaches the guest (vm.serial stops draining, the guest's writes block).
     const out = this.serialSink;
     const stdout = this.opts.serialOut ?? process.stdout;
-    const onData = (b: Buffer): void => void out!.write(b);
+    const limiter = (this.serialOut = new SerialOutLimiter(this.serialRate));
+    const onData = (b: Buffer): void => {
+      const a = limiter.admit(b);
+      if (a.length === 0) return;
+      if (out!.write(a)) limiter.wrote(a.length);
+      else limiter.lost(a.length);
+    };
+    // To stdout through a Transform that drops what the limit does not admit, keeping the pipe's back-pressure.
+    const toStdout = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        const a = limiter.admit(chunk);
+        limiter.wrote(a.length);
+        cb(null, a.length ? a : undefined);
+      },
+    });
     if (out) vm.serial.on('data', onData);
-    else vm.serial.pipe(stdout, { end: false });
+    else vm.serial.pipe(toStdout).pipe(stdout, { end: false });
     const undoStarting = this.opts.onVmStarting?.();
     if (this.opts.serialIn) this.opts.serialIn.pipe(vm.serial, { end: false });
     // The VM's host warnings (KVM-PVM) and device failures become log lines (else stderr, as before PUT /logger).
@@ -591,7 +616,10 @@ export class ApiController {
     } catch (e) {
       this.starting = false;
       if (out) vm.serial.off('data', onData);
-      else vm.serial.unpipe(stdout);
+      else {
+        vm.serial.unpipe(toStdout);
+        toStdout.unpipe(stdout);
+      }
       if (this.opts.serialIn) this.opts.serialIn.unpipe(vm.serial);
       undoStarting?.();
       const msg = (e as Error).message ?? String(e);
@@ -662,7 +690,13 @@ export class ApiController {
       })),
       vsock: this.vsock ? { guest_cid: this.vsock.guest_cid, uds_path: this.vsock.uds_path } : null,
       entropy: this.entropy ? { rate_limiter: this.entropy.rate_limiter ?? null } : null,
-      serial: this.serialPath !== undefined ? { serial_out_path: this.serialPath } : null,
+      serial:
+        this.serialPath !== undefined || this.serialRate
+          ? {
+              ...(this.serialPath !== undefined ? { serial_out_path: this.serialPath } : {}),
+              ...(this.serialRate ? { rate_limiter: { size: this.serialRate.size, refill_time: this.serialRate.refillTimeMs, ...(this.serialRate.oneTimeBurst ? { one_time_burst: this.serialRate.oneTimeBurst } : {}) } } : {}),
+            }
+          : null,
     };
   }
 

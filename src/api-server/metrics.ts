@@ -4,12 +4,15 @@
 // As in Firecracker, counters are deltas since the previous line (Firecracker's SharedIncMetric) and
 // the start-up times are absolute (SharedStoreMetric). Groups and names follow Firecracker's
 // metrics.rs where kindling has the quantity: api_server, get/put/patch_api_requests, block (all
-// drives) and block_<drive_id>, logger. Every line carries utc_timestamp_ms.
+// drives) and block_<drive_id>, logger, uart (COM1 output bytes written and dropped). Every line carries utc_timestamp_ms.
 import type { LineSink } from './sinks.js';
 import type { BlockStats } from '../devices/virtio/block/device.js';
+import type { SerialOutCounts } from './serial-out.js';
 
 export interface MetricsSource {
   blockStats(): Array<{ id: string; stats: BlockStats }>;
+  /** COM1's output bytes written and dropped (PUT /serial's rate limit, a full pipe), once a VM started. */
+  serialCounts?(): SerialOutCounts | undefined;
 }
 
 export interface MetricsOptions {
@@ -44,6 +47,7 @@ export class MetricsRecorder {
   /** The block counters at the previous flush (per drive id), so each line has deltas. */
   private lastBlock = new Map<string, Counters>();
   private lastMissedLogs = 0;
+  private lastSerial: SerialOutCounts = { written: 0, dropped: 0 };
   private missedMetrics = 0;
   private metricsFails = 0;
   private timer?: NodeJS.Timeout;
@@ -106,6 +110,9 @@ export class MetricsRecorder {
       out[`block_${id}`] = delta;
     }
     out.block = total;
+    const serial = this.source.serialCounts?.() ?? this.lastSerial;
+    out.uart = { write_count: serial.written - this.lastSerial.written, missed_write_count: serial.dropped - this.lastSerial.dropped };
+    this.lastSerial = { ...serial };
     const missedLogs = this.opts.missedLogs?.() ?? 0;
     out.logger = {
       missed_metrics_count: this.missedMetrics,

@@ -59,6 +59,8 @@ muts = [
  ("src/devices/virtio/block/image.ts", "if (!st.isFile() && !st.isBlockDevice()) throw", "if (!st.isFile() && !st.isBlockDevice() && !st.isFIFO()) throw", "test/unit/image-lock.test.ts", "image: a FIFO disk accepted"),
  ("src/devices/legacy/boot-timer.ts", "if (offset === 0 && size === 1 && value === BOOT_COMPLETE_MAGIC)", "if (offset === 0 && (value & 0xff) === BOOT_COMPLETE_MAGIC)", "test/unit/boot-timer.test.ts", "boot-timer: a wider write with 123 in its low byte signals"),
  ("src/main/resources.ts", "const window = index + (layout.bootTimer ? 1 : 0);", "const window = index;", "test/unit/boot-timer.test.ts", "layout: the first virtio window overlaps the boot timer"),
+ ("src/api-server/serial-out.ts", "      if (n > 0) this.bucket.consume(n);\n", "", "test/unit/serial-out.test.ts", "serial rate limiter: admitted bytes are not charged"),
+ ("src/api-server/serial-out.ts", "Math.floor(this.bucket.available() + 1e-9)", "Math.ceil(this.bucket.available())", "test/unit/serial-out.test.ts", "serial rate limiter: a byte beyond the tokens admitted"),
  ("src/main/user-files.ts", "if (!st.isFile()) throw new ConfigError(", "if (false) throw new ConfigError(", "test/unit/config.test.ts", "user-files: the regular-file check on the opened fd removed"),
  ("src/main/user-files.ts", "if (f.size > limit) throw new ConfigError(", "if (false) throw new ConfigError(", "test/unit/config.test.ts", "user-files: kernel/initrd size not compared with guest RAM before reading"),
  ("src/loader/reader.ts", "offset + size <= this.length;", "offset + size <= this.length + 1;", "test/unit/loader.test.ts", "loader: header read bound off by one (a bzImage cut to 518/519 bytes)"),

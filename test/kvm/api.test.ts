@@ -48,6 +48,28 @@ describe.skipIf(!kvm)('Firecracker API booting guests', () => {
     expect(existsSync(s.sock)).toBe(false);
   });
 
+  it('PUT /serial rate_limiter: a 64 KiB console flood reaches stdout only as fast as the bucket allows; uart metrics count it', async () => {
+    const metrics = join(dir(), 'serial.metrics');
+    const s = await serve();
+    // 2000 bytes at once, then 20 bytes/ms: under KVM-PVM the flood runs at ~125 bytes/ms.
+    expect((await api(s.sock, 'PUT', '/serial', { rate_limiter: { size: 2000, refill_time: 100 } })).status).toBe(204);
+    expect((await api(s.sock, 'PUT', '/metrics', { metrics_path: metrics })).status).toBe(204);
+    expect((await api(s.sock, 'PUT', '/boot-source', { kernel_image_path: guest('hello.elf'), boot_args: 'hello.flood=65536' })).status).toBe(204);
+    expect((await api(s.sock, 'PUT', '/machine-config', { vcpu_count: 1, mem_size_mib: 32 })).status).toBe(204);
+    const t0 = performance.now();
+    expect((await api(s.sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+    expect(await s.exit).toBe(0);
+    const elapsedMs = performance.now() - t0;
+    const out = Buffer.byteLength(s.out(), 'latin1');
+    const total = 'hello from guest\n'.length + 65536;
+    expect(out).toBeGreaterThanOrEqual(2000);
+    expect(out).toBeLessThanOrEqual(2000 + 20 * elapsedMs);
+    expect(out).toBeLessThan(total);
+    const uart = readFileSync(metrics, 'utf8').trimEnd().split('\n').map((l) => (JSON.parse(l) as { uart: { write_count: number; missed_write_count: number } }).uart);
+    expect(uart.reduce((a, u) => a + u.write_count, 0)).toBe(out);
+    expect(uart.reduce((a, u) => a + u.missed_write_count, 0)).toBe(total - out);
+  });
+
   it('blk.elf with drives/rootfs: reads the image, root=/dev/vda rw on its command line; metrics count the reads, the log has the start', async () => {
     const img = join(dir(), 'rootfs.img');
     writeFileSync(img, randomBytes(4 << 20));

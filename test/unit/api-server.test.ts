@@ -588,6 +588,41 @@ describe('runtime rules (stand-in VM)', () => {
     expect(onStdout).toBe('');
   });
 
+  it('PUT /serial rate_limiter: output beyond the bucket is dropped, to the file and to stdout; uart metrics count both', async () => {
+    const serialFile = join(dir, 'serial-limited.out');
+    const metricsFile = join(dir, 'serial-limited.metrics');
+    let fake: FakeVm | undefined;
+    const bucket = { size: 10, refill_time: 100_000 }; // 10 bytes, refilled over 100 s: nothing refills during the test
+    await withServer({ createVm: async (cfg) => (fake = new FakeVm(cfg)) }, async (sock) => {
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      await api(sock, 'PUT', '/metrics', { metrics_path: metricsFile });
+      expect(fault(await api(sock, 'PUT', '/serial', { serial_out_path: serialFile, rate_limiter: { size: 10, refill_time: 2 ** 60 } }))).toMatch(/^serial: rate_limiter: /);
+      expect((await api(sock, 'PUT', '/serial', { serial_out_path: serialFile, rate_limiter: bucket })).status).toBe(204);
+      expect(((await api(sock, 'GET', '/vm/config')).json as { serial: unknown }).serial).toEqual({ serial_out_path: serialFile, rate_limiter: bucket });
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+      fake!.serial.push(Buffer.from('0123456'));
+      fake!.serial.push(Buffer.from('789abcdef'));
+      await new Promise((r) => setTimeout(r, 20));
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
+    });
+    expect(readFileSync(serialFile, 'utf8')).toBe('0123456789');
+    const lines = readFileSync(metricsFile, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as { uart: { write_count: number; missed_write_count: number } });
+    expect(lines[0].uart).toEqual({ write_count: 10, missed_write_count: 6 });
+    expect(lines.slice(1).every((l) => l.uart.write_count === 0 && l.uart.missed_write_count === 0)).toBe(true);
+
+    const stdout = new (await import('node:stream')).PassThrough();
+    let onStdout = '';
+    stdout.on('data', (b: Buffer) => (onStdout += b.toString()));
+    await withServer({ createVm: async (cfg) => (fake = new FakeVm(cfg)), serialOut: stdout }, async (sock) => {
+      await api(sock, 'PUT', '/boot-source', { kernel_image_path: kernel });
+      expect((await api(sock, 'PUT', '/serial', { rate_limiter: { size: 4, one_time_burst: 2, refill_time: 100_000 } })).status).toBe(204);
+      expect((await api(sock, 'PUT', '/actions', { action_type: 'InstanceStart' })).status).toBe(204);
+      fake!.serial.push(Buffer.from('abcdefghij'));
+      await new Promise((r) => setTimeout(r, 20));
+    });
+    expect(onStdout).toBe('abcdef');
+  });
+
   it("the VM's host warnings and device failures become log lines", async () => {
     const logFile = join(dir, 'vm-events.log');
     let fake: FakeVm | undefined;
