@@ -13,19 +13,18 @@
 // /proc/PID/task/*/schedstat (nanoseconds), read right after the connect succeeded (the process is
 // then idle in its event loop). Firecracker's spec budget is ≤ 8 CPU ms for its (Rust) process start
 // to API ready; Node alone costs more than that, which the `node` row shows.
-// Options: --rounds N (default 15)
+// Options: --rounds N (interleaved rounds, default 15), --help
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
 import { createRequire } from 'node:module';
-import { GUESTS, KINDLING, ROOT, fmt, median } from './lib.mjs';
+import { GUESTS, KINDLING, ROOT, benchArgs, fmt, median } from './lib.mjs';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string' } } });
-const ROUNDS = Number(values.rounds ?? 15);
+const USAGE = 'usage: node bench/api.mjs [--rounds N: interleaved rounds per variant and InstanceStart boots (default 15)]';
+const { rounds: ROUNDS } = benchArgs('api', USAGE, { rounds: 15 });
 const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-api-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 

@@ -8,22 +8,17 @@
 // > 1 is better for kindling on throughput rows, < 1 on latency rows). Times are taken on the host
 // between the guest's "blk bench start" and "blk bench done" lines.
 // Options: --runs N (default 5), --mib M (image size and seq span, default 64), --passes P (seq passes,
-// default 4), --ops N (random reads, default 20000), --mmio-ops N (default 100000)
+// default 4), --ops N (random reads, default 20000), --mmio-ops N (MMIO reads, default 100000), --help
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { GUESTS, KINDLING, QEMU_MICROVM, fmt, median, timedRun, which } from './lib.mjs';
+import { GUESTS, KINDLING, QEMU_MICROVM, benchArgs, fmt, median, timedRun, which } from './lib.mjs';
 
-const { values } = parseArgs({
-  options: { runs: { type: 'string' }, mib: { type: 'string' }, passes: { type: 'string' }, ops: { type: 'string' }, 'mmio-ops': { type: 'string' } },
-});
-const RUNS = Number(values.runs ?? 5);
-const MIB = Number(values.mib ?? 64);
-const PASSES = Number(values.passes ?? 4);
-const OPS = Number(values.ops ?? 20000);
-const MMIO_OPS = Number(values['mmio-ops'] ?? 100000);
+const USAGE =
+  'usage: node bench/blk.mjs [--runs N: runs per row (default 5)] [--mib M: image MiB and seq span (default 64)] ' +
+  '[--passes P: seq passes (default 4)] [--ops N: random 4 KiB reads (default 20000)] [--mmio-ops N: MMIO register reads (default 100000)]';
+const { runs: RUNS, mib: MIB, passes: PASSES, ops: OPS, 'mmio-ops': MMIO_OPS } = benchArgs('blk', USAGE, { runs: 5, mib: 64, passes: 4, ops: 20000, 'mmio-ops': 100000 });
 const blk = join(GUESTS, 'blk.elf');
 const qemu = which('qemu-system-x86_64');
 

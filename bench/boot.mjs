@@ -4,15 +4,14 @@
 //   and for QEMU microvm booting the same hello.elf in the same run (when qemu-system-x86_64 exists);
 //   PIO exits/s of pioloop.elf's ring-3 `out` loop handled by kindling's JavaScript exit loop vs the
 //   addon's plain C loop, and under QEMU.
-// Options: --runs N (default 10), --pio N (outs per pioloop run, default 50000), --pio-runs N (default 5)
-import { parseArgs } from 'node:util';
+// Options: --runs N (default 10), --pio N (outs per pioloop run, default 50000), --pio-runs N (default 5), --help
 import { join } from 'node:path';
-import { GUESTS, KINDLING, QEMU_MICROVM, fmt, median, timedRun, which } from './lib.mjs';
+import { GUESTS, KINDLING, QEMU_MICROVM, benchArgs, fmt, median, timedRun, which } from './lib.mjs';
 
-const { values } = parseArgs({ options: { runs: { type: 'string' }, pio: { type: 'string' }, 'pio-runs': { type: 'string' } } });
-const RUNS = Number(values.runs ?? 10);
-const PIO = Number(values.pio ?? 50000);
-const PIO_RUNS = Number(values['pio-runs'] ?? 5);
+const USAGE =
+  'usage: node bench/boot.mjs [--runs N: boots per VMM (default 10)] [--pio N: outs per pioloop run (default 50000)] ' +
+  '[--pio-runs N: pioloop runs per exit loop (default 5)]';
+const { runs: RUNS, pio: PIO, 'pio-runs': PIO_RUNS } = benchArgs('boot', USAGE, { runs: 10, pio: 50000, 'pio-runs': 5 });
 const hello = join(GUESTS, 'hello.elf');
 const pioloop = join(GUESTS, 'pioloop.elf');
 const qemu = which('qemu-system-x86_64');

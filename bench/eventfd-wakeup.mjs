@@ -13,30 +13,36 @@
 //   watchEventfd       uv_poll on the worker's own loop, A drained natively, callback writes B
 //   watchFd + read     uv_poll on the worker's own loop, callback does eventfdRead(A), eventfdWrite(B)
 //
-// Options: --rounds N (default 20000), --warmup N (2000), --runs N (5), --only unpinned|pinned
+// Options: --rounds N (default 20000), --warmup N (2000, may be 0), --runs N (5), --only unpinned|pinned
+// (default both), --help; --child is internal (the measuring child process this script spawns)
 import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { Worker } from 'node:worker_threads';
 import { createRequire } from 'node:module';
+import { benchArgs } from './lib.mjs';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const ADDON = join(ROOT, 'native', 'build', 'Release', 'kindling.node');
 const SELF = fileURLToPath(import.meta.url);
 
-const { values } = parseArgs({
-  options: {
-    rounds: { type: 'string' },
-    warmup: { type: 'string' },
-    runs: { type: 'string' },
-    only: { type: 'string' },
-    child: { type: 'boolean' },
-  },
+const USAGE =
+  'usage: node bench/eventfd-wakeup.mjs [--rounds N: timed round trips per run (default 20000)] ' +
+  '[--warmup N: untimed round trips first, may be 0 (default 2000)] [--runs N: runs per wiring (default 5)] ' +
+  '[--only unpinned|pinned (default both)] [--child: internal, the measuring child]';
+const {
+  rounds: ROUNDS,
+  warmup: WARMUP,
+  runs: RUNS,
+  only: ONLY,
+  child: CHILD,
+} = benchArgs('eventfd-wakeup', USAGE, {
+  rounds: 20000,
+  warmup: { type: 'integer', default: 2000, min: 0 },
+  runs: 5,
+  only: { type: 'string', choices: ['unpinned', 'pinned'] },
+  child: { type: 'boolean' },
 });
-const ROUNDS = Number(values.rounds ?? 20000);
-const WARMUP = Number(values.warmup ?? 2000);
-const RUNS = Number(values.runs ?? 5);
 
 const MODES = [
   ['c', 'C ↔ C (addon C echo loop in the worker)'],
@@ -151,9 +157,9 @@ function cell(xs) {
 }
 
 async function main() {
-  if (values.child) return child();
-  const unpinned = values.only === 'pinned' ? undefined : spawnChild(false);
-  const pinned = values.only === 'unpinned' ? undefined : spawnChild(true);
+  if (CHILD) return child();
+  const unpinned = ONLY === 'pinned' ? undefined : spawnChild(false);
+  const pinned = ONLY === 'unpinned' ? undefined : spawnChild(true);
   const cpus = (await import('node:os')).cpus();
   console.log(`eventfd wake-up RTT, µs per round trip: median (min–max) of ${RUNS} runs × ${ROUNDS} round trips after ${WARMUP} warm-up`);
   console.log(`node ${process.version}, ${cpus.length} CPU(s) ${cpus[0]?.model ?? ''}\n`);

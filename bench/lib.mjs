@@ -61,30 +61,54 @@ export function fmt(x, digits = 1) {
 }
 
 /**
- * A benchmark's flags, each a positive integer with a default (`defaults`: name → value), plus
- * --help (prints `usage`, exit 0). An unknown flag or a bad value is one line `bench:NAME: …` and
- * exit 2. Returns name → number.
+ * A benchmark's flags (`defaults`: name → spec), plus --help (prints `usage`, exit 0). An unknown
+ * flag or a bad value is one line `bench:NAME: …` and exit 2. A spec is either a number, the default
+ * of a positive-integer flag, or { type, default, min, choices } for any other flag:
+ *   'integer': an integer ≥ min (min 1 when not given);
+ *   'number':  a finite number ≥ min, or > 0 when min is not given (e.g. seconds: 0.5);
+ *   'string':  any string, or one of `choices` when given; default may be left undefined;
+ *   'boolean': a bare --flag taking no value, default false.
+ * Returns name → value (the default when the flag is absent).
  */
 export function benchArgs(name, usage, defaults) {
+  const specs = Object.entries(defaults).map(([k, d]) => [k, typeof d === 'number' ? { type: 'integer', default: d } : d]);
   let values;
   try {
-    ({ values } = parseArgs({ options: { ...Object.fromEntries(Object.keys(defaults).map((k) => [k, { type: 'string' }])), help: { type: 'boolean' } } }));
+    ({ values } = parseArgs({
+      options: { ...Object.fromEntries(specs.map(([k, s]) => [k, { type: s.type === 'boolean' ? 'boolean' : 'string' }])), help: { type: 'boolean' } },
+    }));
   } catch (e) {
-    console.error(`bench:${name}: ${e.message}; ${usage}`);
+    console.error(`bench:${name}: ${e.message.split('\n')[0]}; ${usage.split('\n')[0]}`);
     process.exit(2);
   }
   if (values.help) {
     console.log(usage);
     process.exit(0);
   }
+  const bad = (msg) => {
+    console.error(`bench:${name}: --${msg}`);
+    process.exit(2);
+  };
   const out = {};
-  for (const [k, d] of Object.entries(defaults)) {
-    const v = Number(values[k] ?? d);
-    if (!Number.isInteger(v) || v < 1) {
-      console.error(`bench:${name}: --${k} must be a positive integer`);
-      process.exit(2);
+  for (const [k, s] of specs) {
+    if (s.type === 'boolean') {
+      out[k] = values[k] ?? s.default ?? false;
+    } else if (s.type === 'string') {
+      const v = values[k] ?? s.default;
+      if (v !== undefined && s.choices && !s.choices.includes(v)) bad(`${k} must be one of ${s.choices.join(', ')}`);
+      out[k] = v;
+    } else if (s.type === 'integer' || s.type === 'number') {
+      const v = Number(values[k] ?? s.default);
+      const int = s.type === 'integer';
+      const ok = (int ? Number.isInteger(v) : Number.isFinite(v)) && (s.min === undefined ? (int ? v >= 1 : v > 0) : v >= s.min);
+      if (!ok) {
+        const what = int ? 'integer' : 'number';
+        bad(`${k} must be ${s.min === undefined ? `a positive ${what}` : `a${int ? 'n' : ''} ${what} >= ${s.min}`}`);
+      }
+      out[k] = v;
+    } else {
+      throw new Error(`benchArgs: flag --${k} has unknown type ${s.type}`);
     }
-    out[k] = v;
   }
   return out;
 }

@@ -8,18 +8,16 @@
 //   2. a data-path syscall late in the allowlist: N × preadv of 4 KiB from a (cached) file into a
 //      SharedArrayBuffer (preadv is compared after every runtime syscall in the io:blk filter).
 //
-// Usage: node bench/seccomp.mjs [--rounds 7] [--n 200000]
+// Usage: node bench/seccomp.mjs [--rounds N (default 7)] [--n N (syscall loop iterations per run, default 200000)] [--help]
 import { Worker } from 'node:worker_threads';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
-import { ROOT, median, fmt } from './lib.mjs';
+import { ROOT, benchArgs, median, fmt } from './lib.mjs';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string', default: '7' }, n: { type: 'string', default: '200000' } } });
-const ROUNDS = Number(values.rounds);
-const N = Number(values.n);
+const USAGE = 'usage: node bench/seccomp.mjs [--rounds N: interleaved off/strict rounds (default 7)] [--n N: loop iterations per run (default 200000)]';
+const { rounds: ROUNDS, n: N } = benchArgs('seccomp', USAGE, { rounds: 7, n: 200000 });
 const ADDON = join(ROOT, 'native', 'build', 'Release', 'kindling.node');
 const INSTALL = pathToFileURL(join(ROOT, 'dist', 'seccomp', 'install.js')).href;
 const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-seccomp-'));

@@ -4,14 +4,13 @@
 //   kindling vs QEMU microvm (-smp N) in the same run;
 //   creation rate: VMs created and run to "hello from guest" per second, in one kindling process
 //   with 1 and 8 concurrent creators, vs QEMU microvm processes started 1 and 8 at a time.
-// Options: --runs N (default 10), --seconds S per creation-rate measurement (default 5)
-import { parseArgs } from 'node:util';
+// Options: --runs N (default 10), --seconds S per creation-rate measurement (default 5, may be
+// fractional), --help
 import { join } from 'node:path';
-import { GUESTS, KINDLING, QEMU_MICROVM, fmt, median, timedRun, which } from './lib.mjs';
+import { GUESTS, KINDLING, QEMU_MICROVM, benchArgs, fmt, median, timedRun, which } from './lib.mjs';
 
-const { values } = parseArgs({ options: { runs: { type: 'string' }, seconds: { type: 'string' } } });
-const RUNS = Number(values.runs ?? 10);
-const SECONDS = Number(values.seconds ?? 5);
+const USAGE = 'usage: node bench/smp.mjs [--runs N: runs per vCPU count (default 10)] [--seconds S: per creation-rate measurement, > 0, may be fractional (default 5)]';
+const { runs: RUNS, seconds: SECONDS } = benchArgs('smp', USAGE, { runs: 10, seconds: { type: 'number', default: 5 } });
 const smp = join(GUESTS, 'smp.elf');
 const hello = join(GUESTS, 'hello.elf');
 const qemu = which('qemu-system-x86_64');

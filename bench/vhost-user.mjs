@@ -15,25 +15,17 @@
 // then min/median/max per backend and the per-round ratio kindling/qsd (> 1: kindling faster).
 // The image is written once with random bytes and read once on the host first, so both backends
 // read from the host's page cache (qsd with cache.direct=off, its default).
-// Options: --rounds N (default 5), --mib M (image MiB, default 256), --ops N (random reads, default 20000)
+// Options: --rounds N (default 5), --mib M (image MiB, default 256), --ops N (random reads, default 20000),
+// --help
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseArgs } from 'node:util';
-import { ROOT, fmt, loadUmlHarness, median } from './lib.mjs';
+import { ROOT, benchArgs, fmt, loadUmlHarness, median } from './lib.mjs';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, ops: { type: 'string' } } });
-const ROUNDS = Number(values.rounds ?? 5);
-const MIB = Number(values.mib ?? 256);
-const OPS = Number(values.ops ?? 20000);
-for (const [k, v] of [['rounds', ROUNDS], ['mib', MIB], ['ops', OPS]]) {
-  if (!Number.isInteger(v) || v < 1) {
-    console.error(`bench:vhost-user: --${k} must be a positive integer`);
-    process.exit(2);
-  }
-}
+const USAGE = 'usage: node bench/vhost-user.mjs [--rounds N: interleaved rounds (default 5)] [--mib M: image MiB (default 256)] [--ops N: random 4 KiB reads (default 20000)]';
+const { rounds: ROUNDS, mib: MIB, ops: OPS } = benchArgs('vhost-user', USAGE, { rounds: 5, mib: 256, ops: 20000 });
 
 const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-vhost-user-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));

@@ -14,26 +14,18 @@
 // socket in this process (MB/s). No peer VMM: Debian has no vhost-user-vsock backend (vhost-device-vsock
 // is not packaged) and QEMU's vhost-vsock needs /dev/vhost-vsock in a KVM guest.
 // Reported per round, then min/median/max, and the per-round ratio kindling/floor.
-// Options: --rounds N (default 5), --mib M (default 64), --execs N (default 30)
+// Options: --rounds N (default 5), --mib M (MiB per stream, default 64), --execs N (exec round trips per
+// round, default 30), --help
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
-import { ROOT, fmt, loadUmlHarness, median, printStat } from './lib.mjs';
+import { ROOT, benchArgs, fmt, loadUmlHarness, median, printStat } from './lib.mjs';
 
-const { values } = parseArgs({ options: { rounds: { type: 'string' }, mib: { type: 'string' }, execs: { type: 'string' } } });
-const ROUNDS = Number(values.rounds ?? 5);
-const MIB = Number(values.mib ?? 64);
-const EXECS = Number(values.execs ?? 30);
-for (const [k, v] of [['rounds', ROUNDS], ['mib', MIB], ['execs', EXECS]]) {
-  if (!Number.isInteger(v) || v < 1) {
-    console.error(`bench:vsock: --${k} must be a positive integer`);
-    process.exit(2);
-  }
-}
+const USAGE = 'usage: node bench/vsock.mjs [--rounds N: rounds (default 5)] [--mib M: MiB per stream (default 64)] [--execs N: exec round trips per round (default 30)]';
+const { rounds: ROUNDS, mib: MIB, execs: EXECS } = benchArgs('vsock', USAGE, { rounds: 5, mib: 64, execs: 30 });
 const BYTES = MIB * 1024 * 1024;
 const AGENT_PORT = 10789;
 
