@@ -86,6 +86,8 @@ export interface ControllerOptions {
   metricsPeriodMs?: number;
   /** VMConfig.seccomp for the VM's threads (--no-seccomp: 'off'; default kindling's 'strict'). */
   seccomp?: VMConfig['seccomp'];
+  /** VMConfig.seccompThreads for the VM (serve: 'all', kindling owns the process). */
+  seccompThreads?: VMConfig['seccompThreads'];
   /** --boot-timer: VMConfig.bootTimer, and its Guest-boot-time line at Info in the log. */
   bootTimer?: boolean;
   /** Log lines before PUT /logger (default: stderr). */
@@ -531,6 +533,7 @@ export class ApiController {
       console: 'serial',
       ...(this.opts.seccomp !== undefined ? { seccomp: this.opts.seccomp } : {}),
       ...(this.opts.bootTimer ? { bootTimer: true } : {}),
+      ...(this.opts.seccompThreads ? { seccompThreads: this.opts.seccompThreads } : {}),
       ...(this.vsock ? { vsock: { cid: this.vsock.guest_cid, udsPath: this.vsock.uds_path } } : {}),
       ...(this.nics.size
         ? {

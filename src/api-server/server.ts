@@ -17,7 +17,10 @@
 // headersTimeout/requestTimeout (a request must arrive whole within REQUEST_TIMEOUT_MS) and idle
 // keep-alive connections by KEEP_ALIVE_MS; each connection costs one fd and a parser, and the event
 // loop never blocks on one, so others keep being served.
-import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, rmSync, unlinkSync } from 'node:fs';
+import { loadAddon } from '../kvm/addon.js';
+import { resolve as resolvePath } from 'node:path';
+import { recordSocketInode, removeSocketFile, socketFile } from '../main/socket-files.js';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect } from 'node:net';
 import type { ApiController, ApiResponse } from './controller.js';
@@ -160,33 +163,36 @@ export function buildServer(controller: ApiController): Server {
 export async function serveApi(controller: ApiController, path: string): Promise<ApiServer> {
   await claimSocketPath(path);
   const server = buildServer(controller);
+  // Bound and listening through the addon and handed to the server as an fd: libuv then does not know
+  // the path, so closing the server does not unlink() it by name (which the process-wide filter of a
+  // running VM refuses); it is removed with unlinkat below.
   const old = process.umask(0o177);
+  let fd: number;
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ path, exclusive: true }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    fd = loadAddon().unixListen(path, 511);
   } catch (e) {
     throw new ApiSocketError(`--api-sock ${shown(path)}: cannot listen: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   } finally {
     process.umask(old);
   }
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ fd }, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+  } catch (e) {
+    rmSync(path, { force: true });
+    throw new ApiSocketError(`--api-sock ${shown(path)}: cannot listen: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
   chmodSync(path, 0o600);
-  const made = lstatSync(path);
-  let removed = false;
-  const remove = (): void => {
-    if (removed) return;
-    removed = true;
-    try {
-      const now = lstatSync(path);
-      if (now.ino === made.ino && now.dev === made.dev) unlinkSync(path);
-    } catch {
-      // already gone
-    }
-  };
+  // Removed on close or exit with unlinkat on its directory, which a filtered process may still do
+  // (src/main/socket-files.ts), and only while the path is still the socket made here.
+  const file = socketFile(resolvePath(path));
+  recordSocketInode(file);
+  const remove = (): void => removeSocketFile(file);
   process.on('exit', remove);
   return {
     server,

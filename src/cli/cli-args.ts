@@ -54,7 +54,8 @@ run:
                    locally administered address (02:4b:4e:…). rx-bw/tx-bw (bytes) and rx-ops/tx-ops
                    (frames): Firecracker's token buckets, SIZE tokens refilled every MS ms, BURST once
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
-  --seccomp MODE   syscall filter on every vCPU and I/O worker thread (docs/security.md): strict
+  --seccomp MODE   syscall filter on every thread, each vCPU and I/O worker with its own allowlist
+                   and the whole process once the VM is built (docs/security.md): strict
                    (default; a syscall outside the thread's allowlist kills the process with SIGSYS
                    and the kernel log names the thread and the syscall), log (allowed, logged), off
   --boot-timer     Firecracker's boot timer: when the guest writes the byte 123 to 0xd0000000 (as

@@ -126,7 +126,8 @@ async function run(cmd: Extract<Command, { kind: 'run' }>): Promise<void> {
   }
   let vm: VM;
   try {
-    vm = new VM(config); // a ConfigError here is a usage error (exit 2), see errorLine
+    // kindling owns this process: every thread is filtered once the VM is built (docs/security.md).
+    vm = new VM({ ...config, seccompThreads: 'all' }); // a ConfigError here is a usage error (exit 2), see errorLine
   } catch (e) {
     discardPrespawnedWorkers();
     throw e;

@@ -29,7 +29,7 @@ export const SERVE_USAGE = `usage:
   --log-path PATH     log file or named pipe (as PUT /logger)
   --show-level, --show-log-origin   add the level / origin to each log line
   --metrics-path PATH metrics file or named pipe (as PUT /metrics)
-  --no-seccomp        the VM's worker threads run without kindling's syscall filter
+  --no-seccomp        no syscall filter (by default every thread is filtered once the VM is built)
   --boot-timer        Firecracker's boot timer: a guest write of the byte 123 to 0xd0000000 logs
                       "Guest-boot-time = N us …" at Info (with --level Info or a logger); the
                       virtio devices then start at 0xd0001000
@@ -250,6 +250,8 @@ export async function serveMain(argv: readonly string[], signals?: SignalStop): 
     vmmVersion: kindlingVersion(),
     ...(opts.noSeccomp ? { seccomp: 'off' as const } : {}),
     ...(opts.bootTimer ? { bootTimer: true } : {}),
+    // kindling owns this process: every thread is filtered once the VM is built (docs/security.md).
+    seccompThreads: 'all',
     ...guestInput(),
     // After a signal the VM's end is the signal's doing: 128+N, as `kindling run`.
     onExit: (exit) => exitWith(signals?.exitCode ?? exit.exitCode & 0xff),

@@ -16,13 +16,14 @@
 //                             connections to CID 2 port P → `<uds>_<P>`); GET_CONFIG gives guest_cid.
 //                             The UDS is removed on exit like the vhost-user socket (unlinkat on its
 //                             directory, held open from before the filter).
-import { closeSync, lstatSync, openSync, unlinkSync } from 'node:fs';
-import { basename, dirname, resolve } from 'node:path';
+import { lstatSync, unlinkSync } from 'node:fs';
+import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { UsageError, parseDiskArg, parseNetArg } from './cli-args.js';
 import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ConfigError } from '../main/config-error.js';
 import { quoted } from '../main/config.js';
+import { recordSocketInode, releaseSocketFile, removeSocketFile, socketDirFds, socketFile } from '../main/socket-files.js';
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
 import { validGuestCid } from '../devices/virtio/vsock/backend.js';
 
@@ -133,8 +134,9 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
 
   claimSocketPath(addon, cmd.socket);
   // The socket's directory, held open so that the filtered process can remove the socket on exit
-  // (unlinkat on this fd is the only file-system change its filter allows).
-  const socketDir = openSync(dirname(resolve(cmd.socket)), 'r');
+  // (unlinkat on the directories of kindling's own sockets is the only file-system change its filter
+  // allows; src/main/socket-files.ts).
+  const socket = socketFile(resolve(cmd.socket));
   const type = virtioDeviceType(cmd.device.kind);
   const d = cmd.device;
   const options =
@@ -145,28 +147,18 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
         : d.kind === 'net'
           ? { tap: d.tap, passt: d.passt, mac: d.mac, rxRate: d.rxRate, txRate: d.txRate, option: '--device net' }
           : {};
-  // The hybrid-vsock UDS's directory, for the same reason as socketDir.
-  let udsDir = -1;
-  if (d.kind === 'vsock' && d.udsPath !== undefined) {
-    try {
-      udsDir = openSync(dirname(resolve(d.udsPath)), 'r');
-    } catch (e) {
-      closeSync(socketDir);
-      throw new ConfigError(`--device vsock uds ${d.udsPath}: its directory cannot be opened (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-    }
-  }
   let prepared;
   try {
     prepared = type.prepare(options, { addon });
   } catch (e) {
-    if (udsDir >= 0) closeSync(udsDir);
-    closeSync(socketDir);
+    releaseSocketFile(socket);
     throw e;
   }
   let listenFd = -1;
   try {
     try {
       listenFd = addon.unixListen(cmd.socket, 4);
+      recordSocketInode(socket);
     } catch (e) {
       throw new ConfigError(`cannot listen on --socket ${cmd.socket}: ${(e as Error).message}`);
     }
@@ -197,7 +189,7 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
     const passtPid = d.kind === 'net' ? (prepared.params as import('../devices/virtio/net/index.js').NetParams).passtPid : undefined;
     installSeccomp(
       addon,
-      { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: udsDir >= 0 ? [socketDir, udsDir] : socketDir, ...(passtPid !== undefined ? { childPids: [passtPid] } : {}) },
+      { kind: 'process', devices: [cmd.device.kind], unlinkDirFd: socketDirFds(), ...(passtPid !== undefined ? { childPids: [passtPid] } : {}) },
       cmd.seccomp,
     );
     await loop.done;
@@ -210,23 +202,8 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
     device.close();
   } finally {
     if (listenFd >= 0) addon.close(listenFd);
-    try {
-      addon.unlinkAt(socketDir, basename(cmd.socket));
-    } catch {
-      // already gone
-    }
-    closeSync(socketDir);
-    if (udsDir >= 0) {
-      // Before release(): its own removal (unlink by path) is not allowed once filtered; it then finds nothing.
-      if (d.kind === 'vsock' && d.udsPath !== undefined) {
-        try {
-          if (lstatSync(d.udsPath).isSocket()) addon.unlinkAt(udsDir, basename(d.udsPath));
-        } catch {
-          // already gone
-        }
-      }
-      closeSync(udsDir);
-    }
+    removeSocketFile(socket);
+    // The hybrid-vsock UDS, if any, goes with the device (removeSocketFile on its directory too).
     prepared.release();
   }
   await new Promise<void>((r) => (process.stdout.writableNeedDrain ? process.stdout.once('drain', r) : r()));

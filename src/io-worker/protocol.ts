@@ -35,5 +35,7 @@ export interface IoWorkerData {
 export type IoWorkerCommand = { type: 'stop' } | { type: 'reconfigure'; id: number; msg: unknown };
 
 export type IoWorkerMessage =
+  /** Posted once the worker's modules are loaded, before it waits for its data (src/main/workers.ts). */
+  | { type: 'loaded' }
   | { type: 'log'; name: string; level: 'info' | 'warn' | 'error'; msg: string }
   | { type: 'reconfigured'; id: number; error?: string };

@@ -19,6 +19,8 @@ import type { IoWorkerCommand, IoWorkerData, IoWorkerMessage } from './protocol.
 const port = parentPort;
 if (!port) throw new Error('I/O worker must run in a worker_thread');
 const addon = loadAddon();
+// Loaded: from here the worker needs no file (a process-wide filter may now be installed).
+port.postMessage({ type: 'loaded' } satisfies IoWorkerMessage);
 const data = await new Promise<IoWorkerData>((resolve) => port.once('message', resolve));
 
 function post(m: IoWorkerMessage): void {

@@ -80,8 +80,11 @@ export class Kvm {
     return this.addon.checkExtension(this.fd, cap);
   }
 
+  private mmapSize?: number;
+
+  /** KVM_GET_VCPU_MMAP_SIZE, asked once (a filtered process may not ask again). */
   get vcpuMmapSize(): number {
-    return this.addon.getVcpuMmapSize(this.fd);
+    return (this.mmapSize ??= this.addon.getVcpuMmapSize(this.fd));
   }
 
   /** The most vCPUs one VM may have (KVM_CAP_MAX_VCPUS, falling back to NR_VCPUS, then 4 as the API doc says). */

@@ -83,6 +83,15 @@ export interface VMConfig {
    */
   seccomp?: SeccompMode;
   /**
+   * Which threads `seccomp` filters. 'kindling' (default, for a library inside someone else's process):
+   * only kindling's vCPU and I/O workers. 'all' (what the CLI's `run` and `serve` use, for a process
+   * kindling owns): also every other thread of the process, the main thread included, with one filter
+   * installed by start() once the VM is built (role vmm in src/seccomp/roles.ts, TSYNC); threads started
+   * later inherit it. After that the process cannot open files (EACCES), start programs or create
+   * sockets other than AF_UNIX ones; only one VM can be started in such a process.
+   */
+  seccompThreads?: SeccompThreads;
+  /**
    * Firecracker's boot timer (`--boot-timer`): a pseudo-device in the first MMIO window (0xd000_0000,
    * where Firecracker's guests write it) that, when the guest writes the byte 123 at its offset 0, logs
    * `Guest-boot-time = … us … ms, … CPU us … CPU ms` (wall and process CPU time since start() began, at
@@ -133,8 +142,11 @@ export interface ResolvedConfig {
   vsock?: { cid: number; udsPath?: string };
   net: NetConfig[];
   seccomp: SeccompMode;
+  seccompThreads: SeccompThreads;
   bootTimer: boolean;
 }
+
+export type SeccompThreads = 'kindling' | 'all';
 
 export const DEFAULT_VCPUS = 1;
 export const DEFAULT_MEM_MIB = 256;
@@ -461,10 +473,12 @@ export function resolveConfig(config: VMConfig, limits: { maxVcpus?: number; hos
   const logLevel = config.logLevel ?? 'warn';
   if (!LOG_LEVELS.includes(logLevel)) throw ConfigError.about('logLevel', `must be one of ${LOG_LEVELS.join(', ')} (got ${shown(logLevel)})`);
 
+  const seccompThreads = config.seccompThreads ?? 'kindling';
+  if (seccompThreads !== 'kindling' && seccompThreads !== 'all') throw ConfigError.about('seccompThreads', `must be kindling or all (got ${shown(seccompThreads)})`);
   const seccomp = config.seccomp ?? 'strict';
   if (!SECCOMP_MODES.includes(seccomp)) throw ConfigError.about('seccomp', `must be one of ${SECCOMP_MODES.join(', ')} (got ${shown(seccomp)})`);
 
-  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, ...(rngRate ? { rngRate } : {}), console: consoleKind, ...(vsock ? { vsock } : {}), net, seccomp, bootTimer };
+  const resolved: ResolvedConfig = { kernel: config.kernel, initrd: config.initrd, cmdline, vcpus, memBytes, logLevel, disks, rng, ...(rngRate ? { rngRate } : {}), console: consoleKind, ...(vsock ? { vsock } : {}), net, seccomp, seccompThreads, bootTimer };
   resolvedFiles.set(resolved, readKernelFiles(resolved));
   return resolved;
 }

@@ -1,7 +1,8 @@
 // Structured VMM logs (pino) on stderr. The CLI's default level is 'warn', so a normal run prints
 // only warnings and errors; `--log-level debug` shows every unknown port access and lifecycle step.
 // pino is loaded on the first message that passes the level filter: most runs log nothing, and
-// loading pino costs ~20 ms of start-up.
+// loading pino costs ~17 ms of start-up (ready() loads it early, for a process that is about to be
+// filtered: see VM.start).
 import { createRequire } from 'node:module';
 import type { Logger as PinoLogger } from 'pino';
 
@@ -16,6 +17,11 @@ export interface Logger {
   warn: LogFn;
   error: LogFn;
   fatal: LogFn;
+  /**
+   * Load pino now if this level can log anything: once a process-wide seccomp filter is on
+   * (VMConfig.seccompThreads 'all') the process can no longer read its modules.
+   */
+  ready(): void;
 }
 
 export function createLogger(level: string, name = 'kindling'): Logger {
@@ -35,5 +41,8 @@ export function createLogger(level: string, name = 'kindling'): Logger {
       if (typeof objOrMsg === 'string') real()[lvl](objOrMsg);
       else real()[lvl](objOrMsg, msg);
     };
-  return { level, trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), fatal: at('fatal') };
+  const ready = (): void => {
+    if (threshold !== Infinity) real();
+  };
+  return { level, trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), fatal: at('fatal'), ready };
 }

@@ -35,7 +35,7 @@ import {
   type ExitReason,
 } from '../shared/control.js';
 import type { VcpuMessage, VcpuWorkerData } from '../vcpu-worker/protocol.js';
-import { takeIoWorker, takeVcpuWorker } from './workers.js';
+import { takeIoWorker, takeVcpuWorker, workerLoaded } from './workers.js';
 import { blockConfigSpace, readBlockStats, type BlockStats } from '../devices/virtio/block/device.js';
 import type { BlockParams } from '../devices/virtio/block/index.js';
 import { openDisk } from '../devices/virtio/block/image.js';
@@ -44,6 +44,7 @@ import { VIRTIO_MMIO_INT_CONFIG, VIRTIO_STATUS_DRIVER_OK } from '../devices/virt
 import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
+import type { NetParams } from '../devices/virtio/net/index.js';
 import { DeferredVsock, VsockBridge, type VsockApi } from '../devices/virtio/vsock/bridge.js';
 import { readVsockStats, type VsockParams } from '../devices/virtio/vsock/index.js';
 import type { VsockCounters } from '../devices/virtio/vsock/muxer.js';
@@ -53,6 +54,8 @@ import { KVM_CLOCK_DATA_CLOCK, KVM_CLOCK_DATA_FLAGS, KVM_PIT_SPEAKER_DUMMY } fro
 import { RateLimiter } from '../shared/rate-limit.js';
 import { checkRateLimiter, resolveConfig, takeConfigFiles, virtioDevicePlan, withDeviceWords, type ResolvedConfig, type VMConfig } from './config.js';
 import { LegacyDevices } from './legacy-devices.js';
+import { socketDirFds } from './socket-files.js';
+import { installSeccomp } from '../seccomp/install.js';
 import { bootTimeLine, type BootTime } from '../devices/legacy/boot-timer.js';
 import { VirtioMmioDevices, type VirtioPlacement } from './virtio-devices.js';
 import { createLogger, type Logger } from './log.js';
@@ -103,6 +106,9 @@ const IO_STOP_GRACE_MS = 5000;
 const liveVms = new Set<VM>();
 let exitHookInstalled = false;
 let pvmWarned = false;
+/** Whether a VM with seccompThreads 'all' filtered this process (a second one cannot be filtered again). */
+let processFiltered = false;
+const FILTERED_PROCESS = "this process is filtered for another VM (seccompThreads 'all'): one VM per such process";
 
 function installExitHook(addon: KvmAddon): void {
   if (exitHookInstalled) return;
@@ -162,6 +168,8 @@ export class VM extends EventEmitter {
 
   constructor(config: VMConfig, internal: VMInternalOptions = {}) {
     super();
+    // A filtered process can neither read a kernel nor load a new worker's code, nor take another filter.
+    if (processFiltered) throw new Error(FILTERED_PROCESS);
     this.config = resolveConfig(config);
     this.internal = internal;
     this.log = createLogger(this.config.logLevel);
@@ -216,7 +224,17 @@ export class VM extends EventEmitter {
     const running = this.spawnVcpus();
     this.spawnIoWorkers();
     try {
+      if (processFiltered) throw new Error(FILTERED_PROCESS);
       this.build();
+      // Every thread of the process from here (kindling's own process): once the workers have loaded
+      // their code, before they add their own filters.
+      if (this.config.seccompThreads === 'all' && this.config.seccomp !== 'off') {
+        // pino is loaded while the workers finish loading theirs (measured: the workers are the later
+        // ones in most runs, so this costs no wall time).
+        this.log.ready();
+        await Promise.all([...this.workers, ...this.ioWorkers].map((w) => workerLoaded(w)));
+        this.filterProcess();
+      }
     } catch (e) {
       this.ended = true;
       for (const w of this.workers) void w.terminate();
@@ -251,6 +269,20 @@ export class VM extends EventEmitter {
     this.attachDevices();
     this.createVcpus();
     this.bootFromKernel(kernelImage, initrd);
+  }
+
+  /**
+   * The process-wide filter (role vmm, TSYNC) for a process kindling owns: the VM's device kinds, the
+   * directories of the sockets kindling removes on exit, passt's pid. The workers have not installed
+   * theirs yet, so every thread takes this one; theirs then stack on it.
+   */
+  private filterProcess(): void {
+    const mode = this.config.seccomp;
+    if (mode === 'off') return;
+    const placements = this.virtio?.placements ?? [];
+    const childPids = placements.flatMap((p) => (p.kind === 'net' && (p.params as NetParams).passtPid !== undefined ? [(p.params as NetParams).passtPid!] : []));
+    installSeccomp(loadAddon(), { kind: 'vmm', devices: [...new Set(placements.map((p) => p.kind))], unlinkDirFd: socketDirFds(), childPids }, mode);
+    processFiltered = true;
   }
 
   /** /dev/kvm, the VM fd, TSS and identity map, in-kernel irqchip and PIT. */
@@ -303,6 +335,7 @@ export class VM extends EventEmitter {
   /** One vCPU fd per vCPU with CPUID (its APIC id), the boot MSRs and LAPIC LINT0/LINT1 set up. */
   private createVcpus(): void {
     const cfg = this.config;
+    void this.kvm!.vcpuMmapSize; // asked now, before any process-wide filter (configureVcpus uses it)
     const supported = this.kvm!.supportedCpuid();
     const msrs = toMsrArrays(bootMsrs());
     for (let id = 0; id < cfg.vcpus; id++) {

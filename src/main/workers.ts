@@ -74,12 +74,42 @@ class WorkerPool<K> {
   }
 }
 
+const loadedWorkers = new WeakMap<Worker, Promise<void>>();
+
+/** Track the worker's `{ type: 'loaded' }` message (posted once its modules are in; see workerLoaded). */
+function tracked(w: Worker): Worker {
+  loadedWorkers.set(
+    w,
+    new Promise<void>((resolve) => {
+      const done = (): void => {
+        w.off('message', onMessage);
+        resolve();
+      };
+      const onMessage = (m: unknown): void => {
+        if ((m as { type?: unknown } | null)?.type === 'loaded') done();
+      };
+      w.on('message', onMessage);
+      w.once('exit', done);
+      w.once('error', done);
+    }),
+  );
+  return w;
+}
+
+/**
+ * Resolves once the worker has loaded its modules (or has died): it opens no file after that, so a
+ * process-wide seccomp filter (VMConfig.seccompThreads 'all') can be installed without breaking it.
+ */
+export function workerLoaded(w: Worker): Promise<void> {
+  return loadedWorkers.get(w) ?? Promise.resolve();
+}
+
 function newVcpuWorker(id: number): Worker {
-  return new Worker(VCPU_WORKER, { name: `vcpu${id}`, execArgv: workerExecArgv() });
+  return tracked(new Worker(VCPU_WORKER, { name: `vcpu${id}`, execArgv: workerExecArgv() }));
 }
 
 export function newIoWorker(name: string): Worker {
-  return new Worker(IO_WORKER, { name, execArgv: workerExecArgv() });
+  return tracked(new Worker(IO_WORKER, { name, execArgv: workerExecArgv() }));
 }
 
 /** Prespawned vCPU workers, by vCPU id; prespawned I/O workers, by device name. */

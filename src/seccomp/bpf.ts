@@ -52,8 +52,8 @@ export type SeccompAction = { kind: 'allow' } | { kind: 'errno'; errno: number }
 export const ALLOW: SeccompAction = { kind: 'allow' };
 export const KILL: SeccompAction = { kind: 'kill' };
 
-/** A condition on the low 32 bits of argument `arg`: one of `values`, or all bits of `bits` set. */
-export type ArgCondition = { arg: number; in: readonly number[] } | { arg: number; bitsSet: number };
+/** A condition on the low 32 bits of argument `arg`: one of `in`, all bits of `bitsSet` set, or all bits of `bitsClear` clear. */
+export type ArgCondition = { arg: number; in: readonly number[] } | { arg: number; bitsSet: number } | { arg: number; bitsClear: number };
 
 export interface SyscallRule {
   syscall: SyscallName;
@@ -145,6 +145,7 @@ export function compileFilter(policy: FilterPolicy): Uint8Array {
       if (!Number.isInteger(c.arg) || c.arg < 0 || c.arg > 5) throw new RangeError(`seccomp: ${r.syscall}: argument index ${c.arg} out of range 0..5`);
       if ('in' in c && c.in.length === 0) throw new RangeError(`seccomp: ${r.syscall}: empty value set for argument ${c.arg}`);
       if ('bitsSet' in c && (c.bitsSet >>> 0) === 0) throw new RangeError(`seccomp: ${r.syscall}: empty bit mask for argument ${c.arg}`);
+      if ('bitsClear' in c && (c.bitsClear >>> 0) === 0) throw new RangeError(`seccomp: ${r.syscall}: empty bit mask for argument ${c.arg}`);
     }
     const list = bySyscall.get(nr) ?? [];
     list.push(r);
@@ -173,12 +174,15 @@ export function compileFilter(policy: FilterPolicy): Uint8Array {
           const pass = a.fresh();
           c.in.forEach((v, i) => a.jump(BPF_JMP_JEQ_K, v, pass, i === c.in.length - 1 ? fail : 0));
           a.label(pass);
-        } else {
+        } else if ('bitsSet' in c) {
           // JSET is "any of these bits": test each bit alone, every one must be set.
           for (let bit = 1; bit !== 0; bit = (bit << 1) >>> 0) {
             if (((c.bitsSet >>> 0) & bit) !== 0) a.jump(BPF_JMP_JSET_K, bit, 0, fail);
             if (bit === 0x80000000) break;
           }
+        } else {
+          // Any of the bits set fails.
+          a.jump(BPF_JMP_JSET_K, c.bitsClear >>> 0, fail, 0);
         }
       }
       a.ret(actionValue(rule.action ?? ALLOW));
@@ -200,7 +204,9 @@ export function decide(policy: FilterPolicy, data: { arch: number; nr: number; a
   const low = (i: number): number => Number(BigInt.asUintN(32, data.args[i] ?? 0n));
   const rules = policy.rules.filter((r) => SYSCALLS_X86_64[r.syscall] === data.nr >>> 0);
   for (const r of rules) {
-    const ok = (r.when ?? []).every((c) => ('in' in c ? c.in.some((v) => v >>> 0 === low(c.arg)) : ((low(c.arg) & c.bitsSet) >>> 0) === c.bitsSet >>> 0));
+    const ok = (r.when ?? []).every((c) =>
+      'in' in c ? c.in.some((v) => v >>> 0 === low(c.arg)) : 'bitsSet' in c ? ((low(c.arg) & c.bitsSet) >>> 0) === c.bitsSet >>> 0 : ((low(c.arg) & c.bitsClear) >>> 0) === 0,
+    );
     if (ok) return actionValue(r.action ?? ALLOW);
   }
   return actionValue(policy.otherwise);

@@ -1,5 +1,5 @@
 // Installing a role's filter on the calling thread (or, for the `process` role, on every thread with
-// TSYNC). Called by the vCPU worker right before its first KVM_RUN, by an I/O worker once its backend
+// TSYNC; likewise `vmm`, by VM.start() with seccompThreads 'all'). Called by the vCPU worker right before its first KVM_RUN, by an I/O worker once its backend
 // and watchers exist, and by `kindling vhost-user` once its socket listens: everything a thread opens
 // or maps for its lifetime is in place by then, so what is left is its data path.
 import type { KvmAddon } from '../kvm/addon.js';
@@ -18,7 +18,7 @@ export function installSeccomp(addon: SeccompAddon, role: ThreadRole, mode: Secc
   if (mode === 'off') return;
   const program = compileFilter(rolePolicy(role, mode, process.pid));
   try {
-    addon.seccompInstall(program, role.kind === 'process');
+    addon.seccompInstall(program, role.kind === 'process' || role.kind === 'vmm');
   } catch (e) {
     throw new Error(`seccomp: cannot install the ${roleName(role)} filter (${(e as Error).message}); --seccomp off runs unconfined`);
   }

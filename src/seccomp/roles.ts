@@ -16,6 +16,16 @@
 //               libuv's pool: clone only with CLONE_THREAD, clone3 answered ENOSYS so glibc falls back
 //               to the clone it can filter), accept4/recvmsg/sendmsg for the frontend, and the device
 //               kinds' calls.
+//   vmm         every thread of a process kindling owns that runs a VM (`kindling run`, `kindling
+//               serve`; VMConfig.seccompThreads 'all'), installed with TSYNC by VM.start() once the VM
+//               is built and before any worker installs its own role (so the workers carry both
+//               filters, and theirs is the stricter): the process role's runtime and main-thread extras,
+//               what the main thread still does to a running VM (KVM_GET_CLOCK / KVM_SET_CLOCK for
+//               pause and resume, KVM_IRQFD / KVM_IOEVENTFD deassigns at teardown), the terminal's job
+//               control (tcsetattr with TCSETSW, TIOCGPGRP / TIOCSPGRP), signals to this process only,
+//               opening an existing file without creating or truncating it (vm.swapDisk, the API's
+//               PATCH /drives), and everything its vCPU and I/O workers are allowed (their filters
+//               stack on this one, so they still cannot open anything).
 //
 // The Node worker runtime (measured with `strace -f` on a worker that watches an eventfd, receives and
 // posts messages, allocates until V8 collects, and exits; see docs/security.md): read/write on its
@@ -44,6 +54,13 @@ export type ThreadRole =
       unlinkDirFd?: number | readonly number[];
       /** Child processes the device started before the filter (passt): signalled only these, and reaped. */
       childPids?: readonly number[];
+    }
+  /** The device kinds of the VM; unlinkDirFd and childPids as for 'process' (vsock UDS, API socket; passt). */
+  | {
+      kind: 'vmm';
+      devices: readonly string[];
+      unlinkDirFd?: number | readonly number[];
+      childPids?: readonly number[];
     };
 
 // errno values (asm-generic/errno-base.h, errno.h).
@@ -52,11 +69,18 @@ const ENOSYS = 38;
 // <asm-generic/ioctls.h>
 export const TCGETS = 0x5401;
 export const TCSETS = 0x5402;
+export const TCSETSW = 0x5403;
+export const TIOCGPGRP = 0x540f;
+export const TIOCSPGRP = 0x5410;
 export const TIOCGWINSZ = 0x5413;
 export const FIONBIO = 0x5421;
 export const FIOCLEX = 0x5451;
 // <linux/if_tun.h>: _IOW('T', 208, unsigned int)
 export const TUNSETOFFLOAD = 0x400454d0;
+// <asm-generic/fcntl.h>: open flags (__O_TMPFILE is the bit O_TMPFILE adds to O_DIRECTORY).
+export const O_CREAT = 0o100;
+export const O_TRUNC = 0o1000;
+export const O_TMPFILE_BIT = 0o20000000;
 // <linux/socket.h>, <linux/sched.h>
 export const AF_UNIX = 1;
 export const CLONE_THREAD = 0x00010000;
@@ -70,6 +94,10 @@ export const KVM_RUN = ioc(0, 0x80, 0);
 export const KVM_GET_REGS = ioc(2, 0x81, 144); // struct kvm_regs
 export const KVM_GET_SREGS = ioc(2, 0x83, 312); // struct kvm_sregs
 export const KVM_TRANSLATE = ioc(3, 0x85, 24); // struct kvm_translation
+export const KVM_IRQFD = ioc(1, 0x76, 32); // struct kvm_irqfd
+export const KVM_IOEVENTFD = ioc(1, 0x79, 64); // struct kvm_ioeventfd
+export const KVM_SET_CLOCK = ioc(1, 0x7b, 48); // struct kvm_clock_data
+export const KVM_GET_CLOCK = ioc(2, 0x7c, 48);
 
 const allow = (...names: SyscallName[]): SyscallRule[] => names.map((syscall) => ({ syscall }));
 const when = (syscall: SyscallName, ...conds: ArgCondition[]): SyscallRule => ({ syscall, when: conds });
@@ -130,31 +158,51 @@ export function roleRules(role: ThreadRole, pid: number): SyscallRule[] {
       return [...runtime, ioctls(KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE)];
     case 'io':
       return [...runtime, ioctls(FIONBIO, FIOCLEX), ...deviceRules(role.device)];
-    case 'process': {
-      const devices = role.devices.flatMap((d) => deviceRules(d));
+    case 'process':
+      return processRules(runtime, role);
+    case 'vmm':
       return [
-        ...runtime,
-        // Node's stdio: uv_guess_handle/isatty (TCGETS), the window size of a TTY stream, and at exit
-        // ResetStdio's tcsetattr (TCSETS) restoring a terminal's modes.
-        ioctls(FIONBIO, FIOCLEX, TCGETS, TCSETS, TIOCGWINSZ),
-        ...(role.unlinkDirFd !== undefined ? [when('unlinkat', { arg: 0, in: ([] as number[]).concat(role.unlinkDirFd) })] : []),
-        // Threads for libuv's pool or V8's platform, never a new process.
-        when('clone', { arg: 0, bitsSet: CLONE_THREAD }),
-        refuse('clone3', ENOSYS),
-        ...allow('set_robust_list', 'rseq', 'prctl', 'sched_setaffinity', 'rt_sigaction', 'pipe2', 'eventfd2', 'epoll_create1'),
-        // The frontend connection: accepted on the listening socket, messages with SCM_RIGHTS fds.
-        ...allow('accept4', 'recvmsg', 'sendmsg', 'shutdown', 'getsockopt'),
-        // uv_guess_handle on a stdio socket (process.stdout/stderr created lazily): SO_TYPE, the family.
-        ...allow('getsockname', 'getpeername'),
-        // fs.lstatSync at exit (the hybrid-vsock UDS still there?): Node 20 asks with statx.
-        ...allow('statx'),
-        // A device's own children (passt): stopped with kill when they outlive their socket, reaped by
-        // libuv's SIGCHLD handling (wait4). kill names only their pids.
-        ...(role.childPids?.length ? [when('kill', { arg: 0, in: [...role.childPids] }), ...allow('wait4')] : []),
-        ...devices,
+        // vm.swapDisk (the API's PATCH /drives path_on_host) opens an existing image: open, never create,
+        // truncate or make a temporary file. Before the runtime's blanket refusal, which would match first.
+        when('openat', { arg: 2, bitsClear: O_CREAT | O_TRUNC | O_TMPFILE_BIT }),
+        ...processRules(runtime, role),
+        ioctls(KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS, KVM_TRANSLATE, KVM_GET_CLOCK, KVM_SET_CLOCK, KVM_IRQFD, KVM_IOEVENTFD),
+        ioctls(TCSETSW, TIOCGPGRP, TIOCSPGRP),
+        // Signals to this process only: its own pid (a signal re-raised at exit) and its process group (0).
+        when('kill', { arg: 0, in: [pid, 0] }),
+        // The workers add their own filters on top of this one (which can only narrow what is allowed).
+        ...allow('seccomp'),
+        // node:net in the vsock worker takes over the hybrid-vsock listener by fd and calls listen() on it
+        // again (before its own filter, but under this one).
+        ...allow('listen'),
       ];
-    }
   }
+}
+
+/** The process role's rules (shared with vmm): Node's main-thread extras, the devices' calls. */
+function processRules(runtime: SyscallRule[], role: { devices: readonly string[]; unlinkDirFd?: number | readonly number[]; childPids?: readonly number[] }): SyscallRule[] {
+  const devices = role.devices.flatMap((d) => deviceRules(d));
+  return [
+    ...runtime,
+    // Node's stdio: uv_guess_handle/isatty (TCGETS), the window size of a TTY stream, and at exit
+    // ResetStdio's tcsetattr (TCSETS) restoring a terminal's modes.
+    ioctls(FIONBIO, FIOCLEX, TCGETS, TCSETS, TIOCGWINSZ),
+    ...(role.unlinkDirFd !== undefined && ([] as number[]).concat(role.unlinkDirFd).length ? [when('unlinkat', { arg: 0, in: ([] as number[]).concat(role.unlinkDirFd) })] : []),
+    // Threads for libuv's pool or V8's platform, never a new process.
+    when('clone', { arg: 0, bitsSet: CLONE_THREAD }),
+    refuse('clone3', ENOSYS),
+    ...allow('set_robust_list', 'rseq', 'prctl', 'sched_setaffinity', 'rt_sigaction', 'pipe2', 'eventfd2', 'epoll_create1'),
+    // The frontend connection: accepted on the listening socket, messages with SCM_RIGHTS fds.
+    ...allow('accept4', 'recvmsg', 'sendmsg', 'shutdown', 'getsockopt'),
+    // uv_guess_handle on a stdio socket (process.stdout/stderr created lazily): SO_TYPE, the family.
+    ...allow('getsockname', 'getpeername'),
+    // fs.lstatSync at exit (the hybrid-vsock UDS still there?): Node 20 asks with statx.
+    ...allow('statx'),
+    // A device's own children (passt): stopped with kill when they outlive their socket, reaped by
+    // libuv's SIGCHLD handling (wait4). kill names only their pids.
+    ...(role.childPids?.length ? [when('kill', { arg: 0, in: [...role.childPids] }), ...allow('wait4')] : []),
+    ...devices,
+  ];
 }
 
 /** The policy for a role in a mode ('off' has none). */

@@ -60,6 +60,8 @@ export interface VirtioMmioDeviceState {
 }
 
 export type VcpuMessage =
+  /** Posted once the worker's modules are loaded, before it waits for its data (src/main/workers.ts). */
+  | { type: 'loaded' }
   | { type: 'started'; vcpuId: number; firstRunEpochMs: number }
   | { type: 'ended'; vcpuId: number; exits: number; /** one-line description of a fatal exit */ detail?: string }
   | { type: 'unknown-access'; vcpuId: number; kind: 'pio' | 'mmio'; addr: number; write: boolean }

@@ -15,6 +15,8 @@ import { VcpuRunner, vmEnder, type VcpuRunOutcome } from './runner.js';
 const port = parentPort;
 if (!port) throw new Error('vcpu worker must run in a worker_thread');
 const addon = loadAddon();
+// Loaded: from here the worker needs no file (a process-wide filter may now be installed).
+port.postMessage({ type: 'loaded' } satisfies VcpuMessage);
 // The worker is spawned before the VM is built (so its start-up overlaps the build); its
 // configuration arrives as the first message.
 const data = await new Promise<VcpuWorkerData>((resolve) => port.once('message', resolve));

@@ -13,6 +13,7 @@ import { describe, expect, it } from 'vitest';
 import {
   AUDIT_ARCH_X86_64,
   SECCOMP_RET_ALLOW,
+  SECCOMP_RET_ERRNO,
   SECCOMP_RET_KILL_PROCESS,
   X32_SYSCALL_BIT,
   compileFilter,
@@ -22,7 +23,7 @@ import {
   type SeccompAction,
   type SyscallRule,
 } from '../../src/seccomp/bpf.js';
-import { DEVICE_SYSCALLS, KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN, KVM_TRANSLATE, rolePolicy, type ThreadRole } from '../../src/seccomp/roles.js';
+import { DEVICE_SYSCALLS, KVM_GET_CLOCK, KVM_GET_REGS, KVM_GET_SREGS, KVM_IOEVENTFD, KVM_IRQFD, KVM_RUN, KVM_SET_CLOCK, KVM_TRANSLATE, rolePolicy, type ThreadRole } from '../../src/seccomp/roles.js';
 import { SYSCALLS_X86_64, type SyscallName } from '../../src/seccomp/syscalls-x86_64.js';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { runs } from '../fuzz/budget.js';
@@ -42,6 +43,10 @@ describe('seccomp tables', () => {
   it('the KVM ioctl numbers are <linux/kvm.h>\'s, with the addon\'s struct sizes', () => {
     const sizes = loadAddon().structSizes;
     expect(KVM_RUN).toBe(0xae80);
+    expect(KVM_IRQFD).toBe((0x4000ae76 | (sizes['sizeof.kvm_irqfd'] << 16)) >>> 0);
+    expect(KVM_IOEVENTFD).toBe((0x4000ae79 | (sizes['sizeof.kvm_ioeventfd'] << 16)) >>> 0);
+    expect(KVM_SET_CLOCK).toBe((0x4000ae7b | (sizes['sizeof.kvm_clock_data'] << 16)) >>> 0);
+    expect(KVM_GET_CLOCK).toBe((0x8000ae7c | (sizes['sizeof.kvm_clock_data'] << 16)) >>> 0);
     expect(KVM_GET_REGS).toBe((0x8000ae81 | (sizes['sizeof.kvm_regs'] << 16)) >>> 0);
     expect(KVM_GET_SREGS).toBe((0x8000ae83 | (sizes['sizeof.kvm_sregs'] << 16)) >>> 0);
     expect(KVM_TRANSLATE).toBe((0xc000ae85 | (sizes['sizeof.kvm_translation'] << 16)) >>> 0);
@@ -63,6 +68,7 @@ const action: fc.Arbitrary<SeccompAction> = fc.oneof(
 const condition: fc.Arbitrary<ArgCondition> = fc.oneof(
   fc.record({ arg: fc.integer({ min: 0, max: 5 }), in: fc.array(u32, { minLength: 1, maxLength: 6 }) }),
   fc.record({ arg: fc.integer({ min: 0, max: 5 }), bitsSet: u32.filter((v) => v !== 0) }),
+  fc.record({ arg: fc.integer({ min: 0, max: 5 }), bitsClear: u32.filter((v) => v !== 0) }),
 );
 const rule: fc.Arbitrary<SyscallRule> = fc.record(
   { syscall: fc.constantFrom(...NAMES), when: fc.array(condition, { maxLength: 3 }), action },
@@ -78,7 +84,7 @@ function syscallFor(p: FilterPolicy): fc.Arbitrary<{ arch: number; nr: number; a
     { weight: 1, arbitrary: fc.integer({ min: 0, max: 0xffffffff }) },
     { weight: 1, arbitrary: fc.integer({ min: 0, max: 400 }).map((n) => (n | X32_SYSCALL_BIT) >>> 0) },
   );
-  const usedValues = p.rules.flatMap((r) => (r.when ?? []).flatMap((c) => ('in' in c ? c.in : [c.bitsSet, c.bitsSet | 0x100, 0])));
+  const usedValues = p.rules.flatMap((r) => (r.when ?? []).flatMap((c) => ('in' in c ? c.in : 'bitsSet' in c ? [c.bitsSet, c.bitsSet | 0x100, 0] : [c.bitsClear, ~c.bitsClear >>> 0, 0, c.bitsClear & -c.bitsClear])));
   const low = usedValues.length ? fc.oneof(fc.constantFrom(...usedValues), u32) : u32;
   const arg = fc.tuple(low, fc.oneof(fc.constant(0), u32)).map(([lo, hi]) => (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0));
   const arch = fc.oneof({ weight: 9, arbitrary: fc.constant(AUDIT_ARCH_X86_64) }, { weight: 1, arbitrary: fc.constantFrom(0x40000003, 0xc00000b7, 0) });
@@ -104,6 +110,7 @@ describe('seccomp filter compiler', () => {
       { kind: 'vcpu' },
       ...Object.keys(DEVICE_SYSCALLS).map((device): ThreadRole => ({ kind: 'io', device })),
       { kind: 'process', devices: Object.keys(DEVICE_SYSCALLS) },
+      { kind: 'vmm', devices: Object.keys(DEVICE_SYSCALLS), unlinkDirFd: [7, 8], childPids: [99] },
     ];
     for (const role of roles) {
       for (const mode of ['strict', 'log'] as const) {
@@ -126,6 +133,48 @@ describe('seccomp filter compiler', () => {
     expect(call('tgkill', 4242, 7, 34)).toBe(SECCOMP_RET_ALLOW);
     expect(call('tgkill', 1, 1, 9)).toBe(SECCOMP_RET_KILL_PROCESS);
     expect(() => rolePolicy({ kind: 'io', device: 'no-such-device' }, 'strict', 1)).toThrow(/no syscall allowlist for device kind "no-such-device"/);
+  });
+
+  it('vmm (every thread of run/serve): allows whatever a vCPU or I/O worker of the VM may do, since their filters stack on it', () => {
+    const devices = Object.keys(DEVICE_SYSCALLS);
+    const vmm = rolePolicy({ kind: 'vmm', devices }, 'strict', 4242);
+    const workers: ThreadRole[] = [{ kind: 'vcpu' }, ...devices.map((device): ThreadRole => ({ kind: 'io', device }))];
+    for (const w of workers) {
+      const p = rolePolicy(w, 'strict', 4242);
+      fc.assert(
+        fc.property(syscallFor(p), (d) => {
+          const own = decide(p, d);
+          // What the worker's own filter lets through, the process filter must not kill (the kernel takes the stricter answer).
+          if (own !== SECCOMP_RET_KILL_PROCESS) expect(decide(vmm, d), `${w.kind} nr ${d.nr}`).not.toBe(SECCOMP_RET_KILL_PROCESS);
+        }),
+        { numRuns: runs(500) },
+      );
+    }
+  });
+
+  it('vmm: opens existing files only, signals only this process, removes files only in the given directories', () => {
+    const prog = compileFilter(rolePolicy({ kind: 'vmm', devices: ['blk'], unlinkDirFd: [7], childPids: [99] }, 'strict', 4242));
+    const call = (name: SyscallName, ...args: number[]): number => runFilter(prog, { arch: AUDIT_ARCH_X86_64, nr: SYSCALLS_X86_64[name], args: [...args, 0, 0, 0, 0, 0, 0].slice(0, 6).map(BigInt) });
+    const EACCES = (SECCOMP_RET_ERRNO | 13) >>> 0;
+    expect(call('openat', -100, 0, 0o2000002 /* O_RDWR|O_CLOEXEC */)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('openat', -100, 0, 0o101 /* O_WRONLY|O_CREAT */)).toBe(EACCES);
+    expect(call('openat', -100, 0, 0o1001 /* O_WRONLY|O_TRUNC */)).toBe(EACCES);
+    expect(call('openat', -100, 0, 0o20200002 /* O_TMPFILE|O_RDWR */)).toBe(EACCES);
+    expect(call('ioctl', 9, KVM_GET_CLOCK)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('ioctl', 9, KVM_IRQFD)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('ioctl', 9, KVM_RUN)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('ioctl', 9, 0xae41 /* KVM_CREATE_VCPU */)).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('kill', 4242, 15)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('kill', 0, 20)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('kill', 99, 15)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('kill', 1, 9)).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('unlinkat', 7, 0, 0)).toBe(SECCOMP_RET_ALLOW);
+    expect(call('unlinkat', -100, 0, 0)).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('unlink', 0)).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('execve')).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('socket', 2, 1)).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('ptrace', 0x4206, 1)).toBe(SECCOMP_RET_KILL_PROCESS);
+    expect(call('clone', 0x11 /* SIGCHLD: fork */)).toBe(SECCOMP_RET_KILL_PROCESS);
   });
 
   it('refuses what cBPF cannot express', () => {

@@ -23,6 +23,7 @@
 // Reset: the driver's reset ends every connection (host streams closed). restore() (a snapshot) also
 // ends them and owes the guest VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue (§5.10.6.7), sent
 // as soon as the driver posts an event buffer.
+import type { SocketFile } from '../../../main/socket-files.js';
 import { checkDeviceState, type ActiveDevice, type VirtioDeviceBackend } from '../device.js';
 import { gatherBytes, splitSegments } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
@@ -66,6 +67,8 @@ export interface VsockParams {
   udsPath?: string;
   /** The listening socket on udsPath (unixListen), or -1. The I/O worker serves it. */
   listenFd: number;
+  /** udsPath's directory, held to remove the socket at release (src/main/socket-files.ts; main thread only). */
+  udsFile?: SocketFile;
   /** The I/O worker's end of the control socketpair (in-process bridge). */
   devCtlFd: number;
   /** The main thread's end (bridge.ts). */

@@ -25,7 +25,7 @@
 // fwd_cnt, so an unread host socket stalls the guest writer after buf_alloc bytes; host → guest, the
 // socket is paused while its connection's queue is full. Everything the worker holds is bounded per
 // connection; pre-handshake clients are limited to the connection limit and HANDSHAKE_TIMEOUT_MS.
-import { closeSync, lstatSync, readSync, unlinkSync } from 'node:fs';
+import { closeSync, readSync } from 'node:fs';
 import net from 'node:net';
 import type { BackendEnv } from '../device.js';
 import { CTL_DEV_CTL_TAKEN, CTL_LISTEN_TAKEN, CTL_WORDS, VsockBackend, vsockCounters, type VsockParams } from './backend.js';
@@ -36,15 +36,6 @@ export const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** Firecracker reads at most this many bytes of a CONNECT command. */
 export const CONNECT_LINE_MAX = 32;
 const CONNECT_LINE_MIN = 10;
-
-/** Remove a Unix socket file (never anything else). */
-export function unlinkSocket(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // gone already
-  }
-}
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 

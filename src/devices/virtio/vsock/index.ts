@@ -23,7 +23,9 @@ import {
   type VsockOptions,
   type VsockParams,
 } from './backend.js';
-import { createVsockHostBackend, unlinkSocket } from './host.js';
+import { createVsockHostBackend } from './host.js';
+import { recordSocketInode, removeSocketFile, socketFile, type SocketFile } from '../../../main/socket-files.js';
+import { rmSync } from 'node:fs';
 import { VSOCK_COUNTERS } from './muxer.js';
 
 export * from './backend.js';
@@ -56,10 +58,20 @@ export const vsockDeviceType: VirtioDeviceType<VsockOptions, VsockParams> = {
     const cid = BigInt(options.cid);
     if (cidsInUse.has(cid)) throw ConfigError.about('vsock.cid', `${cid} is already used by another VM in this process`);
     let listenFd = -1;
+    let udsFile: SocketFile | undefined;
     if (options.udsPath !== undefined) {
       try {
         listenFd = host.addon.unixListen(options.udsPath, 128);
       } catch (e) {
+        throw udsError(options.udsPath, e);
+      }
+      try {
+        udsFile = socketFile(options.udsPath);
+        recordSocketInode(udsFile);
+      } catch (e) {
+        host.addon.close(listenFd);
+        if (udsFile) removeSocketFile(udsFile);
+        else rmSync(options.udsPath, { force: true });
         throw udsError(options.udsPath, e);
       }
     }
@@ -69,13 +81,13 @@ export const vsockDeviceType: VirtioDeviceType<VsockOptions, VsockParams> = {
     } catch (e) {
       if (listenFd >= 0) {
         host.addon.close(listenFd);
-        unlinkSocket(options.udsPath!);
+        removeSocketFile(udsFile!);
       }
       throw e;
     }
     cidsInUse.add(cid);
     const control = new SharedArrayBuffer(CTL_COUNTERS_OFFSET + 8 * VSOCK_COUNTERS.length);
-    const params: VsockParams = { cid, udsPath: options.udsPath, listenFd, devCtlFd: pair[1], hostCtlFd: pair[0], control };
+    const params: VsockParams = { cid, udsPath: options.udsPath, ...(udsFile ? { udsFile } : {}), listenFd, devCtlFd: pair[1], hostCtlFd: pair[0], control };
     let released = false;
     return {
       params,
@@ -118,5 +130,5 @@ export function releaseVsock(addon: { close(fd: number): void }, p: VsockParams)
   closeUnless(p.listenFd, CTL_LISTEN_TAKEN);
   closeUnless(p.devCtlFd, CTL_DEV_CTL_TAKEN);
   closeUnless(p.hostCtlFd, CTL_HOST_CTL_TAKEN);
-  if (p.udsPath !== undefined && p.listenFd >= 0) unlinkSocket(p.udsPath);
+  if (p.udsFile) removeSocketFile(p.udsFile);
 }
