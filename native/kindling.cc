@@ -549,7 +549,14 @@ Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
   if (iov.ElementLength() < static_cast<size_t>(count) * 3)
     return ThrowRange(env, std::string(fn) + ": iov holds fewer than count triples");
   const double* t = iov.Data();
-  std::vector<iovec> vec(count);
+  // A frame or a small request fits the stack array: no allocation per call on the hot path.
+  iovec stackv[64];
+  std::vector<iovec> heapv;
+  iovec* vec = stackv;
+  if (count > 64) {
+    heapv.resize(count);
+    vec = heapv.data();
+  }
   for (uint32_t i = 0; i < count; i++) {
     double bi = t[3 * i], off = t[3 * i + 1], len = t[3 * i + 2];
     if (!(bi >= 0) || bi >= nb || bi != static_cast<double>(static_cast<uint32_t>(bi)))
@@ -567,11 +574,11 @@ Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
   }
   ssize_t r;
   if (positioned) {
-    do r = write ? pwritev(fd, vec.data(), static_cast<int>(count), static_cast<off_t>(pos))
-                 : preadv(fd, vec.data(), static_cast<int>(count), static_cast<off_t>(pos));
+    do r = write ? pwritev(fd, vec, static_cast<int>(count), static_cast<off_t>(pos))
+                 : preadv(fd, vec, static_cast<int>(count), static_cast<off_t>(pos));
     while (r < 0 && errno == EINTR);
   } else {
-    do r = write ? writev(fd, vec.data(), static_cast<int>(count)) : readv(fd, vec.data(), static_cast<int>(count));
+    do r = write ? writev(fd, vec, static_cast<int>(count)) : readv(fd, vec, static_cast<int>(count));
     while (r < 0 && errno == EINTR);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return Num(env, -1);
   }

@@ -46,6 +46,35 @@ export function scatterBytes(segs: readonly MemorySegment[], bytes: Uint8Array):
   return pos;
 }
 
+/** One byte view per guest-RAM buffer, made once (a hot path writes a few bytes per frame). */
+const wholeViews = new WeakMap<ArrayBufferLike, Uint8Array>();
+function wholeView(buffer: ArrayBufferLike): Uint8Array {
+  let v = wholeViews.get(buffer);
+  if (v === undefined) wholeViews.set(buffer, (v = new Uint8Array(buffer)));
+  return v;
+}
+
+/**
+ * Write `bytes` at offset `at` of a segment list (as far as the segments reach); the number written.
+ * Unlike scatterBytes(splitSegments(segs, at)[1], bytes) it allocates nothing per call.
+ */
+export function scatterBytesAt(segs: readonly MemorySegment[], at: number, bytes: Uint8Array): number {
+  let pos = 0;
+  let done = 0;
+  for (const s of segs) {
+    if (done >= bytes.length) break;
+    const end = pos + s.length;
+    if (end > at + done) {
+      const from = at + done - pos;
+      const view = wholeView(s.buffer);
+      const k = Math.min(s.length - from, bytes.length - done);
+      for (let i = 0; i < k; i++) view[s.offset + from + i] = bytes[done + i];
+      done += k;
+    }
+    pos = end;
+  }
+  return done;
+}
 
 /** The segments as Uint8Array views straight over guest RAM (no copies). */
 export function segmentViews(segs: readonly MemorySegment[]): Uint8Array[] {

@@ -169,6 +169,10 @@ class Region {
 }
 
 /** Chain under construction. */
+function chainError(head: number, kind: VirtqueueErrorKind, msg: string): VirtqueueError {
+  return new VirtqueueError(kind, `chain ${head}: ${msg}`, false, head);
+}
+
 interface Builder {
   head: number;
   readable: MemorySegment[];
@@ -381,12 +385,11 @@ export class SplitQueue {
 
   private walk(head: number): DescriptorChain {
     const b: Builder = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0, count: 0, sawWritable: false };
-    const err = (kind: VirtqueueErrorKind, msg: string): VirtqueueError =>
-      new VirtqueueError(kind, `chain ${head}: ${msg}`, false, head);
+    // No closure per chain (this runs once per request or frame): errors come from chainError.
     const gen = this.nextGen();
     let i = head;
     for (;;) {
-      if (this.stamps[i] === gen) throw err('loop', `descriptor ${i} visited twice`);
+      if (this.stamps[i] === gen) throw chainError(head, 'loop', `descriptor ${i} visited twice`);
       this.stamps[i] = gen;
       this.visited++;
       const o = VIRTQ_DESC_SIZE * i;
@@ -396,30 +399,30 @@ export class SplitQueue {
       this.dFlags = this.desc.get16(o + 12);
       this.dNext = this.desc.get16(o + 14);
       if (this.dFlags & VIRTQ_DESC_F_INDIRECT) {
-        if (!this.indirect) throw err('bad-indirect', `descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
-        if (this.dFlags & VIRTQ_DESC_F_NEXT) throw err('bad-indirect', `descriptor ${i}: INDIRECT together with NEXT`);
+        if (!this.indirect) throw chainError(head, 'bad-indirect', `descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
+        if (this.dFlags & VIRTQ_DESC_F_NEXT) throw chainError(head, 'bad-indirect', `descriptor ${i}: INDIRECT together with NEXT`);
         if (this.dLen === 0 || this.dLen % VIRTQ_DESC_SIZE !== 0) {
-          throw err('bad-indirect', `descriptor ${i}: indirect table length ${this.dLen} is not a non-zero multiple of 16`);
+          throw chainError(head, 'bad-indirect', `descriptor ${i}: indirect table length ${this.dLen} is not a non-zero multiple of 16`);
         }
-        this.walkIndirect(b, err);
+        this.walkIndirect(b);
         break;
       }
-      this.addBuffer(b, err);
+      this.addBuffer(b);
       if (!(this.dFlags & VIRTQ_DESC_F_NEXT)) break;
-      if (this.dNext >= this.size) throw err('bad-index', `descriptor ${i}: next ${this.dNext} ≥ queue size ${this.size}`);
+      if (this.dNext >= this.size) throw chainError(head, 'bad-index', `descriptor ${i}: next ${this.dNext} ≥ queue size ${this.size}`);
       i = this.dNext;
     }
     return { head, readable: b.readable, writable: b.writable, readableBytes: b.readableBytes, writableBytes: b.writableBytes };
   }
 
   /** Walk the indirect table described by the scratch descriptor (already length-checked). */
-  private walkIndirect(b: Builder, err: (kind: VirtqueueErrorKind, msg: string) => VirtqueueError): void {
+  private walkIndirect(b: Builder): void {
     const lo = this.dLo;
     const hi = this.dHi;
     const len = this.dLen;
-    if (hi >= ADDR_HI_LIMIT) throw err('out-of-range', `indirect table at 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} is outside guest RAM`);
+    if (hi >= ADDR_HI_LIMIT) throw chainError(b.head, 'out-of-range', `indirect table at 0x${hi.toString(16)}${lo.toString(16).padStart(8, '0')} is outside guest RAM`);
     const table = hi * 2 ** 32 + lo;
-    if (!this.mem.isRam(table, len)) throw err('out-of-range', `indirect table 0x${table.toString(16)}+0x${len.toString(16)} is outside guest RAM`);
+    if (!this.mem.isRam(table, len)) throw chainError(b.head, 'out-of-range', `indirect table 0x${table.toString(16)}+0x${len.toString(16)} is outside guest RAM`);
     const n = len / VIRTQ_DESC_SIZE;
     // `next` is 16-bit, so only entries 0..65535 are reachable.
     const reachable = Math.min(n, 0x10000);
@@ -432,14 +435,14 @@ export class SplitQueue {
     const gen = this.gen;
     let j = 0;
     for (;;) {
-      if (j >= n) throw err('bad-index', `indirect next ${j} ≥ table size ${n}`);
-      if (stamps[j] === gen) throw err('loop', `indirect descriptor ${j} visited twice`);
-      if (b.count >= this.size) throw err('chain-too-long', `more than ${this.size} descriptors`);
+      if (j >= n) throw chainError(b.head, 'bad-index', `indirect next ${j} ≥ table size ${n}`);
+      if (stamps[j] === gen) throw chainError(b.head, 'loop', `indirect descriptor ${j} visited twice`);
+      if (b.count >= this.size) throw chainError(b.head, 'chain-too-long', `more than ${this.size} descriptors`);
       stamps[j] = gen;
       this.visited++;
       this.readDescAt(table + VIRTQ_DESC_SIZE * j);
-      if (this.dFlags & VIRTQ_DESC_F_INDIRECT) throw err('bad-indirect', `indirect descriptor ${j}: nested INDIRECT`);
-      this.addBuffer(b, err);
+      if (this.dFlags & VIRTQ_DESC_F_INDIRECT) throw chainError(b.head, 'bad-indirect', `indirect descriptor ${j}: nested INDIRECT`);
+      this.addBuffer(b);
       if (!(this.dFlags & VIRTQ_DESC_F_NEXT)) return;
       j = this.dNext;
     }
@@ -468,21 +471,21 @@ export class SplitQueue {
   }
 
   /** Append the scratch descriptor's buffer to the chain. */
-  private addBuffer(b: Builder, err: (kind: VirtqueueErrorKind, msg: string) => VirtqueueError): void {
-    if (++b.count > this.size) throw err('chain-too-long', `more than ${this.size} descriptors`);
+  private addBuffer(b: Builder): void {
+    if (++b.count > this.size) throw chainError(b.head, 'chain-too-long', `more than ${this.size} descriptors`);
     const writable = (this.dFlags & VIRTQ_DESC_F_WRITE) !== 0;
-    if (!writable && b.sawWritable) throw err('order', 'device-readable descriptor after a device-writable one');
+    if (!writable && b.sawWritable) throw chainError(b.head, 'order', 'device-readable descriptor after a device-writable one');
     const len = this.dLen;
-    if (b.readableBytes + b.writableBytes + len > U32_MAX) throw err('length-overflow', 'chain longer than 2^32-1 bytes');
+    if (b.readableBytes + b.writableBytes + len > U32_MAX) throw chainError(b.head, 'length-overflow', 'chain longer than 2^32-1 bytes');
     if (this.dHi >= ADDR_HI_LIMIT) {
-      throw err('out-of-range', `buffer 0x${this.dHi.toString(16)}${this.dLo.toString(16).padStart(8, '0')}+0x${len.toString(16)} is outside guest RAM`);
+      throw chainError(b.head, 'out-of-range', `buffer 0x${this.dHi.toString(16)}${this.dLo.toString(16).padStart(8, '0')}+0x${len.toString(16)} is outside guest RAM`);
     }
     const addr = this.dHi * 2 ** 32 + this.dLo;
     let segs: MemorySegment[];
     try {
       segs = this.mem.segments(addr, len);
     } catch (e) {
-      if (e instanceof GuestMemoryError) throw err('out-of-range', `buffer 0x${addr.toString(16)}+0x${len.toString(16)} is outside guest RAM`);
+      if (e instanceof GuestMemoryError) throw chainError(b.head, 'out-of-range', `buffer 0x${addr.toString(16)}+0x${len.toString(16)} is outside guest RAM`);
       throw e;
     }
     if (writable) {

@@ -36,7 +36,7 @@
 //
 // Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
 import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, ResumeTimer, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
-import { PackedIov, gatherBytes, scatterBytes, slicePacked, splitSegments } from '../iovec.js';
+import { PackedIov, gatherBytes, scatterBytes, scatterBytesAt, slicePacked, splitSegments } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 import { featureBit } from '../constants.js';
@@ -164,6 +164,8 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly txIov: PackedIov;
   private readonly hdr = new SharedArrayBuffer(VIRTIO_NET_HDR_LEN);
   private readonly hdrView = new Uint8Array(this.hdr);
+  /** num_buffers, little-endian, written after the tap's header (deliver). */
+  private readonly numBuffers = new Uint8Array(2);
   private readonly heads: number[] = [];
   private readonly lens: number[] = [];
   private rxLimit: RateLimiter | undefined;
@@ -411,7 +413,9 @@ export class NetBackend implements VirtioDeviceBackend {
     const first = this.held[0];
     if (this.port.vnetHdr) {
       // The tap wrote the first 10 bytes (struct virtio_net_hdr); num_buffers is ours.
-      scatterBytes(splitSegments(first.writable, 10)[1], new Uint8Array([k & 0xff, k >>> 8]));
+      this.numBuffers[0] = k & 0xff;
+      this.numBuffers[1] = k >>> 8;
+      scatterBytesAt(first.writable, 10, this.numBuffers);
     } else {
       this.hdrView.fill(0);
       this.hdrView[10] = k & 0xff;
@@ -419,7 +423,8 @@ export class NetBackend implements VirtioDeviceBackend {
       scatterBytes(first.writable, this.hdrView);
     }
     for (let i = 0; i < k; i++) this.heldRoom -= this.held[i].writableBytes;
-    this.held.splice(0, k);
+    if (k === this.held.length) this.held.length = 0;
+    else this.held.splice(0, k);
     this.c[C.rxFrames]++;
     this.c[C.rxBytes] += len;
     this.rxLimit?.consume(len);
