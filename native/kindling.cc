@@ -517,6 +517,70 @@ Value VectorIo(const CallbackInfo& info, bool write) {
 // readvPacked / writevPacked(fd, buffers, iov, count): the same without a position (readv/writev on a
 // tap, a socket or a pipe, for virtio-net's frames), and a non-blocking fd that is not ready returns -1
 // (EAGAIN) instead of throwing.
+// The buffers of a packed call, resolved once: data pointer and length of each SharedArrayBuffer.
+struct PackedBuffers {
+  void* data[64];
+  size_t len[64];
+  uint32_t n = 0;
+};
+
+// buffers (arg `bi`) → pb; false with a JS exception pending.
+static bool ResolvePackedBuffers(const CallbackInfo& info, size_t bi, const char* fn, PackedBuffers* pb) {
+  Env env = info.Env();
+  if (!info[bi].IsArray()) {
+    ThrowType(env, std::string(fn) + ": buffers must be an array of SharedArrayBuffers");
+    return false;
+  }
+  Napi::Array bufs = info[bi].As<Napi::Array>();
+  uint32_t nb = bufs.Length();
+  if (nb > 64) {
+    ThrowRange(env, std::string(fn) + ": more than 64 buffers");
+    return false;
+  }
+  napi_value bv[64];
+  for (uint32_t i = 0; i < nb; i++) {
+    Napi::Value b = bufs.Get(i);
+    if (env.IsExceptionPending()) return false;
+    bv[i] = b;
+  }
+  // No JS runs after this: the data pointers stay valid for the call.
+  for (uint32_t i = 0; i < nb; i++)
+    if (!BufferData(bv[i], false, &pb->data[i], &pb->len[i])) {
+      ThrowType(env, std::string(fn) + ": buffers[" + std::to_string(i) + "] must be a SharedArrayBuffer");
+      return false;
+    }
+  pb->n = nb;
+  return true;
+}
+
+// `count` (buffer index, offset, length) triples from t[3*first…] → out; every segment inside its
+// buffer. false with a JS exception pending.
+static bool FillPackedIov(Env env, const char* fn, const PackedBuffers& pb, const double* t, uint32_t first, uint32_t count, iovec* out) {
+  for (uint32_t j = 0; j < count; j++) {
+    uint32_t i = first + j;
+    double bi = t[3 * i], off = t[3 * i + 1], len = t[3 * i + 2];
+    if (!(bi >= 0) || bi >= pb.n || bi != static_cast<double>(static_cast<uint32_t>(bi))) {
+      ThrowRange(env, std::string(fn) + ": iov[" + std::to_string(i) + "]: no such buffer");
+      return false;
+    }
+    if (!(off >= 0) || !(len >= 0) || off != static_cast<double>(static_cast<uint64_t>(off)) ||
+        len != static_cast<double>(static_cast<uint64_t>(len))) {
+      ThrowRange(env, std::string(fn) + ": iov[" + std::to_string(i) + "]: offset and length must be non-negative integers");
+      return false;
+    }
+    uint32_t b = static_cast<uint32_t>(bi);
+    uint64_t uo = static_cast<uint64_t>(off), ul = static_cast<uint64_t>(len);
+    if (uo > pb.len[b] || ul > pb.len[b] - uo) {
+      ThrowRange(env, std::string(fn) + ": iov[" + std::to_string(i) + "]: [offset, offset+length) is outside buffer " +
+                          std::to_string(b) + " (byteLength " + std::to_string(pb.len[b]) + ")");
+      return false;
+    }
+    out[j].iov_base = static_cast<uint8_t*>(pb.data[b]) + uo;
+    out[j].iov_len = ul;
+  }
+  return true;
+}
+
 Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
   const char* fn = positioned ? (write ? "pwritevPacked" : "preadvPacked") : (write ? "writevPacked" : "readvPacked");
   Args a(info, fn);
@@ -527,28 +591,13 @@ Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
   Env env = a.env();
   if (pos > static_cast<uint64_t>(INT64_MAX)) return ThrowRange(env, std::string(fn) + ": position is too large");
   if (count > IOV_MAX) return ThrowRange(env, std::string(fn) + ": count is more than IOV_MAX (" + std::to_string(IOV_MAX) + ")");
-  if (!info[1].IsArray()) return ThrowType(env, std::string(fn) + ": buffers must be an array of SharedArrayBuffers");
-  Napi::Array bufs = info[1].As<Napi::Array>();
-  uint32_t nb = bufs.Length();
-  if (nb > 64) return ThrowRange(env, std::string(fn) + ": more than 64 buffers");
-  napi_value bv[64];
-  for (uint32_t i = 0; i < nb; i++) {
-    Napi::Value b = bufs.Get(i);
-    if (env.IsExceptionPending()) return env.Undefined();
-    bv[i] = b;
-  }
-  // No JS runs from here on: the data pointers taken below stay valid for the call.
-  void* bdata[64];
-  size_t blen[64];
-  for (uint32_t i = 0; i < nb; i++)
-    if (!BufferData(bv[i], false, &bdata[i], &blen[i]))
-      return ThrowType(env, std::string(fn) + ": buffers[" + std::to_string(i) + "] must be a SharedArrayBuffer");
+  PackedBuffers pb;
+  if (!ResolvePackedBuffers(info, 1, fn, &pb)) return env.Undefined();
   if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
     return ThrowType(env, std::string(fn) + ": iov must be a Float64Array");
   Napi::Float64Array iov = info[2].As<Napi::Float64Array>();
   if (iov.ElementLength() < static_cast<size_t>(count) * 3)
     return ThrowRange(env, std::string(fn) + ": iov holds fewer than count triples");
-  const double* t = iov.Data();
   // A frame or a small request fits the stack array: no allocation per call on the hot path.
   iovec stackv[64];
   std::vector<iovec> heapv;
@@ -557,21 +606,7 @@ Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
     heapv.resize(count);
     vec = heapv.data();
   }
-  for (uint32_t i = 0; i < count; i++) {
-    double bi = t[3 * i], off = t[3 * i + 1], len = t[3 * i + 2];
-    if (!(bi >= 0) || bi >= nb || bi != static_cast<double>(static_cast<uint32_t>(bi)))
-      return ThrowRange(env, std::string(fn) + ": iov[" + std::to_string(i) + "]: no such buffer");
-    if (!(off >= 0) || !(len >= 0) || off != static_cast<double>(static_cast<uint64_t>(off)) ||
-        len != static_cast<double>(static_cast<uint64_t>(len)))
-      return ThrowRange(env, std::string(fn) + ": iov[" + std::to_string(i) + "]: offset and length must be non-negative integers");
-    uint32_t b = static_cast<uint32_t>(bi);
-    uint64_t uo = static_cast<uint64_t>(off), ul = static_cast<uint64_t>(len);
-    if (uo > blen[b] || ul > blen[b] - uo)
-      return ThrowRange(env, std::string(fn) + ": iov[" + std::to_string(i) + "]: [offset, offset+length) is outside buffer " +
-                                 std::to_string(b) + " (byteLength " + std::to_string(blen[b]) + ")");
-    vec[i].iov_base = static_cast<uint8_t*>(bdata[b]) + uo;
-    vec[i].iov_len = ul;
-  }
+  if (!FillPackedIov(env, fn, pb, iov.Data(), 0, count, vec)) return env.Undefined();
   ssize_t r;
   if (positioned) {
     do r = write ? pwritev(fd, vec, static_cast<int>(count), static_cast<off_t>(pos))
@@ -584,6 +619,58 @@ Value PackedVectorIo(const CallbackInfo& info, bool write, bool positioned) {
   }
   if (r < 0) return ThrowErrno(env, fn, errno);
   return Num(env, static_cast<double>(r));
+}
+
+// readvBatch(fd, buffers, iov, counts, n, lengths): up to `n` readv calls on a non-blocking,
+// message-preserving fd (a tap: one frame per read), the i-th into the counts[i] triples that follow
+// the previous sets in `iov` (packed as for readvPacked); lengths[i] gets the bytes of read i, or 0 when
+// that read failed (the frame was refused and is gone). Stops at the first EAGAIN or end of file (not
+// counted). Returns how many reads were made. One call per wake-up instead of one per frame, for
+// virtio-net's receive path.
+Value ReadvBatch(const CallbackInfo& info) {
+  const char* fn = "readvBatch";
+  Args a(info, fn);
+  int fd = a.Fd(0, "fd");
+  uint32_t n = a.U32(4, "n");
+  if (!a.ok()) return a.env().Undefined();
+  Env env = a.env();
+  PackedBuffers pb;
+  if (!ResolvePackedBuffers(info, 1, fn, &pb)) return env.Undefined();
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    return ThrowType(env, std::string(fn) + ": iov must be a Float64Array");
+  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+    return ThrowType(env, std::string(fn) + ": counts must be a Uint32Array");
+  if (!info[5].IsTypedArray() || info[5].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+    return ThrowType(env, std::string(fn) + ": lengths must be a Float64Array");
+  Napi::Float64Array iov = info[2].As<Napi::Float64Array>();
+  Napi::Uint32Array counts = info[3].As<Napi::Uint32Array>();
+  Napi::Float64Array lengths = info[5].As<Napi::Float64Array>();
+  if (counts.ElementLength() < n || lengths.ElementLength() < n) return ThrowRange(env, std::string(fn) + ": counts and lengths must hold n entries");
+  const uint32_t* c = counts.Data();
+  uint64_t triples = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (c[i] > 64) return ThrowRange(env, std::string(fn) + ": counts[" + std::to_string(i) + "] is more than 64");
+    triples += c[i];
+  }
+  if (iov.ElementLength() < triples * 3) return ThrowRange(env, std::string(fn) + ": iov holds fewer triples than counts add up to");
+  const double* t = iov.Data();
+  double* out = lengths.Data();
+  iovec vec[64];
+  uint32_t first = 0, done = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (!FillPackedIov(env, fn, pb, t, first, c[i], vec)) return env.Undefined();
+    first += c[i];
+    ssize_t r;
+    do r = readv(fd, vec, static_cast<int>(c[i]));
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (r == 0) break;
+    // Any other error is the frame's (a tap drops a frame longer than the buffers with EFAULT): it is
+    // gone, the set is unused (length 0), and the batch goes on.
+    out[i] = r < 0 ? 0 : static_cast<double>(r);
+    done++;
+  }
+  return Num(env, static_cast<double>(done));
 }
 
 Value PreadvPacked(const CallbackInfo& info) { return PackedVectorIo(info, false, true); }
@@ -855,6 +942,7 @@ Napi::Object Init(Env env, Napi::Object exports) {
       {"preadvPacked", PreadvPacked},
       {"pwritevPacked", PwritevPacked},
       {"readvPacked", ReadvPacked},
+      {"readvBatch", ReadvBatch},
       {"writevPacked", WritevPacked},
       {"pwritev", Pwritev},
       {"fdatasync", Fdatasync},

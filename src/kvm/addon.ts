@@ -254,6 +254,12 @@ export interface KvmAddon {
    * read (0 at EOF), or -1 when a non-blocking fd has nothing (EAGAIN). EINTR is retried.
    */
   readvPacked(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, count: number): number;
+  /**
+   * Up to `n` readv calls on a message-preserving non-blocking fd (a tap): read i goes into the
+   * counts[i] (≤ 64) triples after the previous sets in `iov`, its byte count into lengths[i] (0: that
+   * read failed, the frame is gone). Stops at EAGAIN or end of file; returns the number of reads made.
+   */
+  readvBatch(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, counts: Uint32Array, n: number, lengths: Float64Array): number;
   /** writev likewise: bytes written (maybe short on a stream), or -1 when the fd is full (EAGAIN). */
   writevPacked(fd: number, buffers: readonly SharedArrayBuffer[], iov: Float64Array, count: number): number;
   fdatasync(fd: number): void;

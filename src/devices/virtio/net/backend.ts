@@ -26,7 +26,10 @@
 // the driver accepts (12 + MTU + 18, or 12 + 65550 with GUEST_TSO). A chain shorter than the header is
 // completed unused and counted. The frame is then split over the chains in order, num_buffers written
 // into the first one's header, and all of them published as one batch (one interrupt). Chains not
-// needed stay held for the next frame. While the driver has posted too few buffers the port's fd is
+// needed stay held for the next frame. On a tap (whose reads are whole frames) without an rx limiter,
+// while every held chain holds a whole frame by itself (a Linux driver's mergeable buffers do), up to
+// RX_BUDGET frames are read with one readvBatch call, one chain each, and published as one batch
+// (batchReceive). While the driver has posted too few buffers the port's fd is
 // not polled for readability (frames wait in the kernel, or passt stops reading); the driver's next
 // rx kick resumes. At most RX_BUDGET frames per wake-up, so one busy NIC cannot starve the loop.
 //
@@ -110,6 +113,14 @@ export interface NetPort {
    * was discarded).
    */
   receive(iov: PackedIov): number;
+  /**
+   * Optional, for a port whose reads are whole frames (a tap): up to `n` frames in one call, frame i
+   * read (header first) into the counts[i] entries of `iov` after the previous sets; lengths[i] gets
+   * its byte count including the header, or 0 when that frame was refused (it is gone; the set's
+   * buffers are unused). Returns how many frames were read (0: none ready), or RECV_DROPPED when the
+   * call failed as a whole.
+   */
+  receiveBatch?(iov: PackedIov, counts: Uint32Array, n: number, lengths: Float64Array): number;
   /** Write one frame: `iov` is its header (entry 0, 12 bytes) and then the frame. False: refused. */
   send(iov: PackedIov, frameLen: number): boolean;
   /** Output is waiting for the fd to become writable (no send until flush() says it has gone). */
@@ -161,6 +172,13 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly env: NetBackendOptions['env'];
   private readonly rxIov: PackedIov;
   private readonly rxAll = new PackedIov(1024);
+  /** The batched receive path's sets (one per held chain) and their read lengths. */
+  private readonly batchIov = new PackedIov(1024);
+  private readonly batchCounts = new Uint32Array(RX_BUDGET);
+  private readonly batchLengths = new Float64Array(RX_BUDGET);
+  private readonly oneBuffer = new Uint8Array([1, 0]);
+  /** The last batch read as many frames as it had room for (the port may have more). */
+  private batchMore = false;
   private readonly txIov: PackedIov;
   private readonly hdr = new SharedArrayBuffer(VIRTIO_NET_HDR_LEN);
   private readonly hdrView = new Uint8Array(this.hdr);
@@ -371,6 +389,15 @@ export class NetBackend implements VirtioDeviceBackend {
           this.throttle('rx', this.rxLimit);
           return;
         }
+        // Whole-frame chains on a tap without a limiter: many frames per call (batchReceive).
+        if (this.port.receiveBatch && !this.rxLimit) {
+          const got = this.batchReceive(q, RX_BUDGET - n);
+          if (got >= 0) {
+            if (got === 0 || !this.batchMore) return;
+            n += got - 1;
+            continue;
+          }
+        }
         if (!this.fill(q)) {
           this.starved = true;
           return;
@@ -394,6 +421,92 @@ export class NetBackend implements VirtioDeviceBackend {
       }
     });
     this.updatePoll();
+  }
+
+  /**
+   * The batched receive path: every held chain that holds a whole frame by itself (the usual case: a
+   * Linux driver's mergeable buffers are ~1.5 KiB, and without MRG_RXBUF every buffer must be) gets
+   * one set, and the port reads up to `max` frames in one call. Each frame is published in its chain
+   * with num_buffers 1, all in one batch (one interrupt). Returns the frames handled (0: none ready, or
+   * no buffers: starved), or -1 when the first held chain is too small for a frame (the per-frame path
+   * gathers several). batchMore says whether every set was filled.
+   */
+  private batchReceive(q: ActiveQueue, max: number): number {
+    const held = this.held;
+    this.batchMore = false;
+    while (held.length < max && (held.length === 0 || held[held.length - 1].writableBytes >= this.rxNeed)) {
+      const c = q.pop();
+      if (!c) break;
+      if (c.writableBytes < VIRTIO_NET_HDR_LEN || (!this.mrg && c.writableBytes < this.rxNeed)) {
+        this.c[C.rxBadBuffers]++; // as in fill(): completed unused
+        if (!q.push(c.head, 0)) return 0;
+        continue;
+      }
+      held.push(c);
+      this.heldRoom += c.writableBytes;
+    }
+    if (held.length === 0) {
+      this.starved = true;
+      return 0;
+    }
+    const iov = this.batchIov.clear();
+    const counts = this.batchCounts;
+    let sets = 0;
+    for (; sets < held.length && sets < max; sets++) {
+      const c = held[sets];
+      if (c.writableBytes < this.rxNeed) break;
+      const before = iov.count;
+      let room = this.rxNeed;
+      let ok = true;
+      for (const seg of c.writable) {
+        const take = Math.min(seg.length, room);
+        if (!iov.addRange(seg.buffer, seg.offset, take)) {
+          ok = false;
+          break;
+        }
+        room -= take;
+        if (room === 0) break;
+      }
+      if (!ok || iov.count - before > 64) {
+        iov.count = before;
+        break;
+      }
+      counts[sets] = iov.count - before;
+    }
+    if (sets === 0) return -1;
+    const got = this.port.receiveBatch!(iov, counts, sets, this.batchLengths);
+    if (got === RECV_DROPPED) {
+      this.c[C.rxDropped]++;
+      this.batchMore = true;
+      return 1;
+    }
+    if (got <= 0) return 0;
+    const heads = this.heads;
+    const lens = this.lens;
+    heads.length = lens.length = 0;
+    let kept = 0;
+    let bytes = 0;
+    for (let i = 0; i < got; i++) {
+      const c = held[i];
+      const n = this.batchLengths[i];
+      if (n < VIRTIO_NET_HDR_LEN) {
+        this.c[C.rxDropped]++;
+        held[kept++] = c; // unused: stays held, in order
+        continue;
+      }
+      // The tap wrote the first 10 bytes of the header; num_buffers (1) is ours.
+      scatterBytesAt(c.writable, 10, this.oneBuffer);
+      heads.push(c.head);
+      lens.push(n);
+      bytes += n - VIRTIO_NET_HDR_LEN;
+      this.heldRoom -= c.writableBytes;
+    }
+    held.splice(kept, got - kept);
+    this.c[C.rxFrames] += heads.length;
+    this.c[C.rxBytes] += bytes;
+    if (!q.pushMany(heads, lens)) return 0;
+    this.batchMore = got === sets;
+    return got;
   }
 
   /** Publish a received frame of `len` bytes (after its header) over the held chains. */

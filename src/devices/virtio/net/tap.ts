@@ -13,7 +13,7 @@ import type { PackedIov } from '../iovec.js';
 import { VIRTIO_NET_HDR_LEN } from './header.js';
 import { RECV_AGAIN, RECV_DROPPED, type NetPort } from './backend.js';
 
-export type TapAddon = Pick<KvmAddon, 'readvPacked' | 'writevPacked' | 'tapSetOffload' | 'tapConstants'>;
+export type TapAddon = Pick<KvmAddon, 'readvPacked' | 'readvBatch' | 'writevPacked' | 'tapSetOffload' | 'tapConstants'>;
 
 export class TapPort implements NetPort {
   readonly vnetHdr = true;
@@ -35,6 +35,14 @@ export class TapPort implements NetPort {
     if (n < 0) return RECV_AGAIN;
     if (n < VIRTIO_NET_HDR_LEN) return n === 0 ? RECV_AGAIN : RECV_DROPPED;
     return n - VIRTIO_NET_HDR_LEN;
+  }
+
+  receiveBatch(iov: PackedIov, counts: Uint32Array, n: number, lengths: Float64Array): number {
+    try {
+      return this.addon.readvBatch(this.fd, iov.buffers, iov.iov, counts, n, lengths);
+    } catch {
+      return RECV_DROPPED; // a bad argument: nothing was read
+    }
   }
 
   send(iov: PackedIov, frameLen: number): boolean {
