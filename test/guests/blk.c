@@ -72,12 +72,6 @@ static uint64_t slot_sector[QD_MAX];
 static struct virtq_desc itab[QD_MAX][SEGS_MAX + 2] __attribute__((aligned(16)));
 static uint8_t buf[QD_MAX][REQ_MAX] __attribute__((aligned(4096)));
 
-static void die(int code, const char *msg)
-{
-    puts(msg);
-    guest_exit((uint8_t)code);
-}
-
 static void set_desc(volatile struct virtq_desc *d, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next)
 {
     d->addr = addr;

@@ -68,12 +68,6 @@ static int line_cont;               /* the current line already had a piece echo
 static uint64_t timeout;            /* TSC cycles per wait; 0: none (input) / TIMEOUT_TX (transmit) */
 static uint64_t timeout_ms;
 
-static void die(int code, const char *msg)
-{
-    puts(msg);
-    guest_exit((uint8_t)code);
-}
-
 /* ---- TSC rate for console.timeout_ms ---- */
 #define LAPIC_LVTT  0x320
 #define LAPIC_TMICT 0x380
@@ -137,11 +131,7 @@ static void rx_post(unsigned i)
     vq_add(&rxq, (uint16_t)i);
 }
 
-static void check_status(void)
-{
-    if (vmmio_rd(&dev, VMMIO_STATUS) & VIRTIO_S_NEEDS_RESET)
-        die(EXIT_NEEDS_RESET, "console: device needs reset");
-}
+static void check_status(void) { vmmio_check_status(&dev, EXIT_NEEDS_RESET, "console: device needs reset"); }
 
 /* ---- transmitq: one buffer (tx_buf or flood_buf, descriptor 0), waited for ---- */
 static void transmit_buf(const char *buf, size_t n)

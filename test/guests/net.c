@@ -87,17 +87,7 @@ static struct vq_slots txs;
 static uint64_t n_rx, n_rx_bytes, n_echoed, n_echo_bytes, n_discarded, n_discard_bytes,
                 n_dropped, n_badcsum, n_arp, n_icmp;
 
-static void die(int code, const char *msg)
-{
-    puts(msg);
-    guest_exit((uint8_t)code);
-}
-
-static void check_status(void)
-{
-    if (vmmio_rd(&dev, VMMIO_STATUS) & VIRTIO_S_NEEDS_RESET)
-        die(6, "net: device needs reset");
-}
+static void check_status(void) { vmmio_check_status(&dev, 6, "net: device needs reset"); }
 
 static uint16_t be16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }

@@ -41,12 +41,6 @@ static uint8_t buf[RNG_INFLIGHT][RNG_BUF] __attribute__((aligned(4096)));
 static uint32_t posted[RNG_INFLIGHT];       /* bytes asked for in slot i; 0 = free */
 static uint64_t seen[256];                  /* occurrences of each byte value */
 
-static void die(int code, const char *msg)
-{
-    puts(msg);
-    guest_exit((uint8_t)code);
-}
-
 /* ---- bring-up (virtio 1.2 §3.1.1): VERSION_1 only, requestq ---- */
 static void init_device(void)
 {

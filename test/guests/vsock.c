@@ -109,17 +109,7 @@ static uint64_t s_total, s_sent, s_tries, s_max_tries, s_retry_at;
 static uint32_t s_crc, s_tx_cnt, s_peer_alloc, s_peer_fwd;
 static int s_crc_sent, s_credit_req;
 
-static void die(int code, const char *msg)
-{
-    puts(msg);
-    guest_exit((uint8_t)code);
-}
-
-static void check_status(void)
-{
-    if (vmmio_rd(&dev, VMMIO_STATUS) & VIRTIO_S_NEEDS_RESET)
-        die(6, "vsock: device needs reset");
-}
+static void check_status(void) { vmmio_check_status(&dev, 6, "vsock: device needs reset"); }
 
 /* ---- tx ---- */
 static void tx_reclaim(void)

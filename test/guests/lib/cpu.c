@@ -101,6 +101,12 @@ void guest_exit(uint8_t status)
     __builtin_unreachable();
 }
 
+void die(int code, const char *msg)
+{
+    puts(msg);
+    guest_exit((uint8_t)code);
+}
+
 /* Called by lib/entry.S in 64-bit mode with the protocol the entry stub
  * (lib/start_*.S) recorded (BOOT_*) and its boot structure (start_info or boot_params). */
 void guest_start(unsigned protocol, const void *info)

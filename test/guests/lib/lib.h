@@ -141,6 +141,9 @@ uint64_t run_user(uint64_t (*fn)(void *), void *arg, void *stack_top);
 /* outb(0xF4, status); if the VM is still running, halt forever. */
 void guest_exit(uint8_t status) __attribute__((noreturn));
 
+/* puts(msg), then guest_exit(code): how the test guests report a failure. */
+void die(int code, const char *msg) __attribute__((noreturn));
+
 /* 8259 PIC / local APIC helpers (echo) */
 void pic_remap(uint8_t master_vec, uint8_t slave_vec, uint8_t master_mask, uint8_t slave_mask);
 void pic_eoi(unsigned irq);

@@ -230,3 +230,9 @@ void vq_slots_add(struct vq_slots *p, unsigned s, uint64_t addr, uint32_t len)
     p->free--;
     vq_add(p->q, (uint16_t)s);
 }
+
+void vmmio_check_status(const struct vmmio *d, int code, const char *msg)
+{
+    if (vmmio_rd(d, VMMIO_STATUS) & VIRTIO_S_NEEDS_RESET)
+        die(code, msg);
+}

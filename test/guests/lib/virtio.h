@@ -98,6 +98,9 @@ static inline uint32_t vmmio_rd(const struct vmmio *d, unsigned r) { return mmio
 static inline void vmmio_wr(const struct vmmio *d, unsigned r, uint32_t v) { mmio_write32(d->base + r, v); }
 static inline int vmmio_has(const struct vmmio *d, unsigned bit) { return (d->features >> bit) & 1; }
 
+/* If the device has set DEVICE_NEEDS_RESET in its status: die(code, msg). */
+void vmmio_check_status(const struct vmmio *d, int code, const char *msg);
+
 /* Reads magic/version/ids at base; returns 1 if the magic matches. */
 int vmmio_probe(struct vmmio *d, uintptr_t base);
 
