@@ -12,6 +12,9 @@
  * line: first three writes the device must ignore (the magic 123 as a 32-bit
  * write, 123 at offset 1, 122 at offset 0), then the boot-complete byte 123
  * at offset 0, then prints "boot-timer: signalled".
+ * hello.touch=M writes one byte in every 4 KiB page of M MiB of RAM from
+ * 16 MiB up (clamped to the RAM the e820 map reports below 3 GiB), from ring 3,
+ * then prints "touch: <pages> pages" (so the host sees guest RAM become resident).
  * hello.flood=N prints N more bytes of text on COM1 after the line: 64-byte
  * lines "<k as %08x> " + 54 letters ('a' + (k + j) % 26) + "\n", cut off
  * after N bytes (README.md).  Each 4 KiB piece is composed in ring 3 and
@@ -51,9 +54,32 @@ static void flood(uint64_t n)               /* ring 0 */
     }
 }
 
+struct touch {
+    uint64_t start, end;
+};
+
+/* The end of the usable (type 1) e820 region that holds 16 MiB, capped at limit. */
+static uint64_t ram_top_below(uint64_t limit, const struct boot_info *bi)
+{
+    for (unsigned i = 0; i < bi->e820_count; i++) {
+        const struct boot_e820 *e = &bi->e820[i];
+        if (e->type == 1 && e->addr <= (16ull << 20) && e->addr + e->size > (16ull << 20))
+            return e->addr + e->size < limit ? e->addr + e->size : limit;
+    }
+    return 16ull << 20;
+}
+
+static uint64_t touch_pages(void *arg)      /* ring 3 */
+{
+    const struct touch *t = arg;
+    uint64_t n = 0;
+    for (uint64_t a = t->start; a < t->end; a += 4096, n++)
+        *(volatile uint8_t *)a = (uint8_t)n;
+    return n;
+}
+
 int guest_main(const struct boot_info *bi)
 {
-    (void)bi;
     size_t n;
     puts("hello from guest");
     const char *f = cmdline_get("fault", &n);
@@ -79,6 +105,15 @@ int guest_main(const struct boot_info *bi)
         bt[0] = 122;
         bt[0] = 123;
         puts("boot-timer: signalled");
+    }
+    uint64_t touch_mib = cmdline_u64("hello.touch", 0);
+    if (touch_mib) {
+        struct touch t = { 16ull << 20, (16ull + touch_mib) << 20 };
+        uint64_t top = ram_top_below(0xc0000000ull, bi);
+        if (t.end > top)
+            t.end = top;
+        uint64_t pages = run_user(touch_pages, &t, 0);
+        printf("touch: %lu pages\n", (unsigned long)pages);
     }
     uint64_t flood_n = cmdline_u64("hello.flood", 0);
     if (flood_n)

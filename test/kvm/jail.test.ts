@@ -1,6 +1,7 @@
 // The jailed `run` (issue 15 item 6): hello.elf and blk.elf under `kindling jail --uid 65534`, with the
 // guests' output on the jail's stdout, the exit status passed through, a writable image written by the
-// guest (bind-mounted, never copied) and a read-only one unchanged; while the VM runs, the kindling
+// guest (bind-mounted, never copied) and a read-only one unchanged; a guest touching more RAM than the
+// cgroup's memory limit OOM-killed (hello.touch=M), one under it not; while the VM runs, the kindling
 // process is uid 65534 with no capabilities and every vCPU/I/O worker thread filtered. Needs /dev/kvm
 // and root.
 import { spawn, spawnSync } from 'node:child_process';
@@ -17,6 +18,9 @@ const isRoot = process.getuid?.() === 0;
 if (kvm && !isRoot) console.warn('\n!!! KVM TESTS SKIPPED (jail.test.ts): not root (kindling jail needs root) !!!\n');
 const KINDLING = join(ROOT, 'bin', 'kindling.js');
 const jailArgs = (base: string, id: string): string[] => [KINDLING, 'jail', '--id', id, '--uid', '65534', '--gid', '65534', '--chroot-base-dir', base, '--'];
+const cgroupV1Memory = existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes');
+const cgroupV2 = existsSync('/sys/fs/cgroup/cgroup.controllers');
+const memoryFile = cgroupV2 ? 'memory.max' : 'memory.limit_in_bytes';
 const sha = (f: string): string => createHash('sha256').update(readFileSync(f)).digest('hex');
 
 describe.skipIf(!kvm || !isRoot)('kindling jail -- run (KVM)', () => {
@@ -29,6 +33,21 @@ describe.skipIf(!kvm || !isRoot)('kindling jail -- run (KVM)', () => {
     expect(r.stdout, r.stderr).toContain('hello from guest');
     expect(r.status).toBe(7);
     expect(existsSync(join(base, 'kindling', 'hello'))).toBe(false);
+  });
+
+  it.skipIf(!cgroupV1Memory && !cgroupV2)('memory limit: a guest that touches more RAM than the cgroup allows is OOM-killed (128+9); under the limit it runs', () => {
+    const run = (id: string, mib: number): ReturnType<typeof spawnSync> =>
+      spawnSync(process.execPath, [...jailArgs(join(dir(), id), id).slice(0, -1), '--cgroup', `${memoryFile}=${300 << 20}`, '--', 'run', '--kernel', guest('hello.elf'), '--mem', '1024', '--no-rng', '--cmdline', `hello.touch=${mib}`], { encoding: 'utf8', timeout: 120_000 });
+    // 1 GiB of guest RAM is mapped lazily: touching 16 MiB of it stays well under 300 MiB with the VMM's own memory.
+    const small = run('oom-small', 16);
+    expect(small.stdout, String(small.stderr)).toContain('touch: 4096 pages');
+    expect(small.status).toBe(0);
+    // Touching 800 MiB passes the limit: the kernel's OOM killer ends the VMM, as documented.
+    const big = run('oom-big', 800);
+    expect(big.stdout, String(big.stderr)).toContain('hello from guest');
+    expect(big.stdout).not.toContain('touch:');
+    expect(big.status).toBe(128 + 9);
+    expect(existsSync(join(dir(), 'oom-big', 'kindling', 'oom-big'))).toBe(false);
   });
 
   it('without root: kindling run as an unprivileged user whose only access is /dev/kvm\'s group (no capabilities)', () => {
