@@ -130,6 +130,18 @@ export class PackedIov {
     for (const s of segs) if (!this.addRange(s.buffer, s.offset, s.length)) return false;
     return true;
   }
+
+  /** Append the first `max` bytes of the segments in order; false when not all of those fit (those that fit stay added). */
+  addPrefix(segs: readonly MemorySegment[], max: number): boolean {
+    let room = max;
+    for (const s of segs) {
+      if (room <= 0) break;
+      const take = Math.min(s.length, room);
+      if (!this.addRange(s.buffer, s.offset, take)) return false;
+      room -= take;
+    }
+    return true;
+  }
 }
 
 /** dst := the entries of src from byte `skip` on, at most `max` bytes (src is not changed). */

@@ -39,7 +39,7 @@
 //
 // Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
 import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, ResumeTimer, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
-import { PackedIov, gatherBytes, scatterBytes, scatterBytesAt, slicePacked, splitSegments } from '../iovec.js';
+import { PackedIov, gatherBytes, scatterBytes, scatterBytesAt, splitSegments } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 import { featureBit } from '../constants.js';
@@ -171,7 +171,6 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly poll: FdPoll;
   private readonly env: NetBackendOptions['env'];
   private readonly rxIov: PackedIov;
-  private readonly rxAll = new PackedIov(1024);
   /** The batched receive path's sets (one per held chain) and their read lengths. */
   private readonly batchIov = new PackedIov(1024);
   private readonly batchCounts = new Uint32Array(RX_BUDGET);
@@ -361,20 +360,28 @@ export class NetBackend implements VirtioDeviceBackend {
 
   /** Pop rx chains until the held ones can take the largest frame; false when the driver has too few. */
   private fill(q: ActiveQueue): boolean {
-    while (this.mrg ? this.heldRoom < this.rxNeed : this.held.length === 0) {
+    while (this.mrg ? this.heldRoom < this.rxNeed : this.held.length === 0) if (this.holdNext(q) !== 'held') return false;
+    return true;
+  }
+
+  /**
+   * Pop the next usable rx chain into `held`. §5.1.6.3.1: every receive buffer holds at least the
+   * header (without MRG_RXBUF, a whole frame); a shorter one cannot be used and is completed with
+   * nothing written, and the next is taken. 'empty': no chain available; 'reset': the device was reset.
+   */
+  private holdNext(q: ActiveQueue): 'held' | 'empty' | 'reset' {
+    for (;;) {
       const c = q.pop();
-      if (!c) return false;
+      if (!c) return 'empty';
       if (c.writableBytes < VIRTIO_NET_HDR_LEN || (!this.mrg && c.writableBytes < this.rxNeed)) {
-        // §5.1.6.3.1: every receive buffer holds at least the header (without MRG_RXBUF, a whole
-        // frame). A shorter one cannot be used: completed with nothing written.
         this.c[C.rxBadBuffers]++;
-        if (!q.push(c.head, 0)) return false;
+        if (!q.push(c.head, 0)) return 'reset';
         continue;
       }
       this.held.push(c);
       this.heldRoom += c.writableBytes;
+      return 'held';
     }
-    return true;
   }
 
   private receive(): void {
@@ -402,11 +409,11 @@ export class NetBackend implements VirtioDeviceBackend {
           this.starved = true;
           return;
         }
-        const all = this.rxAll.clear();
-        for (const c of this.held) if (!all.add(c.writable)) break;
         // Never more room than the largest frame the driver takes (§5.1.6.3: with F_MTU no frame
         // beyond MTU + the Ethernet header unless GSO): a longer one fails to fit and is dropped.
-        const r = this.port.receive(slicePacked(all, 0, this.rxNeed, this.rxIov));
+        const iov = this.rxIov.clear();
+        for (const c of this.held) if (iov.bytes >= this.rxNeed || !iov.addPrefix(c.writable, this.rxNeed - iov.bytes)) break;
+        const r = this.port.receive(iov);
         if (r === RECV_AGAIN) return;
         if (r === RECV_CLOSED) {
           this.portClosed = true;
@@ -435,15 +442,9 @@ export class NetBackend implements VirtioDeviceBackend {
     const held = this.held;
     this.batchMore = false;
     while (held.length < max && (held.length === 0 || held[held.length - 1].writableBytes >= this.rxNeed)) {
-      const c = q.pop();
-      if (!c) break;
-      if (c.writableBytes < VIRTIO_NET_HDR_LEN || (!this.mrg && c.writableBytes < this.rxNeed)) {
-        this.c[C.rxBadBuffers]++; // as in fill(): completed unused
-        if (!q.push(c.head, 0)) return 0;
-        continue;
-      }
-      held.push(c);
-      this.heldRoom += c.writableBytes;
+      const r = this.holdNext(q);
+      if (r === 'reset') return 0;
+      if (r === 'empty') break;
     }
     if (held.length === 0) {
       this.starved = true;
@@ -456,18 +457,7 @@ export class NetBackend implements VirtioDeviceBackend {
       const c = held[sets];
       if (c.writableBytes < this.rxNeed) break;
       const before = iov.count;
-      let room = this.rxNeed;
-      let ok = true;
-      for (const seg of c.writable) {
-        const take = Math.min(seg.length, room);
-        if (!iov.addRange(seg.buffer, seg.offset, take)) {
-          ok = false;
-          break;
-        }
-        room -= take;
-        if (room === 0) break;
-      }
-      if (!ok || iov.count - before > 64) {
+      if (!iov.addPrefix(c.writable, this.rxNeed) || iov.count - before > 64) {
         iov.count = before;
         break;
       }
