@@ -103,12 +103,15 @@ function bucketLimits(b: TokenBucketBody | undefined | null): b is TokenBucketBo
   return !!b && b.size > 0 && b.refill_time > 0;
 }
 
+/** Firecracker's TokenBucket body → the device's bucket; undefined for one that limits nothing. */
+function bucketConfig(b: TokenBucketBody | undefined | null): TokenBucketConfig | undefined {
+  return bucketLimits(b) ? { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) } : undefined;
+}
+
 /** Firecracker's rate_limiter body → the device's limiter (buckets that limit nothing left out). */
 function limiterConfig(rl: RateLimiterBody): RateLimiterConfig {
-  const bucket = (b: TokenBucketBody | undefined) =>
-    bucketLimits(b) ? { size: b.size, refillTimeMs: b.refill_time, ...(b.one_time_burst ? { oneTimeBurst: b.one_time_burst } : {}) } : undefined;
-  const bw = bucket(rl.bandwidth);
-  const ops = bucket(rl.ops);
+  const bw = bucketConfig(rl.bandwidth);
+  const ops = bucketConfig(rl.ops);
   return { ...(bw ? { bandwidth: bw } : {}), ...(ops ? { ops } : {}) };
 }
 
@@ -158,8 +161,8 @@ export class ApiController {
   private serialSink?: LineSink;
   /** PUT /serial's rate_limiter (bytes of COM1 output). */
   private serialRate?: TokenBucketConfig;
-  /** COM1's output path once a VM started (counts for the uart metrics). */
-  private serialOut?: SerialOutLimiter;
+  /** COM1's output limiter once a VM started (its counts are the uart metrics). */
+  private serialLimiter?: SerialOutLimiter;
   private vm?: ControlledVm;
   private starting = false;
   private queue: Promise<unknown> = Promise.resolve();
@@ -173,7 +176,7 @@ export class ApiController {
     this.createVm = opts.createVm ?? realVmFactory;
     this.machine = { vcpu_count: 1, mem_size_mib: FC_DEFAULT_MEM_MIB, smt: false, track_dirty_pages: false, huge_pages: 'None' };
     this.log = new ApiLog(() => this.id, opts.logFallback);
-    const source: MetricsSource = { blockStats: () => this.blockStatsById(), serialCounts: () => this.serialOut?.counts };
+    const source: MetricsSource = { blockStats: () => this.blockStatsById(), serialCounts: () => this.serialLimiter?.counts };
     this.metrics = new MetricsRecorder(source, { startTimeUs: opts.startTimeUs, startCpuUs: opts.startCpuUs, periodMs: opts.metricsPeriodMs, missedLogs: () => this.log.missed });
   }
 
@@ -476,12 +479,9 @@ export class ApiController {
   private putSerial(body: unknown): ApiResponse {
     const b = parseBody('serial', body);
     this.preBoot('serial');
-    let rate: TokenBucketConfig | undefined;
-    if (b.rate_limiter && bucketLimits(b.rate_limiter)) {
-      rate = { size: b.rate_limiter.size, refillTimeMs: b.rate_limiter.refill_time, ...(b.rate_limiter.one_time_burst ? { oneTimeBurst: b.rate_limiter.one_time_burst } : {}) };
-      const bad = validTokenBucket(rate);
-      if (bad) throw new ApiError(`serial: rate_limiter: ${bad}`);
-    }
+    const rate = bucketConfig(b.rate_limiter);
+    const bad = rate && validTokenBucket(rate);
+    if (bad) throw new ApiError(`serial: rate_limiter: ${bad}`);
     const sink = b.serial_out_path !== undefined ? LineSink.open(b.serial_out_path, 'serial: serial_out_path') : undefined;
     this.serialSink?.close();
     this.serialSink = sink;
@@ -591,7 +591,7 @@ export class ApiController {
     // whose back-pressure reaches the guest (vm.serial stops draining, the guest's writes block).
     const out = this.serialSink;
     const stdout = this.opts.serialOut ?? process.stdout;
-    const limiter = (this.serialOut = new SerialOutLimiter(this.serialRate));
+    const limiter = (this.serialLimiter = new SerialOutLimiter(this.serialRate));
     const onData = (b: Buffer): void => {
       const a = limiter.admit(b);
       if (a.length === 0) return;

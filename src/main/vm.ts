@@ -277,11 +277,9 @@ export class VM extends EventEmitter {
    * theirs yet, so every thread takes this one; theirs then stack on it.
    */
   private filterProcess(): void {
-    const mode = this.config.seccomp;
-    if (mode === 'off') return;
     const placements = this.virtio?.placements ?? [];
     const childPids = placements.flatMap((p) => (p.kind === 'net' && (p.params as NetParams).passtPid !== undefined ? [(p.params as NetParams).passtPid!] : []));
-    installSeccomp(loadAddon(), { kind: 'vmm', devices: [...new Set(placements.map((p) => p.kind))], unlinkDirFd: socketDirFds(), childPids }, mode);
+    installSeccomp(loadAddon(), { kind: 'vmm', devices: [...new Set(placements.map((p) => p.kind))], unlinkDirFd: socketDirFds(), childPids }, this.config.seccomp);
     processFiltered = true;
   }
 
