@@ -119,6 +119,20 @@ export function printStat(name, xs, digits = 1) {
 }
 
 /**
+ * The stream rows of a bench against a host socketpair floor (bench:vsock, bench:net-uml): each row
+ * { h2g, g2h, h2gCpu, g2hCpu, f } in MB/s and backend CPU seconds, printed as min/median/max lines.
+ */
+export function printStreamStats(rows) {
+  printStat('host→guest MB/s', rows.map((r) => r.h2g));
+  printStat('guest→host MB/s', rows.map((r) => r.g2h));
+  printStat('backend CPU s (h2g)', rows.map((r) => r.h2gCpu), 2);
+  printStat('backend CPU s (g2h)', rows.map((r) => r.g2hCpu), 2);
+  printStat('floor MB/s', rows.map((r) => r.f));
+  printStat('ratio h2g/floor', rows.map((r) => r.h2g / r.f), 3);
+  printStat('ratio g2h/floor', rows.map((r) => r.g2h / r.f), 3);
+}
+
+/**
  * The user-mode-Linux harness (test/uml/helpers.ts, TypeScript), bundled with esbuild (a dev
  * dependency) into build/tools/ at the same depth below the root as test/uml/, so its
  * import.meta.url paths resolve; the bundle is removed once imported.

@@ -18,7 +18,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { benchArgs, fmt, loadUmlHarness, printStat } from './lib.mjs';
+import { benchArgs, fmt, loadUmlHarness, printStat, printStreamStats } from './lib.mjs';
 
 const USAGE = 'usage: node bench/net-uml.mjs [--rounds N] [--mib M]';
 const { rounds: ROUNDS, mib: MIB } = benchArgs('net-uml', USAGE, { rounds: 5, mib: 64 });
@@ -167,10 +167,4 @@ for (let round = 1; round <= ROUNDS; round++) {
 }
 console.log(`\n${ROUNDS} rounds, ${MIB} MiB per stream`);
 printStat('ping rtt ms', rows.map((r) => r.pingMs), 3);
-printStat('host→guest MB/s', rows.map((r) => r.h2g));
-printStat('guest→host MB/s', rows.map((r) => r.g2h));
-printStat('backend CPU s (h2g)', rows.map((r) => r.h2gCpu), 2);
-printStat('backend CPU s (g2h)', rows.map((r) => r.g2hCpu), 2);
-printStat('floor MB/s', rows.map((r) => r.f));
-printStat('ratio h2g/floor', rows.map((r) => r.h2g / r.f), 3);
-printStat('ratio g2h/floor', rows.map((r) => r.g2h / r.f), 3);
+printStreamStats(rows);

@@ -22,7 +22,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ROOT, benchArgs, fmt, loadUmlHarness, median, printStat } from './lib.mjs';
+import { ROOT, benchArgs, fmt, loadUmlHarness, median, printStat, printStreamStats } from './lib.mjs';
 
 const USAGE = 'usage: node bench/vsock.mjs [--rounds N: rounds (default 5)] [--mib M: MiB per stream (default 64)] [--execs N: exec round trips per round (default 30)]';
 const { rounds: ROUNDS, mib: MIB, execs: EXECS } = benchArgs('vsock', USAGE, { rounds: 5, mib: 64, execs: 30 });
@@ -189,10 +189,4 @@ for (let round = 1; round <= ROUNDS; round++) {
 console.log(`\n${ROUNDS} rounds, ${MIB} MiB per stream, ${EXECS} execs per round`);
 printStat('connect→HELLO ms', rows.map((r) => r.connectMs));
 printStat("exec('true') ms", rows.map((r) => r.execMs), 2);
-printStat('host→guest MB/s', rows.map((r) => r.h2g));
-printStat('guest→host MB/s', rows.map((r) => r.g2h));
-printStat('backend CPU s (h2g)', rows.map((r) => r.h2gCpu), 2);
-printStat('backend CPU s (g2h)', rows.map((r) => r.g2hCpu), 2);
-printStat('floor MB/s', rows.map((r) => r.f));
-printStat('ratio h2g/floor', rows.map((r) => r.h2g / r.f), 3);
-printStat('ratio g2h/floor', rows.map((r) => r.g2h / r.f), 3);
+printStreamStats(rows);
