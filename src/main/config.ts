@@ -87,8 +87,9 @@ export interface VMConfig {
    * only kindling's vCPU and I/O workers. 'all' (what the CLI's `run` and `serve` use, for a process
    * kindling owns): also every other thread of the process, the main thread included, with one filter
    * installed by start() once the VM is built (role vmm in src/seccomp/roles.ts, TSYNC); threads started
-   * later inherit it. After that the process cannot open files (EACCES), start programs or create
-   * sockets other than AF_UNIX ones; only one VM can be started in such a process.
+   * later inherit it. After that the process can open existing files (vm.swapDisk) but not create or
+   * truncate any (EACCES), and cannot start programs or create sockets other than AF_UNIX ones; only
+   * one VM can be started in such a process.
    */
   seccompThreads?: SeccompThreads;
   /**

@@ -182,12 +182,13 @@ export function roleRules(role: ThreadRole, pid: number): SyscallRule[] {
 /** The process role's rules (shared with vmm): Node's main-thread extras, the devices' calls. */
 function processRules(runtime: SyscallRule[], role: { devices: readonly string[]; unlinkDirFd?: number | readonly number[]; childPids?: readonly number[] }): SyscallRule[] {
   const devices = role.devices.flatMap((d) => deviceRules(d));
+  const dirs = ([] as number[]).concat(role.unlinkDirFd ?? []);
   return [
     ...runtime,
     // Node's stdio: uv_guess_handle/isatty (TCGETS), the window size of a TTY stream, and at exit
     // ResetStdio's tcsetattr (TCSETS) restoring a terminal's modes.
     ioctls(FIONBIO, FIOCLEX, TCGETS, TCSETS, TIOCGWINSZ),
-    ...(role.unlinkDirFd !== undefined && ([] as number[]).concat(role.unlinkDirFd).length ? [when('unlinkat', { arg: 0, in: ([] as number[]).concat(role.unlinkDirFd) })] : []),
+    ...(dirs.length ? [when('unlinkat', { arg: 0, in: dirs })] : []),
     // Threads for libuv's pool or V8's platform, never a new process.
     when('clone', { arg: 0, bitsSet: CLONE_THREAD }),
     refuse('clone3', ENOSYS),
