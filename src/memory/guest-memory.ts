@@ -90,24 +90,40 @@ export class GuestMemory {
 
   /** Split [gpa, gpa+length) into per-slot segments; throws GuestMemoryError if any byte is not RAM. */
   segments(gpa: number, length: number): MemorySegment[] {
-    this.check(gpa, length);
     const out: MemorySegment[] = [];
+    this.appendSegments(gpa, length, out);
+    return out;
+  }
+
+  /**
+   * segments() appended to `out` (a descriptor walk collects a chain's buffers without an array per
+   * buffer); throws GuestMemoryError if any byte is not RAM, and then appends nothing.
+   */
+  appendSegments(gpa: number, length: number, out: MemorySegment[]): void {
+    this.check(gpa, length);
+    if (length === 0) {
+      if (!this.findSlot(gpa) && gpa !== this.end) throw new GuestMemoryError(`address ${hex(gpa)} is outside guest RAM`, gpa, length);
+      return;
+    }
+    const s = this.findSlot(gpa);
+    if (s !== undefined && gpa + length <= s.end) {
+      out.push({ buffer: s.buffer, offset: gpa - s.gpa, length, gpa });
+      return;
+    }
+    const start = out.length;
     let cur = gpa;
     let left = length;
-    if (left === 0) {
-      const s = this.findSlot(gpa);
-      if (!s && gpa !== this.end) throw new GuestMemoryError(`address ${hex(gpa)} is outside guest RAM`, gpa, length);
-      return out;
-    }
     while (left > 0) {
-      const s = this.findSlot(cur);
-      if (!s) throw new GuestMemoryError(`range ${hex(gpa)}+${hex(length)} is outside guest RAM`, gpa, length);
-      const n = Math.min(left, s.end - cur);
-      out.push({ buffer: s.buffer, offset: cur - s.gpa, length: n, gpa: cur });
+      const t = this.findSlot(cur);
+      if (!t) {
+        out.length = start;
+        throw new GuestMemoryError(`range ${hex(gpa)}+${hex(length)} is outside guest RAM`, gpa, length);
+      }
+      const n = Math.min(left, t.end - cur);
+      out.push({ buffer: t.buffer, offset: cur - t.gpa, length: n, gpa: cur });
       cur += n;
       left -= n;
     }
-    return out;
   }
 
   /** A live view of [gpa, gpa+length), which must lie inside one slot. */

@@ -539,7 +539,9 @@ export class VirtioMmioTransport implements MmioDevice {
   }
 
   leaveWork(): void {
-    if (Atomics.sub(this.w, W_BUSY, 1) === 1) Atomics.notify(this.w, W_BUSY);
+    // Only a reset waits on W_BUSY, and it raises W_RESETTING before it reads W_BUSY: if this load
+    // misses its W_RESETTING, its read of W_BUSY (after ours, seq-cst) already sees the decrement.
+    if (Atomics.sub(this.w, W_BUSY, 1) === 1 && Atomics.load(this.w, W_RESETTING) !== 0) Atomics.notify(this.w, W_BUSY);
   }
 
   /** Device work in flight (tests, diagnostics). */

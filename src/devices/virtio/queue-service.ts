@@ -83,8 +83,13 @@ export function readTransportStats(sab: SharedArrayBuffer): TransportStats {
   };
 }
 
+/** One Int32Array per stats buffer, made once (countTransport runs on every wake-up). */
+const statViews = new WeakMap<SharedArrayBuffer, Int32Array>();
+
 export function countTransport(sab: SharedArrayBuffer, stat: number, n = 1): void {
-  Atomics.add(new Int32Array(sab, 0, TSTAT_WORDS), stat, n);
+  let w = statViews.get(sab);
+  if (w === undefined) statViews.set(sab, (w = new Int32Array(sab, 0, TSTAT_WORDS)));
+  Atomics.add(w, stat, n);
 }
 
 export interface ServiceResult {
@@ -97,6 +102,9 @@ export interface ServiceResult {
   /** The limiter was in debt before the ring was empty: chains are left available (its timer's turn). */
   throttled?: boolean;
 }
+
+/** The default used length of a rejected chain: nothing written. */
+const unused = (): number => 0;
 
 /** Most chains taken per pass before their completions are published. */
 export const MAX_BATCH = 64;
@@ -125,7 +133,13 @@ export class ActiveQueue {
     this.mem = opts.mem;
     this.descAddr = opts.descAddr;
     this.stats = new Int32Array(opts.stats, 0, TSTAT_WORDS);
+    // Made once: work() and pop() run per request or frame and pass these to guard.rings().
+    this.enterFn = () => (this.guard.enter(), true);
+    this.takeOneFn = () => this.takeOne();
   }
+
+  private readonly enterFn: () => boolean;
+  private readonly takeOneFn: () => DescriptorChain | VirtqueueError | undefined;
 
   /**
    * Best effort for a rejected chain: if its last descriptor is device-writable, non-empty and in RAM,
@@ -202,7 +216,7 @@ export class ActiveQueue {
    * undefined without running it if the device was reset since. The driver's reset waits for it.
    */
   work<T>(fn: () => T): T | undefined {
-    if (this.guard.rings(() => (this.guard.enter(), true)) === undefined) return undefined;
+    if (this.guard.rings(this.enterFn) === undefined) return undefined;
     try {
       return fn();
     } finally {
@@ -216,13 +230,29 @@ export class ActiveQueue {
    * on the way with onBroken(head)'s used length. Call inside work(): the chain's buffers are then
    * read and written as in-flight work the driver's reset waits for.
    */
-  pop(onBroken: (head: number) => number = () => 0): DescriptorChain | undefined {
+  pop(onBroken: (head: number) => number = unused): DescriptorChain | undefined {
     for (;;) {
-      const r = this.guard.rings(() => this.takeAvailable(1)[0]);
+      const r = this.guard.rings(this.takeOneFn);
       if (!(r instanceof VirtqueueError)) return r;
       Atomics.add(this.stats, TSTAT_BROKEN_CHAINS, 1);
       const len = onBroken(r.head!);
       this.push(r.head!, len);
+    }
+  }
+
+  /** takeAvailable(1) without its array: the chain, its per-chain VirtqueueError, or undefined (none). */
+  private takeOne(): DescriptorChain | VirtqueueError | undefined {
+    const q = this.queue;
+    for (;;) {
+      q.disableNotification();
+      try {
+        const c = q.pop();
+        if (c) return c;
+      } catch (e) {
+        if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) return e;
+        throw e;
+      }
+      if (!q.enableNotification()) return undefined;
     }
   }
 

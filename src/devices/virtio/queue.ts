@@ -168,22 +168,11 @@ class Region {
   }
 }
 
-/** Chain under construction. */
+/** A per-chain error: the chain is consumed and is to be completed by its head. */
 function chainError(head: number, kind: VirtqueueErrorKind, msg: string): VirtqueueError {
   return new VirtqueueError(kind, `chain ${head}: ${msg}`, false, head);
 }
 
-interface Builder {
-  head: number;
-  readable: MemorySegment[];
-  writable: MemorySegment[];
-  readableBytes: number;
-  writableBytes: number;
-  /** Buffer descriptors so far (direct + indirect). */
-  count: number;
-  /** A device-writable descriptor was seen (even a zero-length one). */
-  sawWritable: boolean;
-}
 
 const U32_MAX = 0xffffffff;
 /** High word limit for a descriptor address to stay a safe integer (< 2^53). */
@@ -222,6 +211,10 @@ export class SplitQueue {
   private dLen = 0;
   private dFlags = 0;
   private dNext = 0;
+  // Scratch for the chain being walked: buffer descriptors so far (direct + indirect), and whether a
+  // device-writable one was seen (even a zero-length one).
+  private bCount = 0;
+  private bSawWritable = false;
 
   constructor(mem: GuestMemory, cfg: SplitQueueConfig) {
     const { size, descAddr, driverAddr, deviceAddr } = cfg;
@@ -384,7 +377,11 @@ export class SplitQueue {
   }
 
   private walk(head: number): DescriptorChain {
-    const b: Builder = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0, count: 0, sawWritable: false };
+    // The chain is built in place (one object and two arrays per chain); the walk's own state is in
+    // the scratch fields bCount / bSawWritable.
+    const b: DescriptorChain = { head, readable: [], writable: [], readableBytes: 0, writableBytes: 0 };
+    this.bCount = 0;
+    this.bSawWritable = false;
     // No closure per chain (this runs once per request or frame): errors come from chainError.
     const gen = this.nextGen();
     let i = head;
@@ -412,11 +409,11 @@ export class SplitQueue {
       if (this.dNext >= this.size) throw chainError(head, 'bad-index', `descriptor ${i}: next ${this.dNext} ≥ queue size ${this.size}`);
       i = this.dNext;
     }
-    return { head, readable: b.readable, writable: b.writable, readableBytes: b.readableBytes, writableBytes: b.writableBytes };
+    return b;
   }
 
   /** Walk the indirect table described by the scratch descriptor (already length-checked). */
-  private walkIndirect(b: Builder): void {
+  private walkIndirect(b: DescriptorChain): void {
     const lo = this.dLo;
     const hi = this.dHi;
     const len = this.dLen;
@@ -437,7 +434,7 @@ export class SplitQueue {
     for (;;) {
       if (j >= n) throw chainError(b.head, 'bad-index', `indirect next ${j} ≥ table size ${n}`);
       if (stamps[j] === gen) throw chainError(b.head, 'loop', `indirect descriptor ${j} visited twice`);
-      if (b.count >= this.size) throw chainError(b.head, 'chain-too-long', `more than ${this.size} descriptors`);
+      if (this.bCount >= this.size) throw chainError(b.head, 'chain-too-long', `more than ${this.size} descriptors`);
       stamps[j] = gen;
       this.visited++;
       this.readDescAt(table + VIRTQ_DESC_SIZE * j);
@@ -471,29 +468,26 @@ export class SplitQueue {
   }
 
   /** Append the scratch descriptor's buffer to the chain. */
-  private addBuffer(b: Builder): void {
-    if (++b.count > this.size) throw chainError(b.head, 'chain-too-long', `more than ${this.size} descriptors`);
+  private addBuffer(b: DescriptorChain): void {
+    if (++this.bCount > this.size) throw chainError(b.head, 'chain-too-long', `more than ${this.size} descriptors`);
     const writable = (this.dFlags & VIRTQ_DESC_F_WRITE) !== 0;
-    if (!writable && b.sawWritable) throw chainError(b.head, 'order', 'device-readable descriptor after a device-writable one');
+    if (!writable && this.bSawWritable) throw chainError(b.head, 'order', 'device-readable descriptor after a device-writable one');
     const len = this.dLen;
     if (b.readableBytes + b.writableBytes + len > U32_MAX) throw chainError(b.head, 'length-overflow', 'chain longer than 2^32-1 bytes');
     if (this.dHi >= ADDR_HI_LIMIT) {
       throw chainError(b.head, 'out-of-range', `buffer 0x${this.dHi.toString(16)}${this.dLo.toString(16).padStart(8, '0')}+0x${len.toString(16)} is outside guest RAM`);
     }
     const addr = this.dHi * 2 ** 32 + this.dLo;
-    let segs: MemorySegment[];
     try {
-      segs = this.mem.segments(addr, len);
+      this.mem.appendSegments(addr, len, writable ? b.writable : b.readable);
     } catch (e) {
       if (e instanceof GuestMemoryError) throw chainError(b.head, 'out-of-range', `buffer 0x${addr.toString(16)}+0x${len.toString(16)} is outside guest RAM`);
       throw e;
     }
     if (writable) {
-      for (const s of segs) b.writable.push(s);
       b.writableBytes += len;
-      b.sawWritable = true;
+      this.bSawWritable = true;
     } else {
-      for (const s of segs) b.readable.push(s);
       b.readableBytes += len;
     }
   }
