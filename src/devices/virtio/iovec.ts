@@ -34,6 +34,19 @@ export function gatherBytes(segs: readonly MemorySegment[], n: number): Uint8Arr
   return out;
 }
 
+/** Copy the first out.length bytes of a segment list into `out` (as many as there are); the number copied. Allocates nothing. */
+export function gatherInto(segs: readonly MemorySegment[], out: Uint8Array): number {
+  let pos = 0;
+  for (const s of segs) {
+    if (pos >= out.length) break;
+    const view = wholeView(s.buffer);
+    const k = Math.min(s.length, out.length - pos);
+    for (let i = 0; i < k; i++) out[pos + i] = view[s.offset + i];
+    pos += k;
+  }
+  return pos;
+}
+
 /** Copy `bytes` into the start of a segment list (as much as fits); returns the bytes copied. */
 export function scatterBytes(segs: readonly MemorySegment[], bytes: Uint8Array): number {
   let pos = 0;
@@ -128,6 +141,18 @@ export class PackedIov {
   /** Append segments in order; false when not all of them fit (those that fit stay added). */
   add(segs: readonly MemorySegment[]): boolean {
     for (const s of segs) if (!this.addRange(s.buffer, s.offset, s.length)) return false;
+    return true;
+  }
+
+  /** Append the segments from byte `skip` on, in order; false when not all of those fit (those that fit stay added). */
+  addFrom(segs: readonly MemorySegment[], skip: number): boolean {
+    let pos = 0;
+    for (const s of segs) {
+      const from = Math.max(skip - pos, 0);
+      pos += s.length;
+      if (from >= s.length) continue;
+      if (!this.addRange(s.buffer, s.offset + from, s.length - from)) return false;
+    }
     return true;
   }
 

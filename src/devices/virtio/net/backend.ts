@@ -39,7 +39,7 @@
 //
 // Reset drops the held chains (the driver reclaims every buffer at reset) and a partly read frame.
 import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, ResumeTimer, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
-import { PackedIov, gatherBytes, scatterBytes, scatterBytesAt, splitSegments } from '../iovec.js';
+import { PackedIov, gatherInto, scatterBytes, scatterBytesAt } from '../iovec.js';
 import type { ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 import { featureBit } from '../constants.js';
@@ -333,7 +333,8 @@ export class NetBackend implements VirtioDeviceBackend {
       this.c[C.txDropped]++;
       return;
     }
-    const h = decodeNetHeader(gatherBytes(c.readable, VIRTIO_NET_HDR_LEN));
+    gatherInto(c.readable, this.hdrView);
+    const h = decodeNetHeader(this.hdrView);
     const frameLen = c.readableBytes - VIRTIO_NET_HDR_LEN;
     const v = validateTxHeader(h, frameLen, this.maxTx, this.txOff);
     if (!v.ok) {
@@ -345,7 +346,7 @@ export class NetBackend implements VirtioDeviceBackend {
     encodeNetHeader(h, this.hdrView);
     const iov = this.txIov.clear();
     iov.addRange(this.hdr, 0, VIRTIO_NET_HDR_LEN);
-    if (!iov.add(splitSegments(c.readable, VIRTIO_NET_HDR_LEN)[1])) {
+    if (!iov.addFrom(c.readable, VIRTIO_NET_HDR_LEN)) {
       this.c[C.txDropped]++;
       return;
     }
@@ -491,7 +492,10 @@ export class NetBackend implements VirtioDeviceBackend {
       bytes += n - VIRTIO_NET_HDR_LEN;
       this.heldRoom -= c.writableBytes;
     }
-    held.splice(kept, got - kept);
+    // Drop the published sets from `held`, keeping the order (no splice: it allocates its result).
+    let w = kept;
+    for (let r = got; r < held.length; r++) held[w++] = held[r];
+    held.length = w;
     this.c[C.rxFrames] += heads.length;
     this.c[C.rxBytes] += bytes;
     if (!q.pushMany(heads, lens)) return 0;
@@ -526,8 +530,10 @@ export class NetBackend implements VirtioDeviceBackend {
       scatterBytes(first.writable, this.hdrView);
     }
     for (let i = 0; i < k; i++) this.heldRoom -= this.held[i].writableBytes;
-    if (k === this.held.length) this.held.length = 0;
-    else this.held.splice(0, k);
+    const held = this.held;
+    let w = 0;
+    for (let r = k; r < held.length; r++) held[w++] = held[r];
+    held.length = w;
     this.c[C.rxFrames]++;
     this.c[C.rxBytes] += len;
     this.rxLimit?.consume(len);
