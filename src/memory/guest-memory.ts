@@ -105,22 +105,17 @@ export class GuestMemory {
       if (!this.findSlot(gpa) && gpa !== this.end) throw new GuestMemoryError(`address ${hex(gpa)} is outside guest RAM`, gpa, length);
       return;
     }
-    const s = this.findSlot(gpa);
-    if (s !== undefined && gpa + length <= s.end) {
-      out.push({ buffer: s.buffer, offset: gpa - s.gpa, length, gpa });
-      return;
-    }
     const start = out.length;
     let cur = gpa;
     let left = length;
     while (left > 0) {
-      const t = this.findSlot(cur);
-      if (!t) {
+      const s = this.findSlot(cur);
+      if (!s) {
         out.length = start;
         throw new GuestMemoryError(`range ${hex(gpa)}+${hex(length)} is outside guest RAM`, gpa, length);
       }
-      const n = Math.min(left, t.end - cur);
-      out.push({ buffer: t.buffer, offset: cur - t.gpa, length: n, gpa: cur });
+      const n = Math.min(left, s.end - cur);
+      out.push({ buffer: s.buffer, offset: cur - s.gpa, length: n, gpa: cur });
       cur += n;
       left -= n;
     }

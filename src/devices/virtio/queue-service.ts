@@ -103,6 +103,16 @@ export interface ServiceResult {
   throttled?: boolean;
 }
 
+/** q.pop() with a chain the queue rejected returned as its per-chain VirtqueueError (a fatal one is thrown); undefined when the ring is empty. */
+function popChain(q: SplitQueue): DescriptorChain | VirtqueueError | undefined {
+  try {
+    return q.pop();
+  } catch (e) {
+    if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) return e;
+    throw e;
+  }
+}
+
 /** The default used length of a rejected chain: nothing written. */
 const unused = (): number => 0;
 
@@ -117,6 +127,9 @@ export class ActiveQueue {
   private readonly mem: GuestMemory;
   private readonly descAddr: number;
   private readonly stats: Int32Array;
+  // Made once: work() and pop() run per request or frame and pass these to guard.rings().
+  private readonly enterFn = (): boolean => (this.guard.enter(), true);
+  private readonly takeOneFn = (): DescriptorChain | VirtqueueError | undefined => this.takeOne();
 
   constructor(opts: {
     index: number;
@@ -133,13 +146,7 @@ export class ActiveQueue {
     this.mem = opts.mem;
     this.descAddr = opts.descAddr;
     this.stats = new Int32Array(opts.stats, 0, TSTAT_WORDS);
-    // Made once: work() and pop() run per request or frame and pass these to guard.rings().
-    this.enterFn = () => (this.guard.enter(), true);
-    this.takeOneFn = () => this.takeOne();
   }
-
-  private readonly enterFn: () => boolean;
-  private readonly takeOneFn: () => DescriptorChain | VirtqueueError | undefined;
 
   /**
    * Best effort for a rejected chain: if its last descriptor is device-writable, non-empty and in RAM,
@@ -245,13 +252,8 @@ export class ActiveQueue {
     const q = this.queue;
     for (;;) {
       q.disableNotification();
-      try {
-        const c = q.pop();
-        if (c) return c;
-      } catch (e) {
-        if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) return e;
-        throw e;
-      }
+      const c = popChain(q);
+      if (c) return c;
       if (!q.enableNotification()) return undefined;
     }
   }
@@ -268,16 +270,7 @@ export class ActiveQueue {
     for (;;) {
       q.disableNotification();
       while (out.length < max) {
-        let c: DescriptorChain | undefined;
-        try {
-          c = q.pop();
-        } catch (e) {
-          if (e instanceof VirtqueueError && !e.fatal && e.head !== undefined) {
-            out.push(e);
-            continue;
-          }
-          throw e;
-        }
+        const c = popChain(q);
         if (!c) break;
         out.push(c);
       }

@@ -173,7 +173,6 @@ function chainError(head: number, kind: VirtqueueErrorKind, msg: string): Virtqu
   return new VirtqueueError(kind, `chain ${head}: ${msg}`, false, head);
 }
 
-
 const U32_MAX = 0xffffffff;
 /** High word limit for a descriptor address to stay a safe integer (< 2^53). */
 const ADDR_HI_LIMIT = 0x200000;
