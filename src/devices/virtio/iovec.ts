@@ -144,25 +144,20 @@ export class PackedIov {
     return true;
   }
 
-  /** Append the segments from byte `skip` on, in order; false when not all of those fit (those that fit stay added). */
-  addFrom(segs: readonly MemorySegment[], skip: number): boolean {
+  /**
+   * Append bytes [skip, skip + max) of the segments in order (as far as they reach); false when not
+   * all of those fit (those that fit stay added).
+   */
+  addSlice(segs: readonly MemorySegment[], skip: number, max = Infinity): boolean {
     let pos = 0;
-    for (const s of segs) {
-      const from = Math.max(skip - pos, 0);
-      pos += s.length;
-      if (from >= s.length) continue;
-      if (!this.addRange(s.buffer, s.offset + from, s.length - from)) return false;
-    }
-    return true;
-  }
-
-  /** Append the first `max` bytes of the segments in order; false when not all of those fit (those that fit stay added). */
-  addPrefix(segs: readonly MemorySegment[], max: number): boolean {
     let room = max;
     for (const s of segs) {
       if (room <= 0) break;
-      const take = Math.min(s.length, room);
-      if (!this.addRange(s.buffer, s.offset, take)) return false;
+      const from = Math.max(skip - pos, 0);
+      pos += s.length;
+      if (from >= s.length) continue;
+      const take = Math.min(s.length - from, room);
+      if (!this.addRange(s.buffer, s.offset + from, take)) return false;
       room -= take;
     }
     return true;

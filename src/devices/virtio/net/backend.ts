@@ -346,7 +346,7 @@ export class NetBackend implements VirtioDeviceBackend {
     encodeNetHeader(h, this.hdrView);
     const iov = this.txIov.clear();
     iov.addRange(this.hdr, 0, VIRTIO_NET_HDR_LEN);
-    if (!iov.addFrom(c.readable, VIRTIO_NET_HDR_LEN)) {
+    if (!iov.addSlice(c.readable, VIRTIO_NET_HDR_LEN)) {
       this.c[C.txDropped]++;
       return;
     }
@@ -413,7 +413,7 @@ export class NetBackend implements VirtioDeviceBackend {
         // Never more room than the largest frame the driver takes (§5.1.6.3: with F_MTU no frame
         // beyond MTU + the Ethernet header unless GSO): a longer one fails to fit and is dropped.
         const iov = this.rxIov.clear();
-        for (const c of this.held) if (iov.bytes >= this.rxNeed || !iov.addPrefix(c.writable, this.rxNeed - iov.bytes)) break;
+        for (const c of this.held) if (iov.bytes >= this.rxNeed || !iov.addSlice(c.writable, 0, this.rxNeed - iov.bytes)) break;
         const r = this.port.receive(iov);
         if (r === RECV_AGAIN) return;
         if (r === RECV_CLOSED) {
@@ -458,7 +458,7 @@ export class NetBackend implements VirtioDeviceBackend {
       const c = held[sets];
       if (c.writableBytes < this.rxNeed) break;
       const before = iov.count;
-      if (!iov.addPrefix(c.writable, this.rxNeed) || iov.count - before > 64) {
+      if (!iov.addSlice(c.writable, 0, this.rxNeed) || iov.count - before > 64) {
         iov.count = before;
         break;
       }
@@ -492,15 +492,20 @@ export class NetBackend implements VirtioDeviceBackend {
       bytes += n - VIRTIO_NET_HDR_LEN;
       this.heldRoom -= c.writableBytes;
     }
-    // Drop the published sets from `held`, keeping the order (no splice: it allocates its result).
-    let w = kept;
-    for (let r = got; r < held.length; r++) held[w++] = held[r];
-    held.length = w;
+    this.dropHeld(kept, got);
     this.c[C.rxFrames] += heads.length;
     this.c[C.rxBytes] += bytes;
     if (!q.pushMany(heads, lens)) return 0;
     this.batchMore = got === sets;
     return got;
+  }
+
+  /** Remove held[from, to), keeping the order of the rest (no splice: it allocates its result). */
+  private dropHeld(from: number, to: number): void {
+    const held = this.held;
+    let w = from;
+    for (let r = to; r < held.length; r++) held[w++] = held[r];
+    held.length = w;
   }
 
   /** Publish a received frame of `len` bytes (after its header) over the held chains. */
@@ -530,10 +535,7 @@ export class NetBackend implements VirtioDeviceBackend {
       scatterBytes(first.writable, this.hdrView);
     }
     for (let i = 0; i < k; i++) this.heldRoom -= this.held[i].writableBytes;
-    const held = this.held;
-    let w = 0;
-    for (let r = k; r < held.length; r++) held[w++] = held[r];
-    held.length = w;
+    this.dropHeld(0, k);
     this.c[C.rxFrames]++;
     this.c[C.rxBytes] += len;
     this.rxLimit?.consume(len);
