@@ -508,15 +508,23 @@ describe.skipIf(!hasKvm)('with KVM', () => {
         { eval: true, workerData: { addonPath, vcpu, size: k.getVcpuMmapSize(kvm), ep } },
       );
       workers.push(w);
+      // Listened for from the start: the worker exits right after its last message, and an 'exit'
+      // emitted while this test sleeps between polls of msgs would be missed by a later once().
+      let gone = false;
+      const exited = new Promise((r) => w.once('exit', (c) => ((gone = true), r(c))));
+      let failure: unknown;
+      w.on('error', (e) => (failure = e));
       const msgs: Msg[] = [];
       w.on('message', (m: Msg) => msgs.push(m));
-      while (msgs.length < 1) await sleep(1);
+      while (msgs.length < 1 && !gone) await sleep(1);
+      expect(failure).toBeUndefined();
       await sleep(100); // let it block in epoll_wait
       expect(k.kick(msgs[0].h as number)).toBe(true);
-      while (msgs.length < 2) await sleep(1);
+      while (msgs.length < 2 && !gone) await sleep(1);
+      expect(failure).toBeUndefined();
       expect(msgs[1].n).toBe(0);
       expect(msgs[1].ms as number).toBeLessThan(5000);
-      await new Promise((r) => w.once('exit', r));
+      await exited;
     } finally {
       k.close(ep);
       k.close(idle);
