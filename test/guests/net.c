@@ -18,15 +18,21 @@
  * MRG_RXBUF; no offloads, so the device must hand over frames with complete
  * checksums (every IPv4 header checksum and non-zero UDP checksum received is
  * verified; a wrong one is counted in badcsum and the frame dropped).
- * Queues: receiveq1 (0) with NET_RX device-writable 2048-byte buffers (the
- * 12-byte virtio_net_hdr_v1, then the frame; a frame spread over
- * num_buffers > 1 buffers is gathered), transmitq1 (1) with NET_TX slots of
+ * Queues: receiveq1 (0) with NET_RX device-writable buffers of net.rxbuf
+ * bytes each (the 12-byte virtio_net_hdr_v1, then the frame; a frame spread
+ * over num_buffers > 1 buffers is gathered), laid back to back as Linux's
+ * virtio_net carves its mergeable buffers from page fragments: by default
+ * ALIGN(12 + 1518, 64) = 1536 bytes, Linux's size at MTU 1500, so their
+ * offsets in a page vary; transmitq1 (1) with NET_TX slots of
  * one device-readable buffer each (header, then frame).  Both rings set
  * VIRTQ_AVAIL_F_NO_INTERRUPT: the driver polls, as DPDK's does.
  *
  * Command line: net.ip=A.B.C.D (default 10.0.2.15), net.echo=PORT (7),
  * net.count=N (print a progress line after every N UDP echoes; default
- * 1000), net.exit=N (exit 0 after N UDP echoes; default 0, never).
+ * 1000), net.exit=N (exit 0 after N UDP echoes; default 0, never),
+ * net.rxbuf=N (receive buffer size, 64..2048 in steps of 64; default 1536;
+ * 2048 puts every buffer at offset 0 or 2048 of a page: see
+ * docs/architecture.md on receive copies and 4 KiB aliasing).
  *
  * Serial lines (the tests read them):
  *   net: mac <mac> mtu <n> status <n> device at 0x<base>
@@ -57,7 +63,8 @@
 
 #define NET_RX              128
 #define NET_TX              128
-#define NET_BUF             2048
+#define NET_BUF             2048        /* a tx slot; the largest rx buffer */
+#define RX_BUF_DEFAULT      1536
 #define HDR                 12          /* struct virtio_net_hdr_v1 */
 #define FRAME_MAX           (NET_RX * NET_BUF)
 #define ETH_HLEN            14
@@ -79,7 +86,9 @@ static uint16_t echo_port;
 static uint64_t count_every, exit_after;
 static int mergeable;
 
-static uint8_t rxbuf[NET_RX][NET_BUF] __attribute__((aligned(4096)));
+static uint8_t rxmem[NET_RX * NET_BUF] __attribute__((aligned(4096)));
+static uint32_t rx_len;          /* net.rxbuf: buffer i is rxmem[i * rx_len …] */
+#define RXBUF(id)           (rxmem + (size_t)(id) * rx_len)
 static uint8_t txbuf[NET_TX][NET_BUF] __attribute__((aligned(4096)));
 static uint8_t frame_buf[FRAME_MAX];        /* a frame gathered from several buffers */
 static struct vq_slots txs;
@@ -358,8 +367,8 @@ static void frame(const uint8_t *f, uint32_t n)
 static void rx_post(unsigned id)
 {
     volatile struct virtq_desc *d = &rxq.desc[id];
-    d->addr = (uintptr_t)rxbuf[id];
-    d->len = NET_BUF;
+    d->addr = (uintptr_t)RXBUF(id);
+    d->len = rx_len;
     d->flags = VIRTQ_DESC_F_WRITE;
     d->next = 0;
     vq_add(&rxq, (uint16_t)id);
@@ -382,7 +391,7 @@ static void rx_next(uint32_t *id, uint32_t *len)
     }
     if (*id >= rxn)
         die(7, "net: bogus rx used id");
-    if (*len > NET_BUF)
+    if (*len > rx_len)
         bad_rx("used len beyond the buffer", *len);
 }
 
@@ -393,20 +402,20 @@ static int rx_poll(void)
     while (vq_get(&rxq, &id, &len)) {
         if (id >= rxn)
             die(7, "net: bogus rx used id");
-        if (len < HDR || len > NET_BUF)
+        if (len < HDR || len > rx_len)
             bad_rx("used len", len);
-        unsigned nbuf = mergeable ? (unsigned)rxbuf[id][10] | (unsigned)rxbuf[id][11] << 8 : 1;
+        unsigned nbuf = mergeable ? (unsigned)RXBUF(id)[10] | (unsigned)RXBUF(id)[11] << 8 : 1;
         if (nbuf == 0 || nbuf > rxn)
             bad_rx("num_buffers", nbuf);
         if (nbuf == 1) {
-            frame(rxbuf[id] + HDR, len - HDR);
+            frame(RXBUF(id) + HDR, len - HDR);
         } else {
             uint32_t n = len - HDR;
-            memcpy(frame_buf, rxbuf[id] + HDR, n);
+            memcpy(frame_buf, RXBUF(id) + HDR, n);
             rx_post(id);
             for (unsigned k = 1; k < nbuf; k++) {
                 rx_next(&id, &len);
-                memcpy(frame_buf + n, rxbuf[id], len);
+                memcpy(frame_buf + n, RXBUF(id), len);
                 n += len;
                 if (k + 1 < nbuf)
                     rx_post(id);
@@ -464,6 +473,10 @@ static uint64_t net_main(void *arg)     /* ring 3 */
     echo_port = (uint16_t)cmdline_u64("net.echo", 7);
     count_every = cmdline_u64("net.count", 1000);
     exit_after = cmdline_u64("net.exit", 0);
+    uint64_t rb = cmdline_u64("net.rxbuf", RX_BUF_DEFAULT);
+    if (rb < 64 || rb > NET_BUF || rb % 64)
+        die(2, "net: net.rxbuf must be 64..2048 in steps of 64");
+    rx_len = (uint32_t)rb;
     init_device();
     /* STATUS and MTU are 16-bit fields inside the 32-bit words at 4 and 8. */
     uint32_t w4 = vmmio_config32(&dev, 4), w8 = vmmio_config32(&dev, 8);
