@@ -508,6 +508,21 @@ describe('SplitQueue notification suppression', () => {
     expect(q.needsInterrupt()).toBe(false);
   });
 
+  it('without event idx: used.flags follows every disable/enable, stored only when it changes', () => {
+    const { q, drv, mem, l } = setup();
+    for (let round = 0; round < 3; round++) {
+      q.disableNotification();
+      expect(drv.usedFlags()).toBe(VIRTQ_USED_F_NO_NOTIFY);
+      // A repeated disable is not stored again (used.flags shares a cache line with used.idx): a
+      // value planted in the meantime stays.
+      mem.write16(l.used, 0x8000 | VIRTQ_USED_F_NO_NOTIFY);
+      q.disableNotification();
+      expect(drv.usedFlags()).toBe(0x8000 | VIRTQ_USED_F_NO_NOTIFY);
+      expect(q.enableNotification()).toBe(false);
+      expect(drv.usedFlags()).toBe(0);
+    }
+  });
+
   it('enableNotification reports work that arrived while notifications were off (no lost wake-up)', () => {
     for (const eventIdx of [false, true]) {
       const { q, drv } = setup({ eventIdx });

@@ -130,6 +130,11 @@ export class ActiveQueue {
   // Made once: work() and pop() run per request or frame and pass these to guard.rings().
   private readonly enterFn = (): boolean => (this.guard.enter(), true);
   private readonly takeOneFn = (): DescriptorChain | VirtqueueError | undefined => this.takeOne();
+  private readonly takeQuietFn = (): DescriptorChain | VirtqueueError | undefined => {
+    this.queue.disableNotification();
+    return popChain(this.queue);
+  };
+  private readonly armFn = (): boolean => this.queue.enableNotification();
 
   constructor(opts: {
     index: number;
@@ -238,8 +243,30 @@ export class ActiveQueue {
    * read and written as in-flight work the driver's reset waits for.
    */
   pop(onBroken: (head: number) => number = unused): DescriptorChain | undefined {
+    return this.popWith(this.takeOneFn, onBroken);
+  }
+
+  /**
+   * pop() for a device that needs the driver's kicks only when it has run out of buffers (a receive
+   * queue: QEMU's virtio-net policy): notifications stay suppressed when the ring is empty, so the
+   * driver posting buffers does not exit to the device; the device calls arm() when it is starved.
+   */
+  popQuiet(onBroken: (head: number) => number = unused): DescriptorChain | undefined {
+    return this.popWith(this.takeQuietFn, onBroken);
+  }
+
+  /**
+   * Re-enable driver notifications and re-check the ring: true when chains are available (pop them;
+   * a kick for them may have been suppressed), false when the driver's next kick will wake the
+   * device, undefined when the device was reset.
+   */
+  arm(): boolean | undefined {
+    return this.guard.rings(this.armFn);
+  }
+
+  private popWith(take: () => DescriptorChain | VirtqueueError | undefined, onBroken: (head: number) => number): DescriptorChain | undefined {
     for (;;) {
-      const r = this.guard.rings(this.takeOneFn);
+      const r = this.guard.rings(take);
       if (!(r instanceof VirtqueueError)) return r;
       Atomics.add(this.stats, TSTAT_BROKEN_CHAINS, 1);
       const len = onBroken(r.head!);

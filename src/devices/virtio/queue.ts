@@ -197,6 +197,8 @@ export class SplitQueue {
   private nextUsed: number;
   private signalledUsed: number;
   private fatalError: VirtqueueError | undefined;
+  /** What this queue last stored in used.flags (only the device writes it); -1: not stored yet. */
+  private usedFlags = -1;
   private visited = 0;
 
   // Loop detection: stamps[i] === gen means descriptor i was visited during the current pop().
@@ -343,7 +345,12 @@ export class SplitQueue {
    * no-op: avail_event stays behind, so the driver does not notify again until enableNotification().
    */
   disableNotification(): void {
-    if (!this.eventIdx) this.used.store16(0, VIRTQ_USED_F_NO_NOTIFY);
+    // Stored only when it changes: used.flags shares a cache line with used.idx, which a polling
+    // driver reads in a loop, and a store per chain would pull that line away from it every time.
+    if (!this.eventIdx && this.usedFlags !== VIRTQ_USED_F_NO_NOTIFY) {
+      this.usedFlags = VIRTQ_USED_F_NO_NOTIFY;
+      this.used.store16(0, VIRTQ_USED_F_NO_NOTIFY);
+    }
   }
 
   /**
@@ -353,7 +360,10 @@ export class SplitQueue {
    */
   enableNotification(): boolean {
     if (this.eventIdx) this.setAvailEvent();
-    else this.used.store16(0, 0);
+    else {
+      this.usedFlags = 0;
+      this.used.store16(0, 0);
+    }
     fullFence();
     return this.hasAvailable();
   }

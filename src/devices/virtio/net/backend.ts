@@ -32,6 +32,9 @@
 // (batchReceive). While the driver has posted too few buffers the port's fd is
 // not polled for readability (frames wait in the kernel, or passt stops reading); the driver's next
 // rx kick resumes. At most RX_BUDGET frames per wake-up, so one busy NIC cannot starve the loop.
+// Receive chains are popped with driver notifications left suppressed (QEMU's virtio-net policy):
+// only when the device runs dry does it re-enable them and re-check the ring, so a driver reposting
+// buffers exits to the device (a kick) only while the device waits for buffers.
 //
 // Rate limiters (Firecracker's, src/devices/rate-limiter.ts), one per direction: a frame is paid for
 // after it moved (bytes and one op), and while a limiter is in debt its queue is not served (tx) or the
@@ -359,9 +362,15 @@ export class NetBackend implements VirtioDeviceBackend {
     this.txLimit?.consume(frameLen);
   }
 
-  /** Pop rx chains until the held ones can take the largest frame; false when the driver has too few. */
+  /**
+   * Pop rx chains until the held ones can take the largest frame; false when the driver has too few
+   * (notifications are then armed: its next kick resumes) or the device was reset.
+   */
   private fill(q: ActiveQueue): boolean {
-    while (this.mrg ? this.heldRoom < this.rxNeed : this.held.length === 0) if (this.holdNext(q) !== 'held') return false;
+    while (this.mrg ? this.heldRoom < this.rxNeed : this.held.length === 0) {
+      const r = this.holdNext(q);
+      if (r === 'reset' || (r === 'empty' && q.arm() !== true)) return false;
+    }
     return true;
   }
 
@@ -369,10 +378,12 @@ export class NetBackend implements VirtioDeviceBackend {
    * Pop the next usable rx chain into `held`. §5.1.6.3.1: every receive buffer holds at least the
    * header (without MRG_RXBUF, a whole frame); a shorter one cannot be used and is completed with
    * nothing written, and the next is taken. 'empty': no chain available; 'reset': the device was reset.
+   * The pop is quiet (QEMU's receive policy): the driver's kicks are wanted only while the device is
+   * out of buffers, so only fill() and batchReceive arm notifications, when they run dry.
    */
   private holdNext(q: ActiveQueue): 'held' | 'empty' | 'reset' {
     for (;;) {
-      const c = q.pop();
+      const c = q.popQuiet();
       if (!c) return 'empty';
       if (c.writableBytes < VIRTIO_NET_HDR_LEN || (!this.mrg && c.writableBytes < this.rxNeed)) {
         this.c[C.rxBadBuffers]++;
@@ -442,14 +453,18 @@ export class NetBackend implements VirtioDeviceBackend {
   private batchReceive(q: ActiveQueue, max: number): number {
     const held = this.held;
     this.batchMore = false;
-    while (held.length < max && (held.length === 0 || held[held.length - 1].writableBytes >= this.rxNeed)) {
-      const r = this.holdNext(q);
-      if (r === 'reset') return 0;
-      if (r === 'empty') break;
-    }
-    if (held.length === 0) {
-      this.starved = true;
-      return 0;
+    for (;;) {
+      while (held.length < max && (held.length === 0 || held[held.length - 1].writableBytes >= this.rxNeed)) {
+        const r = this.holdNext(q);
+        if (r === 'reset') return 0;
+        if (r === 'empty') break;
+      }
+      if (held.length > 0) break;
+      // Dry: arm the driver's kick, unless buffers arrived meanwhile (then take them).
+      if (q.arm() !== true) {
+        this.starved = true;
+        return 0;
+      }
     }
     const iov = this.batchIov.clear();
     const counts = this.batchCounts;
