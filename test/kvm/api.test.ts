@@ -7,7 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, onTestFailed } from 'vitest';
 import { lazyTempDir } from '../fuzz/tmp.js';
 import { api, fault } from '../unit/api-http.js';
 import { guest, kvmOrSkipNotice, ROOT, runGuest, waitFor } from './helpers.js';
@@ -32,6 +32,8 @@ async function serve(extra: string[] = []): Promise<Served> {
   child.stdout!.on('data', (b: Buffer) => (out += b.toString('latin1')));
   child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
   const exit = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  // A failed request says little on its own (ECONNREFUSED: not listening yet, or kindling died): show its stderr.
+  onTestFailed(() => console.error(`kindling --api-sock ${sock} stderr:\n${err}`));
   for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
   if (!existsSync(sock)) throw new Error(`no API socket; stderr: ${err}`);
   return { child, sock, out: () => out, exit };
