@@ -7,7 +7,12 @@
 // namespace (kindling-bench-net-<pid>-k / -q: both guests are 10.0.2.15, the host side 10.0.2.1/24),
 // created here and deleted at the end, on error and on SIGINT/SIGTERM: no frame leaves them.
 // Every round boots one fresh VM per peer (not kept across rounds), the two peers strictly interleaved
-// and alternating which goes first; per VM, after 200 warm-up echoes (ARP, JIT), it measures:
+// and alternating which goes first; per VM it first warms up: --cold N (default 2000) 64-byte echoes, one
+// in flight, right after boot, reported as "rr cold" (ARP, caches and, for kindling, its I/O worker's JIT:
+// V8 runs the device code in its baseline tier for the first few thousand frames, what a short-lived VM
+// sees), then --warm N (default 10000) more and a 0.5 s stream blast (the batched receive path), so what
+// follows is steady state (measured: kindling's device thread took 48 µs of CPU per round trip in the
+// first 5000 after boot, 33–36 µs after 10000–30000); then it measures:
 //   rr:     --rr N (default 5000) 64-byte UDP datagrams to port 7, one in flight (udp-echo-client.mjs with SIZE)
 //           → round trips/s and µs per round trip;
 //   pps:    --pps N (default 20000) datagrams of 1..1472 bytes, 32 in flight
@@ -25,14 +30,21 @@
 // (node, process.execPath, no wrapper): they include the host client's own cost, the same for both.
 // Needs root, /dev/kvm, /dev/net/tun, iproute2 and a built tree (dist/, build/guests/net.elf); without
 // qemu-system-x86_64 it runs kindling alone and says so.
-// Options: --rounds N (default 5), --rr N, --pps N, --blast S, --help
+// Options: --rounds N (default 5), --rr N, --pps N, --blast S, --cold N, --warm N (0: none), --help
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUESTS, KINDLING, ROOT, benchArgs, fmt, median, printStat, which } from './lib.mjs';
 
-const USAGE = 'usage: node bench/net.mjs [--rounds N] [--rr N] [--pps N] [--blast SECONDS]';
-const { rounds: ROUNDS, rr: RR, pps: PPS, blast: BLAST_S } = benchArgs('net', USAGE, { rounds: 5, rr: 5000, pps: 20000, blast: 2 });
+const USAGE = 'usage: node bench/net.mjs [--rounds N] [--rr N] [--pps N] [--blast SECONDS] [--cold N] [--warm N]';
+const { rounds: ROUNDS, rr: RR, pps: PPS, blast: BLAST_S, cold: COLD, warm: WARM } = benchArgs('net', USAGE, {
+  rounds: 5,
+  rr: 5000,
+  pps: 20000,
+  blast: 2,
+  cold: 2000,
+  warm: { type: 'integer', default: 10000, min: 0 },
+});
 
 const NET = join(GUESTS, 'net.elf');
 const ECHO = join(ROOT, 'test', 'kvm', 'fixtures', 'udp-echo-client.mjs');
@@ -191,8 +203,13 @@ async function measure(name, ns) {
   const peer = PEERS[name];
   const vm = await peer.start(ns);
   try {
-    const warm = phase(ns, vm, peer.vcpu, [ECHO, IP, '200', '1', String(RR_SIZE)]);
-    if (warm.j.lost) throw new Error(`${name}: ${warm.j.lost} of 200 warm-up echoes lost`);
+    const cold = phase(ns, vm, peer.vcpu, [ECHO, IP, String(COLD), '1', String(RR_SIZE)]);
+    if (cold.j.bad) throw new Error(`${name}: ${cold.j.bad} corrupted echoes right after boot`);
+    if (WARM > 0) {
+      const warm = phase(ns, vm, peer.vcpu, [ECHO, IP, String(WARM), '1', String(RR_SIZE)]);
+      if (warm.j.bad || warm.j.lost) throw new Error(`${name}: warm-up: ${warm.j.bad} corrupted, ${warm.j.lost} lost echoes`);
+      phase(ns, vm, peer.vcpu, [BLAST, IP, '0.5', String(STREAM_SIZE)]);
+    }
     const rr = phase(ns, vm, peer.vcpu, [ECHO, IP, String(RR), '1', String(RR_SIZE)]);
     const pps = phase(ns, vm, peer.vcpu, [ECHO, IP, String(PPS), '32']);
     const st = phase(ns, vm, peer.vcpu, [BLAST, IP, String(BLAST_S), String(STREAM_SIZE)]);
@@ -200,6 +217,7 @@ async function measure(name, ns) {
     const gotBytes = field(st.j.after, 'dbytes') - field(st.j.before, 'dbytes');
     const bad = field(st.j.after, 'badcsum');
     const res = {
+      coldUs: (cold.j.ms * 1000) / COLD,
       rrPerS: (RR / rr.j.ms) * 1000,
       rrUs: (rr.j.ms * 1000) / RR,
       rrIssues: rr.j.bad + rr.j.lost + rr.j.retries,
@@ -222,14 +240,14 @@ async function measure(name, ns) {
 }
 
 const line = (name, r) =>
-  `  ${name.padEnd(8)} rr ${fmt(r.rrPerS, 0)}/s (${fmt(r.rrUs, 1)} µs; CPU ${fmt(r.rrCpu, 2)} s, device side ${fmt(r.rrDev, 2)} s, over ${fmt(r.rrWall, 2)} s${r.rrIssues ? `; ${r.rrIssues} lost/retried` : ''})` +
+  `  ${name.padEnd(8)} rr cold ${fmt(r.coldUs, 1)} µs; rr ${fmt(r.rrPerS, 0)}/s (${fmt(r.rrUs, 1)} µs; CPU ${fmt(r.rrCpu, 2)} s, device side ${fmt(r.rrDev, 2)} s, over ${fmt(r.rrWall, 2)} s${r.rrIssues ? `; ${r.rrIssues} lost/retried` : ''})` +
   `; pps ${fmt(r.pps, 0)}/s (CPU ${fmt(r.ppsCpu, 2)} s, device ${fmt(r.ppsDev, 2)} s, over ${fmt(r.ppsWall, 2)} s${r.ppsIssues ? `; ${r.ppsIssues} lost/retried` : ''})` +
   `; stream ${fmt(r.mbps)} MB/s of ${fmt(r.sentMbps)} sent, loss ${fmt(r.lossPct, 1)} % (CPU ${fmt(r.stCpu, 2)} s, device ${fmt(r.stDev, 2)} s, over ${fmt(r.stWall, 2)} s)`;
 
 const nsOf = { kindling: netns('k') };
 if (QEMU) nsOf.QEMU = netns('q');
 const order = QEMU ? ['kindling', 'QEMU'] : ['kindling'];
-console.log(`# kindling bench:net — ${new Date().toISOString()} — ${ROUNDS} rounds; rr ${RR} × ${RR_SIZE} B, window 1; pps ${PPS} × 1..1472 B, window 32; stream ${STREAM_SIZE} B datagrams for ${BLAST_S} s; net.elf, fresh VM per peer per round${QEMU ? ', kindling and QEMU microvm interleaved' : ', KINDLING ONLY'}`);
+console.log(`# kindling bench:net — ${new Date().toISOString()} — ${ROUNDS} rounds; rr cold ${COLD} after boot, warm-up ${WARM} + 0.5 s blast; rr ${RR} × ${RR_SIZE} B, window 1; pps ${PPS} × 1..1472 B, window 32; stream ${STREAM_SIZE} B datagrams for ${BLAST_S} s; net.elf, fresh VM per peer per round${QEMU ? ', kindling and QEMU microvm interleaved' : ', KINDLING ONLY'}`);
 const rows = [];
 for (let round = 1; round <= ROUNDS; round++) {
   const seq = round % 2 ? order : [...order].reverse();
@@ -242,6 +260,7 @@ for (let round = 1; round <= ROUNDS; round++) {
 }
 
 const METRICS = [
+  ['rr cold µs/round trip', 'coldUs', 1, false],
   ['rr round trips/s', 'rrPerS', 0, true],
   ['rr µs/round trip', 'rrUs', 1, false],
   ['rr VMM CPU s', 'rrCpu', 2, false],
