@@ -116,6 +116,8 @@ function popChain(q: SplitQueue): DescriptorChain | VirtqueueError | undefined {
 /** The default used length of a rejected chain: nothing written. */
 const unused = (): number => 0;
 
+const NONE: ArrayLike<number> = [];
+
 /** Most chains taken per pass before their completions are published. */
 export const MAX_BATCH = 64;
 
@@ -135,6 +137,23 @@ export class ActiveQueue {
     return popChain(this.queue);
   };
   private readonly armFn = (): boolean => this.queue.enableNotification();
+  /** pushMany's arguments for writeManyFn (no closure per publish). */
+  private manyHeads: ArrayLike<number> = NONE;
+  private manyLens: ArrayLike<number> = NONE;
+  private manyN = 0;
+  private oneHead = 0;
+  private oneLen = 0;
+  private readonly writeOneFn = (): void => this.queue.pushUsed(this.oneHead, this.oneLen);
+  private pubWrite: () => void = this.writeOneFn;
+  private readonly publishFn = (): boolean => {
+    this.pubWrite();
+    return this.queue.needsInterrupt();
+  };
+  private readonly writeManyFn = (): void => {
+    const heads = this.manyHeads;
+    const lens = this.manyLens;
+    for (let i = 0; i < this.manyN; i++) this.queue.pushUsed(heads[i], lens[i]);
+  };
 
   constructor(opts: {
     index: number;
@@ -311,27 +330,32 @@ export class ActiveQueue {
   }
 
   /**
-   * Publish several used chains in order (heads[i] with lens[i]) as one batch: one ring critical
-   * section and at most one interrupt. False if the device was reset.
+   * Publish several used chains in order (heads[i] with lens[i], i < n) as one batch: one ring
+   * critical section and at most one interrupt. False if the device was reset.
    */
-  pushMany(heads: readonly number[], lens: readonly number[]): boolean {
-    if (heads.length === 0) return true;
-    return this.publish(() => {
-      for (let i = 0; i < heads.length; i++) this.queue.pushUsed(heads[i], lens[i]);
-    });
+  pushMany(heads: ArrayLike<number>, lens: ArrayLike<number>, n = heads.length): boolean {
+    if (n === 0) return true;
+    this.manyHeads = heads;
+    this.manyLens = lens;
+    this.manyN = n;
+    try {
+      return this.publish(this.writeManyFn);
+    } finally {
+      this.manyHeads = this.manyLens = NONE;
+    }
   }
 
   /** Publish one used chain and interrupt if the driver wants it. False if the device was reset. */
   push(head: number, len: number): boolean {
-    return this.publish(() => this.queue.pushUsed(head, len));
+    this.oneHead = head;
+    this.oneLen = len;
+    return this.publish(this.writeOneFn);
   }
 
   /** Run `write` (used-ring entries) in the ring critical section as one batch, then interrupt if wanted. */
   private publish(write: () => void): boolean {
-    const irq = this.guard.rings(() => {
-      write();
-      return this.queue.needsInterrupt();
-    });
+    this.pubWrite = write;
+    const irq = this.guard.rings(this.publishFn);
     if (irq === undefined) return false;
     Atomics.add(this.stats, TSTAT_BATCHES, 1);
     if (irq) this.guard.notifyUsed();

@@ -186,8 +186,13 @@ export class NetBackend implements VirtioDeviceBackend {
   private readonly hdrView = new Uint8Array(this.hdr);
   /** num_buffers, little-endian, written after the tap's header (deliver). */
   private readonly numBuffers = new Uint8Array(2);
-  private readonly heads: number[] = [];
-  private readonly lens: number[] = [];
+  /**
+   * The used elements of one publish, typed (no array growth per batch) and sized at activation for
+   * the larger queue: no publish holds more chains than its queue has (a vhost-user frontend may set
+   * sizes beyond NET_QUEUE_SIZE).
+   */
+  private heads = new Uint32Array(NET_QUEUE_SIZE);
+  private lens = new Uint32Array(NET_QUEUE_SIZE);
   private rxLimit: RateLimiter | undefined;
   private txLimit: RateLimiter | undefined;
   /** A direction's resume while its limiter is in debt (rx armed: the port is not read meanwhile). */
@@ -214,6 +219,11 @@ export class NetBackend implements VirtioDeviceBackend {
     const has = (b: number): boolean => (f & featureBit(b)) !== 0n;
     this.rx = d.queues[NET_RX];
     this.tx = d.queues[NET_TX];
+    const most = Math.max(this.rx?.size ?? 0, this.tx?.size ?? 0, TX_BATCH, RX_BUDGET);
+    if (this.heads.length < most) {
+      this.heads = new Uint32Array(most);
+      this.lens = new Uint32Array(most);
+    }
     this.mrg = has(VIRTIO_NET_F_MRG_RXBUF);
     this.txOff = { csum: has(VIRTIO_NET_F_CSUM), tso4: has(VIRTIO_NET_F_HOST_TSO4), tso6: has(VIRTIO_NET_F_HOST_TSO6), ecn: false };
     const guestTso = has(VIRTIO_NET_F_GUEST_TSO4) || has(VIRTIO_NET_F_GUEST_TSO6);
@@ -310,7 +320,7 @@ export class NetBackend implements VirtioDeviceBackend {
     q.work(() => {
       const heads = this.heads;
       const lens = this.lens;
-      heads.length = lens.length = 0;
+      let n = 0;
       while (!this.port.blocked) {
         if (this.txLimit?.blocked()) {
           this.throttle('tx', this.txLimit);
@@ -319,14 +329,14 @@ export class NetBackend implements VirtioDeviceBackend {
         const c = q.pop();
         if (!c) break;
         this.sendChain(c);
-        heads.push(c.head);
-        lens.push(0);
-        if (heads.length === TX_BATCH) {
-          if (!q.pushMany(heads, lens)) return;
-          heads.length = lens.length = 0;
+        heads[n] = c.head;
+        lens[n++] = 0;
+        if (n === TX_BATCH) {
+          if (!q.pushMany(heads, lens, n)) return;
+          n = 0;
         }
       }
-      q.pushMany(heads, lens);
+      q.pushMany(heads, lens, n);
     });
     this.updatePoll();
   }
@@ -489,7 +499,7 @@ export class NetBackend implements VirtioDeviceBackend {
     if (got <= 0) return 0;
     const heads = this.heads;
     const lens = this.lens;
-    heads.length = lens.length = 0;
+    let used = 0;
     let kept = 0;
     let bytes = 0;
     for (let i = 0; i < got; i++) {
@@ -502,15 +512,15 @@ export class NetBackend implements VirtioDeviceBackend {
       }
       // The tap wrote the first 10 bytes of the header; num_buffers (1) is ours.
       scatterBytesAt(c.writable, 10, this.oneBuffer);
-      heads.push(c.head);
-      lens.push(n);
+      heads[used] = c.head;
+      lens[used++] = n;
       bytes += n - VIRTIO_NET_HDR_LEN;
       this.heldRoom -= c.writableBytes;
     }
     this.dropHeld(kept, got);
-    this.c[C.rxFrames] += heads.length;
+    this.c[C.rxFrames] += used;
     this.c[C.rxBytes] += bytes;
-    if (!q.pushMany(heads, lens)) return 0;
+    if (!q.pushMany(heads, lens, used)) return 0;
     this.batchMore = got === sets;
     return got;
   }
@@ -528,13 +538,12 @@ export class NetBackend implements VirtioDeviceBackend {
     let rest = VIRTIO_NET_HDR_LEN + len;
     const heads = this.heads;
     const lens = this.lens;
-    heads.length = lens.length = 0;
     let k = 0;
     while (rest > 0 && k < this.held.length) {
-      const c = this.held[k++];
+      const c = this.held[k];
       const use = Math.min(c.writableBytes, rest);
-      heads.push(c.head);
-      lens.push(use);
+      heads[k] = c.head;
+      lens[k++] = use;
       rest -= use;
     }
     const first = this.held[0];
@@ -554,6 +563,6 @@ export class NetBackend implements VirtioDeviceBackend {
     this.c[C.rxFrames]++;
     this.c[C.rxBytes] += len;
     this.rxLimit?.consume(len);
-    return q.pushMany(heads, lens);
+    return q.pushMany(heads, lens, k);
   }
 }
