@@ -2,7 +2,10 @@
 //
 //   watchEventfd/watchFd  a uv_poll_t on the calling thread's own libuv loop. The JS callback runs from
 //                         that loop, so the thread keeps timers, fs, sockets and postMessage.
-//   epoll*                a plain epoll set; epollWait blocks the calling thread natively.
+//   epoll*                a plain epoll set; epollWait blocks the calling thread natively. With loopFd
+//                         in the set and loopTimeout as its timeout, a worker can block there in place
+//                         of its libuv loop and return to the loop only when libuv has work
+//                         (src/io-worker/epoll-loop.ts).
 //
 // uv_poll hygiene (research §4, both found the hard way):
 //   - A per-env cleanup hook stops and closes every watcher of the env at worker teardown; without it
@@ -21,6 +24,10 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+
+#include <cstddef>
+
+static_assert(UV_VERSION_MAJOR == 1, "loopTimeout reads libuv 1.x's uv_loop_t.timer_heap");
 
 #include <atomic>
 #include <mutex>
@@ -286,23 +293,68 @@ Napi::Value EpollCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), fd);
 }
 
-Napi::Value EpollAdd(const Napi::CallbackInfo& info) {
-  Args a(info, "epollAdd");
+// epollAdd(epfd, fd, token, drain?, events?) / epollMod(epfd, fd, token, events, drain?): events is a
+// mask of 1 (EPOLLIN) and 2 (EPOLLOUT), default 1; level-triggered.
+Napi::Value EpollCtl(const Napi::CallbackInfo& info, const char* fn, int op) {
+  Args a(info, fn);
   int epfd = a.Fd(0, "epfd");
   int fd = a.Fd(1, "fd");
   int32_t token = a.I32(2, "token");
   if (!a.ok()) return a.env().Undefined();
-  bool drain = info.Length() > 3 && info[3].ToBoolean().Value();
+  bool add = op == EPOLL_CTL_ADD;
+  size_t di = add ? 3 : 4, ei = add ? 4 : 3;
+  bool drain = info.Length() > di && info[di].ToBoolean().Value();
+  uint32_t events = 1;
+  if (info.Length() > ei && !info[ei].IsUndefined()) {
+    events = a.U32(ei, "events");
+    if (!a.ok()) return a.env().Undefined();
+    if (events == 0 || events > 3) return ThrowRange(a.env(), std::string(fn) + ": events must be 1 (readable), 2 (writable) or 3");
+  }
   if (fd < 0) return ThrowErrno(a.env(), "epoll_ctl", EBADF);
   if (drain) {
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return ThrowErrno(a.env(), "fcntl", errno);
   }
   epoll_event ev{};
-  ev.events = EPOLLIN;
+  ev.events = ((events & 1) ? static_cast<uint32_t>(EPOLLIN) : 0u) | ((events & 2) ? static_cast<uint32_t>(EPOLLOUT) : 0u);
   ev.data.u64 = (drain ? kDrainBit : 0) | (static_cast<uint64_t>(fd) << 32) | static_cast<uint32_t>(token);
-  if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) return ThrowErrno(a.env(), "epoll_ctl", errno);
+  if (epoll_ctl(epfd, op, fd, &ev) < 0) return ThrowErrno(a.env(), "epoll_ctl", errno);
   return a.env().Undefined();
+}
+
+Napi::Value EpollAdd(const Napi::CallbackInfo& info) { return EpollCtl(info, "epollAdd", EPOLL_CTL_ADD); }
+Napi::Value EpollMod(const Napi::CallbackInfo& info) { return EpollCtl(info, "epollMod", EPOLL_CTL_MOD); }
+
+// loopFd(): the calling thread's libuv backend fd (an epoll fd: readable while libuv has I/O to
+// handle, e.g. a MessagePort message). loopTimeout(): after updating the loop's clock, the ms until
+// its earliest timer is due (0: due now), -1 when it has none. A thread that blocks in epollWait
+// instead of its libuv loop waits on both and returns to the loop when either fires.
+//
+// Not uv_backend_timeout(): called from JS that runs inside a setImmediate callback, as the waiting
+// worker's is, that returns 0 (Node's immediate idle handle is still active until the callback
+// returns). The earliest timer is the min of libuv's timer heap (a field of uv_loop_t in libuv 1.x's
+// public header; the heap node is uv_timer_t.heap_node), and uv_timer_get_due_in() is public.
+uv_loop_t* ThreadLoop(napi_env env) {
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return nullptr;
+  return loop;
+}
+
+Napi::Value LoopFd(const Napi::CallbackInfo& info) {
+  uv_loop_t* loop = ThreadLoop(info.Env());
+  if (!loop) return ThrowErrno(info.Env(), "napi_get_uv_event_loop", EINVAL);
+  return Napi::Number::New(info.Env(), uv_backend_fd(loop));
+}
+
+Napi::Value LoopTimeout(const Napi::CallbackInfo& info) {
+  uv_loop_t* loop = ThreadLoop(info.Env());
+  if (!loop) return ThrowErrno(info.Env(), "napi_get_uv_event_loop", EINVAL);
+  uv_update_time(loop);
+  void* min = loop->timer_heap.min;
+  if (min == nullptr) return Napi::Number::New(info.Env(), -1);
+  const uv_timer_t* t = reinterpret_cast<const uv_timer_t*>(static_cast<char*>(min) - offsetof(uv_timer_t, heap_node));
+  uint64_t due = uv_timer_get_due_in(t);
+  return Napi::Number::New(info.Env(), static_cast<double>(due > INT32_MAX ? INT32_MAX : due));
 }
 
 Napi::Value EpollDel(const Napi::CallbackInfo& info) {
@@ -321,13 +373,17 @@ Napi::Value EpollWait(const Napi::CallbackInfo& info) {
   size_t n = 0;
   int32_t* tokens = static_cast<int32_t*>(a.Typed(1, "tokens", napi_int32_array, "Int32Array", &n));
   int32_t timeout = a.I32(2, "timeoutMs");
-  size_t nc = 0;
+  size_t nc = 0, nr = 0;
   uint64_t* counts = nullptr;
+  int32_t* ready = nullptr;
   if (info.Length() > 3 && !info[3].IsUndefined())
     counts = static_cast<uint64_t*>(a.Typed(3, "counts", napi_biguint64_array, "BigUint64Array", &nc));
+  if (info.Length() > 4 && !info[4].IsUndefined())
+    ready = static_cast<int32_t*>(a.Typed(4, "ready", napi_int32_array, "Int32Array", &nr));
   if (!a.ok()) return a.env().Undefined();
   if (n == 0) return ThrowRange(a.env(), "epollWait: tokens must not be empty");
   if (counts && nc < n) return ThrowRange(a.env(), "epollWait: counts must be at least as long as tokens");
+  if (ready && nr < n) return ThrowRange(a.env(), "epollWait: ready must be at least as long as tokens");
   if (timeout < -1) timeout = -1;
   constexpr size_t kMax = 256;
   if (n > kMax) n = kMax;
@@ -340,6 +396,12 @@ Napi::Value EpollWait(const Napi::CallbackInfo& info) {
   for (int i = 0; i < r; i++) {
     uint64_t d = evs[i].data.u64;
     tokens[i] = static_cast<int32_t>(static_cast<uint32_t>(d));
+    if (ready) {
+      // An error or hang-up is reported as both: the owner's next read or write sees it.
+      uint32_t e = evs[i].events;
+      bool bad = (e & (EPOLLERR | EPOLLHUP)) != 0;
+      ready[i] = ((e & (EPOLLIN | EPOLLRDHUP)) || bad ? 1 : 0) | ((e & EPOLLOUT) || bad ? 2 : 0);
+    }
     if (!counts) continue;
     uint64_t v = 0;
     if (d & kDrainBit) {
@@ -428,6 +490,9 @@ void InitPoll(Napi::Env env, Napi::Object exports) {
   exports.Set("refWatch", Napi::Function::New(env, RefWatch, "refWatch"));
   exports.Set("epollCreate", Napi::Function::New(env, EpollCreate, "epollCreate"));
   exports.Set("epollAdd", Napi::Function::New(env, EpollAdd, "epollAdd"));
+  exports.Set("epollMod", Napi::Function::New(env, EpollMod, "epollMod"));
+  exports.Set("loopFd", Napi::Function::New(env, LoopFd, "loopFd"));
+  exports.Set("loopTimeout", Napi::Function::New(env, LoopTimeout, "loopTimeout"));
   exports.Set("epollDel", Napi::Function::New(env, EpollDel, "epollDel"));
   exports.Set("epollWait", Napi::Function::New(env, EpollWait, "epollWait"));
   exports.Set("benchEventfdPingPong", Napi::Function::New(env, BenchEventfdPingPong, "benchEventfdPingPong"));

@@ -1,5 +1,6 @@
 // One virtio device's data path: a worker_thread woken through libuv (uv_poll watchers from the
-// addon) on its queue ioeventfds, its control eventfd and any host fd its backend watches. A kick never
+// addon) or, for a device with `wakeups: 'epoll'`, by its own epoll set (epoll-loop.ts), on its queue
+// ioeventfds, its control eventfd and any host fd its backend watches. A kick never
 // exits to userspace on the vCPU: KVM signals the queue's ioeventfd, this thread's loop wakes, the
 // backend reads the ring straight out of the shared guest RAM, does its work (preadv/pwritev for a
 // disk, the CSPRNG for rng, the console rings), publishes used entries and pulses the irqfd. Register
@@ -8,12 +9,13 @@
 // paths. The device kind comes from the registry; this file knows no device.
 import { parentPort } from 'node:worker_threads';
 import { VirtioMmioDeviceRunner } from '../devices/virtio/activation.js';
-import { addonFdPoll, type BackendEnv, type FdPoll } from '../devices/virtio/device.js';
+import { addonFdPoll, POLL_READABLE, type BackendEnv, type FdPoll } from '../devices/virtio/device.js';
 import { VirtioMmioTransport } from '../devices/virtio/mmio.js';
 import { virtioDeviceType } from '../devices/virtio/registry.js';
 import { loadAddon } from '../kvm/addon.js';
 import { installSeccomp } from '../seccomp/install.js';
 import { GuestMemory } from '../memory/guest-memory.js';
+import { EpollLoop } from './epoll-loop.js';
 import type { IoWorkerCommand, IoWorkerData, IoWorkerMessage } from './protocol.js';
 
 const port = parentPort;
@@ -32,7 +34,17 @@ const polls = new Set<FdPoll>();
 let stopped = false;
 let runner: VirtioMmioDeviceRunner | undefined;
 
+const type = virtioDeviceType(data.kind);
+/** The device's own epoll set, when it waits there instead of on libuv (VirtioDeviceType.wakeups). */
+const loop = type.wakeups === 'epoll' ? new EpollLoop(addon) : undefined;
+
 function watch(fd: number, eventfd: boolean, onReady: () => void): () => void {
+  if (loop) {
+    const token = loop.add(fd, POLL_READABLE, eventfd, () => {
+      if (!stopped) onReady();
+    });
+    return () => loop.remove(token);
+  }
   const cb = (_fd: number, _count?: bigint, error?: string): void => {
     if (stopped) return;
     if (error) {
@@ -50,12 +62,17 @@ function watch(fd: number, eventfd: boolean, onReady: () => void): () => void {
   };
 }
 
-const type = virtioDeviceType(data.kind);
 const env: BackendEnv = {
   addon,
   watchFd: (fd, onReady) => watch(fd, false, () => runner!.guarded(onReady)),
   watchEventfd: (fd, onReady) => watch(fd, true, () => runner!.guarded(onReady)),
   pollFd: (fd, events, onReady) => {
+    if (loop) {
+      const token = loop.add(fd, events, false, (ready) => {
+        if (!stopped) runner!.guarded(() => onReady(ready));
+      });
+      return { set: (e) => loop.set(token, e), close: () => loop.remove(token) };
+    }
     const p = addonFdPoll(addon, fd, events, (ready) => !stopped && onReady(ready), (fn) => runner!.guarded(fn), (error) =>
       post({ type: 'log', name: data.name, level: 'error', msg: `${data.name}: fd watch failed (${error})` }),
     );
@@ -105,4 +122,15 @@ port.on('message', (m: IoWorkerCommand) => {
   }
 });
 // Kicks or status changes that happened before the watchers existed are still pending in the
-// eventfds (their counters), so the first loop turn delivers them.
+// eventfds (their counters), so the first loop turn delivers them. An epoll-waiting device blocks
+// from its first immediate on (after this module's evaluation), until 'stop'; an exception from a
+// handler ends the worker as an uncaught exception would.
+if (loop) {
+  setImmediate(() => {
+    loop.run(() => stopped).catch((e: unknown) =>
+      setImmediate(() => {
+        throw e;
+      }),
+    );
+  });
+}

@@ -204,12 +204,18 @@ export interface KvmAddon {
   /** epoll_create1(EPOLL_CLOEXEC). Close with close(). Throws with syscall 'epoll_create1'. */
   epollCreate(): number;
   /**
-   * epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN, level-triggered); `token` (an int32) is what epollWait
+   * epoll_ctl(EPOLL_CTL_ADD, fd, EPOLLIN or `events` (1 readable, 2 writable, 3 both), level-triggered); `token` (an int32) is what epollWait
    * reports for this fd. With drain = true (eventfds only) epollWait reads the fd's counter itself
    * when given a `counts` array; the addon then sets O_NONBLOCK on the fd so that read never blocks.
    * Throws with syscall 'epoll_ctl' (EEXIST if already added, EPERM for a regular file, EBADF).
    */
-  epollAdd(epfd: number, fd: number, token: number, drain?: boolean): void;
+  epollAdd(epfd: number, fd: number, token: number, drain?: boolean, events?: number): void;
+  /** epoll_ctl(EPOLL_CTL_MOD): new `events` (1 readable, 2 writable, 3 both) and token for an added fd. */
+  epollMod(epfd: number, fd: number, token: number, events: number, drain?: boolean): void;
+  /** The calling thread's libuv backend fd (readable while libuv has I/O to handle, e.g. a message). */
+  loopFd(): number;
+  /** After updating the loop's clock: ms until the calling thread's earliest libuv timer is due (0: now; -1: none). */
+  loopTimeout(): number;
   /** epoll_ctl(EPOLL_CTL_DEL). Throws with syscall 'epoll_ctl' (ENOENT if not added). */
   epollDel(epfd: number, fd: number): void;
   /**
@@ -217,11 +223,12 @@ export interface KvmAddon {
    * (timeoutMs -1 = forever, 0 = poll). Writes the tokens of the ready fds to tokens[0..n) and returns
    * n: 0 on timeout, and 0 (not a throw) on EINTR, so a signal such as a kick interrupts it. With
    * `counts` (at least tokens.length long), counts[i] is the counter read from the i-th ready fd if it
-   * was added with drain = true (0n if it was already drained), else 0n. A ready fd that is neither
+   * was added with drain = true (0n if it was already drained), else 0n. With `ready`, ready[i] is the
+   * i-th fd's readiness: 1 readable, 2 writable (an error or hang-up reports both). A ready fd that is neither
    * drained here nor read by the caller stays ready (level-triggered). Keep a control eventfd in the
    * set to wake a blocked worker; its event loop (timers, postMessage) does not run while it waits.
    */
-  epollWait(epfd: number, tokens: Int32Array, timeoutMs: number, counts?: BigUint64Array): number;
+  epollWait(epfd: number, tokens: Int32Array, timeoutMs: number, counts?: BigUint64Array, ready?: Int32Array): number;
 
   // ---- benchmark helpers (bench/eventfd-wakeup.mjs) ---------------------------------------------
   /**

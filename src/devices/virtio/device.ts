@@ -226,6 +226,13 @@ export interface VirtioDeviceType<O, P> {
   readonly kind: string;
   /** virtio device id (§5). */
   readonly deviceId: number;
+  /**
+   * How the I/O worker waits: 'libuv' (default) wakes the backend through uv_poll watchers on the
+   * worker's event loop; 'epoll' blocks the worker in its own epoll set and returns to the event
+   * loop only for messages and timers (src/io-worker/epoll-loop.ts), for a device whose wake-ups
+   * are its cost (a NIC). The backend sees the same BackendEnv either way.
+   */
+  readonly wakeups?: 'libuv' | 'epoll';
   /** Main thread: options → params (may open files, create SABs and eventfds). */
   prepare(options: O, host: HostContext): PreparedDevice<P>;
   describe(params: P): VirtioDeviceDescription;

@@ -172,6 +172,8 @@ function startPasst(option: string, host: { addon: import('../../../kvm/addon.js
 export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
   kind: 'net',
   deviceId: VIRTIO_ID_NET,
+  // A NIC wakes per frame batch and per kick: its I/O worker blocks in its own epoll set.
+  wakeups: 'epoll',
   prepare(options, host) {
     const option = options.option ?? 'net';
     let mac: Uint8Array | undefined;
