@@ -7,13 +7,15 @@
 // have dropped nothing and seen no bad checksum (no offloads negotiated: the device hands over complete
 // checksums). The same guest, tap and client under QEMU microvm are the cross-check, and QEMU is also
 // the vhost-user-net frontend of `kindling vhost-user --device net=tap=…` (kindling's device in another
-// VMM). A tx ops limit (Firecracker's token bucket) holds the echo rate within 10 % of the limit.
+// VMM). A tx ops limit (Firecracker's token bucket) holds the echo rate within 10 % of the limit, set
+// from the command line and, through the Firecracker API's PATCH /network-interfaces, on a running VM.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ip, testNamespaces } from '../netns.js';
+import { api } from '../unit/api-http.js';
 import { ROOT, guest, kvmOrSkipNotice, waitFor } from './helpers.js';
 
 const kvm = kvmOrSkipNotice('net.test.ts');
@@ -130,6 +132,41 @@ describe.skipIf(!canRun)('virtio-net with net.elf behind a tap (KVM)', () => {
     expect(rate, `${rate.toFixed(0)} echoes/s`).toBeGreaterThan(900);
     expect(rate, `${rate.toFixed(0)} echoes/s`).toBeLessThan(1100);
   }, 60_000);
+
+  it('PATCH /network-interfaces on the running VM (the Firecracker API): a tx ops limit takes hold within 10 %, and lifting it frees the rate again', async () => {
+    // The reconfiguration is a message to the NIC's I/O worker, which blocks in its own epoll set
+    // (src/io-worker/epoll-loop.ts): it must still receive it, and the limiter's resume timer must fire.
+    const ns = netns();
+    const dir = mkdtempSync(join(tmpdir(), 'kindling-knet-api-'));
+    dirs.push(dir);
+    const sock = join(dir, 'fc.sock');
+    const vm = start(ns, [process.execPath, KINDLING, '--api-sock', sock]);
+    for (let i = 0; i < 500 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 10));
+    const put = async (path: string, body: unknown, method = 'PUT'): Promise<void> => {
+      const r = await api(sock, method, path, body);
+      expect(r.status, `${method} ${path}: ${r.text}`).toBe(204);
+    };
+    await put('/boot-source', { kernel_image_path: NET, boot_args: `net.ip=${IP} net.count=0` });
+    await put('/machine-config', { vcpu_count: 1, mem_size_mib: 64 });
+    await put('/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'atap0' });
+    await put('/actions', { action_type: 'InstanceStart' });
+    await waitFor(vm.out, `net: ip ${IP} up`, 30_000);
+    ip(ns, 'addr', 'add', '10.0.2.1/24', 'dev', 'atap0');
+    const rateOf = (e: EchoResult): number => (e.sent / e.ms) * 1000;
+    udpEcho(ns, 200, 1); // ARP
+    const free = udpEcho(ns, 2000, 16);
+    await put('/network-interfaces/eth0', { iface_id: 'eth0', tx_rate_limiter: { ops: { size: 100, refill_time: 100 } } }, 'PATCH');
+    udpEcho(ns, 100, 1); // the bucket's initial 100 tokens
+    const limited = udpEcho(ns, 3000, 16);
+    await put('/network-interfaces/eth0', { iface_id: 'eth0', tx_rate_limiter: { ops: { size: 0, refill_time: 0 } } }, 'PATCH');
+    const again = udpEcho(ns, 2000, 16);
+    for (const e of [free, limited, again]) expect(e, vm.out()).toMatchObject({ bad: 0, lost: 0 });
+    const rates = [free, limited, again].map((e) => rateOf(e).toFixed(0)).join(', ');
+    expect(rateOf(limited), `echoes/s free, limited, lifted: ${rates}`).toBeGreaterThan(900);
+    expect(rateOf(limited), `echoes/s free, limited, lifted: ${rates}`).toBeLessThan(1100);
+    expect(rateOf(free), rates).toBeGreaterThan(2000);
+    expect(rateOf(again), rates).toBeGreaterThan(2000);
+  }, 90_000);
 
   it.skipIf(!existsSync(QEMU))('QEMU microvm as the vhost-user-net frontend of `kindling vhost-user --device net=tap=…`: the same ping and echoes through kindling\'s tap', async () => {
     // QEMU 7.2's vhost-user-net negotiates protocol features but leaves VHOST_USER_F_PROTOCOL_FEATURES
