@@ -1,8 +1,9 @@
 // The epoll-waiting I/O worker loop (src/io-worker/epoll-loop.ts), on this test's own thread: while
 // it blocks in epollWait its handlers run for their fds, and libuv still runs everything else in time
-// (a setTimeout armed from a handler fires when due, a MessagePort message is delivered), set(0) takes
-// an fd out of the set, ready bits say readable/writable, a throwing handler ends run(), and stop
-// closes the epoll fd. Needs no KVM (eventfds, socketpairs).
+// (a setTimeout armed from a handler fires when due, a MessagePort message is delivered), a blocked
+// worker still ends on terminate(), set(0) takes an fd out of the set, ready bits say
+// readable/writable, a throwing handler ends run(), and stop closes the epoll fd. Needs no KVM
+// (eventfds, socketpairs).
 import { MessageChannel, Worker } from 'node:worker_threads';
 import { existsSync, readlinkSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -109,6 +110,31 @@ describe('EpollLoop', () => {
     expect(replies).toEqual([{ kicked: 1 }, { kicked: 2 }, { stopping: true }]);
     expect(done).toMatchObject({ done: true, kicks: 2 });
     expect(done.cpuMs as number).toBeLessThan(wallMs / 2);
+  }, 10_000);
+
+  it('a worker blocked in it with nothing to wake it (no timers, idle fds) still ends at once on terminate()', async () => {
+    const built = fileURLToPath(new URL('../../dist/io-worker/epoll-loop.js', import.meta.url));
+    const addonModule = fileURLToPath(new URL('../../dist/kvm/addon.js', import.meta.url));
+    const w = new Worker(
+      `
+      const { parentPort } = require('node:worker_threads');
+      (async () => {
+        const { EpollLoop } = await import(${JSON.stringify(built)});
+        const { loadAddon } = await import(${JSON.stringify(addonModule)});
+        const addon = loadAddon();
+        const loop = new EpollLoop(addon);
+        loop.add(addon.eventfd(0, ${EFD_NONBLOCK}), 1, true, () => undefined);
+        parentPort.postMessage('ready');
+        await loop.run(() => false);
+      })();
+      `,
+      { eval: true },
+    );
+    await new Promise((r) => w.once('message', r));
+    await new Promise((r) => setTimeout(r, 100)); // now blocked in epoll_wait without a timeout
+    const t0 = performance.now();
+    await w.terminate(); // Node wakes the worker's loop, whose fd is in the set
+    expect(performance.now() - t0).toBeLessThan(1000);
   }, 10_000);
 
   it('set(0) takes an fd out of the set, set() changes what is polled (writable, then both), and stop closes the epoll fd', async () => {
