@@ -21,6 +21,28 @@ const fdTarget = (fd: number): string | undefined => {
   }
 };
 
+/** A worker_thread running `body` with `parentPort`, `addon` and a fresh `loop` (the built dist/ modules) in scope. */
+function loopWorker(body: string): Worker {
+  const built = fileURLToPath(new URL('../../dist/io-worker/epoll-loop.js', import.meta.url));
+  const addonModule = fileURLToPath(new URL('../../dist/kvm/addon.js', import.meta.url));
+  expect(existsSync(built), 'dist/ is built by npm test (node scripts/build.mjs ts)').toBe(true);
+  const w = new Worker(
+    `
+    const { parentPort } = require('node:worker_threads');
+    (async () => {
+      const { EpollLoop } = await import(${JSON.stringify(built)});
+      const { loadAddon } = await import(${JSON.stringify(addonModule)});
+      const addon = loadAddon();
+      const loop = new EpollLoop(addon);
+      ${body}
+    })();
+    `,
+    { eval: true },
+  );
+  onTestFinished(() => void w.terminate());
+  return w;
+}
+
 describe('EpollLoop', () => {
   it('serves a drained eventfd while libuv timers fire on time and messages arrive', async () => {
     const loop = new EpollLoop(addon);
@@ -62,17 +84,7 @@ describe('EpollLoop', () => {
   });
 
   it('in a worker of its own (no other timers): messages from the main thread reach it while it blocks, and stop ends it', async () => {
-    const built = fileURLToPath(new URL('../../dist/io-worker/epoll-loop.js', import.meta.url));
-    const addonModule = fileURLToPath(new URL('../../dist/kvm/addon.js', import.meta.url));
-    expect(existsSync(built), 'dist/ is built by npm test (node scripts/build.mjs ts)').toBe(true);
-    const w = new Worker(
-      `
-      const { parentPort } = require('node:worker_threads');
-      (async () => {
-        const { EpollLoop } = await import(${JSON.stringify(built)});
-        const { loadAddon } = await import(${JSON.stringify(addonModule)});
-        const addon = loadAddon();
-        const loop = new EpollLoop(addon);
+    const w = loopWorker(`
         const efd = addon.eventfd(0, ${EFD_NONBLOCK});
         let kicks = 0;
         let stopped = false;
@@ -90,11 +102,7 @@ describe('EpollLoop', () => {
         await loop.run(() => stopped);
         const c = process.cpuUsage(t0);
         parentPort.postMessage({ done: true, kicks, cpuMs: (c.user + c.system) / 1000 });
-      })();
-      `,
-      { eval: true },
-    );
-    onTestFinished(() => void w.terminate());
+    `);
     const replies: Array<Record<string, unknown>> = [];
     const next = (): Promise<Record<string, unknown>> => new Promise((r) => w.once('message', r));
     expect(await next()).toEqual({ ready: true });
@@ -113,23 +121,11 @@ describe('EpollLoop', () => {
   }, 10_000);
 
   it('a worker blocked in it with nothing to wake it (no timers, idle fds) still ends at once on terminate()', async () => {
-    const built = fileURLToPath(new URL('../../dist/io-worker/epoll-loop.js', import.meta.url));
-    const addonModule = fileURLToPath(new URL('../../dist/kvm/addon.js', import.meta.url));
-    const w = new Worker(
-      `
-      const { parentPort } = require('node:worker_threads');
-      (async () => {
-        const { EpollLoop } = await import(${JSON.stringify(built)});
-        const { loadAddon } = await import(${JSON.stringify(addonModule)});
-        const addon = loadAddon();
-        const loop = new EpollLoop(addon);
+    const w = loopWorker(`
         loop.add(addon.eventfd(0, ${EFD_NONBLOCK}), 1, true, () => undefined);
         parentPort.postMessage('ready');
         await loop.run(() => false);
-      })();
-      `,
-      { eval: true },
-    );
+    `);
     await new Promise((r) => w.once('message', r));
     await new Promise((r) => setTimeout(r, 100)); // now blocked in epoll_wait without a timeout
     const t0 = performance.now();
