@@ -137,22 +137,18 @@ export class ActiveQueue {
     return popChain(this.queue);
   };
   private readonly armFn = (): boolean => this.queue.enableNotification();
-  /** pushMany's arguments for writeManyFn (no closure per publish). */
-  private manyHeads: ArrayLike<number> = NONE;
-  private manyLens: ArrayLike<number> = NONE;
-  private manyN = 0;
-  private oneHead = 0;
-  private oneLen = 0;
-  private readonly writeOneFn = (): void => this.queue.pushUsed(this.oneHead, this.oneLen);
-  private pubWrite: () => void = this.writeOneFn;
+  /** What pushMany publishes, read by publishFn in the ring critical section (no closure per publish). */
+  private pubHeads: ArrayLike<number> = NONE;
+  private pubLens: ArrayLike<number> = NONE;
+  private pubN = 0;
+  /** push()'s one element (plain arrays: pushUsed still sees the caller's numbers unconverted). */
+  private readonly oneHead = [0];
+  private readonly oneLen = [0];
   private readonly publishFn = (): boolean => {
-    this.pubWrite();
+    const heads = this.pubHeads;
+    const lens = this.pubLens;
+    for (let i = 0; i < this.pubN; i++) this.queue.pushUsed(heads[i], lens[i]);
     return this.queue.needsInterrupt();
-  };
-  private readonly writeManyFn = (): void => {
-    const heads = this.manyHeads;
-    const lens = this.manyLens;
-    for (let i = 0; i < this.manyN; i++) this.queue.pushUsed(heads[i], lens[i]);
   };
 
   constructor(opts: {
@@ -335,31 +331,21 @@ export class ActiveQueue {
    */
   pushMany(heads: ArrayLike<number>, lens: ArrayLike<number>, n = heads.length): boolean {
     if (n === 0) return true;
-    this.manyHeads = heads;
-    this.manyLens = lens;
-    this.manyN = n;
-    try {
-      return this.publish(this.writeManyFn);
-    } finally {
-      this.manyHeads = this.manyLens = NONE;
-    }
-  }
-
-  /** Publish one used chain and interrupt if the driver wants it. False if the device was reset. */
-  push(head: number, len: number): boolean {
-    this.oneHead = head;
-    this.oneLen = len;
-    return this.publish(this.writeOneFn);
-  }
-
-  /** Run `write` (used-ring entries) in the ring critical section as one batch, then interrupt if wanted. */
-  private publish(write: () => void): boolean {
-    this.pubWrite = write;
+    this.pubHeads = heads;
+    this.pubLens = lens;
+    this.pubN = n;
     const irq = this.guard.rings(this.publishFn);
     if (irq === undefined) return false;
     Atomics.add(this.stats, TSTAT_BATCHES, 1);
     if (irq) this.guard.notifyUsed();
     return true;
+  }
+
+  /** Publish one used chain and interrupt if the driver wants it. False if the device was reset. */
+  push(head: number, len: number): boolean {
+    this.oneHead[0] = head;
+    this.oneLen[0] = len;
+    return this.pushMany(this.oneHead, this.oneLen, 1);
   }
 }
 
