@@ -279,4 +279,17 @@ describe('legacy port space', () => {
     // The generator reaches every kind of event, so the comparison above is not vacuous.
     for (const [k, n] of Object.entries(seen)) expect(n, k).toBeGreaterThan(0);
   });
+
+  it('the 16-byte output buffer keeps the first 16 bytes written through 0xd2 and drops the rest', () => {
+    const state = { i8042: I8042.createState(), post: PostCode.createState(), sleep: AcpiSleep.createState() };
+    const ev: Events = { resets: 0, irqs: 0, poweroffs: 0, exits: [] };
+    const bus = vcpuBus(state, ev);
+    for (let i = 0; i < 20; i++) {
+      bus.write(I8042_DATA_PORT + 4, 1, 0xd2);
+      bus.write(I8042_DATA_PORT, 1, 0x30 + i);
+    }
+    const got: number[] = [];
+    while (bus.read(I8042_DATA_PORT + 4, 1) & 1) got.push(bus.read(I8042_DATA_PORT, 1));
+    expect(got).toEqual(Array.from({ length: 16 }, (_, i) => 0x30 + i));
+  });
 });
