@@ -60,23 +60,23 @@ const arbSegment: fc.Arbitrary<Uint8Array> = fc.oneof(
     if (flip) q[flip[0] % Math.max(1, q.length)] = flip[1];
     return encodeFrame(T.EXEC, id, q);
   }),
-  // Hand-built EXEC payloads: counts that may not match the strings, entries without '=', empty
-  // argv[0], trailing bytes after the last NUL.
+  // Hand-built EXEC payloads: entries without '=', empty argv[0], trailing bytes after the last NUL,
+  // and counts that mostly match the strings (so the entries themselves get checked) but may be off.
   fc
     .record({
       flags: fc.constantFrom(0, 1, 2, 3, 4),
-      argc: fc.integer({ min: 0, max: 4 }),
-      envc: fc.integer({ min: 0, max: 3 }),
-      strs: fc.array(fc.constantFrom('', 'a', 'sh', 'K=V', 'noeq', '=x', '/tmp'), { maxLength: 8 }),
-      tail: fc.constantFrom('', 'x', 'ab'),
+      argv: fc.array(fc.constantFrom('', 'a', 'sh', 'K=V', '/tmp'), { minLength: 1, maxLength: 3 }),
+      env: fc.array(fc.constantFrom('K=V', 'noeq', '=x', '', 'A=', 'a'), { maxLength: 3 }),
+      skew: fc.constantFrom(0, 0, 0, 0, 1, -1, 2),
+      tail: fc.constantFrom('', '', 'x', 'ab'),
       id: fc.nat(),
     })
-    .map(({ flags, argc, envc, strs, tail, id }) => {
+    .map(({ flags, argv, env, skew, tail, id }) => {
       const head = Buffer.alloc(20);
       head.writeUInt32LE(flags, 0);
-      head.writeUInt32LE(argc, 12);
-      head.writeUInt32LE(envc, 16);
-      return encodeFrame(T.EXEC, id, Buffer.concat([head, ...strs.map((x) => Buffer.from(x + '\0')), Buffer.from(tail)]));
+      head.writeUInt32LE(argv.length, 12);
+      head.writeUInt32LE(Math.max(0, env.length + skew), 16);
+      return encodeFrame(T.EXEC, id, Buffer.concat([head, ...[...argv, ...env].map((x) => Buffer.from(x + '\0')), Buffer.from(tail)]));
     }),
   fc.record({ len: fc.constantFrom(AGENT_MAX_PAYLOAD, AGENT_MAX_PAYLOAD + 1, 0xffffffff), rsv: fc.integer({ min: 0, max: 7 }) }).map(({ len, rsv }) => {
     const b = Buffer.alloc(FRAME_HEADER);
