@@ -6,6 +6,7 @@ import { parseVhostUserArgs, type VhostUserParse } from './vhost-user.js';
 import { JailUsageError, parseJailArgs, type JailCommand } from '../jail/jail.js';
 import { ConfigError, DEFAULT_CMDLINE, DEFAULT_MEM_MIB, oneLine, quoted, shown, type DiskConfig, type NetConfig, type VMConfig } from '../main/config.js';
 import type { RateLimiterConfig, TokenBucketConfig } from '../devices/rate-limiter.js';
+import { POLL_MAX_US_LIMIT } from '../devices/virtio/busy-poll.js';
 
 /** --agent-timeout's default, in seconds. */
 export const DEFAULT_AGENT_TIMEOUT_S = 30;
@@ -44,15 +45,18 @@ run:
                    a virtio-vsock device with guest CID (3..4294967294); with uds=PATH, Firecracker's
                    hybrid vsock: clients of the Unix socket PATH (which must not exist) send
                    "CONNECT <port>\n", guest connections to host port P go to PATH_P
-  --net tap=NAME[,mac=MAC][,rx-bw=|tx-bw=|rx-ops=|tx-ops=SIZE/MS[+BURST]]...
+  --net tap=NAME[,mac=MAC][,poll-us=N][,rx-bw=|tx-bw=|rx-ops=|tx-ops=SIZE/MS[+BURST]]...
                    a virtio-net NIC on the tap NAME (repeatable; eth0 first), created and brought up
                    when it does not exist and kindling may (root or CAP_NET_ADMIN); checksum and TSO
                    offloads pass through to the host stack
-  --net passt[,mac=MAC]
+  --net passt[,mac=MAC][,poll-us=N][,rx-bw=…]
                    a virtio-net NIC through passt (apt-get install passt): user-mode networking without
                    root or a tap, DHCP, DNS and NAT to the host's network. MAC default: a stable
                    locally administered address (02:4b:4e:…). rx-bw/tx-bw (bytes) and rx-ops/tx-ops
-                   (frames): Firecracker's token buckets, SIZE tokens refilled every MS ms, BURST once
+                   (frames): Firecracker's token buckets, SIZE tokens refilled every MS ms, BURST once.
+                   poll-us=N: after delivering frames or sending a burst the device busy-polls the
+                   transmit ring for up to N µs (adaptive; default 50, 0..1000, 0: never), so the
+                   guest's answer needs no notification exit
   --log-level L    VMM log level on stderr: fatal, error, warn (default), info, debug, trace, silent
   --seccomp MODE   syscall filter on every thread, each vCPU and I/O worker with its own allowlist
                    and the whole process once the VM is built (docs/security.md): strict
@@ -152,15 +156,21 @@ export function parseNetArg(v: string, flag: string): NetConfig {
   const parts = v.split(',');
   const head = parts[0];
   let mac: string | undefined;
-  const rates: { rxRate?: RateLimiterConfig; txRate?: RateLimiterConfig } = {};
+  const rates: { rxRate?: RateLimiterConfig; txRate?: RateLimiterConfig; pollUs?: number } = {};
   for (const opt of parts.slice(1)) {
+    const p = /^poll-us=([^]*)$/.exec(opt);
+    if (p && rates.pollUs === undefined) {
+      if (!/^[0-9]{1,4}$/.test(p[1]) || Number(p[1]) > POLL_MAX_US_LIMIT) throw new UsageError(`${flag} poll-us= must be a number of µs from 0 to ${POLL_MAX_US_LIMIT} (got ${quoted(opt)})`);
+      rates.pollUs = Number(p[1]);
+      continue;
+    }
     const r = /^(rx|tx)-(bw|ops)=([^]*)$/.exec(opt);
     const bucket = r ? parseBucket(r[3], `${flag} ${r[1]}-${r[2]}=`) : undefined;
     if (r && bucket) {
       const key = r[1] === 'rx' ? 'rxRate' : 'txRate';
       rates[key] = { ...rates[key], [r[2] === 'bw' ? 'bandwidth' : 'ops']: bucket };
     } else if (opt.startsWith('mac=') && mac === undefined) mac = opt.slice(4);
-    else throw new UsageError(`${flag} takes ,mac=MAC and ,rx-bw= / tx-bw= / rx-ops= / tx-ops=SIZE/MS[+BURST] after the backend (got ${quoted(v)})`);
+    else throw new UsageError(`${flag} takes ,mac=MAC, ,poll-us=N and ,rx-bw= / tx-bw= / rx-ops= / tx-ops=SIZE/MS[+BURST] after the backend (got ${quoted(v)})`);
   }
   const m = { ...(mac === undefined ? {} : { mac }), ...rates };
   if (head === 'passt') return { passt: true, ...m };

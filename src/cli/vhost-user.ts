@@ -39,6 +39,8 @@ export const VHOST_USER_USAGE = `usage: kindling vhost-user --socket PATH --devi
                                     and permitted; checksum/TSO offloads passed through)
                     net=passt[,mac=MAC]     virtio-net through passt (user-mode networking, no root:
                                     DHCP, DNS, NAT; apt-get install passt)
+                                    both take run's --net options after the backend: poll-us=N,
+                                    rx-bw= / tx-bw= / rx-ops= / tx-ops=SIZE/MS[+BURST]
   --keep-serving    after a frontend disconnects, wait for the next one (default: exit 0)
   --seccomp MODE    strict (default): once listening, every thread may make only the syscalls
                     serving needs, anything else kills the process; log: allowed but logged by
@@ -145,7 +147,7 @@ export async function runVhostUser(cmd: VhostUserCommand, onStopper?: (stop: (()
       : d.kind === 'vsock'
         ? { cid: d.cid, udsPath: d.udsPath }
         : d.kind === 'net'
-          ? { tap: d.tap, passt: d.passt, mac: d.mac, rxRate: d.rxRate, txRate: d.txRate, option: '--device net' }
+          ? { tap: d.tap, passt: d.passt, mac: d.mac, rxRate: d.rxRate, txRate: d.txRate, pollUs: d.pollUs, option: '--device net' }
           : {};
   let prepared;
   try {

@@ -22,6 +22,7 @@ import { checkUserFileSize, closeUserFile, fileKind, MAX_USER_FILE_BYTES, openUs
 
 import { SECCOMP_MODES, type SeccompMode } from '../seccomp/roles.js';
 import { parseMac, validTapName } from '../devices/virtio/net/names.js';
+import { POLL_MAX_US_LIMIT } from '../devices/virtio/busy-poll.js';
 import { validTokenBucket, type RateLimiterConfig } from '../devices/rate-limiter.js';
 
 export { ConfigError } from './config-error.js';
@@ -107,6 +108,12 @@ export type NetConfig = ({ tap: string; passt?: undefined } | { passt: true; tap
   /** Firecracker's rate limiters (bytes and operations token buckets) for frames to / from the guest. */
   rxRate?: RateLimiterConfig;
   txRate?: RateLimiterConfig;
+  /**
+   * The longest window in µs (integer 0..1000, default 50) for which the device busy-polls the
+   * transmit ring after it delivered frames or sent a burst, so the guest's answer needs no kick
+   * (adaptive, as QEMU's poll-max-ns: src/devices/virtio/busy-poll.ts). 0: never poll.
+   */
+  pollUs?: number;
 };
 
 export interface VsockConfig {
@@ -320,10 +327,14 @@ function checkNet(v: unknown): NetConfig[] {
   return v.map((n: unknown, i): NetConfig => {
     const o = `net[${i}]`;
     if (typeof n !== 'object' || n === null) throw ConfigError.about(o, 'must be { tap, mac? } or { passt: true, mac? }');
-    const { tap, passt, mac, rxRate, txRate, ...rest } = n as Record<string, unknown>;
+    const { tap, passt, mac, rxRate, txRate, pollUs, ...rest } = n as Record<string, unknown>;
     const extra = Object.keys(rest);
-    if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac, rxRate, txRate)`);
-    const rates: Pick<NetConfig, 'rxRate' | 'txRate'> = {};
+    if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac, rxRate, txRate, pollUs)`);
+    const rates: Pick<NetConfig, 'rxRate' | 'txRate' | 'pollUs'> = {};
+    if (pollUs !== undefined) {
+      if (typeof pollUs !== 'number' || !Number.isInteger(pollUs) || pollUs < 0 || pollUs > POLL_MAX_US_LIMIT) throw ConfigError.about(`${o}.pollUs`, `must be an integer number of µs from 0 to ${POLL_MAX_US_LIMIT} (got ${shown(pollUs)})`);
+      rates.pollUs = pollUs;
+    }
     if (rxRate !== undefined) rates.rxRate = checkRateLimiter(rxRate, `${o}.rxRate`);
     if (txRate !== undefined) rates.txRate = checkRateLimiter(txRate, `${o}.txRate`);
     if ((tap === undefined) === (passt === undefined)) throw ConfigError.about(o, 'needs exactly one of tap: NAME or passt: true');

@@ -137,6 +137,8 @@ export class ActiveQueue {
     return popChain(this.queue);
   };
   private readonly armFn = (): boolean => this.queue.enableNotification();
+  private readonly quietFn = (): boolean => (this.queue.disableNotification(), true);
+  private readonly hasAvailableFn = (): boolean => this.queue.hasAvailable();
   /** What pushMany publishes, read by publishFn in the ring critical section (no closure per publish). */
   private pubHeads: ArrayLike<number> = NONE;
   private pubLens: ArrayLike<number> = NONE;
@@ -320,9 +322,17 @@ export class ActiveQueue {
     }
   }
 
+  /**
+   * Suppress driver notifications without popping (a device about to busy-poll the ring; see
+   * busy-poll.ts): it must arm() before it sleeps. False when the device was reset.
+   */
+  quiet(): boolean {
+    return this.guard.rings(this.quietFn) === true;
+  }
+
   /** Whether the driver has made chains available that were not popped yet. */
   hasAvailable(): boolean {
-    return this.guard.rings(() => this.queue.hasAvailable()) === true;
+    return this.guard.rings(this.hasAvailableFn) === true;
   }
 
   /**

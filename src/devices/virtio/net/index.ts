@@ -48,6 +48,8 @@ export type NetOptions = ({ tap: string; passt?: undefined } | { passt: true; ta
   option?: string;
   rxRate?: RateLimiterConfig;
   txRate?: RateLimiterConfig;
+  /** The longest transmit busy-poll window in µs (NET_DEFAULT_POLL_US by default; 0: none). */
+  pollUs?: number;
 };
 
 export interface NetParams {
@@ -60,6 +62,7 @@ export interface NetParams {
   counters: SharedArrayBuffer;
   rxRate?: RateLimiterConfig;
   txRate?: RateLimiterConfig;
+  pollUs?: number;
   /** passt's pid (backend 'passt'), for the process filter of `kindling vhost-user`. */
   passtPid?: number;
 }
@@ -182,7 +185,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
       if (!mac) throw ConfigError.about(`${option}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(options.mac)})`);
     }
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
-    const rates = { ...(options.rxRate ? { rxRate: options.rxRate } : {}), ...(options.txRate ? { txRate: options.txRate } : {}) };
+    const rates = { ...(options.rxRate ? { rxRate: options.rxRate } : {}), ...(options.txRate ? { txRate: options.txRate } : {}), ...(options.pollUs !== undefined ? { pollUs: options.pollUs } : {}) };
     if (options.tap !== undefined) {
       const name = options.tap;
       if (!validTapName(name)) throw ConfigError.about(`${option}.tap`, `must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(name)})`);
@@ -232,6 +235,6 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
   },
   createBackend(p, env) {
     const port = p.backend === 'tap' ? new TapPort(env.addon, p.fd) : new StreamPort(env.addon, p.fd);
-    return new NetBackend({ port, counters: p.counters, mtu: p.mtu, env, rxRate: p.rxRate, txRate: p.txRate });
+    return new NetBackend({ port, counters: p.counters, mtu: p.mtu, env, rxRate: p.rxRate, txRate: p.txRate, pollUs: p.pollUs });
   },
 };

@@ -1,0 +1,217 @@
+// Adaptive busy polling (src/devices/virtio/busy-poll.ts) and virtio-net's use of it on the transmit
+// ring. AdaptivePoll against a model written from QEMU's rule (aio-posix.c: keep within the window,
+// grow ×2 from 4 µs within max, drop to 0 beyond max); NetBackend driven by a guest that posts its next
+// transmit chain a fixed time after the device took the previous one, on a clock that advances with
+// every reading: the device must learn to find the chains by polling (no kick), and every time it
+// stops polling the driver's next kick must be armed (used.flags / avail_event), else a real driver
+// would never kick and the chain would wait forever.
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { AdaptivePoll, POLL_GROW_START_US } from '../../src/devices/virtio/busy-poll.js';
+import { NET_COUNTERS, NET_RX, NET_TX, NetBackend, RECV_AGAIN, readNetCounters, type NetPort } from '../../src/devices/virtio/net/backend.js';
+import { VIRTIO_NET_HDR_LEN } from '../../src/devices/virtio/net/header.js';
+import { runs } from '../fuzz/budget.js';
+import { ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
+
+type Ev = { k: 'trigger' | 'arrived'; dt: number };
+
+/** QEMU's rule, per trigger: the window after each event, or the poll length trigger() returns. */
+class Model {
+  w = 0;
+  since: number | undefined;
+  constructor(readonly max: number) {}
+  private adjust(waited: number): void {
+    if (waited <= this.w) return;
+    if (waited > this.max) this.w = 0;
+    else this.w = Math.min(this.max, this.w === 0 ? POLL_GROW_START_US : this.w * 2);
+  }
+  trigger(now: number): number {
+    if (this.since !== undefined && now - this.since > this.max) {
+      this.adjust(Infinity);
+      this.since = undefined;
+    }
+    this.since ??= now;
+    return this.w;
+  }
+  arrived(now: number): void {
+    if (this.since === undefined) return;
+    this.adjust(now - this.since);
+    this.since = undefined;
+  }
+}
+
+describe('AdaptivePoll', () => {
+  it('property: follows QEMU’s grow/shrink rule for any sequence of triggers and arrivals', () => {
+    const seen = { grew: 0, dropped: 0 };
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 200 }),
+        fc.array(fc.record({ k: fc.constantFrom<Ev['k']>('trigger', 'arrived'), dt: fc.oneof(fc.integer({ min: 0, max: 60 }), fc.integer({ min: 0, max: 400 })) }), { maxLength: 60 }),
+        (max, evs) => {
+          const p = new AdaptivePoll(max);
+          const m = new Model(max);
+          let now = 0;
+          for (const [i, e] of evs.entries()) {
+            now += e.dt;
+            const before = p.windowUs;
+            if (e.k === 'trigger') expect(p.trigger(now), `event ${i}`).toBe(m.trigger(now));
+            else {
+              p.arrived(now);
+              m.arrived(now);
+            }
+            expect(p.windowUs, `event ${i}`).toBe(m.w);
+            expect(p.windowUs).toBeGreaterThanOrEqual(0);
+            expect(p.windowUs).toBeLessThanOrEqual(max);
+            if (p.windowUs > before) seen.grew++;
+            if (before > 0 && p.windowUs === 0) seen.dropped++;
+          }
+        },
+      ),
+      { numRuns: runs(300) },
+    );
+    for (const [k, n] of Object.entries(seen)) expect(n, k).toBeGreaterThan(0);
+  });
+
+  it('a guest answering after 20 µs is polled for within three answers; one that stops answering stops it', () => {
+    const p = new AdaptivePoll(50);
+    let now = 0;
+    const windows: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      windows.push(p.trigger(now));
+      now += 20;
+      p.arrived(now);
+      now += 100;
+    }
+    expect(windows).toEqual([0, 4, 8, 16, 32, 32]);
+    p.trigger(now);
+    expect(p.trigger(now + 51)).toBe(0);
+    // Capped at the configured window.
+    const q = new AdaptivePoll(20);
+    const w: number[] = [];
+    for (let i = 0, t = 0; i < 6; i++, t += 100) {
+      w.push(q.trigger(t));
+      q.arrived(t + 20);
+    }
+    expect(w).toEqual([0, 4, 8, 16, 20, 20]);
+  });
+
+  it('refuses windows outside 1..1000 µs', () => {
+    for (const bad of [0, -1, 1.5, 1001, Number.NaN]) expect(() => new AdaptivePoll(bad)).toThrow(RangeError);
+  });
+});
+
+// ---- virtio-net's transmit polling ------------------------------------------------------------
+
+const RX: QueueLayout = { size: 8, desc: 0x1000, avail: 0x2000, used: 0x3000 };
+const TX: QueueLayout = { size: 16, desc: 0x5000, avail: 0x6000, used: 0x7000 };
+const FRAME = 60;
+
+class SinkPort implements NetPort {
+  readonly fd = -1;
+  readonly vnetHdr = true;
+  readonly blocked = false;
+  sent: number[] = [];
+  onSend: () => void = () => undefined;
+  receive(): number {
+    return RECV_AGAIN;
+  }
+  send(_iov: unknown, frameLen: number): boolean {
+    this.sent.push(frameLen);
+    this.onSend();
+    return true;
+  }
+  flush(): boolean {
+    return true;
+  }
+  resetRx(): void {}
+  setGuestOffloads(): void {}
+  close(): void {}
+}
+
+/**
+ * A guest that posts `frames` transmit chains, each `answerUs` after the device sent the previous one,
+ * and kicks only when the ring says it must. Returns the kicks, txPolled and the frames sent.
+ */
+function run(o: { pollUs: number; answerUs: number; frames: number; eventIdx: boolean }): { kicks: number; polled: number; sent: number } {
+  const ram = new ModelRam();
+  const rx = benchQueue(ram, RX, { index: NET_RX, indirect: false, eventIdx: o.eventIdx });
+  const tx = benchQueue(ram, TX, { index: NET_TX, indirect: false, eventIdx: o.eventIdx });
+  const port = new SinkPort();
+  let us = 0;
+  let due: number | undefined;
+  let posted = 0;
+  let oldIdx = 0;
+  const post = (): void => {
+    // Chains reclaimed as they complete; each one header + frame in its own buffer.
+    tx.drv.takeUsed();
+    oldIdx = tx.drv.availIdx;
+    const gpa = 0x10000 + (posted % 8) * 0x100;
+    ram.write(gpa, new Uint8Array(VIRTIO_NET_HDR_LEN + FRAME));
+    expect(tx.drv.post(simpleChain([[gpa, VIRTIO_NET_HDR_LEN + FRAME]], false))).toBeDefined();
+    posted++;
+    due = undefined;
+  };
+  // The clock advances 1 µs per reading; the guest posts as soon as its answer is due.
+  const now = (): number => {
+    us += 1;
+    if (due !== undefined && us >= due) post();
+    return us / 1000;
+  };
+  port.onSend = () => {
+    if (posted < o.frames) due = us + o.answerUs;
+  };
+  const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
+  const backend = new NetBackend({ port, counters, mtu: 1500, pollUs: o.pollUs, now, env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() } });
+  backend.activate({ mem: ram.mem, features: (1n << 32n) | (o.eventIdx ? 1n << 29n : 0n), queues: [rx.aq, tx.aq] });
+  /** What a driver checks after publishing avail.idx: must it notify? */
+  const mustKick = (): boolean => {
+    if (!o.eventIdx) return (ram.mem.read16(TX.used) & 1) === 0;
+    const ev = ram.mem.read16(TX.used + 4 + 8 * TX.size);
+    const n = tx.drv.availIdx;
+    return ((n - ev - 1) & 0xffff) < ((n - oldIdx) & 0xffff);
+  };
+  let kicks = 0;
+  post();
+  for (let guard = 0; guard < 10 * o.frames && port.sent.length < o.frames; guard++) {
+    if (due !== undefined) {
+      us = Math.max(us, due);
+      post();
+    }
+    // The chain just posted was not taken by a poll: the device sleeps, so the driver must be told to kick.
+    expect(mustKick(), `frame ${posted}: the device sleeps with notifications suppressed`).toBe(true);
+    kicks++;
+    backend.processQueue(NET_TX);
+  }
+  expect(port.sent).toEqual(Array.from({ length: o.frames }, () => FRAME));
+  // Done: the last window closed empty, and the next chain would be announced (event idx: avail_event
+  // is the index the next chain gets).
+  const idle = o.eventIdx ? ram.mem.read16(TX.used + 4 + 8 * TX.size) === tx.drv.availIdx : (ram.mem.read16(TX.used) & 1) === 0;
+  expect(idle, 'idle with notifications suppressed').toBe(true);
+  return { kicks, polled: readNetCounters(counters).txPolled, sent: port.sent.length };
+}
+
+describe('virtio-net transmit busy-polling', () => {
+  for (const eventIdx of [false, true]) {
+    it(`finds a guest's chains without kicks once it learned the answer time, and arms the kick whenever it stops (event idx ${eventIdx})`, () => {
+      const r = run({ pollUs: 50, answerUs: 10, frames: 40, eventIdx });
+      // 0 → 4 → 8 → 16 µs: three kicks learn the 10 µs answer time, the rest is polled.
+      expect(r.kicks).toBe(4);
+      expect(r.polled).toBe(36);
+    });
+
+    it(`never polls with poll-us 0, or for a guest slower than the window (event idx ${eventIdx})`, () => {
+      expect(run({ pollUs: 0, answerUs: 10, frames: 20, eventIdx })).toEqual({ kicks: 20, polled: 0, sent: 20 });
+      expect(run({ pollUs: 50, answerUs: 80, frames: 20, eventIdx })).toEqual({ kicks: 20, polled: 0, sent: 20 });
+    });
+  }
+
+  it('property: any answer times, any window: every frame sent once, in order, and no chain waits for a suppressed kick', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 120 }), fc.integer({ min: 0, max: 100 }), fc.integer({ min: 1, max: 30 }), fc.boolean(), (pollUs, answerUs, frames, eventIdx) => {
+        const r = run({ pollUs, answerUs, frames, eventIdx });
+        expect(r.kicks + r.polled).toBe(frames);
+      }),
+      { numRuns: runs(100) },
+    );
+  });
+});
