@@ -8,7 +8,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AdaptivePoll, POLL_GROW_START_US } from '../../src/devices/virtio/busy-poll.js';
-import { NET_COUNTERS, NET_RX, NET_TX, NetBackend, RECV_AGAIN, readNetCounters, type NetPort } from '../../src/devices/virtio/net/backend.js';
+import { NET_COUNTERS, NET_RX, NET_TX, NetBackend, POLL_ROUNDS, RECV_AGAIN, readNetCounters, type NetPort } from '../../src/devices/virtio/net/backend.js';
 import { VIRTIO_NET_HDR_LEN } from '../../src/devices/virtio/net/header.js';
 import { runs } from '../fuzz/budget.js';
 import { ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
@@ -193,10 +193,10 @@ function run(o: { pollUs: number; answerUs: number; frames: number; eventIdx: bo
 describe('virtio-net transmit busy-polling', () => {
   for (const eventIdx of [false, true]) {
     it(`finds a guest's chains without kicks once it learned the answer time, and arms the kick whenever it stops (event idx ${eventIdx})`, () => {
-      const r = run({ pollUs: 50, answerUs: 10, frames: 40, eventIdx });
-      // 0 → 4 → 8 → 16 µs: three kicks learn the 10 µs answer time, the rest is polled.
-      expect(r.kicks).toBe(4);
-      expect(r.polled).toBe(36);
+      // 0 → 4 → 8 → 16 µs: three kicks learn the 10 µs answer time, the rest is polled (16 polled
+      // passes per wake-up at most, POLL_ROUNDS: then a kick, and again 16).
+      expect(run({ pollUs: 50, answerUs: 10, frames: 3 + 1 + POLL_ROUNDS, eventIdx })).toEqual({ kicks: 4, polled: POLL_ROUNDS, sent: 3 + 1 + POLL_ROUNDS });
+      expect(run({ pollUs: 50, answerUs: 10, frames: 3 + 2 * (1 + POLL_ROUNDS), eventIdx })).toEqual({ kicks: 5, polled: 2 * POLL_ROUNDS, sent: 3 + 2 * (1 + POLL_ROUNDS) });
     });
 
     it(`never polls with poll-us 0, or for a guest slower than the window (event idx ${eventIdx})`, () => {

@@ -89,6 +89,8 @@ export const TX_BATCH = 64;
  * guest answers without a kick; a guest that does not answer costs one window and then nothing.
  */
 export const NET_DEFAULT_POLL_US = 50;
+/** Ring passes one wake-up may chain through successful polls before it returns to the loop. */
+export const POLL_ROUNDS = 16;
 
 /** Counters (Float64, in params.counters), readable from any thread. */
 export const NET_COUNTERS = [
@@ -354,21 +356,31 @@ export class NetBackend implements VirtioDeviceBackend {
     this.poll.set(r | w);
   }
 
-  /** Serve the transmit ring; while a pass sent frames, busy-poll for the next ones (pollAfterTx). */
+  /**
+   * Serve the transmit ring; while a pass sent frames, busy-poll for the next ones (pollAfterTx), at
+   * most POLL_ROUNDS passes. The last step is always a pass, which leaves notifications on when the
+   * ring is empty.
+   */
   private transmit(): void {
-    while (this.transmitPass() > 0 && this.pollAfterTx && this.pollTx(this.pollAfterTx)) this.c[C.txPolled]++;
+    for (let i = 0; ; i++) {
+      if (this.transmitPass() === 0 || i === POLL_ROUNDS || !this.pollAfterTx || !this.canPollTx() || !this.pollRing(this.tx, this.pollAfterTx)) break;
+      this.c[C.txPolled]++;
+    }
     this.updatePoll();
   }
 
+  private canPollTx(): boolean {
+    return !this.port.blocked && !this.portClosed && !this.txLimit?.blocked();
+  }
+
   /**
-   * Watch the transmit ring for up to `w`'s window with the driver's kicks suppressed: true when
-   * chains came (serve them), false when there is no window or it closed empty. Either way the
-   * driver's notifications are on again when this returns false (arm() re-checks the ring: a chain
-   * posted as the window closed is found there and served).
+   * Watch a ring for up to `w`'s window with the driver's kicks suppressed: true when chains came
+   * (serve them), false when there is no window or it closed empty. When this returns false the
+   * driver's notifications are on again (arm() re-checks the ring: a chain posted as the window closed
+   * is found there and served).
    */
-  private pollTx(w: AdaptivePoll): boolean {
-    const q = this.tx;
-    if (!q || this.port.blocked || this.portClosed || this.txLimit?.blocked()) return false;
+  private pollRing(q: ActiveQueue | undefined, w: AdaptivePoll): boolean {
+    if (!q) return false;
     const t0 = this.clock() * 1000;
     const win = w.trigger(t0);
     if (win <= 0 || !q.quiet()) return false;
@@ -482,7 +494,7 @@ export class NetBackend implements VirtioDeviceBackend {
   private receive(): void {
     const got0 = this.c[C.rxFrames];
     this.receivePass();
-    if (this.c[C.rxFrames] !== got0 && this.pollAfterRx && this.pollTx(this.pollAfterRx)) {
+    if (this.c[C.rxFrames] !== got0 && this.pollAfterRx && this.canPollTx() && this.pollRing(this.tx, this.pollAfterRx)) {
       this.c[C.txPolled]++;
       this.transmit();
     } else this.updatePoll();
