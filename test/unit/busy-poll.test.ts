@@ -190,6 +190,59 @@ function run(o: { pollUs: number; answerUs: number; frames: number; eventIdx: bo
   return { kicks, polled: readNetCounters(counters).txPolled, sent: port.sent.length };
 }
 
+/**
+ * Request/response: the host sends one frame at a time; the guest answers `answerUs` after the device
+ * delivered it, kicking only when the ring says so; the next frame comes once the answer went out.
+ */
+function requestResponse(o: { pollUs: number; answerUs: number; frames: number }): { kicks: number; polled: number; sent: number } {
+  const ram = new ModelRam();
+  const rx = benchQueue(ram, RX, { index: NET_RX, indirect: false });
+  const tx = benchQueue(ram, TX, { index: NET_TX, indirect: false });
+  const port = new SinkPort();
+  let us = 0;
+  let due: number | undefined;
+  let hostFrames = 0;
+  const answer = (): void => {
+    tx.drv.takeUsed();
+    ram.write(0x18000, new Uint8Array(VIRTIO_NET_HDR_LEN + FRAME));
+    expect(tx.drv.post(simpleChain([[0x18000, VIRTIO_NET_HDR_LEN + FRAME]], false))).toBeDefined();
+    due = undefined;
+  };
+  port.receive = () => {
+    if (hostFrames === 0) return RECV_AGAIN;
+    hostFrames--;
+    due = us + o.answerUs; // the guest sees the frame as it is published
+    return FRAME;
+  };
+  const now = (): number => {
+    us += 1;
+    if (due !== undefined && us >= due) answer();
+    return us / 1000;
+  };
+  const rxBuf = (i: number): void => void rx.drv.post(simpleChain([[0x10000 + i * 0x800, 1530]], true));
+  for (let i = 0; i < RX.size; i++) rxBuf(i);
+  const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
+  const backend = new NetBackend({ port, counters, mtu: 1500, pollUs: o.pollUs, now, env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() } });
+  backend.activate({ mem: ram.mem, features: 1n << 32n, queues: [rx.aq, tx.aq] });
+  let kicks = 0;
+  for (let f = 0; f < o.frames; f++) {
+    us += 100; // the host's side of the round trip
+    hostFrames = 1;
+    backend.processQueue(NET_RX); // the tap became readable
+    for (const u of rx.drv.takeUsed()) rxBuf((u.id + f) % RX.size); // reposted quietly (the device has buffers)
+    if (port.sent.length === f + 1) continue; // answered by a poll
+    expect(due, `frame ${f}: delivered`).toBeDefined();
+    us = Math.max(us, due!);
+    answer();
+    expect(ram.mem.read16(TX.used) & 1, `frame ${f}: the device sleeps with notifications suppressed`).toBe(0);
+    kicks++;
+    backend.processQueue(NET_TX);
+    expect(port.sent.length).toBe(f + 1);
+  }
+  expect(ram.mem.read16(TX.used) & 1, 'idle with notifications suppressed').toBe(0);
+  return { kicks, polled: readNetCounters(counters).txPolled, sent: port.sent.length };
+}
+
 describe('virtio-net transmit busy-polling', () => {
   for (const eventIdx of [false, true]) {
     it(`finds a guest's chains without kicks once it learned the answer time, and arms the kick whenever it stops (event idx ${eventIdx})`, () => {
@@ -204,6 +257,13 @@ describe('virtio-net transmit busy-polling', () => {
       expect(run({ pollUs: 50, answerUs: 80, frames: 20, eventIdx })).toEqual({ kicks: 20, polled: 0, sent: 20 });
     });
   }
+
+  it('request/response: after one delivered frame the answer is found by polling once the window has grown; never with poll-us 0', () => {
+    // Windows 0, 4, 8 miss the 10 µs answer (three kicks); from 16 µs on every answer is polled.
+    expect(requestResponse({ pollUs: 50, answerUs: 10, frames: 30 })).toEqual({ kicks: 3, polled: 27, sent: 30 });
+    expect(requestResponse({ pollUs: 0, answerUs: 10, frames: 30 })).toEqual({ kicks: 30, polled: 0, sent: 30 });
+    expect(requestResponse({ pollUs: 50, answerUs: 70, frames: 30 })).toEqual({ kicks: 30, polled: 0, sent: 30 });
+  });
 
   it('property: any answer times, any window: every frame sent once, in order, and no chain waits for a suppressed kick', () => {
     fc.assert(

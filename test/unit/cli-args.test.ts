@@ -171,6 +171,15 @@ describe('parseCommandLine', () => {
     expect(() => parseCommandLine(['run', '--kernel', 'k', '--no-rng', '--rng', 'bw=1/1'])).toThrow(/--no-rng and --rng contradict each other/);
   });
 
+  it('--net …,poll-us=N: the transmit busy-poll window, 0..1000 µs; anything else, or twice, is a usage error; net[].pollUs likewise', () => {
+    expect(parseCommandLine(['run', '--kernel', 'k', '--net', 'tap=t0,poll-us=0'])).toMatchObject({ config: { net: [{ tap: 't0', pollUs: 0 }] } });
+    expect(parseCommandLine(['run', '--kernel', 'k', '--net', 'passt,mac=02:00:00:00:00:01,poll-us=1000'])).toMatchObject({ config: { net: [{ passt: true, pollUs: 1000 }] } });
+    for (const bad of ['poll-us=', 'poll-us=1001', 'poll-us=-1', 'poll-us=1.5', 'poll-us=abc', 'poll-us=5,poll-us=6', 'poll-us=99999'])
+      expect(() => parseCommandLine(['run', '--kernel', 'k', '--net', `tap=t0,${bad}`]), bad).toThrow(UsageError);
+    for (const bad of [-1, 1001, 1.5, '50', null]) expect(() => resolveConfig({ kernel, net: [{ tap: 't0', pollUs: bad as number }] }), String(bad)).toThrow(/net\[0\]\.pollUs must be an integer number of µs from 0 to 1000/);
+    expect(resolveConfig({ kernel, net: [{ tap: 't0', pollUs: 20 }] }).net).toEqual([{ tap: 't0', pollUs: 20 }]);
+  });
+
   it('errors name the culprit on one printable line (regression: a newline in a value used to split it)', () => {
     const cases: Array<[string[], RegExp]> = [
       [['run', '--vcpus', '1\n2'], /^kindling: --vcpus needs a whole number \(got "1\\n2"\)/],

@@ -36,9 +36,9 @@
 // only when the device runs dry does it re-enable them and re-check the ring, so a driver reposting
 // buffers exits to the device (a kick) only while the device waits for buffers.
 //
-// Transmit busy-polling (busy-poll.ts, QEMU's adaptive AioContext polling per trigger): after frames
-// were delivered (a guest that answers will post its answer soon) and after a transmit pass that sent
-// (a burst goes on), the device keeps the driver's tx notifications suppressed and watches the ring
+// Transmit busy-polling (busy-poll.ts, QEMU's adaptive AioContext polling per trigger): after one
+// frame was delivered (a request: a guest that answers will post its answer soon) and after a transmit
+// pass that sent (a burst goes on), the device keeps the driver's tx notifications suppressed and watches the ring
 // for up to an adaptive window (at most pollUs, default NET_DEFAULT_POLL_US; 0: never) before it
 // sleeps: the answer is then sent without the guest's kick (an exit) and without a wake-up. The
 // window grows while the guest answers within it and falls to 0 when it does not answer within
@@ -490,11 +490,16 @@ export class NetBackend implements VirtioDeviceBackend {
     }
   }
 
-  /** Serve the port into the receive ring; after frames were delivered, busy-poll for the guest's answer (pollAfterRx). */
+  /**
+   * Serve the port into the receive ring; after one frame was delivered (a request), busy-poll for
+   * the guest's answer (pollAfterRx). Not after a burst: the guest answers a burst with a burst, whose
+   * first kick starts pollAfterTx; polling for it here delayed the next frames (measured: 20 000
+   * echoes, 32 in flight, 10 % slower, a third more device CPU).
+   */
   private receive(): void {
     const got0 = this.c[C.rxFrames];
     this.receivePass();
-    if (this.c[C.rxFrames] !== got0 && this.pollAfterRx && this.canPollTx() && this.pollRing(this.tx, this.pollAfterRx)) {
+    if (this.c[C.rxFrames] - got0 === 1 && this.pollAfterRx && this.canPollTx() && this.pollRing(this.tx, this.pollAfterRx)) {
       this.c[C.txPolled]++;
       this.transmit();
     } else this.updatePoll();
