@@ -8,7 +8,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AdaptivePoll, POLL_GROW_START_US } from '../../src/devices/virtio/busy-poll.js';
-import { NET_COUNTERS, NET_RX, NET_TX, NetBackend, POLL_ROUNDS, RECV_AGAIN, readNetCounters, type NetPort } from '../../src/devices/virtio/net/backend.js';
+import { NET_COUNTERS, NET_RX, NET_TX, NetBackend, POLL_ROUNDS, RECV_AGAIN, readNetCounters } from '../../src/devices/virtio/net/backend.js';
+import type { PackedIov } from '../../src/devices/virtio/iovec.js';
+import { PortStub } from './net-port-stub.js';
 import { VIRTIO_NET_HDR_LEN } from '../../src/devices/virtio/net/header.js';
 import { runs } from '../fuzz/budget.js';
 import { ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
@@ -106,26 +108,15 @@ const RX: QueueLayout = { size: 8, desc: 0x1000, avail: 0x2000, used: 0x3000 };
 const TX: QueueLayout = { size: 16, desc: 0x5000, avail: 0x6000, used: 0x7000 };
 const FRAME = 60;
 
-class SinkPort implements NetPort {
-  readonly fd = -1;
-  readonly vnetHdr = true;
-  readonly blocked = false;
+class SinkPort extends PortStub {
   sent: number[] = [];
   onSend: () => void = () => undefined;
-  receive(): number {
-    return RECV_AGAIN;
-  }
-  send(_iov: unknown, frameLen: number): boolean {
+  override send(_iov: PackedIov, frameLen: number): boolean {
     this.sent.push(frameLen);
     this.onSend();
     return true;
   }
-  flush(): boolean {
-    return true;
-  }
-  resetRx(): void {}
-  setGuestOffloads(): void {}
-  close(): void {}
+}
 }
 
 /**

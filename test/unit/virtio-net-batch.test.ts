@@ -17,6 +17,7 @@ import { openSync, closeSync, writeSync } from 'node:fs';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { runs } from '../fuzz/budget.js';
 import { ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
+import { PortStub } from './net-port-stub.js';
 
 const RX: QueueLayout = { size: 32, desc: 0x1000, avail: 0x2000, used: 0x3000 };
 const TX: QueueLayout = { size: 8, desc: 0x5000, avail: 0x6000, used: 0x7000 };
@@ -25,16 +26,14 @@ const MAX_FRAME = 1500 + 18;
 const TAP_HDR = Uint8Array.from([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0xee, 0xee]);
 
 /** A tap in memory: every read is one whole frame, [header, frame], or a refusal when it does not fit (tun's EFAULT). */
-class FakeTap implements NetPort {
-  readonly fd = -1;
-  readonly vnetHdr = true;
-  readonly blocked = false;
+class FakeTap extends PortStub {
   readonly frames: Uint8Array[] = [];
   /** Frames read by batch calls that read two or more. */
   batched = 0;
   receiveBatch?: NetPort['receiveBatch'];
 
   constructor(batch: boolean) {
+    super();
     if (batch) this.receiveBatch = (iov, counts, n, lengths) => this.batch(iov, counts, n, lengths);
   }
 
@@ -58,7 +57,7 @@ class FakeTap implements NetPort {
     return bytes.length;
   }
 
-  receive(iov: PackedIov): number {
+  override receive(iov: PackedIov): number {
     const n = this.readInto(iov, 0, iov.count);
     if (n < 0) return RECV_AGAIN;
     if (n === 0) return RECV_DROPPED;
@@ -80,15 +79,6 @@ class FakeTap implements NetPort {
     return done;
   }
 
-  send(): boolean {
-    return true;
-  }
-  flush(): boolean {
-    return true;
-  }
-  resetRx(): void {}
-  setGuestOffloads(): void {}
-  close(): void {}
 }
 
 type Step = { k: 'rx'; lens: number[] } | { k: 'host'; n: number; seed: number; notify: boolean } | { k: 'kick' };
