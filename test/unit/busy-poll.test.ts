@@ -117,7 +117,6 @@ class SinkPort extends PortStub {
     return true;
   }
 }
-}
 
 /**
  * A guest that posts `frames` transmit chains, each `answerUs` after the device sent the previous one,
