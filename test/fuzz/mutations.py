@@ -91,7 +91,7 @@ muts = [
  ("src/devices/virtio/iovec.ts", "const k = Math.min(s.length - from, bytes.length - done);", "const k = Math.min(s.length, bytes.length - done);", "test/unit/iovec.test.ts", "iovec: scatterBytesAt writes past a segment's end"),
  ("src/devices/virtio/net/backend.ts", "        if (q.arm() !== true) return false;", "        return false;", "test/unit/busy-poll.test.ts", "virtio-net: a poll window closes without re-arming the driver's kick"),
  ("src/devices/virtio/net/backend.ts", "i === POLL_ROUNDS ||", "i === -1 ||", "test/unit/busy-poll.test.ts", "virtio-net: polled transmit passes never return to the loop"),
- ("src/devices/virtio/net/backend.ts", "if (this.c[C.rxFrames] - got0 === 1 && this.pollAfterRx", "if (false && this.pollAfterRx", "test/unit/busy-poll.test.ts", "virtio-net: no busy-poll for the answer to a delivered frame"),
+ ("src/devices/virtio/net/backend.ts", "if (this.c[C.rxFrames] - got0 === 1 && this.txPoll", "if (false && this.txPoll", "test/unit/busy-poll.test.ts", "virtio-net: no busy-poll for the answer to a delivered frame"),
  ("src/devices/virtio/busy-poll.ts", "if (waited > this.maxUs) this.windowUs = 0;", "if (waited > this.maxUs) return;", "test/unit/busy-poll.test.ts", "busy-poll: a guest that stops answering keeps its window"),
  ("src/devices/virtio/busy-poll.ts", "this.windowUs === 0 ? POLL_GROW_START_US : this.windowUs * 2", "POLL_GROW_START_US", "test/unit/busy-poll.test.ts", "busy-poll: the window never grows past its first step"),
  ("src/devices/virtio/net/backend.ts", "      scatterBytesAt(c.writable, 10, this.oneBuffer);\n", "", "test/unit/virtio-net-batch.test.ts", "virtio-net batch: num_buffers not written"),
