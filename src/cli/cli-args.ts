@@ -156,23 +156,23 @@ export function parseNetArg(v: string, flag: string): NetConfig {
   const parts = v.split(',');
   const head = parts[0];
   let mac: string | undefined;
-  const rates: { rxRate?: RateLimiterConfig; txRate?: RateLimiterConfig; pollUs?: number } = {};
+  const tuning: { rxRate?: RateLimiterConfig; txRate?: RateLimiterConfig; pollUs?: number } = {};
   for (const opt of parts.slice(1)) {
     const p = /^poll-us=([^]*)$/.exec(opt);
-    if (p && rates.pollUs === undefined) {
+    if (p && tuning.pollUs === undefined) {
       if (!/^[0-9]{1,4}$/.test(p[1]) || Number(p[1]) > POLL_MAX_US_LIMIT) throw new UsageError(`${flag} poll-us= must be a number of µs from 0 to ${POLL_MAX_US_LIMIT} (got ${quoted(opt)})`);
-      rates.pollUs = Number(p[1]);
+      tuning.pollUs = Number(p[1]);
       continue;
     }
     const r = /^(rx|tx)-(bw|ops)=([^]*)$/.exec(opt);
     const bucket = r ? parseBucket(r[3], `${flag} ${r[1]}-${r[2]}=`) : undefined;
     if (r && bucket) {
       const key = r[1] === 'rx' ? 'rxRate' : 'txRate';
-      rates[key] = { ...rates[key], [r[2] === 'bw' ? 'bandwidth' : 'ops']: bucket };
+      tuning[key] = { ...tuning[key], [r[2] === 'bw' ? 'bandwidth' : 'ops']: bucket };
     } else if (opt.startsWith('mac=') && mac === undefined) mac = opt.slice(4);
     else throw new UsageError(`${flag} takes ,mac=MAC, ,poll-us=N and ,rx-bw= / tx-bw= / rx-ops= / tx-ops=SIZE/MS[+BURST] after the backend (got ${quoted(v)})`);
   }
-  const m = { ...(mac === undefined ? {} : { mac }), ...rates };
+  const m = { ...(mac === undefined ? {} : { mac }), ...tuning };
   if (head === 'passt') return { passt: true, ...m };
   if (head.startsWith('tap=') && head.length > 4) return { tap: head.slice(4), ...m };
   throw new UsageError(`${flag} must be tap=NAME[,mac=MAC] or passt[,mac=MAC] (got ${quoted(v)})`);

@@ -330,24 +330,24 @@ function checkNet(v: unknown): NetConfig[] {
     const { tap, passt, mac, rxRate, txRate, pollUs, ...rest } = n as Record<string, unknown>;
     const extra = Object.keys(rest);
     if (extra.length) throw ConfigError.about(o, `has unknown field ${shown(extra[0])} (tap, passt, mac, rxRate, txRate, pollUs)`);
-    const rates: Pick<NetConfig, 'rxRate' | 'txRate' | 'pollUs'> = {};
+    const tuning: Pick<NetConfig, 'rxRate' | 'txRate' | 'pollUs'> = {};
     if (pollUs !== undefined) {
       if (typeof pollUs !== 'number' || !Number.isInteger(pollUs) || pollUs < 0 || pollUs > POLL_MAX_US_LIMIT) throw ConfigError.about(`${o}.pollUs`, `must be an integer number of µs from 0 to ${POLL_MAX_US_LIMIT} (got ${shown(pollUs)})`);
-      rates.pollUs = pollUs;
+      tuning.pollUs = pollUs;
     }
-    if (rxRate !== undefined) rates.rxRate = checkRateLimiter(rxRate, `${o}.rxRate`);
-    if (txRate !== undefined) rates.txRate = checkRateLimiter(txRate, `${o}.txRate`);
+    if (rxRate !== undefined) tuning.rxRate = checkRateLimiter(rxRate, `${o}.rxRate`);
+    if (txRate !== undefined) tuning.txRate = checkRateLimiter(txRate, `${o}.txRate`);
     if ((tap === undefined) === (passt === undefined)) throw ConfigError.about(o, 'needs exactly one of tap: NAME or passt: true');
     if (mac !== undefined && (typeof mac !== 'string' || !parseMac(mac))) throw ConfigError.about(`${o}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(mac)})`);
     const m = mac === undefined ? {} : { mac: mac as string };
     if (passt !== undefined) {
       if (passt !== true) throw ConfigError.about(`${o}.passt`, `must be true (got ${shown(passt)})`);
-      return { passt: true, ...m, ...rates };
+      return { passt: true, ...m, ...tuning };
     }
     if (typeof tap !== 'string' || !validTapName(tap)) throw ConfigError.about(`${o}.tap`, `must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(tap)})`);
     if (taps.has(tap)) throw ConfigError.about(`${o}.tap`, `${shown(tap)} is already used by another NIC of this VM`);
     taps.add(tap);
-    return { tap, ...m, ...rates };
+    return { tap, ...m, ...tuning };
   });
 }
 

@@ -185,7 +185,8 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
       if (!mac) throw ConfigError.about(`${option}.mac`, `must be a unicast MAC address like 02:00:00:00:00:01 (got ${shown(options.mac)})`);
     }
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
-    const rates = { ...(options.rxRate ? { rxRate: options.rxRate } : {}), ...(options.txRate ? { txRate: options.txRate } : {}), ...(options.pollUs !== undefined ? { pollUs: options.pollUs } : {}) };
+    // The per-NIC tuning the backend gets: rate limiters and the busy-poll window.
+    const tuning = { ...(options.rxRate ? { rxRate: options.rxRate } : {}), ...(options.txRate ? { txRate: options.txRate } : {}), ...(options.pollUs !== undefined ? { pollUs: options.pollUs } : {}) };
     if (options.tap !== undefined) {
       const name = options.tap;
       if (!validTapName(name)) throw ConfigError.about(`${option}.tap`, `must be an interface name of 1 to 15 letters, digits or _.:+- (got ${shown(name)})`);
@@ -197,7 +198,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
       }
       if (!t.up) process.stderr.write(`kindling: warning: tap ${t.name} is down and kindling may not bring it up (ip link set ${t.name} up)\n`);
       return {
-        params: { backend: 'tap', name: t.name, fd: t.fd, mac: mac ?? derivedMac(t.name), mtu: NET_DEFAULT_MTU, counters, ...rates },
+        params: { backend: 'tap', name: t.name, fd: t.fd, mac: mac ?? derivedMac(t.name), mtu: NET_DEFAULT_MTU, counters, ...tuning },
         release: () => host.addon.close(t.fd),
       };
     }
@@ -205,7 +206,7 @@ export const netDeviceType: VirtioDeviceType<NetOptions, NetParams> = {
     const p = startPasst(option, host);
     let released = false;
     return {
-      params: { backend: 'passt', name: 'passt', fd: p.fd, mac: mac ?? derivedMac('passt'), mtu: NET_DEFAULT_MTU, counters, ...rates, ...(p.child.pid !== undefined ? { passtPid: p.child.pid } : {}) },
+      params: { backend: 'passt', name: 'passt', fd: p.fd, mac: mac ?? derivedMac('passt'), mtu: NET_DEFAULT_MTU, counters, ...tuning, ...(p.child.pid !== undefined ? { passtPid: p.child.pid } : {}) },
       release: () => {
         if (released) return;
         released = true;
