@@ -10,7 +10,7 @@ import { describe, expect, it } from 'vitest';
 import { AdaptivePoll, POLL_GROW_START_US } from '../../src/devices/virtio/busy-poll.js';
 import { NET_COUNTERS, NET_RX, NET_TX, NetBackend, POLL_ROUNDS, RECV_AGAIN, readNetCounters } from '../../src/devices/virtio/net/backend.js';
 import type { PackedIov } from '../../src/devices/virtio/iovec.js';
-import { PortStub } from './net-port-stub.js';
+import { PortStub, STUB_ENV } from './net-port-stub.js';
 import { VIRTIO_NET_HDR_LEN } from '../../src/devices/virtio/net/header.js';
 import { runs } from '../fuzz/budget.js';
 import { ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
@@ -151,7 +151,7 @@ function run(o: { pollUs: number; answerUs: number; frames: number; eventIdx: bo
     if (posted < o.frames) due = us + o.answerUs;
   };
   const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
-  const backend = new NetBackend({ port, counters, mtu: 1500, pollUs: o.pollUs, now, env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() } });
+  const backend = new NetBackend({ port, counters, mtu: 1500, pollUs: o.pollUs, now, env: STUB_ENV });
   backend.activate({ mem: ram.mem, features: (1n << 32n) | (o.eventIdx ? 1n << 29n : 0n), queues: [rx.aq, tx.aq] });
   /** What a driver checks after publishing avail.idx: must it notify? */
   const mustKick = (): boolean => {
@@ -212,7 +212,7 @@ function requestResponse(o: { pollUs: number; answerUs: number; frames: number }
   const rxBuf = (i: number): void => void rx.drv.post(simpleChain([[0x10000 + i * 0x800, 1530]], true));
   for (let i = 0; i < RX.size; i++) rxBuf(i);
   const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
-  const backend = new NetBackend({ port, counters, mtu: 1500, pollUs: o.pollUs, now, env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() } });
+  const backend = new NetBackend({ port, counters, mtu: 1500, pollUs: o.pollUs, now, env: STUB_ENV });
   backend.activate({ mem: ram.mem, features: 1n << 32n, queues: [rx.aq, tx.aq] });
   let kicks = 0;
   for (let f = 0; f < o.frames; f++) {

@@ -1,6 +1,7 @@
 // A NetPort with nothing behind it, for the virtio-net unit tests to extend: a tap's shape (fd -1,
-// virtio_net_hdr on its frames, never blocked), nothing to read, every send taken.
-import { RECV_AGAIN, type NetPort } from '../../src/devices/virtio/net/backend.js';
+// virtio_net_hdr on its frames, never blocked), nothing to read, every send taken. And a backend
+// environment that watches nothing, logs nothing and runs guarded work inline.
+import { RECV_AGAIN, type NetBackendOptions, type NetPort } from '../../src/devices/virtio/net/backend.js';
 import type { PackedIov } from '../../src/devices/virtio/iovec.js';
 
 export class PortStub implements NetPort {
@@ -20,3 +21,5 @@ export class PortStub implements NetPort {
   setGuestOffloads(): void {}
   close(): void {}
 }
+
+export const STUB_ENV: NetBackendOptions['env'] = { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() };

@@ -17,7 +17,7 @@ import { openSync, closeSync, writeSync } from 'node:fs';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { runs } from '../fuzz/budget.js';
 import { ModelRam, benchQueue, simpleChain, type QueueLayout } from './virtq-model.js';
-import { PortStub } from './net-port-stub.js';
+import { PortStub, STUB_ENV } from './net-port-stub.js';
 
 const RX: QueueLayout = { size: 32, desc: 0x1000, avail: 0x2000, used: 0x3000 };
 const TX: QueueLayout = { size: 8, desc: 0x5000, avail: 0x6000, used: 0x7000 };
@@ -104,7 +104,7 @@ function world(batch: boolean, mrg: boolean): World {
   const tx = benchQueue(ram, TX, { index: NET_TX, indirect: false });
   const tap = new FakeTap(batch);
   const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
-  const backend = new NetBackend({ port: tap, counters, mtu: 1500, env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() } });
+  const backend = new NetBackend({ port: tap, counters, mtu: 1500, env: STUB_ENV });
   backend.activate({ mem: ram.mem, features: (1n << 32n) | (mrg ? 1n << BigInt(VIRTIO_NET_F_MRG_RXBUF) : 0n), queues: [rx.aq, tx.aq] });
   return { ram, backend, tap, rx, counters, used: [] };
 }

@@ -19,6 +19,7 @@ import { StreamPort } from '../../src/devices/virtio/net/passt.js';
 import { loadAddon } from '../../src/kvm/addon.js';
 import { runs } from '../fuzz/budget.js';
 import { ModelRam, benchQueue, chainArb, inRam, selfOverlaps, simpleChain, usedRingBytes, walkChain, type ChainSpec, type QueueLayout, type Range } from './virtq-model.js';
+import { STUB_ENV } from './net-port-stub.js';
 
 const addon = loadAddon();
 const RX: QueueLayout = { size: 16, desc: 0x1000, avail: 0x2000, used: 0x3000 };
@@ -86,7 +87,7 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
           port: new StreamPort(addon, dev),
           counters,
           mtu: 1500,
-          env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => fn() },
+          env: STUB_ENV,
         });
         backend.activate({ mem: ram.mem, features: (1n << 32n) | (mrg ? 1n << BigInt(VIRTIO_NET_F_MRG_RXBUF) : 0n), queues: [rx.aq, tx.aq] });
         const wantTx: Uint8Array[] = [];
