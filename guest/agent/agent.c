@@ -769,11 +769,22 @@ static void reap(void) {
 static int listen_on(const char *unix_path, int vsock_port) {
   int fd;
   if (unix_path) {
+    // Bound and listening under PATH.tmp first, then linked to PATH: the path appears only once it
+    // accepts connections (a client that connects as soon as it sees the path is never refused), and
+    // link() fails on an existing PATH as bind() would.
     struct sockaddr_un a = { .sun_family = AF_UNIX };
-    if (strlen(unix_path) >= sizeof a.sun_path) { fprintf(stderr, "kindling-agent: socket path too long: %s\n", unix_path); exit(2); }
-    strcpy(a.sun_path, unix_path);
+    if (strlen(unix_path) + 4 >= sizeof a.sun_path) { fprintf(stderr, "kindling-agent: socket path too long: %s\n", unix_path); exit(2); }
+    snprintf(a.sun_path, sizeof a.sun_path, "%s.tmp", unix_path);
+    unlink(a.sun_path);
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0) { fprintf(stderr, "kindling-agent: cannot listen on %s: %s\n", unix_path, strerror(errno)); exit(1); }
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(fd, 16) < 0 || link(a.sun_path, unix_path) < 0) {
+      int e = errno;
+      unlink(a.sun_path);
+      fprintf(stderr, "kindling-agent: cannot listen on %s: %s\n", unix_path, strerror(e));
+      exit(1);
+    }
+    unlink(a.sun_path);
+    return fd;
   } else {
     struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = (unsigned)vsock_port };
     fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
