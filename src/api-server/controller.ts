@@ -25,6 +25,7 @@ import { MetricsRecorder, type MetricsSource } from './metrics.js';
 import { ConfigError, DEFAULT_CMDLINE, MAX_VCPUS, MIN_MEM_MIB, oneLine, shown, type VMConfig, checkRateLimiter } from '../main/config.js';
 import type { VMExit, VMState } from '../main/vm.js';
 import type { BlockStats } from '../devices/virtio/block/device.js';
+import type { NetStats } from '../devices/virtio/net/backend.js';
 import { bootTimeLine, type BootTime } from '../devices/legacy/boot-timer.js';
 
 /** Firecracker's default guest RAM when machine-config is not given. */
@@ -48,6 +49,7 @@ export interface ControlledVm {
   resume(): void;
   sendCtrlAltDel(): boolean;
   blockStats(): BlockStats[];
+  netStats(): NetStats[];
   setDiskRateLimiter(index: number, rate: RateLimiterConfig | null): Promise<void>;
   swapDisk(index: number, path: string): Promise<void>;
   setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }): Promise<void>;
@@ -176,7 +178,7 @@ export class ApiController {
     this.createVm = opts.createVm ?? realVmFactory;
     this.machine = { vcpu_count: 1, mem_size_mib: FC_DEFAULT_MEM_MIB, smt: false, track_dirty_pages: false, huge_pages: 'None' };
     this.log = new ApiLog(() => this.id, opts.logFallback);
-    const source: MetricsSource = { blockStats: () => this.blockStatsById(), serialCounts: () => this.serialLimiter?.counts };
+    const source: MetricsSource = { blockStats: () => this.blockStatsById(), netStats: () => this.netStatsById(), serialCounts: () => this.serialLimiter?.counts };
     this.metrics = new MetricsRecorder(source, { startTimeUs: opts.startTimeUs, startCpuUs: opts.startCpuUs, periodMs: opts.metricsPeriodMs, missedLogs: () => this.log.missed });
   }
 
@@ -708,6 +710,13 @@ export class ApiController {
     const ordered = [...this.drives.keys()].sort((a, b) => Number(this.drives.get(b)!.body.is_root_device) - Number(this.drives.get(a)!.body.is_root_device));
     const stats = this.vm.blockStats();
     return stats.map((s, i) => ({ id: ordered[i] ?? String(i), stats: s }));
+  }
+
+  /** NICs are placed in PUT order, so the VM's i-th NIC is the i-th iface_id. */
+  private netStatsById(): Array<{ id: string; stats: NetStats }> {
+    if (!this.vm) return [];
+    const ids = [...this.nics.keys()];
+    return this.vm.netStats().map((s, i) => ({ id: ids[i] ?? String(i), stats: s }));
   }
 
   /**

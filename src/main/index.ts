@@ -2,6 +2,7 @@
 export { VM, type VMExit, type VMState, type VMTimings, type VirtioDeviceStats } from './vm.js';
 export { ConfigError, DEFAULT_CMDLINE, type ConsoleKind, type DiskConfig, type VMConfig, type ResolvedConfig } from './config.js';
 export type { BlockStats } from '../devices/virtio/block/device.js';
+export type { NetStats } from '../devices/virtio/net/backend.js';
 export type { TransportStats } from '../devices/virtio/queue-service.js';
 export type { ExitReason } from '../shared/control.js';
 export { KvmUnavailableError, detectPvm } from '../kvm/system.js';

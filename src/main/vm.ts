@@ -44,7 +44,7 @@ import { VIRTIO_MMIO_INT_CONFIG, VIRTIO_STATUS_DRIVER_OK } from '../devices/virt
 import type { RateLimiterConfig } from '../devices/rate-limiter.js';
 import { ConsoleHost } from '../devices/virtio/console/host.js';
 import type { ConsoleParams } from '../devices/virtio/console/index.js';
-import type { NetParams } from '../devices/virtio/net/index.js';
+import { readNetStats, type NetParams, type NetStats } from '../devices/virtio/net/index.js';
 import { DeferredVsock, VsockBridge, type VsockApi } from '../devices/virtio/vsock/bridge.js';
 import { readVsockStats, type VsockParams } from '../devices/virtio/vsock/index.js';
 import type { VsockCounters } from '../devices/virtio/vsock/muxer.js';
@@ -525,6 +525,11 @@ export class VM extends EventEmitter {
   /** Per-disk virtio-blk counters (requests, bytes, wake-ups, interrupts, …), readable at any time. */
   blockStats(): BlockStats[] {
     return (this.virtio?.placements ?? []).filter((p) => p.kind === 'blk').map((p) => readBlockStats((p.params as BlockParams).stats, p.stats));
+  }
+
+  /** Per-NIC virtio-net counters (frames, bytes, drops, busy-polled passes, throttles, wake-ups, …), in --net order. */
+  netStats(): NetStats[] {
+    return (this.virtio?.placements ?? []).filter((p) => p.kind === 'net').map((p) => readNetStats((p.params as NetParams).counters, p.stats));
   }
 
   /** virtio-vsock's counters (connections, packets, bytes, each kind of hostile packet), when config.vsock is set. */

@@ -10,7 +10,7 @@
 // VMM). A tx ops limit (Firecracker's token bucket) holds the echo rate within 10 % of the limit, set
 // from the command line and, through the Firecracker API's PATCH /network-interfaces, on a running VM.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -149,15 +149,20 @@ describe.skipIf(!canRun)('virtio-net with net.elf behind a tap (KVM)', () => {
     await put('/boot-source', { kernel_image_path: NET, boot_args: `net.ip=${IP} net.count=0` });
     await put('/machine-config', { vcpu_count: 1, mem_size_mib: 64 });
     await put('/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'atap0' });
+    const metrics = join(dir, 'fc.metrics');
+    await put('/metrics', { metrics_path: metrics });
     await put('/actions', { action_type: 'InstanceStart' });
     await waitFor(vm.out, `net: ip ${IP} up`, 30_000);
     ip(ns, 'addr', 'add', '10.0.2.1/24', 'dev', 'atap0');
     const rateOf = (e: EchoResult): number => (e.sent / e.ms) * 1000;
     udpEcho(ns, 200, 1); // ARP
     const free = udpEcho(ns, 2000, 16);
+    const flush = (): Promise<void> => put('/actions', { action_type: 'FlushMetrics' });
+    await flush();
     await put('/network-interfaces/eth0', { iface_id: 'eth0', tx_rate_limiter: { ops: { size: 100, refill_time: 100 } } }, 'PATCH');
     udpEcho(ns, 100, 1); // the bucket's initial 100 tokens
     const limited = udpEcho(ns, 3000, 16);
+    await flush();
     await put('/network-interfaces/eth0', { iface_id: 'eth0', tx_rate_limiter: { ops: { size: 0, refill_time: 0 } } }, 'PATCH');
     const again = udpEcho(ns, 2000, 16);
     for (const e of [free, limited, again]) expect(e, vm.out()).toMatchObject({ bad: 0, lost: 0 });
@@ -166,6 +171,22 @@ describe.skipIf(!canRun)('virtio-net with net.elf behind a tap (KVM)', () => {
     expect(rateOf(limited), `echoes/s free, limited, lifted: ${rates}`).toBeLessThan(1100);
     expect(rateOf(free), rates).toBeGreaterThan(2000);
     expect(rateOf(again), rates).toBeGreaterThan(2000);
+    // The metrics file (Firecracker's net_<iface_id> group, deltas per line): the free phase's echoes
+    // went both ways, some of them found by busy-polling the transmit ring; the limited phase's were
+    // throttled; nothing failed.
+    type Net = Record<string, number>;
+    const lines = readFileSync(metrics, 'utf8').trimEnd().split('\n').map((l) => (JSON.parse(l) as { net_eth0: Net; net: Net }));
+    const [first, second] = lines;
+    const all = `metrics lines: ${JSON.stringify(lines.map((l) => l.net_eth0))}`;
+    expect(first.net_eth0.rx_packets_count, all).toBeGreaterThanOrEqual(2200);
+    expect(first.net_eth0.tx_packets_count, all).toBeGreaterThanOrEqual(2200);
+    expect(first.net_eth0.rx_bytes_count, all).toBeGreaterThan(2200 * 42);
+    expect(first.net_eth0.tx_busy_poll_count, all).toBeGreaterThan(0);
+    expect(first.net_eth0.tx_rate_limiter_throttled, all).toBe(0);
+    expect(second.net_eth0.tx_packets_count, all).toBeGreaterThanOrEqual(3100);
+    expect(second.net_eth0.tx_rate_limiter_throttled, all).toBeGreaterThan(100);
+    expect(first.net, all).toEqual(first.net_eth0);
+    for (const l of lines) expect(l.net_eth0, all).toMatchObject({ rx_fails: 0, tx_malformed_frames: 0, tap_write_fails: 0, event_fails: 0 });
   }, 90_000);
 
   it.skipIf(!existsSync(QEMU))('QEMU microvm as the vhost-user-net frontend of `kindling vhost-user --device net=tap=…`: the same ping and echoes through kindling\'s tap', async () => {

@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ApiController, type ControlledVm } from '../../src/api-server/controller.js';
 import { ApiSocketError, MAX_BODY_BYTES, REQUEST_TIMEOUT_MS, serveApi, type ApiServer } from '../../src/api-server/server.js';
 import type { BlockStats } from '../../src/devices/virtio/block/device.js';
+import { NET_COUNTERS, type NetStats } from '../../src/devices/virtio/net/backend.js';
 import type { VMConfig } from '../../src/main/config.js';
 import type { RateLimiterConfig } from '../../src/devices/rate-limiter.js';
 import type { VMExit, VMState } from '../../src/main/vm.js';
@@ -424,6 +425,10 @@ class FakeVm extends EventEmitter implements ControlledVm {
   blockStats() {
     return this.stats;
   }
+  nets: NetStats[] = [];
+  netStats() {
+    return this.nets;
+  }
   limiters: Array<[number, RateLimiterConfig | null]> = [];
   nicLimiters: Array<[number, unknown]> = [];
   async setNetRateLimiters(index: number, rates: { rx?: RateLimiterConfig | null; tx?: RateLimiterConfig | null }) {
@@ -442,6 +447,12 @@ class FakeVm extends EventEmitter implements ControlledVm {
   }
 }
 
+const zeroNet = (): NetStats => ({
+  ...(Object.fromEntries(NET_COUNTERS.map((n) => [n, 0])) as Record<(typeof NET_COUNTERS)[number], number>),
+  wakeups: 0,
+  interrupts: 0,
+  needsReset: 0,
+});
 const zeroStats = (): BlockStats => ({ requests: 0, reads: 0, writes: 0, flushes: 0, discards: 0, writeZeroes: 0, errors: 0, unsupported: 0, badChains: 0, wakeups: 0, interrupts: 0, batches: 0, needsReset: 0, bytesRead: 0, bytesWritten: 0 });
 
 describe('runtime rules (stand-in VM)', () => {
@@ -535,8 +546,10 @@ describe('runtime rules (stand-in VM)', () => {
         vm!.limiterError = undefined;
         expect(fault(await api(sock, 'PATCH', '/drives/nope', { drive_id: 'nope' }))).toMatch(/no drive with this id/);
         vm!.stats = [{ ...zeroStats(), reads: 5, bytesRead: 2560, writes: 1, bytesWritten: 512 }];
+        vm!.nets = [{ ...zeroNet(), rxFrames: 3, rxBytes: 300, txFrames: 2, txBytes: 120, txPolled: 1 }, { ...zeroNet(), txThrottled: 4, rxDropped: 1, rxBadBuffers: 2 }];
         expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
         vm!.stats = [{ ...zeroStats(), reads: 7, bytesRead: 3584, writes: 1, bytesWritten: 512, flushes: 1 }];
+        vm!.nets = [{ ...zeroNet(), rxFrames: 10, rxBytes: 1000, txFrames: 2, txBytes: 120, txPolled: 1, needsReset: 1 }, { ...zeroNet(), txThrottled: 5, rxDropped: 1, rxBadBuffers: 2, txErrors: 1 }];
         expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
         vm!.end({ reason: 'reboot', exitCode: 0 });
         await new Promise((r) => setTimeout(r, 20));
@@ -549,6 +562,13 @@ describe('runtime rules (stand-in VM)', () => {
     expect(m[0].block_rootfs).toMatchObject({ read_count: 5, read_bytes: 2560, write_count: 1, write_bytes: 512 });
     expect(m[1].block_rootfs).toMatchObject({ read_count: 2, read_bytes: 1024, write_count: 0, flush_count: 1 });
     expect(m[1].block).toMatchObject({ read_count: 2, flush_count: 1 });
+    // net_<iface_id> in PUT order, deltas like the block groups; net is their sum.
+    expect(m[0].net_eth0).toMatchObject({ rx_packets_count: 3, rx_bytes_count: 300, tx_packets_count: 2, tx_bytes_count: 120, tx_busy_poll_count: 1, event_fails: 0 });
+    expect(m[0].net_eth1).toMatchObject({ tx_rate_limiter_throttled: 4, rx_fails: 3, tap_write_fails: 0 });
+    expect(m[0].net).toMatchObject({ rx_packets_count: 3, rx_fails: 3, tx_rate_limiter_throttled: 4 });
+    expect(m[1].net_eth0).toMatchObject({ rx_packets_count: 7, rx_bytes_count: 700, tx_packets_count: 0, tx_busy_poll_count: 0, event_fails: 1 });
+    expect(m[1].net_eth1).toMatchObject({ tx_rate_limiter_throttled: 1, rx_fails: 0, tap_write_fails: 1 });
+    expect(m[1].net).toMatchObject({ rx_packets_count: 7, event_fails: 1, tx_rate_limiter_throttled: 1, tap_write_fails: 1 });
   });
 
   it('metrics are flushed periodically while the VM runs (period shortened from 60 s), each line a JSON object', async () => {

@@ -287,9 +287,10 @@ describe('virtio-net rate limiters at run time (reconfigure)', () => {
     addon.setNonblocking(dev, true);
     addon.setNonblocking(host, true);
     const guarded: string[] = [];
+    const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
     const backend = new NetBackend({
       port: new StreamPort(addon, dev),
-      counters: new SharedArrayBuffer(8 * NET_COUNTERS.length),
+      counters,
       mtu: 1500,
       env: { pollFd: () => ({ set: () => undefined, close: () => undefined }), log: () => undefined, guarded: (fn) => (guarded.push('g'), fn()) },
       // one frame per second
@@ -314,9 +315,11 @@ describe('virtio-net rate limiters at run time (reconfigure)', () => {
     backend.activate({ mem: ram.mem, features: 1n << 32n, queues: [rx.aq, tx.aq] });
     // The full bucket pays the first; the second is let through and puts it in debt (paid after).
     expect(sent()).toEqual([1, 2]);
+    expect(readNetCounters(counters).txThrottled).toBe(1);
     t = 500;
-    backend.processQueue(NET_TX);
+    backend.processQueue(NET_TX); // a kick while in debt: the resume timer is already armed
     expect(sent()).toEqual([1, 2]);
+    expect(readNetCounters(counters).txThrottled).toBe(1);
     backend.reconfigure({ txRate: null });
     expect(sent()).toEqual([1, 2, 3, 4, 5]);
     expect(guarded.length).toBeGreaterThan(0);
@@ -325,6 +328,7 @@ describe('virtio-net rate limiters at run time (reconfigure)', () => {
     for (let i = 5; i < 8; i++) frame(i);
     backend.processQueue(NET_TX);
     expect(sent()).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(readNetCounters(counters)).toMatchObject({ txThrottled: 2, rxThrottled: 0, txFrames: 7 });
     expect(() => backend.reconfigure(null)).toThrow(/reconfiguration must be/);
     backend.close();
   });

@@ -52,7 +52,7 @@
 import { checkDeviceState, POLL_READABLE, POLL_WRITABLE, ResumeTimer, type ActiveDevice, type BackendEnv, type FdPoll, type VirtioDeviceBackend } from '../device.js';
 import { AdaptivePoll } from '../busy-poll.js';
 import { PackedIov, gatherInto, scatterBytes, scatterBytesAt } from '../iovec.js';
-import type { ActiveQueue } from '../queue-service.js';
+import { readTransportStats, type ActiveQueue } from '../queue-service.js';
 import type { DescriptorChain } from '../queue.js';
 import { featureBit } from '../constants.js';
 import { rateLimiter, type RateLimiter, type RateLimiterConfig } from '../../rate-limiter.js';
@@ -108,6 +108,11 @@ export const NET_COUNTERS = [
   'txErrors',
   /** Transmit passes started by busy-polling the ring (chains the driver posted without a kick). */
   'txPolled',
+  /** Times receiving stopped because the driver had posted no buffers (until it posts some). */
+  'rxNoBuffers',
+  /** Times a direction's rate limiter ran into debt and its queue waited for the resume timer. */
+  'rxThrottled',
+  'txThrottled',
 ] as const;
 export type NetCounters = Record<(typeof NET_COUNTERS)[number], number>;
 const C = Object.fromEntries(NET_COUNTERS.map((n, i) => [n, i])) as Record<(typeof NET_COUNTERS)[number], number>;
@@ -115,6 +120,21 @@ const C = Object.fromEntries(NET_COUNTERS.map((n, i) => [n, i])) as Record<(type
 export function readNetCounters(counters: SharedArrayBuffer): NetCounters {
   const c = new Float64Array(counters, 0, NET_COUNTERS.length);
   return Object.fromEntries(NET_COUNTERS.map((n, i) => [n, c[i]])) as NetCounters;
+}
+
+/** One NIC's counters and its transport's (VM.netStats, the API's net metrics). */
+export interface NetStats extends NetCounters {
+  /** Times the device's worker was woken (kick, tap, timer or control; transport counter). */
+  wakeups: number;
+  /** Interrupts signalled to the driver (transport counter). */
+  interrupts: number;
+  /** Times the device went to DEVICE_NEEDS_RESET (transport counter). */
+  needsReset: number;
+}
+
+export function readNetStats(counters: SharedArrayBuffer, transport?: SharedArrayBuffer): NetStats {
+  const t = transport ? readTransportStats(transport) : undefined;
+  return { ...readNetCounters(counters), wakeups: t?.wakeups ?? 0, interrupts: t?.interrupts ?? 0, needsReset: t?.needsReset ?? 0 };
 }
 
 /** port.receive results other than a frame length. */
@@ -339,7 +359,9 @@ export class NetBackend implements VirtioDeviceBackend {
   /** A limiter is in debt: resume the queue when it is paid (one timer per direction, no polling). */
   private throttle(which: 'rx' | 'tx', limit: RateLimiter): void {
     const t = this.resume[which];
-    if (!t.armed) t.arm(limit.waitMs(), () => (which === 'rx' ? this.receive() : this.transmit()));
+    if (t.armed) return;
+    this.c[which === 'rx' ? C.rxThrottled : C.txThrottled]++;
+    t.arm(limit.waitMs(), () => (which === 'rx' ? this.receive() : this.transmit()));
   }
 
   private onPort(ready: number): void {
@@ -527,6 +549,7 @@ export class NetBackend implements VirtioDeviceBackend {
         }
         if (!this.fill(q)) {
           this.starved = true;
+          this.c[C.rxNoBuffers]++;
           return;
         }
         // Never more room than the largest frame the driver takes (§5.1.6.3: with F_MTU no frame
@@ -570,6 +593,7 @@ export class NetBackend implements VirtioDeviceBackend {
       // Dry: arm the driver's kick, unless buffers arrived meanwhile (then take them).
       if (q.arm() !== true) {
         this.starved = true;
+        this.c[C.rxNoBuffers]++;
         return 0;
       }
     }
