@@ -24,7 +24,10 @@
 // netns exec` execs, so the spawned child's pid is node's or qemu's — checked through /proc/PID/exe)
 // over the phase's wall time (the client process's whole life), and the part of it outside the vCPU
 // thread(s) (kindling's `vcpu0`, QEMU's `CPU 0/KVM`, named by `-name …,debug-threads=on`): net.elf polls its rings, so its vCPU spins at one
-// core whatever the load, and the rest is the device side (tap I/O, virtqueues, event loop).
+// core whatever the load, and the rest is the device side (tap I/O, virtqueues, event loop). The
+// stream also reports the sender's own CPU time (udp-blast.mjs's process.cpuUsage over its send loop):
+// on a 2-core host the spinning vCPU holds one core and the sender shares the other with the device
+// thread, so the stream rate follows how much of that core the sender gets.
 // Reported per round, then min/median/max per peer and the per-round ratio kindling/QEMU (the median
 // of the ratios; > 1 is better for kindling on rates, < 1 on µs and CPU). Times come from the clients
 // (node, process.execPath, no wrapper): they include the host client's own cost, the same for both.
@@ -229,6 +232,7 @@ async function measure(name, ns) {
       sentMbps: st.j.sentBytes / 1e6 / (st.j.ms / 1000),
       lossPct: 100 * (1 - got / st.j.sent),
       stCpu: st.cpu, stDev: st.dev, stWall: st.wall,
+      stSender: st.j.cpuMs / 1000,
       badcsum: bad,
     };
     if (rr.j.bad || pps.j.bad || bad) throw new Error(`${name}: corrupted echoes (rr bad ${rr.j.bad}, pps bad ${pps.j.bad}, badcsum ${bad})`);
@@ -242,7 +246,7 @@ async function measure(name, ns) {
 const line = (name, r) =>
   `  ${name.padEnd(8)} rr cold ${fmt(r.coldUs, 1)} µs; rr ${fmt(r.rrPerS, 0)}/s (${fmt(r.rrUs, 1)} µs; CPU ${fmt(r.rrCpu, 2)} s, device side ${fmt(r.rrDev, 2)} s, over ${fmt(r.rrWall, 2)} s${r.rrIssues ? `; ${r.rrIssues} lost/retried` : ''})` +
   `; pps ${fmt(r.pps, 0)}/s (CPU ${fmt(r.ppsCpu, 2)} s, device ${fmt(r.ppsDev, 2)} s, over ${fmt(r.ppsWall, 2)} s${r.ppsIssues ? `; ${r.ppsIssues} lost/retried` : ''})` +
-  `; stream ${fmt(r.mbps)} MB/s of ${fmt(r.sentMbps)} sent, loss ${fmt(r.lossPct, 1)} % (CPU ${fmt(r.stCpu, 2)} s, device ${fmt(r.stDev, 2)} s, over ${fmt(r.stWall, 2)} s)`;
+  `; stream ${fmt(r.mbps)} MB/s of ${fmt(r.sentMbps)} sent, loss ${fmt(r.lossPct, 1)} % (CPU ${fmt(r.stCpu, 2)} s, device ${fmt(r.stDev, 2)} s, sender ${fmt(r.stSender, 2)} s, over ${fmt(r.stWall, 2)} s)`;
 
 const nsOf = { kindling: netns('k') };
 if (QEMU) nsOf.QEMU = netns('q');
@@ -275,6 +279,7 @@ const METRICS = [
   ['stream loss %', 'lossPct', 1, false],
   ['stream VMM CPU s', 'stCpu', 2, false],
   ['stream CPU s, no vCPU', 'stDev', 2, false],
+  ['stream sender CPU s', 'stSender', 2, false],
   ['stream wall s', 'stWall', 2, false],
 ];
 console.log(`\nsummary over ${ROUNDS} rounds (min / median / max; ratio = median of per-round kindling/QEMU)`);
