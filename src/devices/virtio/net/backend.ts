@@ -108,7 +108,7 @@ export const NET_COUNTERS = [
   'txErrors',
   /** Transmit passes started by busy-polling the ring (chains the driver posted without a kick). */
   'txPolled',
-  /** Times receiving stopped because the driver had posted no buffers (until it posts some). */
+  /** Times the receive ring ran dry (no usable buffer left; receiving waits for the driver's kick). */
   'rxNoBuffers',
   /** Times a direction's rate limiter ran into debt and its queue waited for the resume timer. */
   'rxThrottled',
@@ -376,6 +376,12 @@ export class NetBackend implements VirtioDeviceBackend {
     this.poll.set(r | w);
   }
 
+  /** The driver's receive ring ran dry: receiving waits for its kick (counted once per dry spell). */
+  private runDry(): void {
+    if (!this.starved) this.c[C.rxNoBuffers]++;
+    this.starved = true;
+  }
+
   private clockUs(): number {
     return this.clock() * 1000;
   }
@@ -548,8 +554,7 @@ export class NetBackend implements VirtioDeviceBackend {
           }
         }
         if (!this.fill(q)) {
-          this.starved = true;
-          this.c[C.rxNoBuffers]++;
+          this.runDry();
           return;
         }
         // Never more room than the largest frame the driver takes (§5.1.6.3: with F_MTU no frame
@@ -592,8 +597,7 @@ export class NetBackend implements VirtioDeviceBackend {
       if (held.length > 0) break;
       // Dry: arm the driver's kick, unless buffers arrived meanwhile (then take them).
       if (q.arm() !== true) {
-        this.starved = true;
-        this.c[C.rxNoBuffers]++;
+        this.runDry();
         return 0;
       }
     }
