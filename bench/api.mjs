@@ -17,11 +17,10 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
-import { GUESTS, KINDLING, ROOT, benchArgs, fmt, median } from './lib.mjs';
+import { GUESTS, KINDLING, ROOT, apiRequest, benchArgs, fmt, median } from './lib.mjs';
 
 const USAGE = 'usage: node bench/api.mjs [--rounds N: interleaved rounds per variant and InstanceStart boots (default 15)]';
 const { rounds: ROUNDS } = benchArgs('api', USAGE, { rounds: 15 });
@@ -86,18 +85,7 @@ async function once(name) {
   return { wall, cpu };
 }
 
-function api(sock, method, path, body) {
-  return new Promise((resolve, reject) => {
-    const data = body === undefined ? undefined : JSON.stringify(body);
-    const req = request({ socketPath: sock, method, path, headers: data ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } : {} }, (res) => {
-      res.resume();
-      res.on('end', () => resolve(res.statusCode));
-    });
-    req.on('error', reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
+const api = async (sock, method, path, body) => (await apiRequest(sock, method, path, body)).status;
 
 /** InstanceStart → first byte of guest serial output on the process's stdout (hello.elf). */
 async function bootOnce() {

@@ -1,5 +1,6 @@
 // Shared benchmark helpers: run a command with timestamps on its output lines and its peak RSS.
 import { spawn, spawnSync } from 'node:child_process';
+import { request } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { rmSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -145,4 +146,20 @@ export async function loadUmlHarness() {
   const m = await import(pathToFileURL(out).href);
   rmSync(out);
   return m;
+}
+
+/** One request to a Firecracker-style API on a Unix socket: { status, text }. */
+export function apiRequest(sock, method, path, body) {
+  return new Promise((resolve, reject) => {
+    const data = body === undefined ? undefined : JSON.stringify(body);
+    const req = request({ socketPath: sock, method, path, headers: data ? { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(data) } : {} }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c) => (text += c));
+      res.on('end', () => resolve({ status: res.statusCode, text }));
+    });
+    req.on('error', reject);
+    if (data) req.write(data);
+    req.end();
+  });
 }

@@ -33,20 +33,27 @@
 // (node, process.execPath, no wrapper): they include the host client's own cost, the same for both.
 // Needs root, /dev/kvm, /dev/net/tun, iproute2 and a built tree (dist/, build/guests/net.elf); without
 // qemu-system-x86_64 it runs kindling alone and says so.
-// Options: --rounds N (default 5), --rr N, --pps N, --blast S, --cold N, --warm N (0: none), --help
+// --counters drives kindling through its Firecracker API instead (`kindling --api-sock`, the same
+// guest, tap and command line; PUT /metrics, FlushMetrics after each phase) and prints per phase the
+// NIC's counters from the net_eth0 metrics group: frames each way, transmit passes started by
+// busy-polling (tx_busy_poll_count) and receive-ring dry spells (no_rx_avail_buffer), to tell why a
+// round was slow.
+// Options: --rounds N (default 5), --rr N, --pps N, --blast S, --cold N, --warm N (0: none), --counters, --help
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, readlinkSync, realpathSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GUESTS, KINDLING, ROOT, benchArgs, fmt, median, printStat, which } from './lib.mjs';
+import { GUESTS, KINDLING, ROOT, apiRequest, benchArgs, fmt, median, printStat, which } from './lib.mjs';
 
-const USAGE = 'usage: node bench/net.mjs [--rounds N] [--rr N] [--pps N] [--blast SECONDS] [--cold N] [--warm N]';
-const { rounds: ROUNDS, rr: RR, pps: PPS, blast: BLAST_S, cold: COLD, warm: WARM } = benchArgs('net', USAGE, {
+const USAGE = 'usage: node bench/net.mjs [--rounds N] [--rr N] [--pps N] [--blast SECONDS] [--cold N] [--warm N] [--counters]';
+const { rounds: ROUNDS, rr: RR, pps: PPS, blast: BLAST_S, cold: COLD, warm: WARM, counters: COUNTERS } = benchArgs('net', USAGE, {
   rounds: 5,
   rr: 5000,
   pps: 20000,
   blast: 2,
   cold: 2000,
   warm: { type: 'integer', default: 10000, min: 0 },
+  counters: { type: 'boolean', default: false },
 });
 
 const NET = join(GUESTS, 'net.elf');
@@ -120,8 +127,8 @@ function vmmCpu(pid, vcpuName) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** Start a VMM in `ns`; resolves once the guest says its address is up. */
-async function startVmm(ns, argv, exe) {
+/** Start a VMM in `ns` (then `configure()`, for an API-driven one); resolves once the guest says its address is up. */
+async function startVmm(ns, argv, exe, configure) {
   const p = spawn('ip', ['netns', 'exec', ns, ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
   children.add(p);
   let out = '';
@@ -129,6 +136,7 @@ async function startVmm(ns, argv, exe) {
   p.stderr.on('data', (b) => (out += b.toString('latin1')));
   const exited = new Promise((r) => p.on('exit', (code, sig) => r(code ?? sig)));
   const t0 = performance.now();
+  if (configure) await configure(() => out);
   while (!out.includes(`net: ip ${IP} up`)) {
     if (p.exitCode !== null || p.signalCode !== null || performance.now() - t0 > 30_000) {
       p.kill('SIGKILL');
@@ -152,11 +160,51 @@ async function startVmm(ns, argv, exe) {
   };
 }
 
+/**
+ * kindling through its Firecracker API (--counters): the same VM as `kindling run` below, plus a
+ * metrics file; counters() flushes it and returns the net_eth0 group (deltas since the last flush).
+ */
+async function startKindlingApi(ns) {
+  const dir = mkdtempSync(join(tmpdir(), 'kindling-bench-net-'));
+  const sock = join(dir, 'api.sock');
+  const metrics = join(dir, 'metrics');
+  const put = async (path, body) => {
+    const r = await apiRequest(sock, 'PUT', path, body);
+    if (r.status !== 204) throw new Error(`PUT ${path}: ${r.status} ${r.text}`);
+  };
+  const vm = await startVmm(ns, [process.execPath, KINDLING, '--api-sock', sock], process.execPath, async (out) => {
+    for (let i = 0; !existsSync(sock); i++) {
+      if (i > 1000) throw new Error(`kindling --api-sock: no socket after 10 s: ${out().slice(-400)}`);
+      await sleep(10);
+    }
+    await put('/boot-source', { kernel_image_path: NET, boot_args: CMDLINE });
+    await put('/machine-config', { vcpu_count: 1, mem_size_mib: 64 });
+    await put('/network-interfaces/eth0', { iface_id: 'eth0', host_dev_name: 'ktap0' });
+    await put('/metrics', { metrics_path: metrics });
+    await put('/actions', { action_type: 'InstanceStart' });
+  });
+  const stop = vm.stop;
+  return {
+    ...vm,
+    async counters() {
+      await put('/actions', { action_type: 'FlushMetrics' });
+      const lines = readFileSync(metrics, 'utf8').trimEnd().split('\n');
+      return JSON.parse(lines[lines.length - 1]).net_eth0;
+    },
+    async stop() {
+      await stop();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
 const PEERS = {
   kindling: {
     vcpu: /^vcpu\d+$/,
     async start(ns) {
-      const vm = await startVmm(ns, [process.execPath, KINDLING, 'run', '--kernel', NET, '--mem', '64', '--net', 'tap=ktap0', '--cmdline', CMDLINE], process.execPath);
+      const vm = COUNTERS
+        ? await startKindlingApi(ns)
+        : await startVmm(ns, [process.execPath, KINDLING, 'run', '--kernel', NET, '--mem', '64', '--net', 'tap=ktap0', '--cmdline', CMDLINE], process.execPath);
       ipIn(ns, 'addr', 'add', HOST_IP, 'dev', 'ktap0');
       return vm;
     },
@@ -213,9 +261,14 @@ async function measure(name, ns) {
       if (warm.j.bad || warm.j.lost) throw new Error(`${name}: warm-up: ${warm.j.bad} corrupted, ${warm.j.lost} lost echoes`);
       phase(ns, vm, peer.vcpu, [BLAST, IP, '0.5', String(STREAM_SIZE)]);
     }
+    const counters = {};
+    await vm.counters?.(); // from here on, each flush holds one phase
     const rr = phase(ns, vm, peer.vcpu, [ECHO, IP, String(RR), '1', String(RR_SIZE)]);
+    if (vm.counters) counters.rr = await vm.counters();
     const pps = phase(ns, vm, peer.vcpu, [ECHO, IP, String(PPS), '32']);
+    if (vm.counters) counters.pps = await vm.counters();
     const st = phase(ns, vm, peer.vcpu, [BLAST, IP, String(BLAST_S), String(STREAM_SIZE)]);
+    if (vm.counters) counters.stream = await vm.counters();
     const got = field(st.j.after, 'discarded') - field(st.j.before, 'discarded');
     const gotBytes = field(st.j.after, 'dbytes') - field(st.j.before, 'dbytes');
     const bad = field(st.j.after, 'badcsum');
@@ -234,6 +287,7 @@ async function measure(name, ns) {
       stCpu: st.cpu, stDev: st.dev, stWall: st.wall,
       stSender: st.j.cpuMs / 1000,
       badcsum: bad,
+      ...(vm.counters ? { counters } : {}),
     };
     if (rr.j.bad || pps.j.bad || bad) throw new Error(`${name}: corrupted echoes (rr bad ${rr.j.bad}, pps bad ${pps.j.bad}, badcsum ${bad})`);
     return res;
@@ -260,6 +314,11 @@ for (let round = 1; round <= ROUNDS; round++) {
   rows.push(row);
   console.log(`round ${round} (${seq.join(' first, then ')}):`);
   for (const name of seq) console.log(line(name, row[name]));
+  if (row.kindling.counters) {
+    const c = (k, p) => row.kindling.counters[p][k];
+    const d = (p) => `${p} rx ${c('rx_packets_count', p)}, tx ${c('tx_packets_count', p)}, tx busy-polled passes ${c('tx_busy_poll_count', p)}, rx ring dry ${c('no_rx_avail_buffer', p)}`;
+    console.log(`  kindling NIC counters: ${['rr', 'pps', 'stream'].map(d).join('; ')}`);
+  }
   if (QEMU) console.log(`  ratio kindling/QEMU: rr ${fmt(row.kindling.rrPerS / row.QEMU.rrPerS, 3)}, pps ${fmt(row.kindling.pps / row.QEMU.pps, 3)}, stream ${fmt(row.kindling.mbps / row.QEMU.mbps, 3)}`);
 }
 
