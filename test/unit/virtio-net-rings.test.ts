@@ -47,6 +47,18 @@ function firstReadable(spec: ChainSpec): { addr: number; len: number } | undefin
   return { addr: Number(b.addr), len: b.len };
 }
 
+/** Model RAM with the two rings, and a non-blocking socketpair: the device's end and the host's (a StreamPort's peer). */
+function rig(indirect: boolean) {
+  const ram = new ModelRam();
+  const rx = benchQueue(ram, RX, { index: NET_RX, indirect });
+  const tx = benchQueue(ram, TX, { index: NET_TX, indirect });
+  const [dev, host] = addon.socketpair();
+  fds.push(dev, host);
+  addon.setNonblocking(dev, true);
+  addon.setNonblocking(host, true);
+  return { ram, rx, tx, dev, host };
+}
+
 /** Everything readable now on a non-blocking fd. */
 function drain(fd: number): Buffer {
   const parts: Buffer[] = [];
@@ -75,13 +87,7 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
     const cover = { rxFrames: 0, multiChain: 0, rxRejected: 0, txFrames: 0, dropped: 0, halves: 0, drained: 0 };
     fc.assert(
       fc.property(fc.array(stepArb, { minLength: 1, maxLength: 40 }), fc.boolean(), fc.boolean(), (steps, indirect, mrg) => {
-        const ram = new ModelRam();
-        const rx = benchQueue(ram, RX, { index: NET_RX, indirect });
-        const tx = benchQueue(ram, TX, { index: NET_TX, indirect });
-        const [dev, host] = addon.socketpair();
-        fds.push(dev, host);
-        addon.setNonblocking(dev, true);
-        addon.setNonblocking(host, true);
+        const { ram, rx, tx, dev, host } = rig(indirect);
         const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
         const backend = new NetBackend({
           port: new StreamPort(addon, dev),
@@ -278,13 +284,7 @@ describe('virtio-net on hostile rings (passt stream port on a socketpair)', () =
 
 describe('virtio-net receive without buffers', () => {
   it('rxNoBuffers counts each time the ring runs dry, once per dry spell; a frame that waited is delivered when a buffer comes', () => {
-    const ram = new ModelRam();
-    const rx = benchQueue(ram, RX, { index: NET_RX, indirect: false });
-    const tx = benchQueue(ram, TX, { index: NET_TX, indirect: false });
-    const [dev, host] = addon.socketpair();
-    fds.push(dev, host);
-    addon.setNonblocking(dev, true);
-    addon.setNonblocking(host, true);
+    const { ram, rx, tx, dev, host } = rig(false);
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
     const backend = new NetBackend({ port: new StreamPort(addon, dev), counters, mtu: 1500, env: STUB_ENV });
     const frame = (n: number): void => {
@@ -315,13 +315,7 @@ describe('virtio-net receive without buffers', () => {
 describe('virtio-net rate limiters at run time (reconfigure)', () => {
   it('a tx limiter holds frames back; reconfigure with txRate null sends them at once, one with a new limiter applies it', async () => {
     let t = 0;
-    const ram = new ModelRam();
-    const rx = benchQueue(ram, RX, { index: NET_RX, indirect: false });
-    const tx = benchQueue(ram, TX, { index: NET_TX, indirect: false });
-    const [dev, host] = addon.socketpair();
-    fds.push(dev, host);
-    addon.setNonblocking(dev, true);
-    addon.setNonblocking(host, true);
+    const { ram, rx, tx, dev, host } = rig(false);
     const guarded: string[] = [];
     const counters = new SharedArrayBuffer(8 * NET_COUNTERS.length);
     const backend = new NetBackend({
