@@ -35,9 +35,9 @@
 // qemu-system-x86_64 it runs kindling alone and says so.
 // --counters drives kindling through its Firecracker API instead (`kindling --api-sock`, the same
 // guest, tap and command line; PUT /metrics, FlushMetrics after each phase) and prints per phase the
-// NIC's counters from the net_eth0 metrics group: frames each way, transmit passes started by
-// busy-polling (tx_busy_poll_count) and receive-ring dry spells (no_rx_avail_buffer), to tell why a
-// round was slow.
+// NIC's counters from the net_eth0 metrics group: frames each way, tap events and kicks per queue,
+// transmit passes started by busy-polling (tx_busy_poll_count) and receive-ring dry spells
+// (no_rx_avail_buffer), to tell why a round was slow.
 // Options: --rounds N (default 5), --rr N, --pps N, --blast S, --cold N, --warm N (0: none), --counters, --help
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, realpathSync, rmSync } from 'node:fs';
@@ -316,7 +316,9 @@ for (let round = 1; round <= ROUNDS; round++) {
   for (const name of seq) console.log(line(name, row[name]));
   if (row.kindling.counters) {
     const c = (k, p) => row.kindling.counters[p][k];
-    const d = (p) => `${p} rx ${c('rx_packets_count', p)}, tx ${c('tx_packets_count', p)}, tx busy-polled passes ${c('tx_busy_poll_count', p)}, rx ring dry ${c('no_rx_avail_buffer', p)}`;
+    const d = (p) =>
+      `${p} rx ${c('rx_packets_count', p)} (tap events ${c('rx_tap_event_count', p)}, kicks ${c('rx_queue_event_count', p)}, ring dry ${c('no_rx_avail_buffer', p)}), ` +
+      `tx ${c('tx_packets_count', p)} (kicks ${c('tx_queue_event_count', p)}, busy-polled passes ${c('tx_busy_poll_count', p)})`;
     console.log(`  kindling NIC counters: ${['rr', 'pps', 'stream'].map(d).join('; ')}`);
   }
   if (QEMU) console.log(`  ratio kindling/QEMU: rr ${fmt(row.kindling.rrPerS / row.QEMU.rrPerS, 3)}, pps ${fmt(row.kindling.pps / row.QEMU.pps, 3)}, stream ${fmt(row.kindling.mbps / row.QEMU.mbps, 3)}`);

@@ -56,6 +56,9 @@ const NET_FIELDS: Array<[string, (s: NetStats) => number]> = [
   ['tap_write_fails', (s) => s.txErrors],
   ['tx_rate_limiter_throttled', (s) => s.txThrottled],
   ['tx_busy_poll_count', (s) => s.txPolled],
+  ['rx_queue_event_count', (s) => s.rxQueueEvents],
+  ['tx_queue_event_count', (s) => s.txQueueEvents],
+  ['rx_tap_event_count', (s) => s.portRxEvents],
   ['event_fails', (s) => s.needsReset],
 ];
 

@@ -182,6 +182,7 @@ describe.skipIf(!canRun)('virtio-net with net.elf behind a tap (KVM)', () => {
     expect(first.net_eth0.tx_packets_count, all).toBeGreaterThanOrEqual(2200);
     expect(first.net_eth0.rx_bytes_count, all).toBeGreaterThan(2200 * 42);
     expect(first.net_eth0.tx_busy_poll_count, all).toBeGreaterThan(0);
+    expect(first.net_eth0.rx_tap_event_count, all).toBeGreaterThan(0);
     expect(first.net_eth0.tx_rate_limiter_throttled, all).toBe(0);
     expect(second.net_eth0.tx_packets_count, all).toBeGreaterThanOrEqual(3100);
     expect(second.net_eth0.tx_rate_limiter_throttled, all).toBeGreaterThan(100);

@@ -546,7 +546,7 @@ describe('runtime rules (stand-in VM)', () => {
         vm!.limiterError = undefined;
         expect(fault(await api(sock, 'PATCH', '/drives/nope', { drive_id: 'nope' }))).toMatch(/no drive with this id/);
         vm!.stats = [{ ...zeroStats(), reads: 5, bytesRead: 2560, writes: 1, bytesWritten: 512 }];
-        vm!.nets = [{ ...zeroNet(), rxFrames: 3, rxBytes: 300, txFrames: 2, txBytes: 120, txPolled: 1 }, { ...zeroNet(), txThrottled: 4, rxDropped: 1, rxBadBuffers: 2 }];
+        vm!.nets = [{ ...zeroNet(), rxFrames: 3, rxBytes: 300, txFrames: 2, txBytes: 120, txPolled: 1, txQueueEvents: 2, portRxEvents: 3 }, { ...zeroNet(), txThrottled: 4, rxDropped: 1, rxBadBuffers: 2 }];
         expect((await api(sock, 'PUT', '/actions', { action_type: 'FlushMetrics' })).status).toBe(204);
         vm!.stats = [{ ...zeroStats(), reads: 7, bytesRead: 3584, writes: 1, bytesWritten: 512, flushes: 1 }];
         vm!.nets = [{ ...zeroNet(), rxFrames: 10, rxBytes: 1000, txFrames: 2, txBytes: 120, txPolled: 1, needsReset: 1 }, { ...zeroNet(), txThrottled: 5, rxDropped: 1, rxBadBuffers: 2, txErrors: 1 }];
@@ -563,7 +563,7 @@ describe('runtime rules (stand-in VM)', () => {
     expect(m[1].block_rootfs).toMatchObject({ read_count: 2, read_bytes: 1024, write_count: 0, flush_count: 1 });
     expect(m[1].block).toMatchObject({ read_count: 2, flush_count: 1 });
     // net_<iface_id> in PUT order, deltas like the block groups; net is their sum.
-    expect(m[0].net_eth0).toMatchObject({ rx_packets_count: 3, rx_bytes_count: 300, tx_packets_count: 2, tx_bytes_count: 120, tx_busy_poll_count: 1, event_fails: 0 });
+    expect(m[0].net_eth0).toMatchObject({ rx_packets_count: 3, rx_bytes_count: 300, tx_packets_count: 2, tx_bytes_count: 120, tx_busy_poll_count: 1, tx_queue_event_count: 2, rx_queue_event_count: 0, rx_tap_event_count: 3, event_fails: 0 });
     expect(m[0].net_eth1).toMatchObject({ tx_rate_limiter_throttled: 4, rx_fails: 3, tap_write_fails: 0 });
     expect(m[0].net).toMatchObject({ rx_packets_count: 3, rx_fails: 3, tx_rate_limiter_throttled: 4 });
     expect(m[1].net_eth0).toMatchObject({ rx_packets_count: 7, rx_bytes_count: 700, tx_packets_count: 0, tx_busy_poll_count: 0, event_fails: 1 });

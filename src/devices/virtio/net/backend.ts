@@ -113,6 +113,11 @@ export const NET_COUNTERS = [
   /** Times a direction's rate limiter ran into debt and its queue waited for the resume timer. */
   'rxThrottled',
   'txThrottled',
+  /** processQueue calls per queue: the driver's kicks (and one catch-up pass at each activation). */
+  'rxQueueEvents',
+  'txQueueEvents',
+  /** Times the host end (tap, passt's socket) was reported readable. */
+  'portRxEvents',
 ] as const;
 export type NetCounters = Record<(typeof NET_COUNTERS)[number], number>;
 const C = Object.fromEntries(NET_COUNTERS.map((n, i) => [n, i])) as Record<(typeof NET_COUNTERS)[number], number>;
@@ -291,9 +296,11 @@ export class NetBackend implements VirtioDeviceBackend {
 
   processQueue(index: number): void {
     if (index === NET_RX) {
+      this.c[C.rxQueueEvents]++;
       this.starved = false;
       this.receive();
     } else if (index === NET_TX) {
+      this.c[C.txQueueEvents]++;
       // The driver's kick: the buffers a poll window waits for, if one is pending.
       if (this.txPoll) {
         const t = this.clockUs();
@@ -366,7 +373,10 @@ export class NetBackend implements VirtioDeviceBackend {
 
   private onPort(ready: number): void {
     if (ready & POLL_WRITABLE && this.port.flush()) this.transmit();
-    if (ready & POLL_READABLE) this.receive();
+    if (ready & POLL_READABLE) {
+      this.c[C.portRxEvents]++;
+      this.receive();
+    }
     this.updatePoll();
   }
 
