@@ -535,14 +535,24 @@ export class NetBackend implements VirtioDeviceBackend {
    * the guest's answer (txPoll.afterRx). Not after a burst: the guest answers a burst with a burst, whose
    * first kick starts txPoll.afterTx; polling for it here delayed the next frames (measured: 20 000
    * echoes, 32 in flight, 10 % slower, a third more device CPU).
+   * When that poll has a window, the driver's transmit kicks are suppressed before the frames are
+   * published, not after: a polling driver answers within a microsecond or two, sooner than this
+   * thread gets from publishing to pollRing(), and its kick would be an exit the poll makes needless
+   * (measured with bench:net --counters: 2 004 kicks for 3 001 answers, 2 543 of them found by the
+   * poll). When no poll follows, the ring is armed again and what came meanwhile is sent.
    */
   private receive(): void {
     const got0 = this.c[C.rxFrames];
+    const early = this.txPoll !== undefined && this.txPoll.afterRx.windowUs > 0 && this.tx !== undefined && this.canPollTx() && this.tx.quiet();
     this.receivePass();
     if (this.c[C.rxFrames] - got0 === 1 && this.txPoll && this.canPollTx() && this.pollRing(this.tx, this.txPoll.afterRx)) {
       this.c[C.txPolled]++;
       this.transmit();
-    } else this.updatePoll();
+      return;
+    }
+    // Quiet but not polled: notifications on again, and chains posted while they were off are served.
+    if (early && this.tx?.arm() === true) this.transmit();
+    else this.updatePoll();
   }
 
   private receivePass(): void {
