@@ -403,8 +403,18 @@ export class NetBackend implements VirtioDeviceBackend {
    */
   private transmit(): void {
     for (let i = 0; ; i++) {
-      if (this.transmitPass() === 0 || i === POLL_ROUNDS || !this.txPoll || !this.canPollTx() || !this.pollRing(this.tx, this.txPoll.afterTx)) break;
-      this.c[C.txPolled]++;
+      // When a poll window follows a pass that sends, the pass leaves the ring quiet as it empties it
+      // (popQuiet): a chain the driver posts while the pass publishes does not kick, the poll finds it.
+      const quiet = i < POLL_ROUNDS && this.txPoll !== undefined && this.txPoll.afterTx.windowUs > 0;
+      const sent = this.transmitPass(quiet);
+      if (sent > 0 && i < POLL_ROUNDS && this.txPoll && this.canPollTx() && this.pollRing(this.tx, this.txPoll.afterTx)) {
+        this.c[C.txPolled]++;
+        continue;
+      }
+      // A quiet pass no poll followed: notifications on again, and chains posted meanwhile get a pass.
+      // (With the port blocked or the limiter in debt the writable event or the resume timer comes back here.)
+      if (quiet && this.canPollTx() && this.tx?.arm() === true) continue;
+      break;
     }
     this.updatePoll();
   }
@@ -436,8 +446,11 @@ export class NetBackend implements VirtioDeviceBackend {
     return true;
   }
 
-  /** One pass over the transmit ring (until empty, the port blocked or the limiter in debt); the frames sent. */
-  private transmitPass(): number {
+  /**
+   * One pass over the transmit ring (until empty, the port blocked or the limiter in debt); the frames
+   * sent. `quiet`: an empty ring is left with the driver's notifications off (the caller polls or arms).
+   */
+  private transmitPass(quiet: boolean): number {
     const q = this.tx;
     if (!q) return 0;
     const sent0 = this.c[C.txFrames];
@@ -450,7 +463,7 @@ export class NetBackend implements VirtioDeviceBackend {
           this.throttle('tx', this.txLimit);
           break;
         }
-        const c = q.pop();
+        const c = quiet ? q.popQuiet() : q.pop();
         if (!c) break;
         this.sendChain(c);
         heads[n] = c.head;
