@@ -42,7 +42,11 @@
 // for up to an adaptive window (at most pollUs, default NET_DEFAULT_POLL_US; 0: never) before it
 // sleeps: the answer is then sent without the guest's kick (an exit) and without a wake-up. The
 // window grows while the guest answers within it and falls to 0 when it does not answer within
-// pollUs, so a receive-only guest pays one window. Chains found that way count as txPolled.
+// pollUs, so a receive-only guest pays one window. Chains found that way count as txPolled. The
+// notifications go off before the device publishes what the guest may answer (the rx frames; the
+// completions of a pass a window follows, which empties the ring with popQuiet), since a polling
+// driver answers sooner than the device gets from the publish to the poll; when no poll follows, the
+// ring is armed again (and what came meanwhile is sent).
 //
 // Rate limiters (Firecracker's, src/devices/rate-limiter.ts), one per direction: a frame is paid for
 // after it moved (bytes and one op), and while a limiter is in debt its queue is not served (tx) or the
