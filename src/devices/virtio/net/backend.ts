@@ -402,8 +402,9 @@ export class NetBackend implements VirtioDeviceBackend {
 
   /**
    * Serve the transmit ring; while a pass sent frames, busy-poll for the next ones (txPoll.afterTx), at
-   * most POLL_ROUNDS passes. The last step is always a pass, which leaves notifications on when the
-   * ring is empty.
+   * most POLL_ROUNDS passes. It returns with the driver's notifications on (a plain pass that emptied
+   * the ring, a window that closed empty, or the arm() after a quiet pass), except while the port is
+   * blocked or the limiter in debt: then the writable event or the resume timer calls it again.
    */
   private transmit(): void {
     for (let i = 0; ; i++) {
